@@ -1,0 +1,383 @@
+//! The one configuration loader: built-in defaults < `fleet.toml` < environment (`FLEET_SECTION_KEY`, plus the
+//! seed systems' names such as `AGENT_TIMEOUT` as aliases) < command-line overrides. Raw values are parsed and
+//! then validated into a typed [`Config`]; a bad value is an error naming its key. Only this module looks at
+//! the process environment, and only in [`Sources::from_process`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::is_valid_agent_name;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Variable names of the systems the fleet replaces, honoured so their deployments keep working.
+const ALIASES: &[(&str, &str)] = &[
+    ("AGENT_TIMEOUT", "worker.default_timeout_secs"),
+    ("MAX_CONCURRENT", "worker.max_concurrent"),
+    ("CLEANUP_AFTER_HOURS", "queue.retention_hours"),
+    ("NATS_URL", "nats.url"),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub default_agent: String,
+    pub nats: NatsConfig,
+    pub http: HttpConfig,
+    pub queue: QueueConfig,
+    pub worker: WorkerConfig,
+    pub agents: BTreeMap<String, AgentConfig>,
+    pub execute: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: String,
+    pub max_body_bytes: usize,
+    pub max_wait_secs: f64,
+    pub generate_wait_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub max_jobs: i64,
+    pub replicas: usize,
+    pub duplicate_window_secs: f64,
+    pub ack_wait_secs: f64,
+    pub max_attempts: u32,
+    pub retention_hours: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub id: String,
+    pub agents: Vec<String>,
+    pub max_concurrent: usize,
+    pub work_dir: PathBuf,
+    pub default_timeout_secs: f64,
+    pub kill_grace_secs: f64,
+    pub shutdown_grace_secs: f64,
+    pub output_cap_bytes: usize,
+    pub unknown_agent_grace_secs: f64,
+    pub keep_workspaces: bool,
+}
+
+/// An agent is configuration, not code: an argv template and how to run it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// argv template; `{message}`, `{context}`, `{job_id}` and `{workspace}` are replaced inside each element,
+    /// never re-split, and no shell ever sees the result.
+    pub command: Vec<String>,
+    /// Template written to the child's stdin; absent means stdin is empty.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Variables given to the child on top of a minimal base environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds; absent means `worker.default_timeout_secs`.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl QueueConfig {
+    pub fn duplicate_window(&self) -> Duration {
+        secs(self.duplicate_window_secs)
+    }
+    pub fn ack_wait(&self) -> Duration {
+        secs(self.ack_wait_secs)
+    }
+    pub fn retention(&self) -> Duration {
+        secs(self.retention_hours * 3600.0)
+    }
+}
+
+impl WorkerConfig {
+    pub fn default_timeout(&self) -> Duration {
+        secs(self.default_timeout_secs)
+    }
+    pub fn kill_grace(&self) -> Duration {
+        secs(self.kill_grace_secs)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        secs(self.shutdown_grace_secs)
+    }
+    pub fn unknown_agent_grace(&self) -> Duration {
+        secs(self.unknown_agent_grace_secs)
+    }
+}
+
+impl HttpConfig {
+    pub fn socket_addr(&self) -> SocketAddr {
+        // Checked by `Config::validate`.
+        self.addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+/// Seconds as a Duration; validation has ruled out negative and non-finite values.
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX).min(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// Where configuration comes from. Tests build this from a map; binaries from the process.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+    /// `key = value` pairs from the command line (`--http`, `--nats`), the highest layer.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Sources {
+    pub fn from_process(file: Option<&Path>) -> Self {
+        Self { file: file.map(Path::to_path_buf), env: std::env::vars().collect(), overrides: Vec::new() }
+    }
+
+    pub fn with_override(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.overrides.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+impl Config {
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
+        let mut builder = config::Config::builder().add_source(defaults.clone());
+        if let Some(path) = &sources.file {
+            builder = builder.add_source(config::File::from(path.as_path()).required(true));
+        }
+        let leaf_keys = leaf_keys(&config::Config::builder().add_source(defaults).build()?)?;
+        for (alias, key) in ALIASES {
+            if let Some(v) = sources.env.get(*alias) {
+                builder = builder.set_override(*key, v.clone())?;
+            }
+        }
+        for key in &leaf_keys {
+            if let Some(v) = sources.env.get(&env_name(key)) {
+                builder = builder.set_override(key.as_str(), v.clone())?;
+            }
+        }
+        for (key, v) in &sources.overrides {
+            builder = builder.set_override(key.as_str(), v.clone())?;
+        }
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.http.addr.parse::<SocketAddr>().is_err() {
+            return Err(invalid("http.addr", format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr)));
+        }
+        if !self.nats.url.contains("://") && !self.nats.url.contains(':') {
+            return Err(invalid("nats.url", "expected a URL like nats://127.0.0.1:4222"));
+        }
+        if self.nats.prefix.is_empty() || !self.nats.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(invalid("nats.prefix", "must be letters, digits or '_'"));
+        }
+        let positive = [
+            ("http.max_wait_secs", self.http.max_wait_secs),
+            ("http.generate_wait_secs", self.http.generate_wait_secs),
+            ("queue.duplicate_window_secs", self.queue.duplicate_window_secs),
+            ("queue.ack_wait_secs", self.queue.ack_wait_secs),
+            ("queue.retention_hours", self.queue.retention_hours),
+            ("worker.default_timeout_secs", self.worker.default_timeout_secs),
+            ("worker.shutdown_grace_secs", self.worker.shutdown_grace_secs),
+            ("worker.unknown_agent_grace_secs", self.worker.unknown_agent_grace_secs),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(key, "must be a positive number of seconds"));
+            }
+        }
+        if !(self.worker.kill_grace_secs.is_finite() && self.worker.kill_grace_secs >= 0.0) {
+            return Err(invalid("worker.kill_grace_secs", "must be zero or a positive number of seconds"));
+        }
+        if self.queue.max_jobs < 1 {
+            return Err(invalid("queue.max_jobs", "must be at least 1"));
+        }
+        if !(1..=5).contains(&self.queue.replicas) {
+            return Err(invalid("queue.replicas", "must be between 1 and 5"));
+        }
+        if self.queue.max_attempts < 1 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        if self.worker.max_concurrent < 1 {
+            return Err(invalid("worker.max_concurrent", "must be at least 1"));
+        }
+        if self.http.max_body_bytes < 1024 {
+            return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+        }
+        for (name, agent) in &self.agents {
+            if !is_valid_agent_name(name) {
+                return Err(invalid(format!("agents.{name}"), "agent names are letters, digits, '-' or '_'"));
+            }
+            if agent.command.is_empty() || agent.command[0].is_empty() {
+                return Err(invalid(format!("agents.{name}.command"), "must name a program"));
+            }
+            if let Some(t) = agent.timeout {
+                if !(t.is_finite() && t > 0.0) {
+                    return Err(invalid(format!("agents.{name}.timeout"), "must be a positive number of seconds"));
+                }
+            }
+        }
+        for name in &self.worker.agents {
+            if !self.agents.contains_key(name) {
+                return Err(invalid("worker.agents", format!("`{name}` is not configured under [agents]")));
+            }
+        }
+        for (lang, agent) in &self.execute {
+            if !self.agents.contains_key(agent) {
+                return Err(invalid(format!("execute.{lang}"), format!("`{agent}` is not configured under [agents]")));
+            }
+        }
+        if !self.agents.contains_key(&self.default_agent) {
+            return Err(invalid("default_agent", format!("`{}` is not configured under [agents]", self.default_agent)));
+        }
+        Ok(())
+    }
+
+    /// The agents this worker serves.
+    pub fn worker_agents(&self) -> Vec<String> {
+        if self.worker.agents.is_empty() {
+            self.agents.keys().cloned().collect()
+        } else {
+            self.worker.agents.clone()
+        }
+    }
+
+    /// The effective configuration for start-up logs, with credentials masked.
+    pub fn summary(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        value["nats"]["url"] = serde_json::Value::String(mask_url_credentials(&self.nats.url));
+        for agent in value["agents"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+            for v in agent["env"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                *v = serde_json::Value::String("***".into());
+            }
+        }
+        value
+    }
+}
+
+/// `nats://user:pass@host` → `nats://user:***@host`.
+pub fn mask_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    let user = userinfo.split(':').next().unwrap_or("");
+    format!("{scheme}://{user}:***@{host}")
+}
+
+/// `FLEET_` + the key with dots as underscores, upper case: `worker.max_concurrent` → `FLEET_WORKER_MAX_CONCURRENT`.
+pub fn env_name(key: &str) -> String {
+    format!("FLEET_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+/// Every scalar key of the defaults outside the `agents` and `execute` tables, which are only set in files.
+fn leaf_keys(defaults: &config::Config) -> Result<Vec<String>, ConfigError> {
+    let tree: serde_json::Value = defaults.clone().try_deserialize()?;
+    let mut keys = Vec::new();
+    collect_leaves(&tree, String::new(), &mut keys);
+    keys.retain(|k| !k.starts_with("agents.") && !k.starts_with("execute."));
+    Ok(keys)
+}
+
+fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                collect_leaves(child, p, out);
+            }
+        }
+        serde_json::Value::Array(_) => {}
+        _ => out.push(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_load_and_include_code_runners() {
+        let c = Config::load(&Sources::default()).unwrap();
+        assert_eq!(c.nats.prefix, "fleet");
+        assert_eq!(c.execute["python"], "python");
+        assert!(c.agents.contains_key("shell"));
+    }
+
+    #[test]
+    fn environment_overrides_defaults_and_names_the_key_when_bad() {
+        let c = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "3"), ("FLEET_HTTP_ADDR", "127.0.0.1:9")])).unwrap();
+        assert_eq!(c.worker.max_concurrent, 3);
+        assert_eq!(c.http.addr, "127.0.0.1:9");
+        let err = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "lots")])).unwrap_err().to_string();
+        assert!(err.contains("worker.max_concurrent"), "{err}");
+        let err = Config::load(&env(&[("FLEET_HTTP_ADDR", "nowhere")])).unwrap_err().to_string();
+        assert!(err.contains("http.addr"), "{err}");
+    }
+
+    #[test]
+    fn seed_variable_names_are_aliases_and_fleet_names_win() {
+        let c = Config::load(&env(&[("AGENT_TIMEOUT", "12"), ("MAX_CONCURRENT", "2")])).unwrap();
+        assert_eq!(c.worker.default_timeout_secs, 12.0);
+        assert_eq!(c.worker.max_concurrent, 2);
+        let c = Config::load(&env(&[("MAX_CONCURRENT", "2"), ("FLEET_WORKER_MAX_CONCURRENT", "5")])).unwrap();
+        assert_eq!(c.worker.max_concurrent, 5);
+    }
+
+    #[test]
+    fn file_agents_merge_with_built_ins_and_typos_are_named() {
+        let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("fleet.toml");
+        std::fs::write(&file, "[agents.claude-full]\ncommand = [\"claude\", \"-p\", \"{message}\"]\ntimeout = 600\n").unwrap();
+        let c = Config::load(&Sources { file: Some(file.clone()), ..Default::default() }).unwrap();
+        assert_eq!(c.agents["claude-full"].timeout, Some(600.0));
+        assert!(c.agents.contains_key("python"));
+
+        std::fs::write(&file, "[worker]\nmax_concurent = 3\n").unwrap();
+        let err = Config::load(&Sources { file: Some(file), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("max_concurent"), "{err}");
+    }
+
+    #[test]
+    fn summary_masks_credentials() {
+        let c = Config::load(&env(&[("FLEET_NATS_URL", "nats://svc:hunter2@127.0.0.1:4222")])).unwrap();
+        let s = c.summary().to_string();
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("svc:***@127.0.0.1"), "{s}");
+    }
+}

@@ -1,0 +1,82 @@
+//! Stable error codes. They appear in job records, replies and HTTP problem bodies; clients match on them, so a
+//! code is never renamed or reused for another meaning.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    // Job outcomes recorded by workers.
+    /// The agent exited with a non-zero status or was killed by a signal.
+    NonzeroExit,
+    /// The agent ran past its timeout and its process group was killed.
+    Timeout,
+    /// Every allowed attempt ended with its worker gone (crash, kill -9, lost connection).
+    WorkerLost,
+    /// No worker in the fleet runs the named agent.
+    UnknownAgent,
+    /// A directly published job could not be decoded or failed validation.
+    InvalidJob,
+    /// The agent's program could not be started (missing binary, permissions, argument too long).
+    SpawnFailed,
+    /// The job was cancelled.
+    Cancelled,
+
+    // Request errors answered by the gateway.
+    MalformedJson,
+    InvalidRequest,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    NotFound,
+    JobNotFound,
+    MethodNotAllowed,
+    IdempotencyConflict,
+    QueueFull,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NonzeroExit => "nonzero_exit",
+            Self::Timeout => "timeout",
+            Self::WorkerLost => "worker_lost",
+            Self::UnknownAgent => "unknown_agent",
+            Self::InvalidJob => "invalid_job",
+            Self::SpawnFailed => "spawn_failed",
+            Self::Cancelled => "cancelled",
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::NotFound => "not_found",
+            Self::JobNotFound => "job_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::IdempotencyConflict => "idempotency_conflict",
+            Self::QueueFull => "queue_full",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_name_matches_as_str() {
+        for code in [ErrorCode::WorkerLost, ErrorCode::QueueFull, ErrorCode::NonzeroExit] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Everything more than one fleet process must agree on: the wire types (the only values serialized across
+//! processes), the NATS topology (every stream, consumer, bucket and subject name), the codec, the stable error
+//! codes and the one configuration loader. No HTTP framework and no process spawning live here.
+
+pub mod codec;
+pub mod config;
+pub mod error_code;
+pub mod nats;
+pub mod topology;
+pub mod wire;
+
+pub use error_code::ErrorCode;
+pub use topology::Topology;
+pub use wire::{JobError, JobRecord, JobRequest, JobStatus, Resources};

@@ -1,0 +1,196 @@
+//! The NATS topology: every stream, consumer, bucket and subject name is built here and nowhere else, and
+//! `ensure_topology` creates what is missing. The prefix lets several fleets share one NATS.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use uuid::Uuid;
+
+use crate::config::QueueConfig;
+
+/// Header carrying the job id so JetStream deduplicates resubmissions inside the duplicate window.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header with the KV revision of the `queued` record the gateway wrote, so the worker claims it in one step.
+pub const RECORD_REVISION_HEADER: &str = "Fleet-Record-Revision";
+/// Header a direct publisher may use to name its reply subject, answered even when the body is garbage.
+pub const REPLY_TO_HEADER: &str = "Fleet-Reply-To";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.prefix.to_ascii_uppercase())
+    }
+
+    pub fn jobs_subject(&self, agent: &str) -> String {
+        format!("{}.jobs.{agent}", self.prefix)
+    }
+
+    pub fn jobs_subject_wildcard(&self) -> String {
+        format!("{}.jobs.*", self.prefix)
+    }
+
+    /// The agent named by a jobs subject, if the subject is one.
+    pub fn agent_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject.strip_prefix(&self.prefix)?.strip_prefix(".jobs.").filter(|a| !a.contains('.'))
+    }
+
+    pub fn agent_consumer(&self, agent: &str) -> String {
+        format!("agent-{agent}")
+    }
+
+    pub fn agent_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
+        consumer.strip_prefix("agent-")
+    }
+
+    pub fn jobs_bucket(&self) -> String {
+        format!("{}_jobs", self.prefix)
+    }
+
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_idempotency", self.prefix)
+    }
+
+    /// Core-NATS subject on which the writer of a terminal record announces it (gateways waiting on a job
+    /// listen here; any gateway replica can).
+    pub fn done_subject(&self, job_id: &Uuid) -> String {
+        format!("{}.done.{job_id}", self.prefix)
+    }
+
+    pub fn events_subject(&self, job_id: &Uuid) -> String {
+        format!("{}.events.{job_id}", self.prefix)
+    }
+
+    pub fn record_key(&self, job_id: &Uuid) -> String {
+        job_id.to_string()
+    }
+
+    pub fn jobs_stream_config(&self, q: &QueueConfig) -> stream::Config {
+        stream::Config {
+            name: self.jobs_stream(),
+            description: Some("fleet jobs waiting for or held by a worker".into()),
+            subjects: vec![self.jobs_subject_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            duplicate_window: q.duplicate_window(),
+            max_messages: q.max_jobs,
+            // A full queue refuses new jobs (the gateway answers 503) instead of dropping old ones.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        }
+    }
+
+    pub fn agent_consumer_config(&self, agent: &str, q: &QueueConfig, metadata: HashMap<String, String>) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.agent_consumer(agent)),
+            description: Some(format!("workers running agent {agent}")),
+            filter_subject: self.jobs_subject(agent),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: q.ack_wait(),
+            // Attempts are bounded by the record's attempt counter, not here: a message dropped by max-deliver
+            // would leave its job without a terminal record.
+            max_deliver: -1,
+            max_ack_pending: -1,
+            metadata,
+            ..Default::default()
+        }
+    }
+
+    fn jobs_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.jobs_bucket(),
+            description: "fleet job records, key = job id".into(),
+            history: 2,
+            max_age: q.retention(),
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
+    fn idempotency_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.idempotency_bucket(),
+            description: "Idempotency-Key -> job id".into(),
+            history: 1,
+            max_age: q.retention(),
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the jobs stream and buckets if missing. Safe for every process to call at start-up.
+    pub async fn ensure(&self, js: &jetstream::Context, q: &QueueConfig) -> Result<Handles, TopologyError> {
+        let jobs = js.get_or_create_stream(self.jobs_stream_config(q)).await.map_err(TopologyError::stream)?;
+        let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
+        let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
+        Ok(Handles { jobs, records, idempotency })
+    }
+}
+
+async fn get_or_create_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, TopologyError> {
+    match js.get_key_value(&cfg.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js.create_key_value(cfg).await.map_err(TopologyError::bucket),
+    }
+}
+
+/// Open handles on the fleet's JetStream objects.
+#[derive(Clone)]
+pub struct Handles {
+    pub jobs: stream::Stream,
+    pub records: kv::Store,
+    pub idempotency: kv::Store,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot create or open the jobs stream: {0}")]
+    Stream(#[source] async_nats::Error),
+    #[error("cannot create or open a KV bucket: {0}")]
+    Bucket(#[source] async_nats::Error),
+}
+
+impl TopologyError {
+    fn stream(e: impl Into<async_nats::Error>) -> Self {
+        Self::Stream(e.into())
+    }
+    fn bucket(e: impl Into<async_nats::Error>) -> Self {
+        Self::Bucket(e.into())
+    }
+}
+
+/// Keeps a duration expressible to JetStream (nanoseconds in an i64).
+pub fn clamp_duration(d: Duration) -> Duration {
+    d.min(Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let t = Topology::new("fleet");
+        assert_eq!(t.jobs_stream(), "FLEET_JOBS");
+        assert_eq!(t.jobs_subject("echo"), "fleet.jobs.echo");
+        assert_eq!(t.agent_of_subject("fleet.jobs.echo"), Some("echo"));
+        assert_eq!(t.agent_of_subject("other.jobs.echo"), None);
+        assert_eq!(t.agent_of_consumer(&t.agent_consumer("py")), Some("py"));
+        assert_eq!(t.jobs_bucket(), "fleet_jobs");
+    }
+}

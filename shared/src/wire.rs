@@ -1,0 +1,362 @@
+//! Wire types: the job request a client hands the fleet and the job record every reader sees. These are the only
+//! values serialized across processes (MessagePack with field names on NATS and in KV; JSON over HTTP).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ErrorCode;
+
+/// Longest agent name; agent names become NATS subject tokens and consumer names.
+pub const MAX_AGENT_NAME: usize = 64;
+
+/// A job as submitted: by the gateway on behalf of an HTTP client, or by a program publishing straight to NATS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobRequest {
+    /// UUID v7, set by the gateway or the publisher; the deduplication key inside the duplicate window.
+    pub id: Uuid,
+    pub agent: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// Seconds; absent means the agent's configured timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    #[serde(default = "default_true")]
+    pub return_files: bool,
+    /// Subject that receives the terminal record, for publishers that wait on NATS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    pub submitted_at: DateTime<Utc>,
+    /// W3C `traceparent` of the submitter, so the worker's spans join the client's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Why a request is not a job the fleet can accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestInvalid {
+    #[error("agent name must be 1-{MAX_AGENT_NAME} characters of A-Z, a-z, 0-9, '-' or '_'")]
+    AgentName,
+    #[error("timeout must be a positive number of seconds")]
+    Timeout,
+    #[error("message must not contain NUL bytes")]
+    NulInMessage,
+    #[error("reply_to is not a valid NATS subject")]
+    ReplyTo,
+}
+
+impl JobRequest {
+    /// Checks what the type system cannot: names that become subjects, positive timeouts.
+    pub fn validate(&self) -> Result<(), RequestInvalid> {
+        if !is_valid_agent_name(&self.agent) {
+            return Err(RequestInvalid::AgentName);
+        }
+        if let Some(t) = self.timeout {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(RequestInvalid::Timeout);
+            }
+        }
+        // argv elements are C strings: a NUL would silently cut the message short.
+        if self.message.contains('\0') || self.context.as_deref().is_some_and(|c| c.contains('\0')) {
+            return Err(RequestInvalid::NulInMessage);
+        }
+        if let Some(r) = &self.reply_to {
+            if !is_valid_publish_subject(r) {
+                return Err(RequestInvalid::ReplyTo);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn is_valid_agent_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_AGENT_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_valid_publish_subject(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
+        && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Timeout,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        Self::Queued,
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Timeout,
+        Self::Cancelled,
+    ];
+
+    /// Terminal states are final: no writer may replace a terminal record.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Timeout | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+/// What the agent's process cost, from `wait4`'s rusage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Resources {
+    pub wall_ms: u64,
+    pub user_cpu_ms: u64,
+    pub system_cpu_ms: u64,
+    pub max_rss_kb: u64,
+}
+
+/// A file the job produced (filled by the artifact stage).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub content_type: String,
+    pub location: String,
+}
+
+/// The job's record in the `jobs` KV bucket, and the payload of its reply. Exactly one terminal version of it is
+/// ever written per job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub request: JobRequest,
+    /// Number of times a worker started this job (redeliveries after a crash count).
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Signal that ended the agent, when it did not exit by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Capped copy of stdout, shown lossily as UTF-8; the full bytes are kept in the full log.
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub stdout_bytes: u64,
+    #[serde(default)]
+    pub stderr_bytes: u64,
+    /// How many bytes of stdout the record leaves out (0 when the copy is complete).
+    #[serde(default)]
+    pub stdout_truncated_bytes: u64,
+    #[serde(default)]
+    pub stderr_truncated_bytes: u64,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl JobRecord {
+    pub fn queued(request: JobRequest) -> Self {
+        Self {
+            id: request.id,
+            status: JobStatus::Queued,
+            request,
+            attempt: 0,
+            worker: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_truncated_bytes: 0,
+            stderr_truncated_bytes: 0,
+            files: Vec::new(),
+            resources: None,
+            error: None,
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// A terminal `failed` record for a job that never ran (unknown agent, undecodable, attempts exhausted).
+    pub fn failed_without_run(request: JobRequest, error: JobError) -> Self {
+        let mut record = Self::queued(request);
+        record.status = JobStatus::Failed;
+        record.finished_at = Some(record.updated_at);
+        record.error = Some(error);
+        record
+    }
+}
+
+/// A new job id: UUID v7, so ids sort by submission time.
+pub fn new_job_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(agent: &str) -> JobRequest {
+        JobRequest {
+            id: new_job_id(),
+            agent: agent.into(),
+            message: "hi".into(),
+            context: None,
+            timeout: None,
+            return_files: true,
+            reply_to: None,
+            metadata: BTreeMap::new(),
+            submitted_at: Utc::now(),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn agent_names_that_would_break_subjects_are_rejected() {
+        for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(65)] {
+            assert_eq!(request(bad).validate(), Err(RequestInvalid::AgentName), "{bad:?}");
+        }
+        assert_eq!(request("claude-full_2").validate(), Ok(()));
+    }
+
+    #[test]
+    fn non_positive_timeout_is_rejected() {
+        let mut r = request("echo");
+        for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            r.timeout = Some(t);
+            assert_eq!(r.validate(), Err(RequestInvalid::Timeout));
+        }
+    }
+
+    #[test]
+    fn wildcard_reply_subject_is_rejected() {
+        let mut r = request("echo");
+        r.reply_to = Some("replies.*".into());
+        assert_eq!(r.validate(), Err(RequestInvalid::ReplyTo));
+        r.reply_to = Some("_INBOX.abc.1".into());
+        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn terminal_states() {
+        let terminal: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal, [JobStatus::Completed, JobStatus::Failed, JobStatus::Timeout, JobStatus::Cancelled]);
+        assert_eq!(JobStatus::parse("timeout"), Some(JobStatus::Timeout));
+        assert_eq!(JobStatus::parse("processing"), None);
+    }
+}
+
+/// A job as it arrives on a jobs subject. Direct publishers may leave out the id (one is derived from the
+/// message so redeliveries agree on it), the agent (the subject names it) and the submission time.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PublishedJob {
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    pub message: String,
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub return_files: Option<bool>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub submitted_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+}
+
+impl PublishedJob {
+    /// Completes the job with what the message itself tells: the subject's agent, a fallback id and time.
+    pub fn into_request(self, subject_agent: &str, fallback_id: Uuid, published: DateTime<Utc>) -> JobRequest {
+        JobRequest {
+            id: self.id.unwrap_or(fallback_id),
+            agent: self.agent.unwrap_or_else(|| subject_agent.to_string()),
+            message: self.message,
+            context: self.context,
+            timeout: self.timeout,
+            return_files: self.return_files.unwrap_or(true),
+            reply_to: self.reply_to,
+            metadata: self.metadata,
+            submitted_at: self.submitted_at.unwrap_or(published),
+            traceparent: self.traceparent,
+        }
+    }
+}
+
+/// A deterministic UUID v7 for a message that carried no id: its publish time and its stream sequence, so every
+/// redelivery of the same message yields the same job id.
+pub fn job_id_for_message(published: DateTime<Utc>, stream_sequence: u64) -> Uuid {
+    let millis = u64::try_from(published.timestamp_millis()).unwrap_or(0);
+    let mut random = [0u8; 10];
+    random[2..].copy_from_slice(&stream_sequence.to_be_bytes());
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
