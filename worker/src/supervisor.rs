@@ -1,0 +1,312 @@
+//! The child supervisor: starts an agent from an argv list in its own process group with a scrubbed environment,
+//! feeds stdin, captures output, and ends it on timeout or request — SIGTERM to the whole group, SIGKILL after the
+//! grace period. Exit is observed through a pidfd and reaped with `wait4`, which also yields the resource use.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fleet_shared::Resources;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::output::{capture, Captured};
+
+/// How long output pipes may stay open after the process group is gone (a process that left the group with
+/// `setsid` could hold them forever).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Everything needed to run one agent process.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub argv: Vec<String>,
+    pub stdin: Option<Vec<u8>>,
+    /// The complete environment of the child; nothing is inherited from the worker.
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    pub output_cap: usize,
+    /// Where the full stdout and stderr logs are written, outside the workspace.
+    pub stdout_log: Option<PathBuf>,
+    pub stderr_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Why the supervisor ended the process itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillReason {
+    Timeout,
+    /// The caller asked (worker shutdown past its grace period, or a cancel).
+    Requested,
+}
+
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub ending: Ending,
+    pub killed: Option<KillReason>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub resources: Resources,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start `{program}`: {source}")]
+    Start { program: String, source: io::Error },
+    #[error("cannot watch the agent process: {0}")]
+    Watch(io::Error),
+    #[error("empty command")]
+    EmptyCommand,
+}
+
+/// Runs the agent to its end. `stop` asks for the process group to be terminated early.
+pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, SpawnError> {
+    let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
+    let open_log = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::File::create(p).ok());
+    let (stdout_log, stderr_log) = (open_log(&spec.stdout_log), open_log(&spec.stderr_log));
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so timeout and cancel reach grandchildren too.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the agent if the worker dies, so a
+    // crashed worker leaves no agent running without a supervisor.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Start { program: program.clone(), source })?;
+    let pid = child.id() as libc::pid_t;
+    // From here the child exists: every path below must reap it.
+    let exit = match PidFd::open(pid) {
+        Ok(fd) => fd,
+        Err(e) => {
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait();
+            return Err(SpawnError::Watch(e));
+        }
+    };
+
+    let stdin_task = match (child.stdin.take(), spec.stdin) {
+        (Some(pipe), Some(bytes)) => Some(tokio::spawn(async move {
+            if let Ok(mut pipe) = tokio::process::ChildStdin::from_std(pipe) {
+                // An agent that exits without reading its input closes the pipe: not an error of ours.
+                let _ = pipe.write_all(&bytes).await;
+            }
+        })),
+        _ => None,
+    };
+    let cap = spec.output_cap;
+    let stdout_task = child.stdout.take().map(|p| {
+        tokio::spawn(async move {
+            match tokio::process::ChildStdout::from_std(p) {
+                Ok(p) => capture(p, stdout_log, cap).await,
+                Err(_) => Captured::default(),
+            }
+        })
+    });
+    let stderr_task = child.stderr.take().map(|p| {
+        tokio::spawn(async move {
+            match tokio::process::ChildStderr::from_std(p) {
+                Ok(p) => capture(p, stderr_log, cap).await,
+                Err(_) => Captured::default(),
+            }
+        })
+    });
+
+    let killed = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Some(KillReason::Requested),
+        _ = exit.exited() => None,
+        _ = tokio::time::sleep(spec.timeout) => Some(KillReason::Timeout),
+    };
+    if killed.is_some() {
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(spec.kill_grace, exit.exited()).await.is_err() {
+            signal_group(pid, libc::SIGKILL);
+            exit.exited().await;
+        }
+    }
+    // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left behind.
+    signal_group(pid, libc::SIGKILL);
+    let (ending, mut resources) = reap(pid);
+    resources.wall_ms = started.elapsed().as_millis() as u64;
+    drop(child);
+
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    let stdout = drain(stdout_task).await;
+    let stderr = drain(stderr_task).await;
+    Ok(RunOutcome { ending, killed, stdout, stderr, resources })
+}
+
+async fn drain(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
+    let Some(task) = task else { return Captured::default() };
+    let abort = task.abort_handle();
+    match tokio::time::timeout(DRAIN_DEADLINE, task).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => Captured::default(),
+        Err(_) => {
+            abort.abort();
+            tracing::warn!("agent output pipe still open after its process group ended; output cut off");
+            Captured::default()
+        }
+    }
+}
+
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill has no memory effects; a group that is already gone answers ESRCH, which is fine.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+/// Reaps the exited leader. Only called once the pidfd reported the exit, so it does not block.
+fn reap(pid: libc::pid_t) -> (Ending, Resources) {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data, fully written by wait4 on success.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = loop {
+        // SAFETY: valid pointers to locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == -1 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break r;
+    };
+    if r != pid {
+        return (Ending::Signaled(libc::SIGKILL), Resources::default());
+    }
+    let ending = if libc::WIFEXITED(status) {
+        Ending::Exited(libc::WEXITSTATUS(status))
+    } else {
+        Ending::Signaled(libc::WTERMSIG(status))
+    };
+    let ms = |tv: libc::timeval| (tv.tv_sec as u64) * 1000 + (tv.tv_usec as u64) / 1000;
+    let resources = Resources {
+        wall_ms: 0,
+        user_cpu_ms: ms(usage.ru_utime),
+        system_cpu_ms: ms(usage.ru_stime),
+        max_rss_kb: usage.ru_maxrss.max(0) as u64,
+    };
+    (ending, resources)
+}
+
+/// A pidfd: becomes readable when the process exits, without reaping it.
+struct PidFd(AsyncFd<OwnedFd>);
+
+impl PidFd {
+    fn open(pid: libc::pid_t) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just handed us this fd; we are its only owner.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: OwnedFd keeps the descriptor open and unchanged for as long as the AsyncFd lives.
+        let registered = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
+        registered.map(Self).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    async fn exited(&self) {
+        // Readiness is level-triggered for a pidfd: once the process exited it stays readable.
+        let _ = self.0.readable().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> RunSpec {
+        RunSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            stdin: None,
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: std::env::temp_dir(),
+            timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_millis(300),
+            output_cap: 1024,
+            stdout_log: None,
+            stderr_log: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn exit_code_output_and_stdin_are_captured() {
+        let mut s = spec(&["sh", "-c", "cat; echo err >&2; exit 3"]);
+        s.stdin = Some(b"from stdin".to_vec());
+        let out = run(s, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.ending, Ending::Exited(3));
+        assert_eq!(out.stdout.head, b"from stdin");
+        assert_eq!(out.stderr.head, b"err\n");
+        assert_eq!(out.killed, None);
+    }
+
+    #[tokio::test]
+    async fn environment_is_only_what_the_spec_gives() {
+        let out = run(spec(&["env"]), CancellationToken::new()).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout.head), "PATH=/usr/bin:/bin\n");
+    }
+
+    #[tokio::test]
+    async fn missing_program_is_a_spawn_error() {
+        let err = run(spec(&["/nonexistent/agent"]), CancellationToken::new()).await.unwrap_err();
+        assert!(matches!(err, SpawnError::Start { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn timeout_terms_then_kills_a_process_ignoring_sigterm() {
+        let mut s = spec(&["sh", "-c", "trap '' TERM; sleep 30"]);
+        s.timeout = Duration::from_millis(200);
+        let t = Instant::now();
+        let out = run(s, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.killed, Some(KillReason::Timeout));
+        assert_eq!(out.ending, Ending::Signaled(libc::SIGKILL));
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn stop_request_ends_the_run() {
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s.cancel();
+        });
+        let out = run(spec(&["sleep", "30"]), stop).await.unwrap();
+        assert_eq!(out.killed, Some(KillReason::Requested));
+        assert_eq!(out.ending, Ending::Signaled(libc::SIGTERM));
+    }
+
+    #[tokio::test]
+    async fn cpu_time_is_recorded() {
+        let out = run(spec(&["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]), CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(out.resources.user_cpu_ms + out.resources.system_cpu_ms > 0, "{:?}", out.resources);
+        assert!(out.resources.max_rss_kb > 0);
+        assert!(out.resources.wall_ms > 0);
+    }
+}
