@@ -74,6 +74,7 @@ pub struct WorkerConfig {
     pub output_cap_bytes: usize,
     pub unknown_agent_grace_secs: f64,
     pub keep_workspaces: bool,
+    pub agent_path: String,
 }
 
 /// An agent is configuration, not code: an argv template and how to run it.
@@ -188,7 +189,11 @@ impl Config {
         for (key, v) in &sources.overrides {
             builder = builder.set_override(key.as_str(), v.clone())?;
         }
-        let config: Config = builder.build()?.try_deserialize()?;
+        let mut config: Config = builder.build()?.try_deserialize()?;
+        if config.worker.agent_path.is_empty() {
+            config.worker.agent_path =
+                sources.env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+        }
         config.validate()?;
         Ok(config)
     }

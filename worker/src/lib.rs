@@ -1,6 +1,132 @@
 //! The worker: pulls jobs for its agents from JetStream, claims each with a KV compare-and-set, runs the agent
 //! as a supervised subprocess, records exactly one terminal result and replies.
+//!
+//! Shutdown: `shutdown` stops pulling; running jobs may finish within `worker.shutdown_grace_secs`; then their
+//! process groups are killed and the jobs handed back (record reset to `queued`, message nak'd) so another
+//! worker takes them at once.
 
+pub mod agent;
+pub mod delivery;
+pub mod intake;
+pub mod janitor;
+pub mod job;
 pub mod output;
+pub mod pull;
+pub mod records;
 pub mod supervisor;
 pub mod template;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv, stream};
+use fleet_shared::config::Config;
+use fleet_shared::Topology;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every job task of this worker shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub topology: Topology,
+    pub client: async_nats::Client,
+    pub records: kv::Store,
+    pub jobs: stream::Stream,
+    pub worker_id: String,
+    /// Cancelled when the worker stops taking new jobs.
+    pub stop_pulling: CancellationToken,
+    /// Cancelled when running jobs must end now (shutdown grace exhausted).
+    pub kill_running: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Topology(#[from] fleet_shared::topology::TopologyError),
+    #[error("cannot create the consumer for agent `{agent}`: {source}")]
+    Consumer { agent: String, source: async_nats::Error },
+    #[error("cannot create the work directory {dir}: {source}")]
+    WorkDir { dir: String, source: std::io::Error },
+}
+
+/// A worker's identity when the configuration names none: host, pid and a random suffix.
+pub fn default_worker_id() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its full length; gethostname NUL-terminates within it on success.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "worker".to_string()
+    };
+    // The tail of a v7 id is random.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &id[id.len() - 6..])
+}
+
+/// Runs a worker until `shutdown` is cancelled and its jobs are finished or handed back.
+pub async fn run(config: Arc<Config>, client: async_nats::Client, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let topology = Topology::new(&config.nats.prefix);
+    let js = jetstream::new(client.clone());
+    let handles = topology.ensure(&js, &config.queue).await?;
+    let work_dir = &config.worker.work_dir;
+    std::fs::create_dir_all(work_dir).map_err(|source| WorkerError::WorkDir { dir: work_dir.display().to_string(), source })?;
+    let worker_id = if config.worker.id.is_empty() { default_worker_id() } else { config.worker.id.clone() };
+
+    let mut consumers = Vec::new();
+    for agent_name in config.worker_agents() {
+        let agent = &config.agents[&agent_name];
+        let mut metadata = HashMap::new();
+        if let Some(d) = &agent.description {
+            metadata.insert("description".to_string(), d.clone());
+        }
+        if let Some(t) = agent.timeout {
+            metadata.insert("timeout_secs".to_string(), t.to_string());
+        }
+        let cfg = topology.agent_consumer_config(&agent_name, &config.queue, metadata);
+        let consumer = handles
+            .jobs
+            .get_or_create_consumer(&topology.agent_consumer(&agent_name), cfg)
+            .await
+            .map_err(|e| WorkerError::Consumer { agent: agent_name.clone(), source: e.into() })?;
+        consumers.push(consumer);
+    }
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        topology,
+        client: client.clone(),
+        records: handles.records,
+        jobs: handles.jobs,
+        worker_id: worker_id.clone(),
+        stop_pulling: shutdown.child_token(),
+        kill_running: CancellationToken::new(),
+    });
+    tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
+
+    let slots = Arc::new(Semaphore::new(config.worker.max_concurrent));
+    let jobs = TaskTracker::new();
+    let loops = TaskTracker::new();
+    for consumer in consumers {
+        loops.spawn(pull::pull_loop(shared.clone(), consumer, slots.clone(), jobs.clone()));
+    }
+    loops.spawn(janitor::run(shared.clone()));
+    loops.close();
+
+    shutdown.cancelled().await;
+    tracing::info!(grace_secs = config.worker.shutdown_grace_secs, "worker stopping: no new jobs; running jobs may finish");
+    loops.wait().await;
+    jobs.close();
+    if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait()).await.is_err() {
+        tracing::warn!("shutdown grace over: killing running jobs and handing them back");
+        shared.kill_running.cancel();
+        jobs.wait().await;
+    }
+    // Acks and naks are published asynchronously: make sure they left before the connection closes.
+    if let Err(e) = client.flush().await {
+        tracing::warn!(error = %e, "flushing NATS on shutdown failed");
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}

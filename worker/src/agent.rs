@@ -1,0 +1,87 @@
+//! From a job and its agent's configuration to a [`RunSpec`]: the rendered argv and stdin, the scrubbed
+//! environment, the workspace and log paths, and the effective timeout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_shared::config::{secs, AgentConfig, WorkerConfig};
+use fleet_shared::JobRecord;
+
+use crate::supervisor::RunSpec;
+use crate::template::{render, Vars};
+
+/// Directories of one attempt of one job: the workspace the agent runs in, and beside it (never collected as
+/// artifacts) its full logs and temporary files.
+pub struct JobDirs {
+    pub root: PathBuf,
+    pub workspace: PathBuf,
+    pub tmp: PathBuf,
+    pub stdout_log: PathBuf,
+    pub stderr_log: PathBuf,
+}
+
+impl JobDirs {
+    pub fn new(work_dir: &Path, record: &JobRecord) -> Self {
+        let root = work_dir.join(format!("{}-{}", record.id, record.attempt));
+        Self {
+            workspace: root.join("workspace"),
+            tmp: root.join("tmp"),
+            stdout_log: root.join("stdout.log"),
+            stderr_log: root.join("stderr.log"),
+            root,
+        }
+    }
+
+    pub fn create(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.workspace)?;
+        std::fs::create_dir_all(&self.tmp)
+    }
+
+    pub fn remove(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.root) {
+            tracing::warn!(dir = %self.root.display(), error = %e, "removing the job directory failed");
+        }
+    }
+}
+
+pub fn timeout(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig) -> Duration {
+    record.request.timeout.or(agent.timeout).map(secs).unwrap_or_else(|| worker.default_timeout())
+}
+
+pub fn run_spec(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig, dirs: &JobDirs) -> RunSpec {
+    let job_id = record.id.to_string();
+    let workspace = dirs.workspace.to_string_lossy().into_owned();
+    let vars = Vars {
+        message: &record.request.message,
+        context: record.request.context.as_deref().unwrap_or(""),
+        job_id: &job_id,
+        workspace: &workspace,
+    };
+    let argv = agent.command.iter().map(|t| render(t, &vars)).collect();
+    let stdin = agent.stdin.as_ref().map(|t| render(t, &vars).into_bytes());
+    // A minimal base; the worker's own environment (its NATS credentials, FLEET_* settings) never reaches agents.
+    let mut env = vec![
+        ("PATH".to_string(), worker.agent_path.clone()),
+        ("HOME".to_string(), workspace.clone()),
+        ("TMPDIR".to_string(), dirs.tmp.to_string_lossy().into_owned()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("FLEET_JOB_ID".to_string(), job_id.clone()),
+        ("FLEET_AGENT".to_string(), record.request.agent.clone()),
+        ("FLEET_ATTEMPT".to_string(), record.attempt.to_string()),
+    ];
+    for (k, v) in &agent.env {
+        env.retain(|(existing, _)| existing != k);
+        env.push((k.clone(), v.clone()));
+    }
+    RunSpec {
+        argv,
+        stdin,
+        env,
+        cwd: dirs.workspace.clone(),
+        timeout: timeout(record, agent, worker),
+        kill_grace: worker.kill_grace(),
+        output_cap: worker.output_cap_bytes,
+        stdout_log: Some(dirs.stdout_log.clone()),
+        stderr_log: Some(dirs.stderr_log.clone()),
+    }
+}

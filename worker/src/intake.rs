@@ -1,0 +1,124 @@
+//! Turning a message on a jobs subject into a validated job request, or into the reason it is not one. Used by the
+//! pull loop and by the unknown-agent janitor, so both read direct publications the same way.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use fleet_shared::codec::{decode, Format, CONTENT_TYPE_HEADER};
+use fleet_shared::topology::{MSG_ID_HEADER, RECORD_REVISION_HEADER, REPLY_TO_HEADER};
+use fleet_shared::wire::{job_id_for_message, PublishedJob};
+use fleet_shared::{ErrorCode, JobError, JobRequest, Topology};
+use uuid::Uuid;
+
+/// The parts of a stored job message that matter, whichever API fetched it.
+pub struct Incoming<'a> {
+    pub subject: &'a str,
+    pub payload: &'a Bytes,
+    pub headers: Option<&'a HeaderMap>,
+    pub stream_sequence: u64,
+    pub published: DateTime<Utc>,
+}
+
+/// A decoded job and how to answer it.
+pub struct Intake {
+    pub request: JobRequest,
+    /// The format the publisher used; the reply is sent in the same one.
+    pub format: Format,
+    /// Revision of the gateway's `queued` record, when the gateway published the job.
+    pub queued_revision: Option<u64>,
+    /// Set when the job cannot run: the request (as far as it could be read) and why.
+    pub rejected: Option<JobError>,
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
+    let format = Format::detect(header(msg.headers, CONTENT_TYPE_HEADER), msg.payload);
+    let subject_agent = topology.agent_of_subject(msg.subject).unwrap_or_default();
+    let fallback_id = header(msg.headers, MSG_ID_HEADER)
+        .and_then(|v| v.parse::<Uuid>().ok())
+        .unwrap_or_else(|| job_id_for_message(msg.published, msg.stream_sequence));
+    let header_reply = header(msg.headers, REPLY_TO_HEADER).map(str::to_string);
+    let queued_revision = header(msg.headers, RECORD_REVISION_HEADER).and_then(|v| v.parse().ok());
+
+    let reject = |reason: String| {
+        let request = JobRequest {
+            id: fallback_id,
+            agent: subject_agent.to_string(),
+            message: String::new(),
+            context: None,
+            timeout: None,
+            return_files: false,
+            reply_to: header_reply.clone(),
+            metadata: Default::default(),
+            submitted_at: msg.published,
+            traceparent: None,
+        };
+        Intake { request, format, queued_revision: None, rejected: Some(JobError::new(ErrorCode::InvalidJob, reason)) }
+    };
+
+    let published: PublishedJob = match decode(msg.payload, format) {
+        Ok(p) => p,
+        Err(e) => return reject(format!("cannot decode the job: {e}")),
+    };
+    let mut request = published.into_request(subject_agent, fallback_id, msg.published);
+    if request.reply_to.is_none() {
+        request.reply_to = header_reply.clone();
+    }
+    let mut intake = Intake { request, format, queued_revision, rejected: None };
+    if intake.request.agent != subject_agent {
+        let reason = format!("agent `{}` does not match the subject's agent `{subject_agent}`", intake.request.agent);
+        intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, reason));
+    } else if let Err(e) = intake.request.validate() {
+        intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, e.to_string()));
+    }
+    intake
+}
+
+/// JetStream timestamps come as `time::OffsetDateTime`; the wire uses chrono.
+pub fn from_offset(t: time::OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incoming<'a>(payload: &'a Bytes, headers: Option<&'a HeaderMap>) -> Incoming<'a> {
+        Incoming { subject: "fleet.jobs.echo", payload, headers, stream_sequence: 7, published: Utc::now() }
+    }
+
+    #[test]
+    fn json_without_id_gets_a_stable_derived_id() {
+        let t = Topology::new("fleet");
+        let payload = Bytes::from_static(br#"{"message":"hi","reply_to":"r.1"}"#);
+        let msg = incoming(&payload, None);
+        let a = read(&t, &msg);
+        let b = read(&t, &msg);
+        assert!(a.rejected.is_none());
+        assert_eq!(a.format, Format::Json);
+        assert_eq!(a.request.agent, "echo");
+        assert_eq!(a.request.id, b.request.id);
+        assert_eq!(a.request.id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_invalid_job_and_keeps_the_header_reply() {
+        let t = Topology::new("fleet");
+        let payload = Bytes::from_static(b"\xc1\xc1 not a job");
+        let mut headers = HeaderMap::new();
+        headers.insert(REPLY_TO_HEADER, "answers.here");
+        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
+        assert_eq!(intake.request.reply_to.as_deref(), Some("answers.here"));
+    }
+
+    #[test]
+    fn agent_field_must_match_subject() {
+        let t = Topology::new("fleet");
+        let payload = Bytes::from_static(br#"{"message":"hi","agent":"python"}"#);
+        let intake = read(&t, &incoming(&payload, None));
+        assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
+    }
+}

@@ -1,0 +1,245 @@
+//! Handling one job message from claim to ack: read it, claim the record, run the agent while keeping the
+//! message alive with in-progress acks, write the terminal record, announce it, and settle the message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::Utc;
+use fleet_shared::codec::Format;
+use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::agent::{run_spec, JobDirs};
+use crate::intake::{self, Incoming, Intake};
+use crate::records::{self, Claim, Finish, Held};
+use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
+use crate::Shared;
+
+/// What becomes of a job message. The only place that decides ack, nak or term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// The job has its terminal record.
+    Ack,
+    /// Not finished here; hand it to another worker (after the delay).
+    Retry(Option<Duration>),
+}
+
+async fn settle(msg: &jetstream::Message, settle: Settle) {
+    let kind = match settle {
+        Settle::Ack => AckKind::Ack,
+        Settle::Retry(delay) => AckKind::Nak(delay),
+    };
+    if let Err(e) = msg.ack_with(kind).await {
+        // A lost ack means a redelivery, which finds the terminal record and acks again.
+        tracing::warn!(error = %e, ?settle, "settling the job message failed");
+    }
+}
+
+pub async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
+    let outcome = process(&shared, &msg).await;
+    settle(&msg, outcome).await;
+}
+
+async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
+    let Ok(info) = msg.info() else {
+        tracing::error!(subject = %msg.subject, "job message without JetStream metadata");
+        return Settle::Ack;
+    };
+    let intake = intake::read(
+        &shared.topology,
+        &Incoming {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            headers: msg.headers.as_ref(),
+            stream_sequence: info.stream_sequence,
+            published: intake::from_offset(info.published),
+        },
+    );
+    let job_id = intake.request.id;
+    let span = tracing::info_span!("job", job_id = %job_id, agent = %intake.request.agent, delivered = info.delivered);
+    run_job(shared, msg, intake).instrument(span).await
+}
+
+async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> Settle {
+    let key = shared.topology.record_key(&intake.request.id);
+    if let Some(error) = intake.rejected {
+        tracing::info!(code = %error.code, reason = %error.message, "rejecting job");
+        return record_failure(shared, &key, JobRecord::failed_without_run(intake.request, error), None, intake.format).await;
+    }
+    let Some(agent) = shared.config.agents.get(&intake.request.agent) else {
+        // This worker pulls only for agents it has configured; a mismatch means a stale consumer.
+        tracing::warn!("no configuration for this agent on this worker; handing the job back");
+        return Settle::Retry(Some(Duration::from_secs(1)));
+    };
+    let queued = JobRecord::queued(intake.request);
+    let claim = records::claim(
+        &shared.records,
+        &key,
+        queued,
+        intake.queued_revision,
+        &shared.worker_id,
+        shared.config.queue.max_attempts,
+    )
+    .await;
+    let held = match claim {
+        Ok(Claim::Claimed(held)) => held,
+        Ok(Claim::AlreadyTerminal) => {
+            tracing::info!("job already has a terminal record; skipping");
+            return Settle::Ack;
+        }
+        Ok(Claim::Exhausted(held)) => {
+            let attempts = held.record.attempt;
+            let mut record = held.record.clone();
+            end(&mut record, JobStatus::Failed);
+            record.error = Some(JobError::new(
+                ErrorCode::WorkerLost,
+                format!("the job's worker was lost on each of its {attempts} attempts"),
+            ));
+            tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
+            return record_failure(shared, &key, record, Some(held.revision), intake.format).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "claiming the job failed; handing it back");
+            return Settle::Retry(Some(Duration::from_millis(500)));
+        }
+    };
+    tracing::info!(attempt = held.record.attempt, "job claimed");
+
+    let dirs = JobDirs::new(&shared.config.worker.work_dir, &held.record);
+    let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
+    let result = match dirs.create() {
+        Ok(()) => {
+            let heartbeat = keep_alive(msg, shared.config.queue.ack_wait());
+            let r = supervisor::run(spec, shared.kill_running.child_token()).await;
+            heartbeat.cancel();
+            r
+        }
+        Err(e) => Err(SpawnError::Start { program: "workspace".into(), source: e }),
+    };
+    let settle = match result {
+        Ok(outcome) if outcome.killed == Some(KillReason::Requested) => hand_back(shared, &key, &held).await,
+        Ok(outcome) => {
+            let record = completed_record(&held, &outcome);
+            record_result(shared, &key, record, held.revision, intake.format).await
+        }
+        Err(e) => {
+            let mut record = held.record.clone();
+            end(&mut record, JobStatus::Failed);
+            record.error = Some(JobError::new(ErrorCode::SpawnFailed, e.to_string()));
+            record_result(shared, &key, record, held.revision, intake.format).await
+        }
+    };
+    if !shared.config.worker.keep_workspaces {
+        dirs.remove();
+    }
+    settle
+}
+
+/// Sends in-progress acks so a long job is not redelivered while it runs.
+fn keep_alive(msg: &jetstream::Message, ack_wait: Duration) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let guard = stop.clone();
+    let msg = msg.clone();
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = guard.cancelled() => return,
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "in-progress ack failed");
+                    }
+                }
+            }
+        }
+    });
+    stop
+}
+
+async fn hand_back(shared: &Shared, key: &str, held: &Held) -> Settle {
+    tracing::info!("worker shutting down; handing the job back to the queue");
+    if let Err(e) = records::requeue(&shared.records, key, held).await {
+        tracing::warn!(error = %e, "resetting the record to queued failed; the next claim takes it over anyway");
+    }
+    Settle::Retry(None)
+}
+
+fn end(record: &mut JobRecord, status: JobStatus) {
+    let now = Utc::now();
+    record.status = status;
+    record.finished_at = Some(now);
+    record.updated_at = now;
+}
+
+fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
+    let mut record = held.record.clone();
+    let (status, error) = match (outcome.killed, outcome.ending) {
+        (Some(KillReason::Timeout), _) => {
+            let limit = record.request.timeout.map(|t| format!(" of {t} s")).unwrap_or_default();
+            (JobStatus::Timeout, Some(JobError::new(ErrorCode::Timeout, format!("the agent ran past its timeout{limit}"))))
+        }
+        (_, Ending::Exited(0)) => (JobStatus::Completed, None),
+        (_, Ending::Exited(code)) => {
+            (JobStatus::Failed, Some(JobError::new(ErrorCode::NonzeroExit, format!("the agent exited with status {code}"))))
+        }
+        (_, Ending::Signaled(sig)) => {
+            (JobStatus::Failed, Some(JobError::new(ErrorCode::NonzeroExit, format!("the agent was killed by signal {sig}"))))
+        }
+    };
+    end(&mut record, status);
+    record.error = error;
+    match outcome.ending {
+        Ending::Exited(code) => record.exit_code = Some(code),
+        Ending::Signaled(sig) => record.signal = Some(sig),
+    }
+    record.stdout = outcome.stdout.lossy_text();
+    record.stderr = outcome.stderr.lossy_text();
+    record.stdout_bytes = outcome.stdout.total;
+    record.stderr_bytes = outcome.stderr.total;
+    record.stdout_truncated_bytes = outcome.stdout.truncated_bytes();
+    record.stderr_truncated_bytes = outcome.stderr.truncated_bytes();
+    record.resources = Some(outcome.resources.clone());
+    record
+}
+
+/// Writes the terminal record of a job that ran; announces it only if it is the job's terminal record.
+async fn record_result(shared: &Shared, key: &str, record: JobRecord, revision: u64, format: Format) -> Settle {
+    write_and_announce(shared, key, record, Some(revision), format).await
+}
+
+/// Writes the terminal record of a job that could not run.
+async fn record_failure(shared: &Shared, key: &str, record: JobRecord, revision: Option<u64>, format: Format) -> Settle {
+    let revision = match revision {
+        Some(r) => Some(r),
+        None => match records::current(&shared.records, key).await {
+            Ok(Some(held)) if held.record.status.is_terminal() => return Settle::Ack,
+            Ok(Some(held)) => Some(held.revision),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the record failed; handing the job back");
+                return Settle::Retry(Some(Duration::from_millis(500)));
+            }
+        },
+    };
+    write_and_announce(shared, key, record, revision, format).await
+}
+
+async fn write_and_announce(shared: &Shared, key: &str, record: JobRecord, revision: Option<u64>, format: Format) -> Settle {
+    match records::finish(&shared.records, key, revision, &record, &shared.kill_running).await {
+        Ok(Finish::Written) => {
+            tracing::info!(status = record.status.as_str(), "job finished");
+            crate::delivery::announce(&shared.client, &shared.topology, &record, format).await;
+            Settle::Ack
+        }
+        Ok(Finish::AlreadyTerminal) => {
+            tracing::info!("another writer recorded this job's end first; our result is dropped");
+            Settle::Ack
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not record the result before shutdown; the job will run again");
+            Settle::Retry(None)
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The job record's state machine in KV. Every write is a compare-and-set on the revision the writer last saw,
+//! so concurrent workers, redeliveries and late finishers agree: exactly one terminal record per job.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use chrono::Utc;
+use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::{JobRecord, JobStatus};
+
+/// Bound on compare-and-set retries against writers that keep moving the record.
+const MAX_CAS_ROUNDS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("job record store unavailable: {0}")]
+    Store(#[source] async_nats::Error),
+    #[error("job record kept changing under concurrent writers")]
+    Contended,
+}
+
+fn store_err(e: impl Into<async_nats::Error>) -> RecordError {
+    RecordError::Store(e.into())
+}
+
+/// A record this worker holds, with the revision its next write must expect.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub record: JobRecord,
+    pub revision: u64,
+}
+
+#[derive(Debug)]
+pub enum Claim {
+    /// This worker now runs the job.
+    Claimed(Held),
+    /// Another writer already ended the job: ack and skip.
+    AlreadyTerminal,
+    /// The job's last holder vanished and no attempt is left: record it failed.
+    Exhausted(Held),
+}
+
+/// Reads the current record, treating a deleted or unreadable entry as absent.
+pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, RecordError> {
+    let Some(entry) = store.entry(key).await.map_err(store_err)? else { return Ok(None) };
+    if entry.operation != Operation::Put {
+        return Ok(None);
+    }
+    match decode::<JobRecord>(&entry.value, Format::MessagePack) {
+        Ok(record) => Ok(Some(Held { record, revision: entry.revision })),
+        Err(e) => {
+            tracing::warn!(key, error = %e, "unreadable job record; it will be replaced");
+            Ok(Some(Held { record: JobRecord::queued(placeholder_request(key)), revision: entry.revision }))
+        }
+    }
+}
+
+fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
+    fleet_shared::JobRequest {
+        id: key.parse().unwrap_or_default(),
+        agent: String::new(),
+        message: String::new(),
+        context: None,
+        timeout: None,
+        return_files: false,
+        reply_to: None,
+        metadata: Default::default(),
+        submitted_at: Utc::now(),
+        traceparent: None,
+    }
+}
+
+fn running(mut record: JobRecord, worker: &str) -> JobRecord {
+    let now = Utc::now();
+    record.status = JobStatus::Running;
+    record.attempt += 1;
+    record.worker = Some(worker.to_string());
+    record.started_at = Some(now);
+    record.updated_at = now;
+    record
+}
+
+/// Claims the job for `worker`. `queued_revision` is the revision of the `queued` record the gateway wrote (sent
+/// in a header), which lets the common case claim in a single write.
+pub async fn claim(
+    store: &kv::Store,
+    key: &str,
+    queued: JobRecord,
+    queued_revision: Option<u64>,
+    worker: &str,
+    max_attempts: u32,
+) -> Result<Claim, RecordError> {
+    if let Some(rev) = queued_revision {
+        let record = running(queued.clone(), worker);
+        match store.update(key, to_msgpack(&record).into(), rev).await {
+            Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    for _ in 0..MAX_CAS_ROUNDS {
+        match current(store, key).await? {
+            None => {
+                let record = running(queued.clone(), worker);
+                match store.create(key, to_msgpack(&record).into()).await {
+                    Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+                    Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            Some(held) if held.record.status.is_terminal() => return Ok(Claim::AlreadyTerminal),
+            Some(held) if held.record.status == JobStatus::Running && held.record.attempt >= max_attempts => {
+                return Ok(Claim::Exhausted(held));
+            }
+            Some(held) => {
+                let record = running(held.record, worker);
+                match store.update(key, to_msgpack(&record).into(), held.revision).await {
+                    Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+        }
+    }
+    Err(RecordError::Contended)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Our terminal record is the job's terminal record.
+    Written,
+    /// Someone else's terminal record was there first; ours was not written.
+    AlreadyTerminal,
+}
+
+/// Writes `terminal` unless the job already has a terminal record. Store outages are waited out with backoff
+/// (a result is never dropped because NATS was briefly away); only `give_up` stops the retries.
+pub async fn finish(
+    store: &kv::Store,
+    key: &str,
+    expected: Option<u64>,
+    terminal: &JobRecord,
+    give_up: &tokio_util::sync::CancellationToken,
+) -> Result<Finish, RecordError> {
+    debug_assert!(terminal.status.is_terminal());
+    let payload: bytes::Bytes = to_msgpack(terminal).into();
+    let mut expected = expected;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = match expected {
+            Some(rev) => store.update(key, payload.clone(), rev).await.map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, store_err(e))),
+            None => store.create(key, payload.clone()).await.map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
+        };
+        match attempt {
+            Ok(_) => return Ok(Finish::Written),
+            Err((true, _)) => match current(store, key).await {
+                Ok(Some(held)) if held.record.status.is_terminal() => return Ok(Finish::AlreadyTerminal),
+                Ok(Some(held)) => expected = Some(held.revision),
+                Ok(None) => expected = None,
+                Err(e) => tracing::warn!(key, error = %e, "reading the job record failed; retrying"),
+            },
+            Err((false, e)) => {
+                tracing::warn!(key, error = %e, retry_in_ms = backoff.as_millis() as u64, "writing the terminal record failed; retrying");
+                tokio::select! {
+                    _ = give_up.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Hands a job this worker could not finish back to the queue (worker shutdown). Leaves the record alone if
+/// another writer moved it meanwhile.
+pub async fn requeue(store: &kv::Store, key: &str, held: &Held) -> Result<(), RecordError> {
+    let mut record = held.record.clone();
+    record.status = JobStatus::Queued;
+    record.worker = None;
+    record.started_at = None;
+    record.updated_at = Utc::now();
+    match store.update(key, to_msgpack(&record).into(), held.revision).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(()),
+        Err(e) => Err(store_err(e)),
+    }
+}
