@@ -1,1 +1,68 @@
+//! The stateless HTTP gateway: validates requests, publishes jobs to JetStream, reads records from KV. Holds no
+//! state of its own, so replicas are interchangeable and a restart loses nothing.
 
+pub mod agents;
+pub mod error;
+pub mod openapi;
+pub mod records;
+pub mod routes;
+pub mod scan;
+pub mod state;
+pub mod submit;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use fleet_shared::config::Config;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use state::AppState;
+
+pub fn app(state: AppState) -> Router {
+    use routes::{compat, jobs, system};
+    let body_limit = state.config.http.max_body_bytes;
+    Router::new()
+        .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/agents", get(system::agents))
+        .route("/health", get(system::health))
+        .route("/ready", get(system::ready))
+        .route("/interact", post(compat::interact))
+        .route("/results/{id}", get(compat::results))
+        .route("/execute", post(compat::execute))
+        .route("/jobs/{id}/status", get(compat::job_status))
+        .route("/jobs/{id}/results", get(compat::job_results))
+        .route("/generate", post(compat::generate))
+        .route("/info", get(compat::info))
+        .route("/stats", get(compat::stats))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Topology(#[from] fleet_shared::topology::TopologyError),
+    #[error("http server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Arc<Config>,
+    client: async_nats::Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let state = AppState::connect(config, client).await?;
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

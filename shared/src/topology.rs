@@ -59,6 +59,15 @@ impl Topology {
         format!("{}_jobs", self.prefix)
     }
 
+    /// The stream behind the jobs bucket, and the subjects of its keys, for scanning every record at once.
+    pub fn jobs_bucket_stream(&self) -> String {
+        format!("KV_{}", self.jobs_bucket())
+    }
+
+    pub fn jobs_bucket_subjects(&self) -> String {
+        format!("$KV.{}.>", self.jobs_bucket())
+    }
+
     pub fn idempotency_bucket(&self) -> String {
         format!("{}_idempotency", self.prefix)
     }

@@ -1,0 +1,79 @@
+//! Which agents the fleet runs: exactly those with a durable consumer on the jobs stream (workers create one per
+//! agent they serve, carrying its description in the consumer's metadata). Known names are cached briefly;
+//! an unknown name is always checked against NATS, so a newly started worker is seen at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream;
+use fleet_shared::Topology;
+use futures::TryStreamExt;
+use serde::Serialize;
+
+const KNOWN_TTL: Duration = Duration::from_secs(10);
+
+pub struct AgentDirectory {
+    jobs: stream::Stream,
+    topology: Topology,
+    known: Mutex<HashMap<String, Instant>>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AgentInfo {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    /// Jobs waiting for a worker.
+    pub queued: u64,
+    /// Jobs a worker holds right now.
+    pub running: u64,
+    /// Open pull requests: a sign of idle workers for this agent.
+    pub waiting_pulls: u64,
+}
+
+impl AgentDirectory {
+    pub fn new(jobs: stream::Stream, topology: Topology) -> Self {
+        Self { jobs, topology, known: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn exists(&self, agent: &str) -> Result<bool, async_nats::Error> {
+        if let Ok(known) = self.known.lock() {
+            if known.get(agent).is_some_and(|t| t.elapsed() < KNOWN_TTL) {
+                return Ok(true);
+            }
+        }
+        match self.jobs.consumer_info(self.topology.agent_consumer(agent)).await {
+            Ok(_) => {
+                if let Ok(mut known) = self.known.lock() {
+                    known.insert(agent.to_string(), Instant::now());
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<AgentInfo>, async_nats::Error> {
+        let mut infos: Vec<_> = self.jobs.consumers().try_collect().await?;
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(infos
+            .into_iter()
+            .filter_map(|info| {
+                let name = self.topology.agent_of_consumer(&info.name)?.to_string();
+                let meta = &info.config.metadata;
+                Some(AgentInfo {
+                    description: meta.get("description").cloned(),
+                    timeout_secs: meta.get("timeout_secs").and_then(|t| t.parse().ok()),
+                    queued: info.num_pending,
+                    running: info.num_ack_pending as u64,
+                    waiting_pulls: info.num_waiting as u64,
+                    name,
+                })
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,152 @@
+//! The only place errors become HTTP responses: one table from stable error code to status, and one problem
+//! body `{code, message, request_id}`. Rejections of extractors answer in the same shape.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleet_shared::ErrorCode;
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Seconds a client should wait before retrying (queue full, NATS away).
+    pub retry_after: Option<u64>,
+}
+
+/// The problem body every error response carries.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    pub code: ErrorCode,
+    pub message: String,
+    pub request_id: String,
+}
+
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::MalformedJson => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest | ErrorCode::UnknownAgent | ErrorCode::InvalidJob => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NotFound | ErrorCode::JobNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+        ErrorCode::QueueFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        // A job the gateway waited on ended badly: the upstream (the agent) failed.
+        ErrorCode::NonzeroExit
+        | ErrorCode::WorkerLost
+        | ErrorCode::SpawnFailed
+        | ErrorCode::Cancelled => StatusCode::BAD_GATEWAY,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn job_not_found(id: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::JobNotFound, format!("no job with id {id}"))
+    }
+
+    /// NATS or JetStream failed: the detail goes to the log, the client gets a retryable 503.
+    pub fn unavailable(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %error, "{context}");
+        Self::new(ErrorCode::Unavailable, "the job system is unavailable; retry shortly").retry_after(1)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = status_of(self.code);
+        let request_id = uuid::Uuid::now_v7().to_string();
+        if status.is_server_error() {
+            tracing::warn!(code = %self.code, request_id, message = %self.message, "request failed");
+        }
+        let body = Problem { code: self.code, message: self.message, request_id };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let code = match &r {
+            JsonRejection::JsonSyntaxError(_) => ErrorCode::MalformedJson,
+            JsonRejection::JsonDataError(_) => ErrorCode::InvalidRequest,
+            JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            _ => ErrorCode::InvalidRequest,
+        };
+        Self::new(code, r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::new(ErrorCode::InvalidRequest, r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::new(ErrorCode::NotFound, r.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// `axum::extract::Query` whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint; see /docs")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_4xx_or_5xx_status() {
+        use ErrorCode::*;
+        for code in [NonzeroExit, Timeout, WorkerLost, UnknownAgent, InvalidJob, SpawnFailed, Cancelled, MalformedJson,
+            InvalidRequest, UnsupportedMediaType, PayloadTooLarge, NotFound, JobNotFound, MethodNotAllowed,
+            IdempotencyConflict, QueueFull, Unavailable, Internal]
+        {
+            let s = status_of(code);
+            assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! The OpenAPI document, generated from the handlers and types themselves so it cannot drift from them.
+
+use utoipa::OpenApi;
+
+use crate::routes::{compat, jobs, system};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fleet", description = "Run AI agents and code jobs on a NATS JetStream worker fleet."),
+    paths(
+        jobs::submit_job, jobs::get_job, jobs::list_jobs,
+        system::health, system::ready, system::agents,
+        compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
+        compat::generate, compat::info, compat::stats,
+    ),
+    tags(
+        (name = "jobs", description = "Native job API"),
+        (name = "agents", description = "What the fleet runs"),
+        (name = "compatible", description = "Endpoints of the systems the fleet replaces"),
+        (name = "system", description = "Health"),
+    )
+)]
+pub struct ApiDoc;

@@ -1,0 +1,52 @@
+//! Reading job records from KV, and waiting for a job's terminal record.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::Operation;
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::JobRecord;
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub async fn get(state: &AppState, id: &Uuid) -> Result<Option<JobRecord>, ApiError> {
+    let entry = state
+        .records
+        .entry(state.topology.record_key(id))
+        .await
+        .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
+    Ok(entry.filter(|e| e.operation == Operation::Put).and_then(|e| decode(&e.value, Format::MessagePack).ok()))
+}
+
+pub async fn get_or_404(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+    get(state, id).await?.ok_or_else(|| ApiError::job_not_found(id))
+}
+
+/// Listens for the job's done notice. Subscribe before publishing the job (or before reading the record), so
+/// the notice cannot slip by unseen.
+pub async fn listen_done(state: &AppState, id: &Uuid) -> Result<async_nats::Subscriber, ApiError> {
+    state.client.subscribe(state.topology.done_subject(id)).await.map_err(|e| ApiError::unavailable("subscribing failed", e))
+}
+
+/// Waits up to `limit` for the done notice of job `id`, then returns its record as it stands.
+pub async fn wait_terminal(state: &AppState, mut done: async_nats::Subscriber, id: &Uuid, limit: Duration) -> Result<JobRecord, ApiError> {
+    match tokio::time::timeout(limit, done.next()).await {
+        Ok(Some(msg)) => match decode::<JobRecord>(&msg.payload, Format::MessagePack) {
+            Ok(r) => Ok(r),
+            Err(_) => get_or_404(state, id).await,
+        },
+        _ => get_or_404(state, id).await,
+    }
+}
+
+/// Waits for a job that may already have ended: subscribes first, then reads, so no ending is missed.
+pub async fn wait_existing(state: &AppState, id: &Uuid, limit: Duration) -> Result<JobRecord, ApiError> {
+    let done = listen_done(state, id).await?;
+    let record = get_or_404(state, id).await?;
+    if record.status.is_terminal() || limit.is_zero() {
+        return Ok(record);
+    }
+    wait_terminal(state, done, id, limit).await
+}

@@ -1,0 +1,175 @@
+//! Native job API: submit, read, list.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleet_shared::config::secs;
+use fleet_shared::{ErrorCode, JobRecord, JobStatus};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::error::{ApiError, Json, Path, Problem, Query};
+use crate::records;
+use crate::scan;
+use crate::state::AppState;
+use crate::submit::{submit, Submission};
+
+/// Body of `POST /v1/jobs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitJob {
+    /// Your own UUID for the job, making the submission safe to retry.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    pub agent: String,
+    pub message: String,
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Seconds.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default = "yes")]
+    pub return_files: bool,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitParams {
+    /// Wait up to this many seconds for the job to end before answering.
+    pub wait: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobAccepted {
+    pub job_id: Uuid,
+    pub status: JobStatus,
+    /// The full record, when the request waited (`?wait=`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<JobRecord>,
+}
+
+pub fn wait_limit(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiError> {
+    match wait {
+        None => Ok(Duration::ZERO),
+        Some(w) if w.is_finite() && w >= 0.0 => Ok(secs(w.min(state.config.http.max_wait_secs))),
+        Some(_) => Err(ApiError::new(ErrorCode::InvalidRequest, "wait must be a non-negative number of seconds")),
+    }
+}
+
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "Idempotency-Key must be visible ASCII")),
+    }
+}
+
+/// Submit a job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob, params(WaitParams,
+    ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key create one job")),
+    responses(
+        (status = 202, description = "Queued (or still running after `wait`)", body = JobAccepted),
+        (status = 200, description = "Already existed, or ended within `wait`", body = JobAccepted),
+        (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
+pub async fn submit_job(
+    State(state): State<AppState>,
+    Query(params): Query<WaitParams>,
+    headers: HeaderMap,
+    Json(body): Json<SubmitJob>,
+) -> Result<Response, ApiError> {
+    let limit = wait_limit(&state, params.wait)?;
+    let sub = Submission {
+        id: body.id,
+        agent: body.agent,
+        message: body.message,
+        context: body.context,
+        timeout: body.timeout,
+        return_files: body.return_files,
+        metadata: body.metadata,
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    let (record, created) = submit_and_wait(&state, sub, limit).await?;
+    let status = if record.status.is_terminal() || !created { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let waited = !limit.is_zero();
+    let body = JobAccepted { job_id: record.id, status: record.status, record: waited.then_some(record) };
+    Ok((status, Json(body)).into_response())
+}
+
+/// Submits, then waits up to `limit` for the terminal record. Returns the record and whether it was new.
+pub async fn submit_and_wait(state: &AppState, sub: Submission, limit: Duration) -> Result<(JobRecord, bool), ApiError> {
+    if limit.is_zero() {
+        let s = submit(state, sub).await?;
+        return Ok((s.record, s.created));
+    }
+    // Subscribing needs the id before the job exists.
+    let mut sub = sub;
+    let id = *sub.id.get_or_insert_with(fleet_shared::wire::new_job_id);
+    let done = records::listen_done(state, &id).await?;
+    let submitted = submit(state, sub).await?;
+    let id = submitted.record.id;
+    let record = if submitted.created {
+        records::wait_terminal(state, done, &id, limit).await?
+    } else {
+        drop(done);
+        records::wait_existing(state, &id, limit).await?
+    };
+    Ok((record, submitted.created))
+}
+
+/// Read a job's record.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path), WaitParams),
+    responses((status = 200, body = JobRecord), (status = 404, body = Problem)))]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<Uuid>, Query(params): Query<WaitParams>) -> Result<Json<JobRecord>, ApiError> {
+    let limit = wait_limit(&state, params.wait)?;
+    Ok(Json(records::wait_existing(&state, &id, limit).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    pub agent: Option<String>,
+    /// queued, running, completed, failed, timeout or cancelled.
+    pub status: Option<String>,
+    /// At most this many jobs, newest first (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobRecord>,
+    pub count: usize,
+}
+
+/// List jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
+    responses((status = 200, body = JobList), (status = 400, body = Problem)))]
+pub async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<JobList>, ApiError> {
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown status `{s}`")))?),
+    };
+    let limit = params.limit.unwrap_or(50).clamp(1, 1000);
+    let mut jobs = Vec::new();
+    scan::each_record(&state, |r| {
+        if params.agent.as_deref().is_none_or(|a| a == r.request.agent) && status.is_none_or(|s| s == r.status) {
+            jobs.push(r);
+        }
+    })
+    .await?;
+    // v7 ids sort by submission time.
+    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    jobs.truncate(limit);
+    Ok(Json(JobList { count: jobs.len(), jobs }))
+}

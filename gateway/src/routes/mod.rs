@@ -1,0 +1,5 @@
+//! One module per resource.
+
+pub mod compat;
+pub mod jobs;
+pub mod system;

@@ -1,0 +1,50 @@
+//! What every handler shares. Only handles on NATS objects and immutable configuration: the gateway keeps no
+//! state of its own, so any replica answers for any job.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::{self, kv, stream};
+use fleet_shared::config::Config;
+use fleet_shared::Topology;
+
+use crate::agents::AgentDirectory;
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub topology: Topology,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub records: kv::Store,
+    pub idempotency: kv::Store,
+    pub jobs: stream::Stream,
+    pub agents: AgentDirectory,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub async fn connect(config: Arc<Config>, client: async_nats::Client) -> Result<Self, fleet_shared::topology::TopologyError> {
+        let topology = Topology::new(&config.nats.prefix);
+        let js = jetstream::new(client.clone());
+        let handles = topology.ensure(&js, &config.queue).await?;
+        let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
+        Ok(Self(Arc::new(Inner {
+            config,
+            topology,
+            client,
+            js,
+            records: handles.records,
+            idempotency: handles.idempotency,
+            jobs: handles.jobs,
+            agents,
+        })))
+    }
+}
