@@ -1,1 +1,166 @@
-fn main(){}
+//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, and `bench`.
+
+mod bench;
+mod local_nats;
+mod logging;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fleet_shared::config::{Config, Sources};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fleet", version, about = "Run AI agents and code jobs on a NATS JetStream worker fleet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole fleet locally: a managed nats-server, one gateway and one worker.
+    Up(UpArgs),
+    /// Run an HTTP gateway.
+    Gateway(CommonArgs),
+    /// Run a worker.
+    Worker(CommonArgs),
+    /// Measure latency and throughput of a no-op agent through a fleet started for the purpose.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// Configuration file (TOML); settings can also come from FLEET_* variables.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// HTTP listen address (FLEET_HTTP_ADDR).
+    #[arg(long)]
+    http: Option<String>,
+    /// NATS server URL (FLEET_NATS_URL).
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where NATS keeps its streams and the worker its workspaces.
+    #[arg(long, default_value = ".fleet")]
+    data_dir: PathBuf,
+}
+
+impl CommonArgs {
+    fn load(&self) -> Result<Config> {
+        let mut sources = Sources::from_process(self.config.as_deref());
+        if let Some(h) = &self.http {
+            sources = sources.with_override("http.addr", h.clone());
+        }
+        if let Some(n) = &self.nats {
+            sources = sources.with_override("nats.url", n.clone());
+        }
+        Config::load(&sources).context("invalid configuration")
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up(args).await,
+            Command::Gateway(args) => gateway(args.load()?).await,
+            Command::Worker(args) => worker(args.load()?).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+        t.cancel();
+    });
+    token
+}
+
+fn print_config(config: &Config) {
+    tracing::info!(config = %config.summary(), "effective configuration");
+}
+
+async fn gateway(config: Config) -> Result<()> {
+    print_config(&config);
+    let config = Arc::new(config);
+    let client = fleet_shared::nats::connect(&config.nats, "fleet-gateway").await?;
+    let listener = tokio::net::TcpListener::bind(config.http.socket_addr())
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
+    let stop = shutdown_signal();
+    fleet_gateway::run(listener, config, client, async move { stop.cancelled().await }).await?;
+    Ok(())
+}
+
+async fn worker(config: Config) -> Result<()> {
+    print_config(&config);
+    let config = Arc::new(config);
+    let client = fleet_shared::nats::connect(&config.nats, "fleet-worker").await?;
+    fleet_worker::run(config, client, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let mut config = args.common.load()?;
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let nats = local_nats::LocalNats::start(&data_dir.join("nats")).await?;
+    config.nats.url = nats.url();
+    config.worker.work_dir = data_dir.join("work");
+    print_config(&config);
+    let config = Arc::new(config);
+    let stop = shutdown_signal();
+
+    let worker_client = fleet_shared::nats::connect(&config.nats, "fleet-worker").await?;
+    let worker = tokio::spawn(fleet_worker::run(config.clone(), worker_client, stop.clone()));
+    local_nats::wait_for_agents(&config).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.http.socket_addr())
+        .await
+        .with_context(|| format!("cannot listen on {} (set --http or FLEET_HTTP_ADDR)", config.http.addr))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let gateway_client = fleet_shared::nats::connect(&config.nats, "fleet-gateway").await?;
+    let gw_stop = stop.clone();
+    let gateway = tokio::spawn(fleet_gateway::run(listener, config.clone(), gateway_client, async move { gw_stop.cancelled().await }));
+
+    println!();
+    println!("fleet is up");
+    println!("  API:   {url}   (interactive docs: {url}/docs)");
+    println!("  NATS:  {}   (jobs on {}.jobs.<agent>)", config.nats.url, config.nats.prefix);
+    println!("  agents: {}", config.worker_agents().join(", "));
+    println!("  try:   curl -s -X POST '{url}/v1/jobs?wait=30' -H 'content-type: application/json' -d '{{\"agent\":\"echo\",\"message\":\"hello\"}}'");
+    println!("Ctrl-C stops everything.");
+
+    stop.cancelled().await;
+    let (g, w) = tokio::join!(gateway, worker);
+    g??;
+    w??;
+    nats.stop().await;
+    Ok(())
+}
