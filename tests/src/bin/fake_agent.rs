@@ -1,1 +1,58 @@
-fn main(){}
+//! A scriptable agent for tests: its arguments, split on whitespace, are steps run in order.
+//!   sleep:SECS         sleep
+//!   print:TEXT         write TEXT and a newline to stdout
+//!   flood:BYTES        write BYTES bytes of output to stdout as fast as possible
+//!   invalid-utf8       write bytes that are not UTF-8
+//!   ignore-term        ignore SIGTERM from now on
+//!   grandchild:PATH    start a grandchild (sleeping, ignoring SIGTERM) and write its pid to PATH
+//!   pid:PATH           write own pid to PATH
+//!   count:PATH         append one line to PATH (counts runs)
+//!   exit:CODE          exit with CODE
+
+use std::io::Write;
+
+fn main() {
+    let mut out = std::io::stdout().lock();
+    let steps: Vec<String> = std::env::args().skip(1).flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>()).collect();
+    for step in steps {
+        let (name, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
+        match name {
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs_f64(arg.parse().expect("sleep:SECS"))),
+            "print" => {
+                writeln!(out, "{arg}").ok();
+                out.flush().ok();
+            }
+            "flood" => {
+                let mut left: usize = arg.parse().expect("flood:BYTES");
+                let block = vec![b'x'; 64 * 1024];
+                while left > 0 {
+                    let n = left.min(block.len());
+                    out.write_all(&block[..n]).expect("stdout");
+                    left -= n;
+                }
+                out.flush().ok();
+            }
+            "invalid-utf8" => {
+                out.write_all(b"ok \xff\xfe bad \xc3\x28 end\n").ok();
+                out.flush().ok();
+            }
+            "ignore-term" => unsafe {
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+            },
+            "grandchild" => {
+                let child = std::process::Command::new("sh")
+                    .args(["-c", "trap '' TERM; sleep 60"])
+                    .spawn()
+                    .expect("spawn grandchild");
+                std::fs::write(arg, child.id().to_string()).expect("write pid");
+            }
+            "pid" => std::fs::write(arg, std::process::id().to_string()).expect("write pid"),
+            "count" => {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(arg).expect("count file");
+                writeln!(f, "run").ok();
+            }
+            "exit" => std::process::exit(arg.parse().expect("exit:CODE")),
+            other => panic!("unknown step {other}"),
+        }
+    }
+}
