@@ -1,4 +1,5 @@
-//! MessagePack on the wire (maps with field names, so other languages read it), JSON accepted from direct
+//! MessagePack on the wire (maps with field names, ids and times as strings — "human-readable" mode — so other
+//! languages read it as naturally as JSON), JSON accepted from direct
 //! publishers. The `Content-Type` header decides; without one the first byte does (a JSON object starts with
 //! `{`, which is never the first byte of a MessagePack map).
 
@@ -52,7 +53,11 @@ pub enum CodecError {
 
 pub fn encode<T: Serialize>(value: &T, format: Format) -> Result<Vec<u8>, CodecError> {
     Ok(match format {
-        Format::MessagePack => rmp_serde::to_vec_named(value)?,
+        Format::MessagePack => {
+            let mut buf = Vec::with_capacity(256);
+            value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map().with_human_readable())?;
+            buf
+        }
         Format::Json => serde_json::to_vec(value)?,
     })
 }
@@ -60,12 +65,12 @@ pub fn encode<T: Serialize>(value: &T, format: Format) -> Result<Vec<u8>, CodecE
 /// MessagePack encoding of a wire value; wire types always encode.
 pub fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
     #[allow(clippy::expect_used)]
-    rmp_serde::to_vec_named(value).expect("wire types serialize to MessagePack")
+    encode(value, Format::MessagePack).expect("wire types serialize to MessagePack")
 }
 
 pub fn decode<T: DeserializeOwned>(payload: &[u8], format: Format) -> Result<T, CodecError> {
     Ok(match format {
-        Format::MessagePack => rmp_serde::from_slice(payload)?,
+        Format::MessagePack => T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(payload).with_human_readable())?,
         Format::Json => serde_json::from_slice(payload)?,
     })
 }
@@ -99,6 +104,15 @@ mod tests {
             let back: JobRecord = decode(&bytes, f).unwrap();
             assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn ids_and_times_are_strings_in_msgpack_for_other_languages() {
+        let r = record();
+        let bytes = encode(&r, Format::MessagePack).unwrap();
+        let generic: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(generic["id"], r.id.to_string());
+        assert!(generic["updated_at"].as_str().unwrap().contains('T'));
     }
 
     #[test]
