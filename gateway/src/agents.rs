@@ -36,7 +36,11 @@ pub struct AgentInfo {
 
 impl AgentDirectory {
     pub fn new(jobs: stream::Stream, topology: Topology) -> Self {
-        Self { jobs, topology, known: Mutex::new(HashMap::new()) }
+        Self {
+            jobs,
+            topology,
+            known: Mutex::new(HashMap::new()),
+        }
     }
 
     pub async fn exists(&self, agent: &str) -> Result<bool, async_nats::Error> {
@@ -45,14 +49,22 @@ impl AgentDirectory {
                 return Ok(true);
             }
         }
-        match self.jobs.consumer_info(self.topology.agent_consumer(agent)).await {
+        match self
+            .jobs
+            .consumer_info(self.topology.agent_consumer(agent))
+            .await
+        {
             Ok(_) => {
                 if let Ok(mut known) = self.known.lock() {
                     known.insert(agent.to_string(), Instant::now());
                 }
                 Ok(true)
             }
-            Err(e) if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound => Ok(false),
+            Err(e)
+                if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e.into()),
         }
     }

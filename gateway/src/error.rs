@@ -26,7 +26,9 @@ pub struct Problem {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::MalformedJson => StatusCode::BAD_REQUEST,
-        ErrorCode::InvalidRequest | ErrorCode::UnknownAgent | ErrorCode::InvalidJob => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidRequest | ErrorCode::UnknownAgent | ErrorCode::InvalidJob => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::JobNotFound => StatusCode::NOT_FOUND,
@@ -45,7 +47,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -60,7 +66,11 @@ impl ApiError {
     /// NATS or JetStream failed: the detail goes to the log, the client gets a retryable 503.
     pub fn unavailable(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::warn!(error = %error, "{context}");
-        Self::new(ErrorCode::Unavailable, "the job system is unavailable; retry shortly").retry_after(1)
+        Self::new(
+            ErrorCode::Unavailable,
+            "the job system is unavailable; retry shortly",
+        )
+        .retry_after(1)
     }
 }
 
@@ -71,10 +81,16 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(code = %self.code, request_id, message = %self.message, "request failed");
         }
-        let body = Problem { code: self.code, message: self.message, request_id };
+        let body = Problem {
+            code: self.code,
+            message: self.message,
+            request_id,
+        };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -86,7 +102,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(_) => ErrorCode::MalformedJson,
             JsonRejection::JsonDataError(_) => ErrorCode::InvalidRequest,
             JsonRejection::MissingJsonContentType(_) => ErrorCode::UnsupportedMediaType,
-            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ErrorCode::PayloadTooLarge
+            }
             _ => ErrorCode::InvalidRequest,
         };
         Self::new(code, r.body_text())
@@ -131,7 +149,10 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint")
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
 }
 
 #[cfg(test)]
@@ -141,10 +162,26 @@ mod tests {
     #[test]
     fn every_code_has_a_4xx_or_5xx_status() {
         use ErrorCode::*;
-        for code in [NonzeroExit, Timeout, WorkerLost, UnknownAgent, InvalidJob, SpawnFailed, Cancelled, MalformedJson,
-            InvalidRequest, UnsupportedMediaType, PayloadTooLarge, NotFound, JobNotFound, MethodNotAllowed,
-            IdempotencyConflict, QueueFull, Unavailable, Internal]
-        {
+        for code in [
+            NonzeroExit,
+            Timeout,
+            WorkerLost,
+            UnknownAgent,
+            InvalidJob,
+            SpawnFailed,
+            Cancelled,
+            MalformedJson,
+            InvalidRequest,
+            UnsupportedMediaType,
+            PayloadTooLarge,
+            NotFound,
+            JobNotFound,
+            MethodNotAllowed,
+            IdempotencyConflict,
+            QueueFull,
+            Unavailable,
+            Internal,
+        ] {
             let s = status_of(code);
             assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
         }

@@ -63,6 +63,8 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let state = AppState::connect(config, client).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
 }

@@ -17,21 +17,34 @@ pub async fn get(state: &AppState, id: &Uuid) -> Result<Option<JobRecord>, ApiEr
         .entry(state.topology.record_key(id))
         .await
         .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
-    Ok(entry.filter(|e| e.operation == Operation::Put).and_then(|e| decode(&e.value, Format::MessagePack).ok()))
+    Ok(entry
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| decode(&e.value, Format::MessagePack).ok()))
 }
 
 pub async fn get_or_404(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
-    get(state, id).await?.ok_or_else(|| ApiError::job_not_found(id))
+    get(state, id)
+        .await?
+        .ok_or_else(|| ApiError::job_not_found(id))
 }
 
 /// Listens for the job's done notice. Subscribe before publishing the job (or before reading the record), so
 /// the notice cannot slip by unseen.
 pub async fn listen_done(state: &AppState, id: &Uuid) -> Result<async_nats::Subscriber, ApiError> {
-    state.client.subscribe(state.topology.done_subject(id)).await.map_err(|e| ApiError::unavailable("subscribing failed", e))
+    state
+        .client
+        .subscribe(state.topology.done_subject(id))
+        .await
+        .map_err(|e| ApiError::unavailable("subscribing failed", e))
 }
 
 /// Waits up to `limit` for the done notice of job `id`, then returns its record as it stands.
-pub async fn wait_terminal(state: &AppState, mut done: async_nats::Subscriber, id: &Uuid, limit: Duration) -> Result<JobRecord, ApiError> {
+pub async fn wait_terminal(
+    state: &AppState,
+    mut done: async_nats::Subscriber,
+    id: &Uuid,
+    limit: Duration,
+) -> Result<JobRecord, ApiError> {
     match tokio::time::timeout(limit, done.next()).await {
         Ok(Some(msg)) => match decode::<JobRecord>(&msg.payload, Format::MessagePack) {
             Ok(r) => Ok(r),
@@ -42,7 +55,11 @@ pub async fn wait_terminal(state: &AppState, mut done: async_nats::Subscriber, i
 }
 
 /// Waits for a job that may already have ended: subscribes first, then reads, so no ending is missed.
-pub async fn wait_existing(state: &AppState, id: &Uuid, limit: Duration) -> Result<JobRecord, ApiError> {
+pub async fn wait_existing(
+    state: &AppState,
+    id: &Uuid,
+    limit: Duration,
+) -> Result<JobRecord, ApiError> {
     let done = listen_done(state, id).await?;
     let record = get_or_404(state, id).await?;
     if record.status.is_terminal() || limit.is_zero() {

@@ -14,9 +14,17 @@ use crate::state::AppState;
 /// Upper bound on records read by one scan, so a huge bucket cannot stall a request.
 pub const MAX_SCAN: usize = 100_000;
 
-pub async fn each_record(state: &AppState, mut visit: impl FnMut(JobRecord)) -> Result<(), ApiError> {
-    let unavailable = |e: async_nats::Error| ApiError::unavailable("scanning job records failed", e);
-    let stream = state.js.get_stream(state.topology.jobs_bucket_stream()).await.map_err(|e| unavailable(e.into()))?;
+pub async fn each_record(
+    state: &AppState,
+    mut visit: impl FnMut(JobRecord),
+) -> Result<(), ApiError> {
+    let unavailable =
+        |e: async_nats::Error| ApiError::unavailable("scanning job records failed", e);
+    let stream = state
+        .js
+        .get_stream(state.topology.jobs_bucket_stream())
+        .await
+        .map_err(|e| unavailable(e.into()))?;
     let mut consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: DeliverPolicy::LastPerSubject,
@@ -25,11 +33,18 @@ pub async fn each_record(state: &AppState, mut visit: impl FnMut(JobRecord)) -> 
         })
         .await
         .map_err(|e| unavailable(e.into()))?;
-    let pending = consumer.info().await.map_err(|e| unavailable(e.into()))?.num_pending;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| unavailable(e.into()))?
+        .num_pending;
     if pending == 0 {
         return Ok(());
     }
-    let mut messages = consumer.messages().await.map_err(|e| unavailable(e.into()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable(e.into()))?;
     let mut seen = 0usize;
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
         let msg = msg.map_err(|e| unavailable(e.into()))?;

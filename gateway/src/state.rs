@@ -31,7 +31,10 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub async fn connect(config: Arc<Config>, client: async_nats::Client) -> Result<Self, fleet_shared::topology::TopologyError> {
+    pub async fn connect(
+        config: Arc<Config>,
+        client: async_nats::Client,
+    ) -> Result<Self, fleet_shared::topology::TopologyError> {
         let topology = Topology::new(&config.nats.prefix);
         let js = jetstream::new(client.clone());
         let handles = topology.ensure(&js, &config.queue).await?;

@@ -59,10 +59,19 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         submitted_at: Utc::now(),
         traceparent: None,
     };
-    request.validate().map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let known = state.agents.exists(&request.agent).await.map_err(|e| ApiError::unavailable("looking up the agent failed", e))?;
+    request
+        .validate()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    let known = state
+        .agents
+        .exists(&request.agent)
+        .await
+        .map_err(|e| ApiError::unavailable("looking up the agent failed", e))?;
     if !known {
-        return Err(ApiError::new(ErrorCode::UnknownAgent, format!("no worker in the fleet runs agent `{}`", request.agent)));
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgent,
+            format!("no worker in the fleet runs agent `{}`", request.agent),
+        ));
     }
     if let Some(key) = &sub.idempotency_key {
         request.id = resolve_idempotency_key(state, key, &request).await?;
@@ -73,8 +82,13 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     let revision = match state.records.create(&key, to_msgpack(&record).into()).await {
         Ok(rev) => rev,
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            let existing = records::get(state, &record.id).await?.ok_or_else(|| ApiError::job_not_found(record.id))?;
-            return Ok(Submitted { record: existing, created: false });
+            let existing = records::get(state, &record.id)
+                .await?
+                .ok_or_else(|| ApiError::job_not_found(record.id))?;
+            return Ok(Submitted {
+                record: existing,
+                created: false,
+            });
         }
         Err(e) => return Err(ApiError::unavailable("creating the job record failed", e)),
     };
@@ -85,59 +99,106 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
     let subject = state.topology.jobs_subject(&record.request.agent);
     let payload: Bytes = to_msgpack(&record.request).into();
-    let published = match state.js.publish_with_headers(subject, headers, payload).await {
+    let published = match state
+        .js
+        .publish_with_headers(subject, headers, payload)
+        .await
+    {
         Ok(ack) => ack.await,
         Err(e) => Err(e),
     };
     if let Err(e) = published {
         // Nothing was queued: take the record back so the job does not look accepted.
-        let _ = state.records.delete_expect_revision(&key, Some(revision)).await;
+        let _ = state
+            .records
+            .delete_expect_revision(&key, Some(revision))
+            .await;
         if is_queue_full(&e) {
-            return Err(ApiError::new(ErrorCode::QueueFull, "the job queue is full; retry later").retry_after(5));
+            return Err(
+                ApiError::new(ErrorCode::QueueFull, "the job queue is full; retry later")
+                    .retry_after(5),
+            );
         }
         return Err(ApiError::unavailable("publishing the job failed", e));
     }
     tracing::info!(job_id = %record.id, agent = %record.request.agent, "job queued");
-    Ok(Submitted { record, created: true })
+    Ok(Submitted {
+        record,
+        created: true,
+    })
 }
 
 fn is_queue_full(e: &async_nats::jetstream::context::PublishError) -> bool {
     use std::error::Error;
-    let api = e.source().and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
+    let api = e
+        .source()
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
     api.is_some_and(|api| api.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED)
         || e.to_string().contains("maximum messages")
 }
 
 fn fingerprint(r: &JobRequest) -> String {
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(&(&r.agent, &r.message, &r.context, &r.timeout, &r.return_files, &r.metadata)).unwrap_or_default());
+    h.update(
+        serde_json::to_vec(&(
+            &r.agent,
+            &r.message,
+            &r.context,
+            &r.timeout,
+            &r.return_files,
+            &r.metadata,
+        ))
+        .unwrap_or_default(),
+    );
     hex::encode(h.finalize())
 }
 
 /// The job id an idempotency key stands for: the first request with the key decides it.
-async fn resolve_idempotency_key(state: &AppState, key: &str, request: &JobRequest) -> Result<Uuid, ApiError> {
+async fn resolve_idempotency_key(
+    state: &AppState,
+    key: &str,
+    request: &JobRequest,
+) -> Result<Uuid, ApiError> {
     if key.is_empty() || key.len() > 255 {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "Idempotency-Key must be 1-255 characters"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "Idempotency-Key must be 1-255 characters",
+        ));
     }
     // Hashing keeps arbitrary client strings out of KV key syntax.
     let kv_key = hex::encode(Sha256::digest(key.as_bytes()));
-    let entry = IdempotencyEntry { job_id: request.id, fingerprint: fingerprint(request) };
+    let entry = IdempotencyEntry {
+        job_id: request.id,
+        fingerprint: fingerprint(request),
+    };
     let bytes = serde_json::to_vec(&entry).unwrap_or_default();
     match state.idempotency.create(&kv_key, bytes.into()).await {
         Ok(_) => Ok(request.id),
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            let stored = state.idempotency.get(&kv_key).await.map_err(|e| ApiError::unavailable("reading an idempotency key failed", e))?;
+            let stored = state
+                .idempotency
+                .get(&kv_key)
+                .await
+                .map_err(|e| ApiError::unavailable("reading an idempotency key failed", e))?;
             let stored: IdempotencyEntry = stored
                 .and_then(|b| serde_json::from_slice(&b).ok())
-                .ok_or_else(|| ApiError::unavailable("idempotency key vanished", "entry expired while read"))?;
+                .ok_or_else(|| {
+                    ApiError::unavailable("idempotency key vanished", "entry expired while read")
+                })?;
             if stored.fingerprint != entry.fingerprint {
                 return Err(ApiError::new(
                     ErrorCode::IdempotencyConflict,
-                    format!("Idempotency-Key was already used for job {} with a different request", stored.job_id),
+                    format!(
+                        "Idempotency-Key was already used for job {} with a different request",
+                        stored.job_id
+                    ),
                 ));
             }
             Ok(stored.job_id)
         }
-        Err(e) => Err(ApiError::unavailable("storing an idempotency key failed", e)),
+        Err(e) => Err(ApiError::unavailable(
+            "storing an idempotency key failed",
+            e,
+        )),
     }
 }

@@ -55,7 +55,11 @@ pub fn encode<T: Serialize>(value: &T, format: Format) -> Result<Vec<u8>, CodecE
     Ok(match format {
         Format::MessagePack => {
             let mut buf = Vec::with_capacity(256);
-            value.serialize(&mut rmp_serde::Serializer::new(&mut buf).with_struct_map().with_human_readable())?;
+            value.serialize(
+                &mut rmp_serde::Serializer::new(&mut buf)
+                    .with_struct_map()
+                    .with_human_readable(),
+            )?;
             buf
         }
         Format::Json => serde_json::to_vec(value)?,
@@ -70,7 +74,9 @@ pub fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: DeserializeOwned>(payload: &[u8], format: Format) -> Result<T, CodecError> {
     Ok(match format {
-        Format::MessagePack => T::deserialize(&mut rmp_serde::Deserializer::from_read_ref(payload).with_human_readable())?,
+        Format::MessagePack => T::deserialize(
+            &mut rmp_serde::Deserializer::from_read_ref(payload).with_human_readable(),
+        )?,
         Format::Json => serde_json::from_slice(payload)?,
     })
 }
@@ -117,8 +123,14 @@ mod tests {
 
     #[test]
     fn content_type_wins_over_sniffing() {
-        assert_eq!(Format::detect(Some("application/json; charset=utf-8"), b"\x81"), Format::Json);
-        assert_eq!(Format::detect(Some("application/x-msgpack"), b"{"), Format::MessagePack);
+        assert_eq!(
+            Format::detect(Some("application/json; charset=utf-8"), b"\x81"),
+            Format::Json
+        );
+        assert_eq!(
+            Format::detect(Some("application/x-msgpack"), b"{"),
+            Format::MessagePack
+        );
         assert_eq!(Format::detect(None, b"  {\"a\":1}"), Format::Json);
     }
 }

@@ -127,13 +127,17 @@ impl WorkerConfig {
 impl HttpConfig {
     pub fn socket_addr(&self) -> SocketAddr {
         // Checked by `Config::validate`.
-        self.addr.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        self.addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
 }
 
 /// Seconds as a Duration; validation has ruled out negative and non-finite values.
 pub fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX).min(Duration::from_secs(100 * 365 * 24 * 3600))
+    Duration::try_from_secs_f64(s)
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,7 +149,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Where configuration comes from. Tests build this from a map; binaries from the process.
@@ -159,7 +166,11 @@ pub struct Sources {
 
 impl Sources {
     pub fn from_process(file: Option<&Path>) -> Self {
-        Self { file: file.map(Path::to_path_buf), env: std::env::vars().collect(), overrides: Vec::new() }
+        Self {
+            file: file.map(Path::to_path_buf),
+            env: std::env::vars().collect(),
+            overrides: Vec::new(),
+        }
     }
 
     pub fn with_override(mut self, key: &str, value: impl Into<String>) -> Self {
@@ -191,8 +202,11 @@ impl Config {
         }
         let mut config: Config = builder.build()?.try_deserialize()?;
         if config.worker.agent_path.is_empty() {
-            config.worker.agent_path =
-                sources.env.get("PATH").cloned().unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+            config.worker.agent_path = sources
+                .env
+                .get("PATH")
+                .cloned()
+                .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
         }
         config.validate()?;
         Ok(config)
@@ -200,23 +214,47 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.http.addr.parse::<SocketAddr>().is_err() {
-            return Err(invalid("http.addr", format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr)));
+            return Err(invalid(
+                "http.addr",
+                format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr),
+            ));
         }
         if !self.nats.url.contains("://") && !self.nats.url.contains(':') {
-            return Err(invalid("nats.url", "expected a URL like nats://127.0.0.1:4222"));
+            return Err(invalid(
+                "nats.url",
+                "expected a URL like nats://127.0.0.1:4222",
+            ));
         }
-        if self.nats.prefix.is_empty() || !self.nats.prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if self.nats.prefix.is_empty()
+            || !self
+                .nats
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             return Err(invalid("nats.prefix", "must be letters, digits or '_'"));
         }
         let positive = [
             ("http.max_wait_secs", self.http.max_wait_secs),
             ("http.generate_wait_secs", self.http.generate_wait_secs),
-            ("queue.duplicate_window_secs", self.queue.duplicate_window_secs),
+            (
+                "queue.duplicate_window_secs",
+                self.queue.duplicate_window_secs,
+            ),
             ("queue.ack_wait_secs", self.queue.ack_wait_secs),
             ("queue.retention_hours", self.queue.retention_hours),
-            ("worker.default_timeout_secs", self.worker.default_timeout_secs),
-            ("worker.shutdown_grace_secs", self.worker.shutdown_grace_secs),
-            ("worker.unknown_agent_grace_secs", self.worker.unknown_agent_grace_secs),
+            (
+                "worker.default_timeout_secs",
+                self.worker.default_timeout_secs,
+            ),
+            (
+                "worker.shutdown_grace_secs",
+                self.worker.shutdown_grace_secs,
+            ),
+            (
+                "worker.unknown_agent_grace_secs",
+                self.worker.unknown_agent_grace_secs,
+            ),
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
@@ -224,7 +262,10 @@ impl Config {
             }
         }
         if !(self.worker.kill_grace_secs.is_finite() && self.worker.kill_grace_secs >= 0.0) {
-            return Err(invalid("worker.kill_grace_secs", "must be zero or a positive number of seconds"));
+            return Err(invalid(
+                "worker.kill_grace_secs",
+                "must be zero or a positive number of seconds",
+            ));
         }
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));
@@ -243,29 +284,47 @@ impl Config {
         }
         for (name, agent) in &self.agents {
             if !is_valid_agent_name(name) {
-                return Err(invalid(format!("agents.{name}"), "agent names are letters, digits, '-' or '_'"));
+                return Err(invalid(
+                    format!("agents.{name}"),
+                    "agent names are letters, digits, '-' or '_'",
+                ));
             }
             if agent.command.is_empty() || agent.command[0].is_empty() {
-                return Err(invalid(format!("agents.{name}.command"), "must name a program"));
+                return Err(invalid(
+                    format!("agents.{name}.command"),
+                    "must name a program",
+                ));
             }
             if let Some(t) = agent.timeout {
                 if !(t.is_finite() && t > 0.0) {
-                    return Err(invalid(format!("agents.{name}.timeout"), "must be a positive number of seconds"));
+                    return Err(invalid(
+                        format!("agents.{name}.timeout"),
+                        "must be a positive number of seconds",
+                    ));
                 }
             }
         }
         for name in &self.worker.agents {
             if !self.agents.contains_key(name) {
-                return Err(invalid("worker.agents", format!("`{name}` is not configured under [agents]")));
+                return Err(invalid(
+                    "worker.agents",
+                    format!("`{name}` is not configured under [agents]"),
+                ));
             }
         }
         for (lang, agent) in &self.execute {
             if !self.agents.contains_key(agent) {
-                return Err(invalid(format!("execute.{lang}"), format!("`{agent}` is not configured under [agents]")));
+                return Err(invalid(
+                    format!("execute.{lang}"),
+                    format!("`{agent}` is not configured under [agents]"),
+                ));
             }
         }
         if !self.agents.contains_key(&self.default_agent) {
-            return Err(invalid("default_agent", format!("`{}` is not configured under [agents]", self.default_agent)));
+            return Err(invalid(
+                "default_agent",
+                format!("`{}` is not configured under [agents]", self.default_agent),
+            ));
         }
         Ok(())
     }
@@ -283,8 +342,16 @@ impl Config {
     pub fn summary(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         value["nats"]["url"] = serde_json::Value::String(mask_url_credentials(&self.nats.url));
-        for agent in value["agents"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
-            for v in agent["env"].as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+        for agent in value["agents"]
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            for v in agent["env"]
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
                 *v = serde_json::Value::String("***".into());
             }
         }
@@ -294,8 +361,12 @@ impl Config {
 
 /// `nats://user:pass@host` → `nats://user:***@host`.
 pub fn mask_url_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
     let user = userinfo.split(':').next().unwrap_or("");
     format!("{scheme}://{user}:***@{host}")
 }
@@ -318,7 +389,11 @@ fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, child) in map {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 collect_leaves(child, p, out);
             }
         }
@@ -332,7 +407,13 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
-        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
+        Sources {
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -345,12 +426,20 @@ mod tests {
 
     #[test]
     fn environment_overrides_defaults_and_names_the_key_when_bad() {
-        let c = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "3"), ("FLEET_HTTP_ADDR", "127.0.0.1:9")])).unwrap();
+        let c = Config::load(&env(&[
+            ("FLEET_WORKER_MAX_CONCURRENT", "3"),
+            ("FLEET_HTTP_ADDR", "127.0.0.1:9"),
+        ]))
+        .unwrap();
         assert_eq!(c.worker.max_concurrent, 3);
         assert_eq!(c.http.addr, "127.0.0.1:9");
-        let err = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "lots")])).unwrap_err().to_string();
+        let err = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "lots")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("worker.max_concurrent"), "{err}");
-        let err = Config::load(&env(&[("FLEET_HTTP_ADDR", "nowhere")])).unwrap_err().to_string();
+        let err = Config::load(&env(&[("FLEET_HTTP_ADDR", "nowhere")]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("http.addr"), "{err}");
     }
 
@@ -359,7 +448,11 @@ mod tests {
         let c = Config::load(&env(&[("AGENT_TIMEOUT", "12"), ("MAX_CONCURRENT", "2")])).unwrap();
         assert_eq!(c.worker.default_timeout_secs, 12.0);
         assert_eq!(c.worker.max_concurrent, 2);
-        let c = Config::load(&env(&[("MAX_CONCURRENT", "2"), ("FLEET_WORKER_MAX_CONCURRENT", "5")])).unwrap();
+        let c = Config::load(&env(&[
+            ("MAX_CONCURRENT", "2"),
+            ("FLEET_WORKER_MAX_CONCURRENT", "5"),
+        ]))
+        .unwrap();
         assert_eq!(c.worker.max_concurrent, 5);
     }
 
@@ -368,19 +461,36 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("fleet.toml");
-        std::fs::write(&file, "[agents.claude-full]\ncommand = [\"claude\", \"-p\", \"{message}\"]\ntimeout = 600\n").unwrap();
-        let c = Config::load(&Sources { file: Some(file.clone()), ..Default::default() }).unwrap();
+        std::fs::write(
+            &file,
+            "[agents.claude-full]\ncommand = [\"claude\", \"-p\", \"{message}\"]\ntimeout = 600\n",
+        )
+        .unwrap();
+        let c = Config::load(&Sources {
+            file: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(c.agents["claude-full"].timeout, Some(600.0));
         assert!(c.agents.contains_key("python"));
 
         std::fs::write(&file, "[worker]\nmax_concurent = 3\n").unwrap();
-        let err = Config::load(&Sources { file: Some(file), ..Default::default() }).unwrap_err().to_string();
+        let err = Config::load(&Sources {
+            file: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("max_concurent"), "{err}");
     }
 
     #[test]
     fn summary_masks_credentials() {
-        let c = Config::load(&env(&[("FLEET_NATS_URL", "nats://svc:hunter2@127.0.0.1:4222")])).unwrap();
+        let c = Config::load(&env(&[(
+            "FLEET_NATS_URL",
+            "nats://svc:hunter2@127.0.0.1:4222",
+        )]))
+        .unwrap();
         let s = c.summary().to_string();
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("svc:***@127.0.0.1"), "{s}");

@@ -74,7 +74,11 @@ mod tests {
 
     #[test]
     fn serde_name_matches_as_str() {
-        for code in [ErrorCode::WorkerLost, ErrorCode::QueueFull, ErrorCode::NonzeroExit] {
+        for code in [
+            ErrorCode::WorkerLost,
+            ErrorCode::QueueFull,
+            ErrorCode::NonzeroExit,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

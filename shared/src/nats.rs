@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use crate::config::NatsConfig;
 
-pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         // A worker or gateway outlives NATS restarts: keep trying, and start even if NATS comes up later.

@@ -23,7 +23,9 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_string() }
+        Self {
+            prefix: prefix.to_string(),
+        }
     }
 
     pub fn prefix(&self) -> &str {
@@ -44,7 +46,10 @@ impl Topology {
 
     /// The agent named by a jobs subject, if the subject is one.
     pub fn agent_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject.strip_prefix(&self.prefix)?.strip_prefix(".jobs.").filter(|a| !a.contains('.'))
+        subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".jobs.")
+            .filter(|a| !a.contains('.'))
     }
 
     pub fn agent_consumer(&self, agent: &str) -> String {
@@ -102,7 +107,12 @@ impl Topology {
         }
     }
 
-    pub fn agent_consumer_config(&self, agent: &str, q: &QueueConfig, metadata: HashMap<String, String>) -> consumer::pull::Config {
+    pub fn agent_consumer_config(
+        &self,
+        agent: &str,
+        q: &QueueConfig,
+        metadata: HashMap<String, String>,
+    ) -> consumer::pull::Config {
         consumer::pull::Config {
             durable_name: Some(self.agent_consumer(agent)),
             description: Some(format!("workers running agent {agent}")),
@@ -143,18 +153,35 @@ impl Topology {
     }
 
     /// Creates the jobs stream and buckets if missing. Safe for every process to call at start-up.
-    pub async fn ensure(&self, js: &jetstream::Context, q: &QueueConfig) -> Result<Handles, TopologyError> {
-        let jobs = js.get_or_create_stream(self.jobs_stream_config(q)).await.map_err(TopologyError::stream)?;
+    pub async fn ensure(
+        &self,
+        js: &jetstream::Context,
+        q: &QueueConfig,
+    ) -> Result<Handles, TopologyError> {
+        let jobs = js
+            .get_or_create_stream(self.jobs_stream_config(q))
+            .await
+            .map_err(TopologyError::stream)?;
         let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
-        Ok(Handles { jobs, records, idempotency })
+        Ok(Handles {
+            jobs,
+            records,
+            idempotency,
+        })
     }
 }
 
-async fn get_or_create_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store, TopologyError> {
+async fn get_or_create_bucket(
+    js: &jetstream::Context,
+    cfg: kv::Config,
+) -> Result<kv::Store, TopologyError> {
     match js.get_key_value(&cfg.bucket).await {
         Ok(store) => Ok(store),
-        Err(_) => js.create_key_value(cfg).await.map_err(TopologyError::bucket),
+        Err(_) => js
+            .create_key_value(cfg)
+            .await
+            .map_err(TopologyError::bucket),
     }
 }
 

@@ -68,7 +68,8 @@ impl JobRequest {
             }
         }
         // argv elements are C strings: a NUL would silently cut the message short.
-        if self.message.contains('\0') || self.context.as_deref().is_some_and(|c| c.contains('\0')) {
+        if self.message.contains('\0') || self.context.as_deref().is_some_and(|c| c.contains('\0'))
+        {
             return Err(RequestInvalid::NulInMessage);
         }
         if let Some(r) = &self.reply_to {
@@ -83,14 +84,18 @@ impl JobRequest {
 pub fn is_valid_agent_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_AGENT_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn is_valid_publish_subject(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
-        && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        && !s
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,7 +122,10 @@ impl JobStatus {
 
     /// Terminal states are final: no writer may replace a terminal record.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Timeout | Self::Cancelled)
+        matches!(
+            self,
+            Self::Completed | Self::Failed | Self::Timeout | Self::Cancelled
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -145,7 +153,10 @@ pub struct JobError {
 
 impl JobError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -277,7 +288,11 @@ mod tests {
     #[test]
     fn agent_names_that_would_break_subjects_are_rejected() {
         for bad in ["", "a.b", "a*", "a>", "a b", &"x".repeat(65)] {
-            assert_eq!(request(bad).validate(), Err(RequestInvalid::AgentName), "{bad:?}");
+            assert_eq!(
+                request(bad).validate(),
+                Err(RequestInvalid::AgentName),
+                "{bad:?}"
+            );
         }
         assert_eq!(request("claude-full_2").validate(), Ok(()));
     }
@@ -302,8 +317,19 @@ mod tests {
 
     #[test]
     fn terminal_states() {
-        let terminal: Vec<_> = JobStatus::ALL.into_iter().filter(|s| s.is_terminal()).collect();
-        assert_eq!(terminal, [JobStatus::Completed, JobStatus::Failed, JobStatus::Timeout, JobStatus::Cancelled]);
+        let terminal: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(
+            terminal,
+            [
+                JobStatus::Completed,
+                JobStatus::Failed,
+                JobStatus::Timeout,
+                JobStatus::Cancelled
+            ]
+        );
         assert_eq!(JobStatus::parse("timeout"), Some(JobStatus::Timeout));
         assert_eq!(JobStatus::parse("processing"), None);
     }
@@ -336,7 +362,12 @@ pub struct PublishedJob {
 
 impl PublishedJob {
     /// Completes the job with what the message itself tells: the subject's agent, a fallback id and time.
-    pub fn into_request(self, subject_agent: &str, fallback_id: Uuid, published: DateTime<Utc>) -> JobRequest {
+    pub fn into_request(
+        self,
+        subject_agent: &str,
+        fallback_id: Uuid,
+        published: DateTime<Utc>,
+    ) -> JobRequest {
         JobRequest {
             id: self.id.unwrap_or(fallback_id),
             agent: self.agent.unwrap_or_else(|| subject_agent.to_string()),

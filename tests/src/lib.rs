@@ -20,20 +20,34 @@ pub struct NatsServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl NatsServer {
     pub fn start() -> Self {
         let store = tempfile::tempdir().expect("tempdir");
-        let mut s = Self { child: None, port: free_port(), store };
+        let mut s = Self {
+            child: None,
+            port: free_port(),
+            store,
+        };
         s.spawn();
         s
     }
 
     fn spawn(&mut self) {
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "--store_dir"])
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "--store_dir",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -82,7 +96,11 @@ pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -101,11 +119,17 @@ pub struct TestConfig {
 pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("fleet.toml");
-    let toml = format!("[agents.fake]\ncommand = [\"{}\", \"{{message}}\"]\n", fake_agent());
+    let toml = format!(
+        "[agents.fake]\ncommand = [\"{}\", \"{{message}}\"]\n",
+        fake_agent()
+    );
     std::fs::write(&file, toml).expect("write config");
     let mut env: HashMap<String, String> = HashMap::new();
     env.insert("FLEET_NATS_URL".into(), nats_url.into());
-    env.insert("FLEET_WORKER_WORK_DIR".into(), dir.path().join("work").to_string_lossy().into_owned());
+    env.insert(
+        "FLEET_WORKER_WORK_DIR".into(),
+        dir.path().join("work").to_string_lossy().into_owned(),
+    );
     env.insert("FLEET_WORKER_KILL_GRACE_SECS".into(), "0.5".into());
     env.insert("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), "2".into());
     env.insert("FLEET_WORKER_UNKNOWN_AGENT_GRACE_SECS".into(), "1".into());
@@ -113,9 +137,17 @@ pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
     for (k, v) in extra {
         env.insert(k.to_string(), v.to_string());
     }
-    let sources = Sources { file: Some(file.clone()), env, overrides: Vec::new() };
+    let sources = Sources {
+        file: Some(file.clone()),
+        env,
+        overrides: Vec::new(),
+    };
     let config = Config::load(&sources).expect("test config");
-    TestConfig { config, file, _dir: Arc::new(dir) }
+    TestConfig {
+        config,
+        file,
+        _dir: Arc::new(dir),
+    }
 }
 
 impl TestConfig {
@@ -124,13 +156,34 @@ impl TestConfig {
         let c = &self.config;
         vec![
             ("FLEET_NATS_URL".into(), c.nats.url.clone()),
-            ("FLEET_WORKER_WORK_DIR".into(), c.worker.work_dir.to_string_lossy().into_owned()),
-            ("FLEET_WORKER_KILL_GRACE_SECS".into(), c.worker.kill_grace_secs.to_string()),
-            ("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), c.worker.shutdown_grace_secs.to_string()),
-            ("FLEET_QUEUE_ACK_WAIT_SECS".into(), c.queue.ack_wait_secs.to_string()),
-            ("FLEET_QUEUE_MAX_ATTEMPTS".into(), c.queue.max_attempts.to_string()),
-            ("FLEET_WORKER_MAX_CONCURRENT".into(), c.worker.max_concurrent.to_string()),
-            ("FLEET_WORKER_OUTPUT_CAP_BYTES".into(), c.worker.output_cap_bytes.to_string()),
+            (
+                "FLEET_WORKER_WORK_DIR".into(),
+                c.worker.work_dir.to_string_lossy().into_owned(),
+            ),
+            (
+                "FLEET_WORKER_KILL_GRACE_SECS".into(),
+                c.worker.kill_grace_secs.to_string(),
+            ),
+            (
+                "FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(),
+                c.worker.shutdown_grace_secs.to_string(),
+            ),
+            (
+                "FLEET_QUEUE_ACK_WAIT_SECS".into(),
+                c.queue.ack_wait_secs.to_string(),
+            ),
+            (
+                "FLEET_QUEUE_MAX_ATTEMPTS".into(),
+                c.queue.max_attempts.to_string(),
+            ),
+            (
+                "FLEET_WORKER_MAX_CONCURRENT".into(),
+                c.worker.max_concurrent.to_string(),
+            ),
+            (
+                "FLEET_WORKER_OUTPUT_CAP_BYTES".into(),
+                c.worker.output_cap_bytes.to_string(),
+            ),
         ]
     }
 }
@@ -150,12 +203,16 @@ impl WorkerHandle {
 
 pub async fn start_worker(config: &Config) -> WorkerHandle {
     let config = Arc::new(config.clone());
-    let client = fleet_shared::nats::connect(&config.nats, "test-worker").await.expect("connect");
+    let client = fleet_shared::nats::connect(&config.nats, "test-worker")
+        .await
+        .expect("connect");
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let run_config = config.clone();
     let task = tokio::spawn(async move {
-        fleet_worker::run(run_config, client, token).await.expect("worker run");
+        fleet_worker::run(run_config, client, token)
+            .await
+            .expect("worker run");
     });
     wait_for_agents(&config).await;
     WorkerHandle { shutdown, task }
@@ -163,7 +220,9 @@ pub async fn start_worker(config: &Config) -> WorkerHandle {
 
 /// Waits until consumers exist for every agent the configuration's worker serves.
 pub async fn wait_for_agents(config: &Config) {
-    let client = fleet_shared::nats::connect(&config.nats, "test-probe").await.expect("connect");
+    let client = fleet_shared::nats::connect(&config.nats, "test-probe")
+        .await
+        .expect("connect");
     let js = async_nats::jetstream::new(client);
     let topology = fleet_shared::Topology::new(&config.nats.prefix);
     eventually("worker consumers", Duration::from_secs(15), || {
@@ -171,9 +230,15 @@ pub async fn wait_for_agents(config: &Config) {
         let topology = topology.clone();
         let agents = config.worker_agents();
         async move {
-            let Ok(stream) = js.get_stream(topology.jobs_stream()).await else { return false };
+            let Ok(stream) = js.get_stream(topology.jobs_stream()).await else {
+                return false;
+            };
             for a in agents {
-                if stream.consumer_info(topology.agent_consumer(&a)).await.is_err() {
+                if stream
+                    .consumer_info(topology.agent_consumer(&a))
+                    .await
+                    .is_err()
+                {
                     return false;
                 }
             }
@@ -213,19 +278,35 @@ impl Drop for GatewayHandle {
 
 pub async fn start_gateway(config: &Config) -> GatewayHandle {
     let config = Arc::new(config.clone());
-    let client = fleet_shared::nats::connect(&config.nats, "test-gateway").await.expect("connect");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let client = fleet_shared::nats::connect(&config.nats, "test-gateway")
+        .await
+        .expect("connect");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     tokio::spawn(async move {
-        fleet_gateway::run(listener, config, client, async move { token.cancelled().await }).await.expect("gateway run");
+        fleet_gateway::run(
+            listener,
+            config,
+            client,
+            async move { token.cancelled().await },
+        )
+        .await
+        .expect("gateway run");
     });
     let http = reqwest::Client::new();
     eventually("gateway ready", Duration::from_secs(10), || {
         let http = http.clone();
         let url = url.clone();
-        async move { http.get(format!("{url}/ready")).send().await.is_ok_and(|r| r.status().is_success()) }
+        async move {
+            http.get(format!("{url}/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
     })
     .await;
     GatewayHandle { url, shutdown }
@@ -263,7 +344,8 @@ impl WorkerProcess {
 
     /// Peak resident memory (VmHWM) in KiB.
     pub fn peak_rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -282,7 +364,12 @@ impl Drop for WorkerProcess {
 /// Is any process with this pid alive (zombies count as gone)?
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }

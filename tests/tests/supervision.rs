@@ -14,8 +14,15 @@ async fn run_fake(nats_url: &str, message: String) -> JobRecord {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
     let body = serde_json::json!({"message": message, "reply_to": inbox});
-    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into()).await.unwrap().await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(60), sub.next()).await.unwrap().unwrap();
+    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     decode(&msg.payload, Format::Json).unwrap()
 }
 
@@ -32,19 +39,37 @@ async fn timeout_terminates_then_kills_the_whole_process_group() {
     let js = async_nats::jetstream::new(client.clone());
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    let message = format!("pid:{} grandchild:{} ignore-term sleep:60", agent_pid.display(), grandchild_pid.display());
+    let message = format!(
+        "pid:{} grandchild:{} ignore-term sleep:60",
+        agent_pid.display(),
+        grandchild_pid.display()
+    );
     let body = serde_json::json!({"message": message, "reply_to": inbox, "timeout": 1.0});
-    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into()).await.unwrap().await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(30), sub.next()).await.unwrap().unwrap();
+    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     let record: JobRecord = decode(&msg.payload, Format::Json).unwrap();
 
     assert_eq!(record.status, JobStatus::Timeout);
     assert_eq!(record.error.as_ref().unwrap().code, ErrorCode::Timeout);
-    assert_eq!(record.signal, Some(libc::SIGKILL), "SIGTERM was ignored, so SIGKILL ended it");
+    assert_eq!(
+        record.signal,
+        Some(libc::SIGKILL),
+        "SIGTERM was ignored, so SIGKILL ended it"
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     for file in [agent_pid, grandchild_pid] {
         let pid: i32 = std::fs::read_to_string(&file).unwrap().parse().unwrap();
-        eventually("process gone", Duration::from_secs(3), || async move { !process_alive(pid) }).await;
+        eventually("process gone", Duration::from_secs(3), || async move {
+            !process_alive(pid)
+        })
+        .await;
     }
     worker.stop().await;
 }
@@ -63,7 +88,10 @@ async fn output_flood_is_capped_in_the_record_with_flat_worker_memory() {
     assert_eq!(record.stdout.len(), 1000);
     assert_eq!(record.stdout_truncated_bytes, flood - 1000);
     let after = worker.peak_rss_kb();
-    assert!(after < before + 16 * 1024, "worker peak RSS grew from {before} KiB to {after} KiB on 100 MB of output");
+    assert!(
+        after < before + 16 * 1024,
+        "worker peak RSS grew from {before} KiB to {after} KiB on 100 MB of output"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +103,12 @@ async fn invalid_utf8_is_lossless_in_the_full_log_and_replaced_in_the_record() {
     let raw = b"ok \xff\xfe bad \xc3\x28 end\n";
     assert_eq!(record.stdout, String::from_utf8_lossy(raw));
     assert!(record.stdout.contains('\u{fffd}'));
-    let log = cfg.config.worker.work_dir.join(format!("{}-{}", record.id, record.attempt)).join("stdout.log");
+    let log = cfg
+        .config
+        .worker
+        .work_dir
+        .join(format!("{}-{}", record.id, record.attempt))
+        .join("stdout.log");
     assert_eq!(std::fs::read(log).unwrap(), raw);
     let resources = record.resources.expect("resources recorded");
     assert!(resources.max_rss_kb > 0 && resources.wall_ms < 10_000);

@@ -45,10 +45,20 @@ impl JobDirs {
 }
 
 pub fn timeout(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig) -> Duration {
-    record.request.timeout.or(agent.timeout).map(secs).unwrap_or_else(|| worker.default_timeout())
+    record
+        .request
+        .timeout
+        .or(agent.timeout)
+        .map(secs)
+        .unwrap_or_else(|| worker.default_timeout())
 }
 
-pub fn run_spec(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig, dirs: &JobDirs) -> RunSpec {
+pub fn run_spec(
+    record: &JobRecord,
+    agent: &AgentConfig,
+    worker: &WorkerConfig,
+    dirs: &JobDirs,
+) -> RunSpec {
     let job_id = record.id.to_string();
     let workspace = dirs.workspace.to_string_lossy().into_owned();
     let vars = Vars {
@@ -63,7 +73,10 @@ pub fn run_spec(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig, 
     let mut env = vec![
         ("PATH".to_string(), worker.agent_path.clone()),
         ("HOME".to_string(), workspace.clone()),
-        ("TMPDIR".to_string(), dirs.tmp.to_string_lossy().into_owned()),
+        (
+            "TMPDIR".to_string(),
+            dirs.tmp.to_string_lossy().into_owned(),
+        ),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("FLEET_JOB_ID".to_string(), job_id.clone()),
         ("FLEET_AGENT".to_string(), record.request.agent.clone()),

@@ -5,13 +5,21 @@ use async_nats::HeaderMap;
 use fleet_shared::codec::{encode, to_msgpack, Format, CONTENT_TYPE_HEADER};
 use fleet_shared::{JobRecord, Topology};
 
-pub async fn announce(client: &async_nats::Client, topology: &Topology, record: &JobRecord, format: Format) {
+pub async fn announce(
+    client: &async_nats::Client,
+    topology: &Topology,
+    record: &JobRecord,
+    format: Format,
+) {
     if let Some(reply_to) = &record.request.reply_to {
         match encode(record, format) {
             Ok(payload) => {
                 let mut headers = HeaderMap::new();
                 headers.insert(CONTENT_TYPE_HEADER, format.content_type());
-                if let Err(e) = client.publish_with_headers(reply_to.clone(), headers, payload.into()).await {
+                if let Err(e) = client
+                    .publish_with_headers(reply_to.clone(), headers, payload.into())
+                    .await
+                {
                     tracing::warn!(job_id = %record.id, error = %e, "publishing the reply failed");
                 }
             }

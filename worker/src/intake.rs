@@ -56,7 +56,12 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             submitted_at: msg.published,
             traceparent: None,
         };
-        Intake { request, format, queued_revision: None, rejected: Some(JobError::new(ErrorCode::InvalidJob, reason)) }
+        Intake {
+            request,
+            format,
+            queued_revision: None,
+            rejected: Some(JobError::new(ErrorCode::InvalidJob, reason)),
+        }
     };
 
     let published: PublishedJob = match decode(msg.payload, format) {
@@ -67,9 +72,17 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     if request.reply_to.is_none() {
         request.reply_to = header_reply.clone();
     }
-    let mut intake = Intake { request, format, queued_revision, rejected: None };
+    let mut intake = Intake {
+        request,
+        format,
+        queued_revision,
+        rejected: None,
+    };
     if intake.request.agent != subject_agent {
-        let reason = format!("agent `{}` does not match the subject's agent `{subject_agent}`", intake.request.agent);
+        let reason = format!(
+            "agent `{}` does not match the subject's agent `{subject_agent}`",
+            intake.request.agent
+        );
         intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, reason));
     } else if let Err(e) = intake.request.validate() {
         intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, e.to_string()));
@@ -86,7 +99,13 @@ mod tests {
     use super::*;
 
     fn incoming<'a>(payload: &'a Bytes, headers: Option<&'a HeaderMap>) -> Incoming<'a> {
-        Incoming { subject: "fleet.jobs.echo", payload, headers, stream_sequence: 7, published: Utc::now() }
+        Incoming {
+            subject: "fleet.jobs.echo",
+            payload,
+            headers,
+            stream_sequence: 7,
+            published: Utc::now(),
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::records::{self, Finish};
 use crate::Shared;
 
 pub async fn run(shared: Arc<Shared>) {
-    let every = (shared.config.worker.unknown_agent_grace() / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+    let every = (shared.config.worker.unknown_agent_grace() / 4)
+        .clamp(Duration::from_millis(250), Duration::from_secs(10));
     loop {
         tokio::select! {
             biased;
@@ -32,17 +33,26 @@ pub async fn run(shared: Arc<Shared>) {
 async fn sweep(shared: &Shared) -> Result<(), async_nats::Error> {
     let stream = shared.jobs.clone();
     let consumers: HashSet<String> = stream.consumer_names().try_collect().await?;
-    let subjects: Vec<(String, usize)> =
-        stream.info_with_subjects(shared.topology.jobs_subject_wildcard()).await?.try_collect().await?;
-    let grace = chrono::Duration::from_std(shared.config.worker.unknown_agent_grace()).unwrap_or_default();
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(shared.topology.jobs_subject_wildcard())
+        .await?
+        .try_collect()
+        .await?;
+    let grace =
+        chrono::Duration::from_std(shared.config.worker.unknown_agent_grace()).unwrap_or_default();
     for (subject, count) in subjects {
-        let Some(agent) = shared.topology.agent_of_subject(&subject) else { continue };
+        let Some(agent) = shared.topology.agent_of_subject(&subject) else {
+            continue;
+        };
         if count == 0 || consumers.contains(&shared.topology.agent_consumer(agent)) {
             continue;
         }
         let mut from = 1;
         loop {
-            let msg = match stream.get_first_raw_message_by_subject(&subject, from).await {
+            let msg = match stream
+                .get_first_raw_message_by_subject(&subject, from)
+                .await
+            {
                 Ok(m) => m,
                 Err(_) => break,
             };
@@ -61,18 +71,32 @@ async fn sweep(shared: &Shared) -> Result<(), async_nats::Error> {
                     published,
                 },
             );
-            let error = JobError::new(ErrorCode::UnknownAgent, format!("no worker in the fleet runs agent `{agent}`"));
+            let error = JobError::new(
+                ErrorCode::UnknownAgent,
+                format!("no worker in the fleet runs agent `{agent}`"),
+            );
             let record = JobRecord::failed_without_run(intake.request, error);
             let key = shared.topology.record_key(&record.id);
             let expected = records::current(&shared.records, &key).await?;
-            if expected.as_ref().is_some_and(|h| h.record.status.is_terminal()) {
+            if expected
+                .as_ref()
+                .is_some_and(|h| h.record.status.is_terminal())
+            {
                 stream.delete_message(msg.sequence).await.ok();
                 continue;
             }
-            let finish = records::finish(&shared.records, &key, expected.map(|h| h.revision), &record, &shared.kill_running).await?;
+            let finish = records::finish(
+                &shared.records,
+                &key,
+                expected.map(|h| h.revision),
+                &record,
+                &shared.kill_running,
+            )
+            .await?;
             if finish == Finish::Written {
                 tracing::warn!(job_id = %record.id, agent, "failed a job for an agent no worker runs");
-                crate::delivery::announce(&shared.client, &shared.topology, &record, intake.format).await;
+                crate::delivery::announce(&shared.client, &shared.topology, &record, intake.format)
+                    .await;
             }
             stream.delete_message(msg.sequence).await.ok();
         }

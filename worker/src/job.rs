@@ -66,7 +66,14 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
     let key = shared.topology.record_key(&intake.request.id);
     if let Some(error) = intake.rejected {
         tracing::info!(code = %error.code, reason = %error.message, "rejecting job");
-        return record_failure(shared, &key, JobRecord::failed_without_run(intake.request, error), None, intake.format).await;
+        return record_failure(
+            shared,
+            &key,
+            JobRecord::failed_without_run(intake.request, error),
+            None,
+            intake.format,
+        )
+        .await;
     }
     let Some(agent) = shared.config.agents.get(&intake.request.agent) else {
         // This worker pulls only for agents it has configured; a mismatch means a stale consumer.
@@ -116,10 +123,15 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
             heartbeat.cancel();
             r
         }
-        Err(e) => Err(SpawnError::Start { program: "workspace".into(), source: e }),
+        Err(e) => Err(SpawnError::Start {
+            program: "workspace".into(),
+            source: e,
+        }),
     };
     let settle = match result {
-        Ok(outcome) if outcome.killed == Some(KillReason::Requested) => hand_back(shared, &key, &held).await,
+        Ok(outcome) if outcome.killed == Some(KillReason::Requested) => {
+            hand_back(shared, &key, &held).await
+        }
         Ok(outcome) => {
             let record = completed_record(&held, &outcome);
             record_result(shared, &key, record, held.revision, intake.format).await
@@ -177,16 +189,34 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     let mut record = held.record.clone();
     let (status, error) = match (outcome.killed, outcome.ending) {
         (Some(KillReason::Timeout), _) => {
-            let limit = record.request.timeout.map(|t| format!(" of {t} s")).unwrap_or_default();
-            (JobStatus::Timeout, Some(JobError::new(ErrorCode::Timeout, format!("the agent ran past its timeout{limit}"))))
+            let limit = record
+                .request
+                .timeout
+                .map(|t| format!(" of {t} s"))
+                .unwrap_or_default();
+            (
+                JobStatus::Timeout,
+                Some(JobError::new(
+                    ErrorCode::Timeout,
+                    format!("the agent ran past its timeout{limit}"),
+                )),
+            )
         }
         (_, Ending::Exited(0)) => (JobStatus::Completed, None),
-        (_, Ending::Exited(code)) => {
-            (JobStatus::Failed, Some(JobError::new(ErrorCode::NonzeroExit, format!("the agent exited with status {code}"))))
-        }
-        (_, Ending::Signaled(sig)) => {
-            (JobStatus::Failed, Some(JobError::new(ErrorCode::NonzeroExit, format!("the agent was killed by signal {sig}"))))
-        }
+        (_, Ending::Exited(code)) => (
+            JobStatus::Failed,
+            Some(JobError::new(
+                ErrorCode::NonzeroExit,
+                format!("the agent exited with status {code}"),
+            )),
+        ),
+        (_, Ending::Signaled(sig)) => (
+            JobStatus::Failed,
+            Some(JobError::new(
+                ErrorCode::NonzeroExit,
+                format!("the agent was killed by signal {sig}"),
+            )),
+        ),
     };
     end(&mut record, status);
     record.error = error;
@@ -205,12 +235,24 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
 }
 
 /// Writes the terminal record of a job that ran; announces it only if it is the job's terminal record.
-async fn record_result(shared: &Shared, key: &str, record: JobRecord, revision: u64, format: Format) -> Settle {
+async fn record_result(
+    shared: &Shared,
+    key: &str,
+    record: JobRecord,
+    revision: u64,
+    format: Format,
+) -> Settle {
     write_and_announce(shared, key, record, Some(revision), format).await
 }
 
 /// Writes the terminal record of a job that could not run.
-async fn record_failure(shared: &Shared, key: &str, record: JobRecord, revision: Option<u64>, format: Format) -> Settle {
+async fn record_failure(
+    shared: &Shared,
+    key: &str,
+    record: JobRecord,
+    revision: Option<u64>,
+    format: Format,
+) -> Settle {
     let revision = match revision {
         Some(r) => Some(r),
         None => match records::current(&shared.records, key).await {
@@ -226,8 +268,22 @@ async fn record_failure(shared: &Shared, key: &str, record: JobRecord, revision:
     write_and_announce(shared, key, record, revision, format).await
 }
 
-async fn write_and_announce(shared: &Shared, key: &str, record: JobRecord, revision: Option<u64>, format: Format) -> Settle {
-    match records::finish(&shared.records, key, revision, &record, &shared.kill_running).await {
+async fn write_and_announce(
+    shared: &Shared,
+    key: &str,
+    record: JobRecord,
+    revision: Option<u64>,
+    format: Format,
+) -> Settle {
+    match records::finish(
+        &shared.records,
+        key,
+        revision,
+        &record,
+        &shared.kill_running,
+    )
+    .await
+    {
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
             crate::delivery::announce(&shared.client, &shared.topology, &record, format).await;

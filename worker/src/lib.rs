@@ -45,7 +45,10 @@ pub enum WorkerError {
     #[error(transparent)]
     Topology(#[from] fleet_shared::topology::TopologyError),
     #[error("cannot create the consumer for agent `{agent}`: {source}")]
-    Consumer { agent: String, source: async_nats::Error },
+    Consumer {
+        agent: String,
+        source: async_nats::Error,
+    },
     #[error("cannot create the work directory {dir}: {source}")]
     WorkDir { dir: String, source: std::io::Error },
 }
@@ -66,13 +69,24 @@ pub fn default_worker_id() -> String {
 }
 
 /// Runs a worker until `shutdown` is cancelled and its jobs are finished or handed back.
-pub async fn run(config: Arc<Config>, client: async_nats::Client, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(
+    config: Arc<Config>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let topology = Topology::new(&config.nats.prefix);
     let js = jetstream::new(client.clone());
     let handles = topology.ensure(&js, &config.queue).await?;
     let work_dir = &config.worker.work_dir;
-    std::fs::create_dir_all(work_dir).map_err(|source| WorkerError::WorkDir { dir: work_dir.display().to_string(), source })?;
-    let worker_id = if config.worker.id.is_empty() { default_worker_id() } else { config.worker.id.clone() };
+    std::fs::create_dir_all(work_dir).map_err(|source| WorkerError::WorkDir {
+        dir: work_dir.display().to_string(),
+        source,
+    })?;
+    let worker_id = if config.worker.id.is_empty() {
+        default_worker_id()
+    } else {
+        config.worker.id.clone()
+    };
 
     let mut consumers = Vec::new();
     for agent_name in config.worker_agents() {
@@ -89,7 +103,10 @@ pub async fn run(config: Arc<Config>, client: async_nats::Client, shutdown: Canc
             .jobs
             .get_or_create_consumer(&topology.agent_consumer(&agent_name), cfg)
             .await
-            .map_err(|e| WorkerError::Consumer { agent: agent_name.clone(), source: e.into() })?;
+            .map_err(|e| WorkerError::Consumer {
+                agent: agent_name.clone(),
+                source: e.into(),
+            })?;
         consumers.push(consumer);
     }
 
@@ -109,16 +126,27 @@ pub async fn run(config: Arc<Config>, client: async_nats::Client, shutdown: Canc
     let jobs = TaskTracker::new();
     let loops = TaskTracker::new();
     for consumer in consumers {
-        loops.spawn(pull::pull_loop(shared.clone(), consumer, slots.clone(), jobs.clone()));
+        loops.spawn(pull::pull_loop(
+            shared.clone(),
+            consumer,
+            slots.clone(),
+            jobs.clone(),
+        ));
     }
     loops.spawn(janitor::run(shared.clone()));
     loops.close();
 
     shutdown.cancelled().await;
-    tracing::info!(grace_secs = config.worker.shutdown_grace_secs, "worker stopping: no new jobs; running jobs may finish");
+    tracing::info!(
+        grace_secs = config.worker.shutdown_grace_secs,
+        "worker stopping: no new jobs; running jobs may finish"
+    );
     loops.wait().await;
     jobs.close();
-    if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait()).await.is_err() {
+    if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace over: killing running jobs and handing them back");
         shared.kill_running.cancel();
         jobs.wait().await;

@@ -39,7 +39,11 @@ impl Captured {
 
 /// Reads `source` to its end. Log write failures (disk full) stop logging but never the reading, so the agent is
 /// never blocked on a full pipe.
-pub async fn capture(mut source: impl AsyncRead + Unpin, mut log: Option<File>, cap: usize) -> Captured {
+pub async fn capture(
+    mut source: impl AsyncRead + Unpin,
+    mut log: Option<File>,
+    cap: usize,
+) -> Captured {
     let mut captured = Captured::default();
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -85,10 +89,16 @@ mod tests {
 
     #[test]
     fn lossy_text_replaces_invalid_bytes_and_drops_a_cut_character() {
-        let c = Captured { head: b"ok\xffok".to_vec(), total: 5 };
+        let c = Captured {
+            head: b"ok\xffok".to_vec(),
+            total: 5,
+        };
         assert_eq!(c.lossy_text(), "ok\u{fffd}ok");
         // "é" is two bytes; the cap kept only the first.
-        let c = Captured { head: b"ab\xc3".to_vec(), total: 4 };
+        let c = Captured {
+            head: b"ab\xc3".to_vec(),
+            total: 4,
+        };
         assert_eq!(c.lossy_text(), "ab");
     }
 }

@@ -15,7 +15,12 @@ use crate::Shared;
 /// How long one pull request waits for jobs before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
-pub async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>, slots: Arc<Semaphore>, tasks: TaskTracker) {
+pub async fn pull_loop(
+    shared: Arc<Shared>,
+    consumer: Consumer<pull::Config>,
+    slots: Arc<Semaphore>,
+    tasks: TaskTracker,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
@@ -28,7 +33,12 @@ pub async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>, sl
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
         }
-        let batch = consumer.batch().max_messages(permits.len()).expires(PULL_EXPIRES).messages().await;
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
         let mut batch = match batch {
             Ok(b) => {
                 backoff = Duration::from_millis(100);
@@ -54,7 +64,9 @@ pub async fn pull_loop(shared: Arc<Shared>, consumer: Consumer<pull::Config>, sl
                 Some(Ok(msg)) => {
                     let Some(permit) = permits.pop() else {
                         // The server never sends more than asked; hand back anything extra untouched.
-                        let _ = msg.ack_with(async_nats::jetstream::AckKind::Nak(None)).await;
+                        let _ = msg
+                            .ack_with(async_nats::jetstream::AckKind::Nak(None))
+                            .await;
                         continue;
                     };
                     let shared = shared.clone();

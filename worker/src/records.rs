@@ -42,15 +42,23 @@ pub enum Claim {
 
 /// Reads the current record, treating a deleted or unreadable entry as absent.
 pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, RecordError> {
-    let Some(entry) = store.entry(key).await.map_err(store_err)? else { return Ok(None) };
+    let Some(entry) = store.entry(key).await.map_err(store_err)? else {
+        return Ok(None);
+    };
     if entry.operation != Operation::Put {
         return Ok(None);
     }
     match decode::<JobRecord>(&entry.value, Format::MessagePack) {
-        Ok(record) => Ok(Some(Held { record, revision: entry.revision })),
+        Ok(record) => Ok(Some(Held {
+            record,
+            revision: entry.revision,
+        })),
         Err(e) => {
             tracing::warn!(key, error = %e, "unreadable job record; it will be replaced");
-            Ok(Some(Held { record: JobRecord::queued(placeholder_request(key)), revision: entry.revision }))
+            Ok(Some(Held {
+                record: JobRecord::queued(placeholder_request(key)),
+                revision: entry.revision,
+            }))
         }
     }
 }
@@ -109,12 +117,18 @@ pub async fn claim(
                 }
             }
             Some(held) if held.record.status.is_terminal() => return Ok(Claim::AlreadyTerminal),
-            Some(held) if held.record.status == JobStatus::Running && held.record.attempt >= max_attempts => {
+            Some(held)
+                if held.record.status == JobStatus::Running
+                    && held.record.attempt >= max_attempts =>
+            {
                 return Ok(Claim::Exhausted(held));
             }
             Some(held) => {
                 let record = running(held.record, worker);
-                match store.update(key, to_msgpack(&record).into(), held.revision).await {
+                match store
+                    .update(key, to_msgpack(&record).into(), held.revision)
+                    .await
+                {
                     Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
                     Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                     Err(e) => return Err(store_err(e)),
@@ -148,16 +162,26 @@ pub async fn finish(
     let mut backoff = Duration::from_millis(50);
     loop {
         let attempt = match expected {
-            Some(rev) => store.update(key, payload.clone(), rev).await.map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, store_err(e))),
-            None => store.create(key, payload.clone()).await.map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
+            Some(rev) => store
+                .update(key, payload.clone(), rev)
+                .await
+                .map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, store_err(e))),
+            None => store
+                .create(key, payload.clone())
+                .await
+                .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
         };
         match attempt {
             Ok(_) => return Ok(Finish::Written),
             Err((true, _)) => match current(store, key).await {
-                Ok(Some(held)) if held.record.status.is_terminal() => return Ok(Finish::AlreadyTerminal),
+                Ok(Some(held)) if held.record.status.is_terminal() => {
+                    return Ok(Finish::AlreadyTerminal)
+                }
                 Ok(Some(held)) => expected = Some(held.revision),
                 Ok(None) => expected = None,
-                Err(e) => tracing::warn!(key, error = %e, "reading the job record failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "reading the job record failed; retrying")
+                }
             },
             Err((false, e)) => {
                 tracing::warn!(key, error = %e, retry_in_ms = backoff.as_millis() as u64, "writing the terminal record failed; retrying");
@@ -179,7 +203,10 @@ pub async fn requeue(store: &kv::Store, key: &str, held: &Held) -> Result<(), Re
     record.worker = None;
     record.started_at = None;
     record.updated_at = Utc::now();
-    match store.update(key, to_msgpack(&record).into(), held.revision).await {
+    match store
+        .update(key, to_msgpack(&record).into(), held.revision)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(()),
         Err(e) => Err(store_err(e)),

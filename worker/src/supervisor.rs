@@ -80,7 +80,11 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
-        .stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if spec.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so timeout and cancel reach grandchildren too.
@@ -94,7 +98,10 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         });
     }
     let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Start { program: program.clone(), source })?;
+    let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
+        program: program.clone(),
+        source,
+    })?;
     let pid = child.id() as libc::pid_t;
     // From here the child exists: every path below must reap it.
     let exit = match PidFd::open(pid) {
@@ -141,7 +148,10 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
     };
     if killed.is_some() {
         signal_group(pid, libc::SIGTERM);
-        if tokio::time::timeout(spec.kill_grace, exit.exited()).await.is_err() {
+        if tokio::time::timeout(spec.kill_grace, exit.exited())
+            .await
+            .is_err()
+        {
             signal_group(pid, libc::SIGKILL);
             exit.exited().await;
         }
@@ -157,18 +167,28 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
     }
     let stdout = drain(stdout_task).await;
     let stderr = drain(stderr_task).await;
-    Ok(RunOutcome { ending, killed, stdout, stderr, resources })
+    Ok(RunOutcome {
+        ending,
+        killed,
+        stdout,
+        stderr,
+        resources,
+    })
 }
 
 async fn drain(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
-    let Some(task) = task else { return Captured::default() };
+    let Some(task) = task else {
+        return Captured::default();
+    };
     let abort = task.abort_handle();
     match tokio::time::timeout(DRAIN_DEADLINE, task).await {
         Ok(Ok(c)) => c,
         Ok(Err(_)) => Captured::default(),
         Err(_) => {
             abort.abort();
-            tracing::warn!("agent output pipe still open after its process group ended; output cut off");
+            tracing::warn!(
+                "agent output pipe still open after its process group ended; output cut off"
+            );
             Captured::default()
         }
     }
@@ -225,8 +245,11 @@ impl PidFd {
         // SAFETY: the kernel just handed us this fd; we are its only owner.
         let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
         // SAFETY: OwnedFd keeps the descriptor open and unchanged for as long as the AsyncFd lives.
-        let registered = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
-        registered.map(Self).map_err(|e| io::Error::other(e.to_string()))
+        let registered =
+            unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
+        registered
+            .map(Self)
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 
     async fn exited(&self) {
@@ -267,12 +290,17 @@ mod tests {
     #[tokio::test]
     async fn environment_is_only_what_the_spec_gives() {
         let out = run(spec(&["env"]), CancellationToken::new()).await.unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout.head), "PATH=/usr/bin:/bin\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout.head),
+            "PATH=/usr/bin:/bin\n"
+        );
     }
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = run(spec(&["/nonexistent/agent"]), CancellationToken::new()).await.unwrap_err();
+        let err = run(spec(&["/nonexistent/agent"]), CancellationToken::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, SpawnError::Start { .. }), "{err}");
     }
 
@@ -302,10 +330,21 @@ mod tests {
 
     #[tokio::test]
     async fn cpu_time_is_recorded() {
-        let out = run(spec(&["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]), CancellationToken::new())
-            .await
-            .unwrap();
-        assert!(out.resources.user_cpu_ms + out.resources.system_cpu_ms > 0, "{:?}", out.resources);
+        let out = run(
+            spec(&[
+                "sh",
+                "-c",
+                "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+            ]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            out.resources.user_cpu_ms + out.resources.system_cpu_ms > 0,
+            "{:?}",
+            out.resources
+        );
         assert!(out.resources.max_rss_kb > 0);
         assert!(out.resources.wall_ms > 0);
     }

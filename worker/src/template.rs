@@ -29,7 +29,10 @@ pub fn render(template: &str, vars: &Vars<'_>) -> String {
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        match after.find('}').and_then(|close| vars.get(&after[..close]).map(|v| (close, v))) {
+        match after
+            .find('}')
+            .and_then(|close| vars.get(&after[..close]).map(|v| (close, v)))
+        {
             Some((close, value)) => {
                 out.push_str(value);
                 rest = &after[close + 1..];
@@ -49,13 +52,24 @@ mod tests {
     use super::*;
 
     fn vars(message: &str) -> Vars<'_> {
-        Vars { message, context: "ctx", job_id: "J", workspace: "/w" }
+        Vars {
+            message,
+            context: "ctx",
+            job_id: "J",
+            workspace: "/w",
+        }
     }
 
     #[test]
     fn placeholders_are_replaced_once_and_message_text_is_not_expanded() {
-        assert_eq!(render("--msg={message}", &vars("hi {job_id}")), "--msg=hi {job_id}");
-        assert_eq!(render("{job_id}:{context}:{workspace}", &vars("")), "J:ctx:/w");
+        assert_eq!(
+            render("--msg={message}", &vars("hi {job_id}")),
+            "--msg=hi {job_id}"
+        );
+        assert_eq!(
+            render("{job_id}:{context}:{workspace}", &vars("")),
+            "J:ctx:/w"
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ fn interaction_status(s: JobStatus) -> &'static str {
 /// Send a message to an agent (agent-interaction server compatible).
 #[utoipa::path(post, path = "/interact", tag = "compatible", request_body = InteractRequest,
     responses((status = 200, body = InteractResponse), (status = 422, body = Problem)))]
-pub async fn interact(State(state): State<AppState>, Json(body): Json<InteractRequest>) -> Result<Json<InteractResponse>, ApiError> {
+pub async fn interact(
+    State(state): State<AppState>,
+    Json(body): Json<InteractRequest>,
+) -> Result<Json<InteractResponse>, ApiError> {
     let sub = Submission {
         agent: body.agent,
         message: body.message,
@@ -61,7 +64,10 @@ pub async fn interact(State(state): State<AppState>, Json(body): Json<InteractRe
         ..Default::default()
     };
     let s = submit(&state, sub).await?;
-    Ok(Json(InteractResponse { request_id: s.record.id, status: interaction_status(s.record.status).into() }))
+    Ok(Json(InteractResponse {
+        request_id: s.record.id,
+        status: interaction_status(s.record.status).into(),
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,7 +88,10 @@ pub struct ResultsResponse {
 /// Results of a job (`processing` until it ends).
 #[utoipa::path(get, path = "/results/{id}", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = ResultsResponse), (status = 404, body = Problem)))]
-pub async fn results(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<ResultsResponse>, ApiError> {
+pub async fn results(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ResultsResponse>, ApiError> {
     let r = records::get_or_404(&state, &id).await?;
     Ok(Json(ResultsResponse {
         request_id: r.id,
@@ -132,11 +141,20 @@ fn execution_status(s: JobStatus) -> &'static str {
 /// Run code in a language (code-execution API compatible).
 #[utoipa::path(post, path = "/execute", tag = "compatible", request_body = ExecuteRequest,
     responses((status = 200, body = ExecuteResponse), (status = 422, body = Problem)))]
-pub async fn execute(State(state): State<AppState>, Json(body): Json<ExecuteRequest>) -> Result<Json<ExecuteResponse>, ApiError> {
+pub async fn execute(
+    State(state): State<AppState>,
+    Json(body): Json<ExecuteRequest>,
+) -> Result<Json<ExecuteResponse>, ApiError> {
     let language = body.language.to_ascii_lowercase();
     let Some(agent) = state.config.execute.get(&language) else {
         let known: Vec<_> = state.config.execute.keys().map(String::as_str).collect();
-        return Err(ApiError::new(ErrorCode::InvalidRequest, format!("unsupported language `{language}`; supported: {}", known.join(", "))));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "unsupported language `{language}`; supported: {}",
+                known.join(", ")
+            ),
+        ));
     };
     let sub = Submission {
         agent: agent.clone(),
@@ -147,7 +165,11 @@ pub async fn execute(State(state): State<AppState>, Json(body): Json<ExecuteRequ
         ..Default::default()
     };
     let s = submit(&state, sub).await?;
-    Ok(Json(ExecuteResponse { job_id: s.record.id, status: execution_status(s.record.status).into(), estimated_start_time: None }))
+    Ok(Json(ExecuteResponse {
+        job_id: s.record.id,
+        status: execution_status(s.record.status).into(),
+        estimated_start_time: None,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -165,7 +187,10 @@ pub struct JobStatusResponse {
 /// A job's status (code-execution API compatible).
 #[utoipa::path(get, path = "/jobs/{id}/status", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = JobStatusResponse), (status = 404, body = Problem)))]
-pub async fn job_status(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<JobStatusResponse>, ApiError> {
+pub async fn job_status(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobStatusResponse>, ApiError> {
     let r = records::get_or_404(&state, &id).await?;
     Ok(Json(JobStatusResponse {
         job_id: r.id,
@@ -195,7 +220,10 @@ pub struct JobResultsResponse {
 /// A job's full results (code-execution API compatible).
 #[utoipa::path(get, path = "/jobs/{id}/results", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = JobResultsResponse), (status = 404, body = Problem)))]
-pub async fn job_results(State(state): State<AppState>, Path(id): Path<Uuid>) -> Result<Json<JobResultsResponse>, ApiError> {
+pub async fn job_results(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<JobResultsResponse>, ApiError> {
     let r = records::get_or_404(&state, &id).await?;
     Ok(Json(JobResultsResponse {
         job_id: r.id,
@@ -229,17 +257,40 @@ pub struct GenerateResponse {
 /// Run the default agent on a prompt and wait for its answer (comms server compatible).
 #[utoipa::path(post, path = "/generate", tag = "compatible", request_body = GenerateRequest,
     responses((status = 200, body = GenerateResponse), (status = 502, body = Problem), (status = 504, body = Problem)))]
-pub async fn generate(State(state): State<AppState>, Json(body): Json<GenerateRequest>) -> Result<Json<GenerateResponse>, ApiError> {
+pub async fn generate(
+    State(state): State<AppState>,
+    Json(body): Json<GenerateRequest>,
+) -> Result<Json<GenerateResponse>, ApiError> {
     let agent = state.config.default_agent.clone();
-    let sub = Submission { agent: agent.clone(), message: body.prompt, return_files: false, ..Default::default() };
-    let (record, _) = submit_and_wait(&state, sub, secs(state.config.http.generate_wait_secs)).await?;
+    let sub = Submission {
+        agent: agent.clone(),
+        message: body.prompt,
+        return_files: false,
+        ..Default::default()
+    };
+    let (record, _) =
+        submit_and_wait(&state, sub, secs(state.config.http.generate_wait_secs)).await?;
     match record.status {
-        JobStatus::Completed => Ok(Json(GenerateResponse { text: record.stdout.trim_end().to_string(), from: agent })),
+        JobStatus::Completed => Ok(Json(GenerateResponse {
+            text: record.stdout.trim_end().to_string(),
+            from: agent,
+        })),
         s if s.is_terminal() => {
-            let e = record.error.unwrap_or_else(|| JobError::new(ErrorCode::NonzeroExit, "the agent failed"));
-            Err(ApiError::new(e.code, format!("job {} ended {}: {}", record.id, s.as_str(), e.message)))
+            let e = record
+                .error
+                .unwrap_or_else(|| JobError::new(ErrorCode::NonzeroExit, "the agent failed"));
+            Err(ApiError::new(
+                e.code,
+                format!("job {} ended {}: {}", record.id, s.as_str(), e.message),
+            ))
         }
-        _ => Err(ApiError::new(ErrorCode::Timeout, format!("job {} is still running; poll /results/{}", record.id, record.id))),
+        _ => Err(ApiError::new(
+            ErrorCode::Timeout,
+            format!(
+                "job {} is still running; poll /results/{}",
+                record.id, record.id
+            ),
+        )),
     }
 }
 
@@ -256,7 +307,11 @@ pub struct InfoResponse {
 /// What this fleet is and runs.
 #[utoipa::path(get, path = "/info", tag = "compatible", responses((status = 200, body = InfoResponse)))]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let agents = state.agents.list().await.map_err(|e| ApiError::unavailable("listing agents failed", e))?;
+    let agents = state
+        .agents
+        .list()
+        .await
+        .map_err(|e| ApiError::unavailable("listing agents failed", e))?;
     Ok(Json(InfoResponse {
         name: "fleet",
         version: env!("CARGO_PKG_VERSION"),
@@ -292,11 +347,26 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>,
     scan::each_record(&state, |r: JobRecord| {
         out.total += 1;
         *out.by_status.entry(r.status.as_str().into()).or_default() += 1;
-        *out.by_agent.entry(r.request.agent).or_default().entry(r.status.as_str().into()).or_default() += 1;
+        *out.by_agent
+            .entry(r.request.agent)
+            .or_default()
+            .entry(r.status.as_str().into())
+            .or_default() += 1;
     })
     .await?;
-    for a in state.agents.list().await.map_err(|e| ApiError::unavailable("listing agents failed", e))? {
-        out.queue.insert(a.name, QueueDepth { queued: a.queued, running: a.running });
+    for a in state
+        .agents
+        .list()
+        .await
+        .map_err(|e| ApiError::unavailable("listing agents failed", e))?
+    {
+        out.queue.insert(
+            a.name,
+            QueueDepth {
+                queued: a.queued,
+                running: a.running,
+            },
+        );
     }
     Ok(Json(out))
 }

@@ -62,17 +62,22 @@ pub fn wait_limit(state: &AppState, wait: Option<f64>) -> Result<Duration, ApiEr
     match wait {
         None => Ok(Duration::ZERO),
         Some(w) if w.is_finite() && w >= 0.0 => Ok(secs(w.min(state.config.http.max_wait_secs))),
-        Some(_) => Err(ApiError::new(ErrorCode::InvalidRequest, "wait must be a non-negative number of seconds")),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "wait must be a non-negative number of seconds",
+        )),
     }
 }
 
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.to_string()))
-            .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "Idempotency-Key must be visible ASCII")),
+        Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "Idempotency-Key must be visible ASCII",
+            )
+        }),
     }
 }
 
@@ -102,14 +107,26 @@ pub async fn submit_job(
         idempotency_key: idempotency_key(&headers)?,
     };
     let (record, created) = submit_and_wait(&state, sub, limit).await?;
-    let status = if record.status.is_terminal() || !created { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if record.status.is_terminal() || !created {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let waited = !limit.is_zero();
-    let body = JobAccepted { job_id: record.id, status: record.status, record: waited.then_some(record) };
+    let body = JobAccepted {
+        job_id: record.id,
+        status: record.status,
+        record: waited.then_some(record),
+    };
     Ok((status, Json(body)).into_response())
 }
 
 /// Submits, then waits up to `limit` for the terminal record. Returns the record and whether it was new.
-pub async fn submit_and_wait(state: &AppState, sub: Submission, limit: Duration) -> Result<(JobRecord, bool), ApiError> {
+pub async fn submit_and_wait(
+    state: &AppState,
+    sub: Submission,
+    limit: Duration,
+) -> Result<(JobRecord, bool), ApiError> {
     if limit.is_zero() {
         let s = submit(state, sub).await?;
         return Ok((s.record, s.created));
@@ -132,7 +149,11 @@ pub async fn submit_and_wait(state: &AppState, sub: Submission, limit: Duration)
 /// Read a job's record.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path), WaitParams),
     responses((status = 200, body = JobRecord), (status = 404, body = Problem)))]
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<Uuid>, Query(params): Query<WaitParams>) -> Result<Json<JobRecord>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(params): Query<WaitParams>,
+) -> Result<Json<JobRecord>, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
     Ok(Json(records::wait_existing(&state, &id, limit).await?))
 }
@@ -155,15 +176,22 @@ pub struct JobList {
 /// List jobs, newest first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
-pub async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<JobList>, ApiError> {
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<JobList>, ApiError> {
     let status = match params.status.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, format!("unknown status `{s}`")))?),
+        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidRequest, format!("unknown status `{s}`"))
+        })?),
     };
     let limit = params.limit.unwrap_or(50).clamp(1, 1000);
     let mut jobs = Vec::new();
     scan::each_record(&state, |r| {
-        if params.agent.as_deref().is_none_or(|a| a == r.request.agent) && status.is_none_or(|s| s == r.status) {
+        if params.agent.as_deref().is_none_or(|a| a == r.request.agent)
+            && status.is_none_or(|s| s == r.status)
+        {
             jobs.push(r);
         }
     })
@@ -171,5 +199,8 @@ pub async fn list_jobs(State(state): State<AppState>, Query(params): Query<ListP
     // v7 ids sort by submission time.
     jobs.sort_by(|a, b| b.id.cmp(&a.id));
     jobs.truncate(limit);
-    Ok(Json(JobList { count: jobs.len(), jobs }))
+    Ok(Json(JobList {
+        count: jobs.len(),
+        jobs,
+    }))
 }

@@ -25,11 +25,21 @@ pub async fn health() -> Json<Health> {
 #[utoipa::path(get, path = "/ready", tag = "system", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let connected = state.client.connection_state() == async_nats::connection::State::Connected;
-    let stream_ok = connected && state.js.get_stream(state.topology.jobs_stream()).await.is_ok();
+    let stream_ok = connected
+        && state
+            .js
+            .get_stream(state.topology.jobs_stream())
+            .await
+            .is_ok();
     if stream_ok {
         (StatusCode::OK, Json(Health { status: "ready" }))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "not ready" }))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not ready",
+            }),
+        )
     }
 }
 
@@ -41,6 +51,10 @@ pub struct AgentList {
 /// Agents some worker in the fleet runs, with their queue depth.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList), (status = 503, body = Problem)))]
 pub async fn agents(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
-    let agents = state.agents.list().await.map_err(|e| ApiError::unavailable("listing agents failed", e))?;
+    let agents = state
+        .agents
+        .list()
+        .await
+        .map_err(|e| ApiError::unavailable("listing agents failed", e))?;
     Ok(Json(AgentList { agents }))
 }

@@ -13,11 +13,16 @@ use std::io::Write;
 
 fn main() {
     let mut out = std::io::stdout().lock();
-    let steps: Vec<String> = std::env::args().skip(1).flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>()).collect();
+    let steps: Vec<String> = std::env::args()
+        .skip(1)
+        .flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .collect();
     for step in steps {
         let (name, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
         match name {
-            "sleep" => std::thread::sleep(std::time::Duration::from_secs_f64(arg.parse().expect("sleep:SECS"))),
+            "sleep" => std::thread::sleep(std::time::Duration::from_secs_f64(
+                arg.parse().expect("sleep:SECS"),
+            )),
             "print" => {
                 writeln!(out, "{arg}").ok();
                 out.flush().ok();
@@ -48,7 +53,11 @@ fn main() {
             }
             "pid" => std::fs::write(arg, std::process::id().to_string()).expect("write pid"),
             "count" => {
-                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(arg).expect("count file");
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(arg)
+                    .expect("count file");
                 writeln!(f, "run").ok();
             }
             "exit" => std::process::exit(arg.parse().expect("exit:CODE")),

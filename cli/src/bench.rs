@@ -1,2 +1,0 @@
-pub async fn run(_a: BenchArgs) -> anyhow::Result<()> { Ok(()) }
-#[derive(clap::Args)] pub struct BenchArgs {}
