@@ -161,27 +161,7 @@ mod tests {
 
     #[test]
     fn every_code_has_a_4xx_or_5xx_status() {
-        use ErrorCode::*;
-        for code in [
-            NonzeroExit,
-            Timeout,
-            WorkerLost,
-            UnknownAgent,
-            InvalidJob,
-            SpawnFailed,
-            Cancelled,
-            MalformedJson,
-            InvalidRequest,
-            UnsupportedMediaType,
-            PayloadTooLarge,
-            NotFound,
-            JobNotFound,
-            MethodNotAllowed,
-            IdempotencyConflict,
-            QueueFull,
-            Unavailable,
-            Internal,
-        ] {
+        for code in ErrorCode::ALL {
             let s = status_of(code);
             assert!(s.is_client_error() || s.is_server_error(), "{code}: {s}");
         }

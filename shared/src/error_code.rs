@@ -38,6 +38,27 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 18] = [
+        Self::NonzeroExit,
+        Self::Timeout,
+        Self::WorkerLost,
+        Self::UnknownAgent,
+        Self::InvalidJob,
+        Self::SpawnFailed,
+        Self::Cancelled,
+        Self::MalformedJson,
+        Self::InvalidRequest,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::NotFound,
+        Self::JobNotFound,
+        Self::MethodNotAllowed,
+        Self::IdempotencyConflict,
+        Self::QueueFull,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NonzeroExit => "nonzero_exit",

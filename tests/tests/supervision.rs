@@ -9,11 +9,16 @@ use fleet_tests::*;
 use futures::StreamExt;
 
 async fn run_fake(nats_url: &str, message: String) -> JobRecord {
+    run_fake_with(nats_url, serde_json::json!({ "message": message })).await
+}
+
+/// Publishes `body` (plus a reply subject) for the fake agent and returns the record from the reply.
+async fn run_fake_with(nats_url: &str, mut body: serde_json::Value) -> JobRecord {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    let body = serde_json::json!({"message": message, "reply_to": inbox});
+    body["reply_to"] = inbox.into();
     js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into())
         .await
         .unwrap()
@@ -35,26 +40,16 @@ async fn timeout_terminates_then_kills_the_whole_process_group() {
     let (agent_pid, grandchild_pid) = (dir.path().join("agent"), dir.path().join("grandchild"));
     let started = std::time::Instant::now();
     // The agent and its grandchild both ignore SIGTERM: only the SIGKILL after the grace period ends them.
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
     let message = format!(
         "pid:{} grandchild:{} ignore-term sleep:60",
         agent_pid.display(),
         grandchild_pid.display()
     );
-    let body = serde_json::json!({"message": message, "reply_to": inbox, "timeout": 1.0});
-    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let record: JobRecord = decode(&msg.payload, Format::Json).unwrap();
+    let record = run_fake_with(
+        &nats.url(),
+        serde_json::json!({"message": message, "timeout": 1.0}),
+    )
+    .await;
 
     assert_eq!(record.status, JobStatus::Timeout);
     assert_eq!(record.error.as_ref().unwrap().code, ErrorCode::Timeout);

@@ -66,7 +66,7 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
     let key = shared.topology.record_key(&intake.request.id);
     if let Some(error) = intake.rejected {
         tracing::info!(code = %error.code, reason = %error.message, "rejecting job");
-        return record_failure(
+        return write_and_announce(
             shared,
             &key,
             JobRecord::failed_without_run(intake.request, error),
@@ -105,7 +105,8 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
                 format!("the job's worker was lost on each of its {attempts} attempts"),
             ));
             tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
-            return record_failure(shared, &key, record, Some(held.revision), intake.format).await;
+            return write_and_announce(shared, &key, record, Some(held.revision), intake.format)
+                .await;
         }
         Err(e) => {
             tracing::warn!(error = %e, "claiming the job failed; handing it back");
@@ -134,13 +135,13 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
         }
         Ok(outcome) => {
             let record = completed_record(&held, &outcome);
-            record_result(shared, &key, record, held.revision, intake.format).await
+            write_and_announce(shared, &key, record, Some(held.revision), intake.format).await
         }
         Err(e) => {
             let mut record = held.record.clone();
             end(&mut record, JobStatus::Failed);
             record.error = Some(JobError::new(ErrorCode::SpawnFailed, e.to_string()));
-            record_result(shared, &key, record, held.revision, intake.format).await
+            write_and_announce(shared, &key, record, Some(held.revision), intake.format).await
         }
     };
     if !shared.config.worker.keep_workspaces {
@@ -234,40 +235,8 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     record
 }
 
-/// Writes the terminal record of a job that ran; announces it only if it is the job's terminal record.
-async fn record_result(
-    shared: &Shared,
-    key: &str,
-    record: JobRecord,
-    revision: u64,
-    format: Format,
-) -> Settle {
-    write_and_announce(shared, key, record, Some(revision), format).await
-}
-
-/// Writes the terminal record of a job that could not run.
-async fn record_failure(
-    shared: &Shared,
-    key: &str,
-    record: JobRecord,
-    revision: Option<u64>,
-    format: Format,
-) -> Settle {
-    let revision = match revision {
-        Some(r) => Some(r),
-        None => match records::current(&shared.records, key).await {
-            Ok(Some(held)) if held.record.status.is_terminal() => return Settle::Ack,
-            Ok(Some(held)) => Some(held.revision),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the record failed; handing the job back");
-                return Settle::Retry(Some(Duration::from_millis(500)));
-            }
-        },
-    };
-    write_and_announce(shared, key, record, revision, format).await
-}
-
+/// Writes the terminal record unless the job already has one (`expected`: the revision last seen, if any),
+/// and announces it only when ours is the job's terminal record.
 async fn write_and_announce(
     shared: &Shared,
     key: &str,
