@@ -11,6 +11,8 @@ use fleet_shared::Topology;
 use futures::TryStreamExt;
 use serde::Serialize;
 
+use crate::error::ApiError;
+
 const KNOWN_TTL: Duration = Duration::from_secs(10);
 
 pub struct AgentDirectory {
@@ -43,7 +45,7 @@ impl AgentDirectory {
         }
     }
 
-    pub async fn exists(&self, agent: &str) -> Result<bool, async_nats::Error> {
+    pub async fn exists(&self, agent: &str) -> Result<bool, ApiError> {
         if let Ok(known) = self.known.lock() {
             if known.get(agent).is_some_and(|t| t.elapsed() < KNOWN_TTL) {
                 return Ok(true);
@@ -65,12 +67,17 @@ impl AgentDirectory {
             {
                 Ok(false)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(ApiError::unavailable("looking up the agent failed", e)),
         }
     }
 
-    pub async fn list(&self) -> Result<Vec<AgentInfo>, async_nats::Error> {
-        let mut infos: Vec<_> = self.jobs.consumers().try_collect().await?;
+    pub async fn list(&self) -> Result<Vec<AgentInfo>, ApiError> {
+        let mut infos: Vec<_> = self
+            .jobs
+            .consumers()
+            .try_collect()
+            .await
+            .map_err(|e| ApiError::unavailable("listing agents failed", e))?;
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(infos
             .into_iter()

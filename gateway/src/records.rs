@@ -60,9 +60,13 @@ pub async fn wait_existing(
     id: &Uuid,
     limit: Duration,
 ) -> Result<JobRecord, ApiError> {
+    if limit.is_zero() {
+        // A plain read (the polling path): no subscription needed.
+        return get_or_404(state, id).await;
+    }
     let done = listen_done(state, id).await?;
     let record = get_or_404(state, id).await?;
-    if record.status.is_terminal() || limit.is_zero() {
+    if record.status.is_terminal() {
         return Ok(record);
     }
     wait_terminal(state, done, id, limit).await

@@ -62,11 +62,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     request
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    let known = state
-        .agents
-        .exists(&request.agent)
-        .await
-        .map_err(|e| ApiError::unavailable("looking up the agent failed", e))?;
+    let known = state.agents.exists(&request.agent).await?;
     if !known {
         return Err(ApiError::new(
             ErrorCode::UnknownAgent,

@@ -251,6 +251,11 @@ impl JobRecord {
         }
     }
 
+    /// Names of the files the job produced, as the seed-compatible endpoints list them.
+    pub fn file_names(&self) -> Vec<String> {
+        self.files.iter().map(|f| f.name.clone()).collect()
+    }
+
     /// A terminal `failed` record for a job that never ran (unknown agent, undecodable, attempts exhausted).
     pub fn failed_without_run(request: JobRequest, error: JobError) -> Self {
         let mut record = Self::queued(request);

@@ -1,6 +1,10 @@
 //! Test harness: a real nats-server per test (killed on drop), in-process workers and gateways, worker
 //! subprocesses of the real `fleet` binary, the fake agent, and bounded waiting.
 
+pub mod clients;
+
+pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply};
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -218,6 +222,12 @@ pub async fn start_worker(config: &Config) -> WorkerHandle {
     WorkerHandle { shutdown, task }
 }
 
+/// Makes the configuration's agents known to the fleet (their consumers exist) with no worker running them, so
+/// whatever is queued stays visible.
+pub async fn declare_agents_without_worker(config: &Config) {
+    start_worker(config).await.stop().await;
+}
+
 /// Waits until consumers exist for every agent the configuration's worker serves.
 pub async fn wait_for_agents(config: &Config) {
     let client = fleet_shared::nats::connect(&config.nats, "test-probe")
@@ -268,6 +278,12 @@ where
 pub struct GatewayHandle {
     pub url: String,
     shutdown: CancellationToken,
+}
+
+impl GatewayHandle {
+    pub fn api(&self) -> Api {
+        Api::new(&self.url)
+    }
 }
 
 impl Drop for GatewayHandle {

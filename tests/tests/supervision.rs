@@ -3,32 +3,18 @@
 
 use std::time::Duration;
 
-use fleet_shared::codec::{decode, Format};
 use fleet_shared::{ErrorCode, JobRecord, JobStatus};
 use fleet_tests::*;
-use futures::StreamExt;
 
 async fn run_fake(nats_url: &str, message: String) -> JobRecord {
     run_fake_with(nats_url, serde_json::json!({ "message": message })).await
 }
 
-/// Publishes `body` (plus a reply subject) for the fake agent and returns the record from the reply.
-async fn run_fake_with(nats_url: &str, mut body: serde_json::Value) -> JobRecord {
-    let client = async_nats::connect(nats_url).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    body["reply_to"] = inbox.into();
-    js.publish("fleet.jobs.fake", serde_json::to_vec(&body).unwrap().into())
+async fn run_fake_with(nats_url: &str, body: serde_json::Value) -> JobRecord {
+    NatsClient::connect(nats_url)
         .await
-        .unwrap()
+        .run_job("fake", body)
         .await
-        .unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(60), sub.next())
-        .await
-        .unwrap()
-        .unwrap();
-    decode(&msg.payload, Format::Json).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

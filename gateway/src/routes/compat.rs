@@ -96,7 +96,7 @@ pub async fn results(
     Ok(Json(ResultsResponse {
         request_id: r.id,
         status: interaction_status(r.status).into(),
-        files: r.files.iter().map(|f| f.name.clone()).collect(),
+        files: r.file_names(),
         exit_code: r.exit_code,
         agent: r.request.agent,
         started_at: r.started_at,
@@ -229,7 +229,7 @@ pub async fn job_results(
         job_id: r.id,
         status: execution_status(r.status).into(),
         exit_code: r.exit_code,
-        files: r.files.iter().map(|f| f.name.clone()).collect(),
+        files: r.file_names(),
         execution_time_ms: r.resources.as_ref().map(|x| x.wall_ms),
         resource_usage: r.resources,
         error_message: r.error.as_ref().map(|e| e.message.clone()),
@@ -307,11 +307,7 @@ pub struct InfoResponse {
 /// What this fleet is and runs.
 #[utoipa::path(get, path = "/info", tag = "compatible", responses((status = 200, body = InfoResponse)))]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let agents = state
-        .agents
-        .list()
-        .await
-        .map_err(|e| ApiError::unavailable("listing agents failed", e))?;
+    let agents = state.agents.list().await?;
     Ok(Json(InfoResponse {
         name: "fleet",
         version: env!("CARGO_PKG_VERSION"),
@@ -354,12 +350,7 @@ pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>,
             .or_default() += 1;
     })
     .await?;
-    for a in state
-        .agents
-        .list()
-        .await
-        .map_err(|e| ApiError::unavailable("listing agents failed", e))?
-    {
+    for a in state.agents.list().await? {
         out.queue.insert(
             a.name,
             QueueDepth {

@@ -51,10 +51,6 @@ pub struct AgentList {
 /// Agents some worker in the fleet runs, with their queue depth.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, body = AgentList), (status = 503, body = Problem)))]
 pub async fn agents(State(state): State<AppState>) -> Result<Json<AgentList>, ApiError> {
-    let agents = state
-        .agents
-        .list()
-        .await
-        .map_err(|e| ApiError::unavailable("listing agents failed", e))?;
+    let agents = state.agents.list().await?;
     Ok(Json(AgentList { agents }))
 }

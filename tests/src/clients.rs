@@ -1,0 +1,189 @@
+//! Clients the tests talk to the fleet through: `Api` for a gateway's JSON HTTP API, `NatsClient` for direct
+//! publishing and reading job records.
+
+use std::time::{Duration, Instant};
+
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::JobRecord;
+use futures::StreamExt;
+use serde_json::Value;
+
+/// An HTTP response reduced to what tests check.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    /// The JSON body, or `Null` when the body is not JSON.
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.to_string(),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let r = request.send().await.expect("gateway answers");
+        let status = r.status().as_u16();
+        let retry_after = r
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = r.json().await.unwrap_or(Value::Null);
+        Reply {
+            status,
+            retry_after,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    /// GETs `path` until `done` holds for the body, and returns that body.
+    pub async fn poll(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = self.get(path).await.body;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: last {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A direct NATS user of the fleet.
+pub struct NatsClient {
+    pub client: async_nats::Client,
+    pub js: async_nats::jetstream::Context,
+    pub records: async_nats::jetstream::kv::Store,
+}
+
+impl NatsClient {
+    /// Connects and makes sure the topology exists (a test client may come up before any fleet process).
+    pub async fn connect(url: &str) -> Self {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client.clone());
+        let queue = fleet_shared::config::Config::load(&Default::default())
+            .expect("defaults")
+            .queue;
+        let handles = fleet_shared::Topology::new("fleet")
+            .ensure(&js, &queue)
+            .await
+            .expect("topology");
+        Self {
+            client,
+            js,
+            records: handles.records,
+        }
+    }
+
+    /// Publishes `body` as JSON to the jobs subject of `agent` and waits for JetStream's ack.
+    pub async fn publish_job(&self, agent: &str, body: &Value) {
+        let payload = serde_json::to_vec(body).expect("json");
+        self.js
+            .publish(format!("fleet.jobs.{agent}"), payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+
+    /// Runs a job and returns the record from its reply subject.
+    pub async fn run_job(&self, agent: &str, mut body: Value) -> JobRecord {
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .expect("subscribe");
+        body["reply_to"] = inbox.into();
+        self.publish_job(agent, &body).await;
+        next_reply(&mut replies, Duration::from_secs(60)).await.0
+    }
+
+    pub async fn record(&self, id: uuid::Uuid) -> Option<JobRecord> {
+        let value = self.records.get(id.to_string()).await.ok()??;
+        decode(&value, Format::MessagePack).ok()
+    }
+
+    /// Waits until the job's record satisfies `done`.
+    pub async fn wait_record(
+        &self,
+        id: uuid::Uuid,
+        what: &str,
+        done: impl Fn(&JobRecord) -> bool,
+    ) -> JobRecord {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(r) = self.record(id).await {
+                if done(&r) {
+                    return r;
+                }
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Messages in the jobs stream: jobs waiting for or held by a worker.
+    pub async fn queued_messages(&self) -> u64 {
+        let mut stream = self.js.get_stream("FLEET_JOBS").await.expect("jobs stream");
+        stream.info().await.expect("stream info").state.messages
+    }
+}
+
+/// The next reply on `replies`: the record, decoded in the format its Content-Type names, and that content type.
+pub async fn next_reply(
+    replies: &mut async_nats::Subscriber,
+    patience: Duration,
+) -> (JobRecord, Option<String>) {
+    let msg = tokio::time::timeout(patience, replies.next())
+        .await
+        .expect("a reply in time")
+        .expect("open subscription");
+    let content_type = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.to_string());
+    let format = Format::detect(content_type.as_deref(), &msg.payload);
+    (
+        decode(&msg.payload, format).expect("reply is a record"),
+        content_type,
+    )
+}
+
+/// Counts messages on a subscription until `quiet` passes with nothing new.
+pub async fn count_until_quiet(replies: &mut async_nats::Subscriber, quiet: Duration) -> usize {
+    let mut n = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(quiet, replies.next()).await {
+        n += 1;
+    }
+    n
+}
