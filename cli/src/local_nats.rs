@@ -14,15 +14,16 @@ pub struct LocalNats {
 }
 
 impl LocalNats {
-    pub async fn start(store_dir: &Path) -> Result<Self> {
+    /// 4222 when free, so other NATS tools find it where they expect; any free port otherwise.
+    pub fn default_port() -> Result<u16> {
+        match std::net::TcpListener::bind(("127.0.0.1", 4222)) {
+            Ok(_) => Ok(4222),
+            Err(_) => free_port(),
+        }
+    }
+
+    pub async fn start(store_dir: &Path, port: u16) -> Result<Self> {
         std::fs::create_dir_all(store_dir)?;
-        // 4222 when free, so other NATS tools find it where they expect; any free port otherwise.
-        let port = match std::net::TcpListener::bind(("127.0.0.1", 4222)) {
-            Ok(_) => 4222,
-            Err(_) => std::net::TcpListener::bind(("127.0.0.1", 0))?
-                .local_addr()?
-                .port(),
-        };
         let child = tokio::process::Command::new("nats-server")
             .args([
                 "-js",
@@ -69,6 +70,13 @@ impl LocalNats {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until the worker has created the consumers of its agents, so the gateway knows them from its first

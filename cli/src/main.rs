@@ -1,5 +1,6 @@
-//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`.
+//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, `bench`.
 
+mod bench;
 mod local_nats;
 mod logging;
 
@@ -30,6 +31,8 @@ enum Command {
     Gateway(CommonArgs),
     /// Run a worker.
     Worker(CommonArgs),
+    /// Measure latency, throughput and idle memory of a no-op agent through a fleet started for the purpose.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Clone)]
@@ -78,11 +81,12 @@ fn main() -> Result<()> {
             Command::Up(args) => up(args).await,
             Command::Gateway(args) => gateway(args.load()?).await,
             Command::Worker(args) => worker(args.load()?).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }
 
-/// Cancelled on SIGINT or SIGTERM.
+/// Cancelled on the first SIGINT or SIGTERM; a second one ends the process at once.
 fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
@@ -95,12 +99,19 @@ fn shutdown_signal() -> CancellationToken {
                     return;
                 }
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        for attempt in 0.. {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if attempt == 0 {
+                tracing::info!("shutdown requested; a second signal stops at once");
+                t.cancel();
+            } else {
+                tracing::warn!("second shutdown signal: exiting without waiting");
+                std::process::exit(130);
+            }
         }
-        tracing::info!("shutdown requested");
-        t.cancel();
     });
     token
 }
@@ -140,7 +151,11 @@ async fn up(args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let nats = local_nats::LocalNats::start(&data_dir.join("nats")).await?;
+    let nats = local_nats::LocalNats::start(
+        &data_dir.join("nats"),
+        local_nats::LocalNats::default_port()?,
+    )
+    .await?;
     config.nats.url = nats.url();
     config.worker.work_dir = data_dir.join("work");
     print_config(&config);

@@ -26,6 +26,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How long shutdown waits for pending acks to reach NATS.
+const FLUSH_ON_EXIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What every job task of this worker shares.
 pub struct Shared {
     pub config: Arc<Config>,
@@ -151,9 +154,12 @@ pub async fn run(
         shared.kill_running.cancel();
         jobs.wait().await;
     }
-    // Acks and naks are published asynchronously: make sure they left before the connection closes.
-    if let Err(e) = client.flush().await {
-        tracing::warn!(error = %e, "flushing NATS on shutdown failed");
+    // Acks and naks are published asynchronously: let them leave before the connection closes, but do not wait
+    // forever for a NATS that is gone (the messages are redelivered anyway).
+    match tokio::time::timeout(FLUSH_ON_EXIT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
+        Err(_) => tracing::warn!("NATS unreachable on shutdown; unsent acks will be redelivered"),
     }
     tracing::info!("worker stopped");
     Ok(())

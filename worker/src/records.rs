@@ -88,8 +88,9 @@ fn running(mut record: JobRecord, worker: &str) -> JobRecord {
     record
 }
 
-/// Claims the job for `worker`. `queued_revision` is the revision of the `queued` record the gateway wrote (sent
-/// in a header), which lets the common case claim in a single write.
+/// Claims the job for `worker` in as few round trips as the common cases allow: with `queued_revision` (the
+/// gateway's `queued` record, named in a header) one compare-and-set; without it (a direct publisher, first
+/// delivery) one create. Anything else — redeliveries, races — reads the record and decides.
 pub async fn claim(
     store: &kv::Store,
     key: &str,
@@ -98,13 +99,23 @@ pub async fn claim(
     worker: &str,
     max_attempts: u32,
 ) -> Result<Claim, RecordError> {
-    if let Some(rev) = queued_revision {
-        let record = running(queued.clone(), worker);
-        match store.update(key, to_msgpack(&record).into(), rev).await {
-            Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
-            Err(e) => return Err(store_err(e)),
-        }
+    let record = running(queued.clone(), worker);
+    let payload: bytes::Bytes = to_msgpack(&record).into();
+    let fast = match queued_revision {
+        Some(rev) => store
+            .update(key, payload, rev)
+            .await
+            .map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, store_err(e))),
+        None => store
+            .create(key, payload)
+            .await
+            .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
+    };
+    match fast {
+        Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+        // Someone wrote the record first: read it and decide below.
+        Err((true, _)) => {}
+        Err((false, e)) => return Err(e),
     }
     for _ in 0..MAX_CAS_ROUNDS {
         match current(store, key).await? {

@@ -1,0 +1,399 @@
+//! `fleet bench`: runs a no-op agent (`/bin/echo hi`) through a real fleet — nats-server, `fleet gateway` and
+//! `fleet worker` as separate processes on this machine — and prints, next to the raw cost of spawning the same
+//! command measured in the same run: sequential submit→result latency over NATS and over HTTP, throughput with
+//! many jobs in flight, and the idle memory of gateway and worker.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::{JobRecord, JobStatus};
+use futures::StreamExt;
+
+use crate::local_nats::{free_port, LocalNats};
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Sequential jobs measured per path (NATS, HTTP) and raw spawns for the baseline.
+    #[arg(long, default_value_t = 500)]
+    samples: usize,
+    /// Jobs in flight during the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Jobs per throughput run.
+    #[arg(long, default_value_t = 4000)]
+    throughput_jobs: usize,
+    /// The worker's run slots.
+    #[arg(long, default_value_t = 16)]
+    worker_concurrency: usize,
+}
+
+const AGENT: &str = "noop";
+const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
+
+struct Processes {
+    children: Vec<Child>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // SAFETY: signalling our own children.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nats_port = free_port()?;
+    let nats = LocalNats::start(&dir.path().join("nats"), nats_port).await?;
+    let http_addr = format!("127.0.0.1:{}", free_port()?);
+    let config = dir.path().join("bench.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[worker]\nagents = [\"{AGENT}\"]\n",
+            COMMAND[0], COMMAND[1]
+        ),
+    )?;
+    let fleet_exe = std::env::current_exe()?;
+    let spawn_role = |role: &str| -> Result<Child> {
+        Command::new(&fleet_exe)
+            .arg(role)
+            .arg("--config")
+            .arg(&config)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("RUST_LOG", "warn")
+            .env("FLEET_NATS_URL", nats.url())
+            .env("FLEET_HTTP_ADDR", &http_addr)
+            .env("FLEET_WORKER_WORK_DIR", dir.path().join("work"))
+            .env(
+                "FLEET_WORKER_MAX_CONCURRENT",
+                args.worker_concurrency.to_string(),
+            )
+            .env("FLEET_QUEUE_MAX_JOBS", "1000000")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `fleet {role}`"))
+    };
+    let worker = spawn_role("worker")?;
+    let gateway = spawn_role("gateway")?;
+    let (worker_pid, gateway_pid) = (worker.id(), gateway.id());
+    let processes = Processes {
+        children: vec![gateway, worker],
+    };
+
+    let base = format!("http://{http_addr}");
+    let http = reqwest::Client::new();
+    wait_until_agent_known(&http, &base).await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+
+    println!("fleet bench: agent `{AGENT}` = {COMMAND:?}; nats-server, `fleet gateway` and `fleet worker` (concurrency {}) on this machine ({} CPUs)",
+        args.worker_concurrency, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // Warm up every path once (page cache, connections, consumers).
+    for _ in 0..50 {
+        nats_job(&client, &js).await?;
+        http_job(&http, &base).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (gateway_rss, worker_rss) = (rss_kb(gateway_pid), rss_kb(worker_pid));
+
+    let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
+    let spawn_rate = raw_spawn_rate(args.throughput_jobs)?;
+    let supervised = Samples::collect(args.samples, || supervised_spawn(dir.path())).await?;
+    let nats_latency = Samples::collect(args.samples, || nats_job(&client, &js)).await?;
+    let http_latency = Samples::collect(args.samples, || http_job(&http, &base)).await?;
+    let nats_rate = nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await?;
+    let http_rate = http_throughput(&http, &base, args.throughput_jobs, args.in_flight).await?;
+    // Gateway and worker first, so they never see NATS vanish under them.
+    drop(processes);
+    nats.stop().await;
+
+    println!();
+    println!(
+        "{:<34} {:>9} {:>9} {:>9}",
+        "sequential latency (ms)", "p50", "p95", "p99"
+    );
+    for (name, s) in [
+        ("raw spawn of the command", &spawn_latency),
+        ("job over NATS (publish→reply)", &nats_latency),
+        ("job over HTTP (POST ?wait)", &http_latency),
+    ] {
+        println!(
+            "{name:<34} {:>9.3} {:>9.3} {:>9.3}",
+            s.ms(0.50),
+            s.ms(0.95),
+            s.ms(0.99)
+        );
+    }
+    println!();
+    println!("{:<34} {:>9.0}", "raw spawn rate (jobs/s)", spawn_rate);
+    println!(
+        "{:<34} {:>9.0}   ({:.2} × raw)",
+        format!("NATS, {} in flight (jobs/s)", args.in_flight),
+        nats_rate,
+        nats_rate / spawn_rate
+    );
+    println!(
+        "{:<34} {:>9.0}   ({:.2} × raw)",
+        format!("HTTP, {} in flight (jobs/s)", args.in_flight),
+        http_rate,
+        http_rate / spawn_rate
+    );
+    println!();
+    println!(
+        "idle RSS: gateway {:.1} MB, worker {:.1} MB",
+        gateway_rss as f64 / 1024.0,
+        worker_rss as f64 / 1024.0
+    );
+    println!();
+    let targets = [
+        (
+            "throughput ≥ 0.7 × raw spawn rate (NATS)",
+            nats_rate >= 0.7 * spawn_rate,
+        ),
+        (
+            "NATS p50 ≤ raw spawn p50 + 1 ms",
+            nats_latency.ms(0.5) <= spawn_latency.ms(0.5) + 1.0,
+        ),
+        (
+            "HTTP p50 ≤ raw spawn p50 + 1.5 ms",
+            http_latency.ms(0.5) <= spawn_latency.ms(0.5) + 1.5,
+        ),
+        ("gateway idle RSS ≤ 20 MB", gateway_rss <= 20 * 1024),
+        ("worker idle RSS ≤ 20 MB", worker_rss <= 20 * 1024),
+    ];
+    for (target, met) in targets {
+        println!("{} {target}", if met { "met    " } else { "MISSED " });
+    }
+    Ok(())
+}
+
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    async fn collect<F, Fut>(n: usize, mut one: F) -> Result<Self>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            one().await?;
+            v.push(t.elapsed());
+        }
+        v.sort();
+        Ok(Self(v))
+    }
+
+    fn ms(&self, quantile: f64) -> f64 {
+        let i = ((self.0.len() as f64 - 1.0) * quantile).round() as usize;
+        self.0.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+async fn wait_until_agent_known(http: &reqwest::Client, base: &str) -> Result<()> {
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/v1/agents")).send().await {
+            if r.text()
+                .await
+                .is_ok_and(|t| t.contains(&format!("\"{AGENT}\"")))
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the fleet did not come up")
+}
+
+/// The command run by the worker's own supervisor (process group, pidfd, output capture, full logs), without
+/// NATS: the part of a job's latency that is process handling.
+async fn supervised_spawn(scratch: &Path) -> Result<()> {
+    let spec = fleet_worker::supervisor::RunSpec {
+        argv: COMMAND.iter().map(|s| s.to_string()).collect(),
+        stdin: None,
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: scratch.to_path_buf(),
+        timeout: Duration::from_secs(30),
+        kill_grace: Duration::from_secs(1),
+        output_cap: 65536,
+        stdout_log: Some(scratch.join("stdout.log")),
+        stderr_log: Some(scratch.join("stderr.log")),
+    };
+    let out =
+        fleet_worker::supervisor::run(spec, tokio_util::sync::CancellationToken::new()).await?;
+    if out.stdout.head != b"hi\n" {
+        bail!("supervised run printed {:?}", out.stdout.head);
+    }
+    Ok(())
+}
+
+fn raw_spawn() -> Result<()> {
+    let out = Command::new(COMMAND[0])
+        .args(&COMMAND[1..])
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!("{COMMAND:?} failed");
+    }
+    Ok(())
+}
+
+/// Spawns of the command per second with one spawning thread per CPU.
+fn raw_spawn_rate(total: usize) -> Result<f64> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let next = next.clone();
+            std::thread::spawn(move || -> Result<()> {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    raw_spawn()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn job_payload(reply_to: &str) -> Vec<u8> {
+    let body =
+        serde_json::json!({"id": uuid::Uuid::now_v7(), "message": "bench", "reply_to": reply_to});
+    to_msgpack(&body)
+}
+
+fn check(record: &JobRecord) -> Result<()> {
+    if record.status != JobStatus::Completed || record.stdout != "hi\n" {
+        bail!(
+            "job {} ended {:?}: {:?}",
+            record.id,
+            record.status,
+            record.error
+        );
+    }
+    Ok(())
+}
+
+/// One job published straight to JetStream, waited for on its reply subject.
+async fn nats_job(client: &async_nats::Client, js: &async_nats::jetstream::Context) -> Result<()> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await?;
+    js.publish(format!("fleet.jobs.{AGENT}"), job_payload(&inbox).into())
+        .await?
+        .await?;
+    let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await?
+        .context("reply subscription closed")?;
+    check(&decode(&msg.payload, Format::MessagePack)?)
+}
+
+async fn http_job(http: &reqwest::Client, base: &str) -> Result<()> {
+    let r = http
+        .post(format!("{base}/v1/jobs?wait=30"))
+        .json(&serde_json::json!({"agent": AGENT, "message": "bench"}))
+        .send()
+        .await?;
+    let body: serde_json::Value = r.json().await?;
+    if body["status"] != "completed" || body["record"]["stdout"] != "hi\n" {
+        bail!("job ended badly: {body}");
+    }
+    Ok(())
+}
+
+/// Jobs per second over NATS with `in_flight` outstanding: one reply subscription, a new job per reply.
+async fn nats_throughput(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    total: usize,
+    in_flight: usize,
+) -> Result<f64> {
+    let prefix = client.new_inbox();
+    let mut replies = client.subscribe(format!("{prefix}.*")).await?;
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut done = 0usize;
+    while sent < in_flight.min(total) {
+        js.publish(
+            format!("fleet.jobs.{AGENT}"),
+            job_payload(&format!("{prefix}.{sent}")).into(),
+        )
+        .await?;
+        sent += 1;
+    }
+    while done < total {
+        let msg = tokio::time::timeout(Duration::from_secs(60), replies.next())
+            .await?
+            .context("replies closed")?;
+        check(&decode(&msg.payload, Format::MessagePack)?)?;
+        done += 1;
+        if sent < total {
+            js.publish(
+                format!("fleet.jobs.{AGENT}"),
+                job_payload(&format!("{prefix}.{sent}")).into(),
+            )
+            .await?;
+            sent += 1;
+        }
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Jobs per second over HTTP with `in_flight` concurrent `POST /v1/jobs?wait` requests.
+async fn http_throughput(
+    http: &reqwest::Client,
+    base: &str,
+    total: usize,
+    in_flight: usize,
+) -> Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let (http, base, next) = (http.clone(), base.to_string(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    http_job(&http, &base).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
