@@ -117,7 +117,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let supervised = Samples::collect(args.samples, || supervised_spawn(dir.path())).await?;
     let nats_latency = Samples::collect(args.samples, || nats_job(&client, &js)).await?;
     let http_latency = Samples::collect(args.samples, || http_job(&http, &base)).await?;
+    let pids = [
+        ("nats-server", nats.pid().unwrap_or(0)),
+        ("worker", worker_pid),
+        ("agents (worker's children)", 0),
+        ("gateway", gateway_pid),
+    ];
+    let cpu_before = cpu_times(&pids);
     let nats_rate = nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await?;
+    let cpu_after = cpu_times(&pids);
     let http_rate = http_throughput(&http, &base, args.throughput_jobs, args.in_flight).await?;
     // Gateway and worker first, so they never see NATS vanish under them.
     drop(processes);
@@ -130,6 +138,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     );
     for (name, s) in [
         ("raw spawn of the command", &spawn_latency),
+        ("the worker's supervisor alone", &supervised),
         ("job over NATS (publish→reply)", &nats_latency),
         ("job over HTTP (POST ?wait)", &http_latency),
     ] {
@@ -154,6 +163,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         http_rate,
         http_rate / spawn_rate
     );
+    println!();
+    print!("CPU per job in the NATS run (µs):");
+    for (i, (name, _)) in pids.iter().enumerate() {
+        let per_job = (cpu_after[i] - cpu_before[i]) / args.throughput_jobs as f64 * 1e6;
+        print!("  {name} {per_job:.0}");
+    }
+    println!();
     println!();
     println!(
         "idle RSS: gateway {:.1} MB, worker {:.1} MB",
@@ -386,6 +402,32 @@ async fn http_throughput(
         t.await??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// CPU seconds (user + system) of each process; a pid of 0 stands for the previous process's waited-for
+/// children (the agents a worker ran).
+fn cpu_times(pids: &[(&str, u32)]) -> Vec<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut last_children = 0.0;
+    pids.iter()
+        .map(|(_, pid)| {
+            if *pid == 0 {
+                return last_children;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The fields after the command name, which ends with ')': utime, stime, cutime, cstime are 11-14.
+            let fields: Vec<f64> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect();
+            let get = |i: usize| fields.get(i).copied().unwrap_or(0.0) / ticks;
+            last_children = get(13) + get(14);
+            get(11) + get(12)
+        })
+        .collect()
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -52,6 +52,10 @@ impl LocalNats {
         bail!("nats-server did not start listening on 127.0.0.1:{port}")
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

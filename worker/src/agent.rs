@@ -1,48 +1,14 @@
 //! From a job and its agent's configuration to a [`RunSpec`]: the rendered argv and stdin, the scrubbed
-//! environment, the workspace and log paths, and the effective timeout.
+//! environment and the effective timeout.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_shared::config::{secs, AgentConfig, WorkerConfig};
 use fleet_shared::JobRecord;
 
+use crate::dirs::JobDirs;
 use crate::supervisor::RunSpec;
 use crate::template::{render, Vars};
-
-/// Directories of one attempt of one job: the workspace the agent runs in, and beside it (never collected as
-/// artifacts) its full logs and temporary files.
-pub struct JobDirs {
-    pub root: PathBuf,
-    pub workspace: PathBuf,
-    pub tmp: PathBuf,
-    pub stdout_log: PathBuf,
-    pub stderr_log: PathBuf,
-}
-
-impl JobDirs {
-    pub fn new(work_dir: &Path, record: &JobRecord) -> Self {
-        let root = work_dir.join(format!("{}-{}", record.id, record.attempt));
-        Self {
-            workspace: root.join("workspace"),
-            tmp: root.join("tmp"),
-            stdout_log: root.join("stdout.log"),
-            stderr_log: root.join("stderr.log"),
-            root,
-        }
-    }
-
-    pub fn create(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.workspace)?;
-        std::fs::create_dir_all(&self.tmp)
-    }
-
-    pub fn remove(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.root) {
-            tracing::warn!(dir = %self.root.display(), error = %e, "removing the job directory failed");
-        }
-    }
-}
 
 pub fn timeout(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig) -> Duration {
     record
@@ -75,7 +41,7 @@ pub fn run_spec(
         ("HOME".to_string(), workspace.clone()),
         (
             "TMPDIR".to_string(),
-            dirs.tmp.to_string_lossy().into_owned(),
+            dirs.root.to_string_lossy().into_owned(),
         ),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("FLEET_JOB_ID".to_string(), job_id.clone()),

@@ -11,7 +11,7 @@ use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::agent::{run_spec, JobDirs};
+use crate::agent::run_spec;
 use crate::intake::{self, Incoming, Intake};
 use crate::records::{self, Claim, Finish, Held};
 use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
@@ -115,19 +115,16 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
     };
     tracing::info!(attempt = held.record.attempt, "job claimed");
 
-    let dirs = JobDirs::new(&shared.config.worker.work_dir, &held.record);
-    let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
-    let result = match dirs.create() {
-        Ok(()) => {
+    let result = match shared.dirs.take(&held.record) {
+        Ok(dirs) => {
+            let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
             let heartbeat = keep_alive(msg, shared.config.queue.ack_wait());
             let r = supervisor::run(spec, shared.kill_running.child_token()).await;
             heartbeat.cancel();
+            shared.dirs.give_back(dirs);
             r
         }
-        Err(e) => Err(SpawnError::Start {
-            program: "workspace".into(),
-            source: e,
-        }),
+        Err(e) => Err(SpawnError::Workspace(e)),
     };
     let settle = match result {
         Ok(outcome) if outcome.killed == Some(KillReason::Requested) => {
@@ -144,9 +141,6 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
             write_and_announce(shared, &key, record, Some(held.revision), intake.format).await
         }
     };
-    if !shared.config.worker.keep_workspaces {
-        dirs.remove();
-    }
     settle
 }
 

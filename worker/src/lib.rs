@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod delivery;
+pub mod dirs;
 pub mod intake;
 pub mod janitor;
 pub mod job;
@@ -37,6 +38,7 @@ pub struct Shared {
     pub records: kv::Store,
     pub jobs: stream::Stream,
     pub worker_id: String,
+    pub dirs: dirs::DirPool,
     /// Cancelled when the worker stops taking new jobs.
     pub stop_pulling: CancellationToken,
     /// Cancelled when running jobs must end now (shutdown grace exhausted).
@@ -120,6 +122,7 @@ pub async fn run(
         records: handles.records,
         jobs: handles.jobs,
         worker_id: worker_id.clone(),
+        dirs: dirs::DirPool::new(work_dir, config.worker.keep_workspaces),
         stop_pulling: shutdown.child_token(),
         kill_running: CancellationToken::new(),
     });

@@ -1,13 +1,18 @@
-//! Capturing one output stream of an agent: every byte goes to the full log file (lossless), the first
-//! `cap` bytes are kept for the record, and the total is counted. Reads are bounded chunks, so a flood of output
-//! costs a fixed amount of memory.
+//! Capturing one output stream of an agent: the first `cap` bytes are kept for the record, the total is
+//! counted, and whenever the record's copy would not be the exact output — more than `cap` bytes, or bytes that
+//! are not UTF-8 — every byte also goes to the full log file. Most jobs need no file at all. Reads are bounded
+//! chunks, so a flood of output costs a fixed amount of memory.
 
 use std::fs::File;
 use std::io::Write;
+use std::path::PathBuf;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Largest read; the buffer starts small and grows to this only for streams that fill it, so the common tiny
+/// output costs no fresh pages.
 const CHUNK: usize = 64 * 1024;
+const FIRST_CHUNK: usize = 4 * 1024;
 
 #[derive(Debug, Default, Clone)]
 pub struct Captured {
@@ -37,15 +42,56 @@ impl Captured {
     }
 }
 
-/// Reads `source` to its end. Log write failures (disk full) stop logging but never the reading, so the agent is
-/// never blocked on a full pipe.
+/// The full log of one stream, opened only once it is needed.
+struct LazyLog {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    /// Writing failed (disk full): the record keeps its capped copy, logging stops.
+    broken: bool,
+}
+
+impl LazyLog {
+    fn write(&mut self, bytes: &[u8]) {
+        if self.broken {
+            return;
+        }
+        if self.file.is_none() {
+            let Some(path) = &self.path else { return };
+            match File::create(path) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "cannot create the full log");
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+        // Page-cache writes of one chunk are short; a blocking call here is cheaper than a thread hop.
+        if let Some(Err(e)) = self.file.as_mut().map(|f| f.write_all(bytes)) {
+            tracing::warn!(error = %e, "writing the full log failed; the record keeps the capped copy");
+            self.broken = true;
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.file.is_some() || self.broken
+    }
+}
+
+/// Reads `source` to its end. Log write failures never stop the reading, so the agent is never blocked on a
+/// full pipe.
 pub async fn capture(
     mut source: impl AsyncRead + Unpin,
-    mut log: Option<File>,
+    log_path: Option<PathBuf>,
     cap: usize,
 ) -> Captured {
     let mut captured = Captured::default();
-    let mut buf = vec![0u8; CHUNK];
+    let mut log = LazyLog {
+        path: log_path,
+        file: None,
+        broken: false,
+    };
+    let mut buf = vec![0u8; FIRST_CHUNK];
     loop {
         let n = match source.read(&mut buf).await {
             Ok(0) => break,
@@ -56,17 +102,26 @@ pub async fn capture(
                 break;
             }
         };
+        if n == buf.len() && buf.len() < CHUNK {
+            buf.resize(CHUNK, 0);
+        }
         let chunk = &buf[..n];
         captured.total += n as u64;
         let room = cap.saturating_sub(captured.head.len());
-        captured.head.extend_from_slice(&chunk[..room.min(n)]);
-        if let Some(file) = log.as_mut() {
-            // Page-cache writes of one chunk are short; a blocking call here is cheaper than a thread hop.
-            if let Err(e) = file.write_all(chunk) {
-                tracing::warn!(error = %e, "writing the full log failed; the record keeps the capped copy");
-                log = None;
+        let kept = room.min(n);
+        captured.head.extend_from_slice(&chunk[..kept]);
+        if kept < n {
+            if !log.is_open() {
+                // The log starts with what the head already holds, so it is the whole stream.
+                let head_before = captured.head.len() - kept;
+                log.write(&captured.head[..head_before]);
+                log.write(&chunk[..kept]);
             }
+            log.write(&chunk[kept..]);
         }
+    }
+    if !log.is_open() && std::str::from_utf8(&captured.head).is_err() {
+        log.write(&captured.head);
     }
     captured
 }
@@ -80,11 +135,24 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let c = capture(&data[..], Some(File::create(&path).unwrap()), 1000).await;
+        let c = capture(&data[..], Some(path.clone()), 1000).await;
         assert_eq!(c.total, 200_000);
         assert_eq!(c.head, &data[..1000]);
         assert_eq!(c.truncated_bytes(), 199_000);
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn short_valid_output_needs_no_log_but_invalid_bytes_get_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let c = capture(&b"hello\n"[..], Some(path.clone()), 1000).await;
+        assert_eq!(c.head, b"hello\n");
+        assert!(!path.exists());
+        let raw = b"ok \xff\n";
+        let c = capture(&raw[..], Some(path.clone()), 1000).await;
+        assert_eq!(c.head, raw);
+        assert_eq!(std::fs::read(&path).unwrap(), raw);
     }
 
     #[test]

