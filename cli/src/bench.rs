@@ -28,8 +28,8 @@ pub struct BenchArgs {
     /// Jobs per throughput run.
     #[arg(long, default_value_t = 4000)]
     throughput_jobs: usize,
-    /// The worker's run slots.
-    #[arg(long, default_value_t = 16)]
+    /// The worker's run slots (`worker.max_concurrent`).
+    #[arg(long, default_value_t = 32)]
     worker_concurrency: usize,
 }
 
@@ -124,8 +124,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         ("gateway", gateway_pid),
     ];
     let cpu_before = cpu_times(&pids);
+    let client_before = own_cpu();
     let nats_rate = nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await?;
     let cpu_after = cpu_times(&pids);
+    let client_cpu = own_cpu() - client_before;
     let http_rate = http_throughput(&http, &base, args.throughput_jobs, args.in_flight).await?;
     // Gateway and worker first, so they never see NATS vanish under them.
     drop(processes);
@@ -169,7 +171,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let per_job = (cpu_after[i] - cpu_before[i]) / args.throughput_jobs as f64 * 1e6;
         print!("  {name} {per_job:.0}");
     }
-    println!();
+    println!(
+        "  bench client {:.0}",
+        client_cpu / args.throughput_jobs as f64 * 1e6
+    );
     println!();
     println!(
         "idle RSS: gateway {:.1} MB, worker {:.1} MB",
@@ -428,6 +433,16 @@ fn cpu_times(pids: &[(&str, u32)]) -> Vec<f64> {
             get(11) + get(12)
         })
         .collect()
+}
+
+/// CPU seconds (user + system) this bench process has used.
+fn own_cpu() -> f64 {
+    // SAFETY: rusage is plain old data, fully written by getrusage.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a local.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -19,6 +19,8 @@ pub struct JobDirs {
     pub stderr_log: PathBuf,
     /// Named after the job and kept afterwards, for inspection (`worker.keep_workspaces`).
     kept: bool,
+    /// Something beyond the workspace was written (a full log): the directory is not reused.
+    dirty: bool,
 }
 
 impl JobDirs {
@@ -29,7 +31,13 @@ impl JobDirs {
             stderr_log: root.join("stderr.log"),
             root,
             kept,
+            dirty: false,
         }
+    }
+
+    /// Records that the run left files beside the workspace, so these directories are discarded, not reused.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 }
 
@@ -61,7 +69,8 @@ impl DirPool {
             return Ok(dirs);
         }
         while let Some(root) = self.free.lock().ok().and_then(|mut f| f.pop()) {
-            if is_clean(&root) {
+            // Checked fully when given back; here only that nothing appeared in the workspace since.
+            if is_empty_dir(&root.join(WORKSPACE)) {
                 return Ok(JobDirs::at(root, false));
             }
             discard(root);
@@ -80,7 +89,7 @@ impl DirPool {
         if dirs.kept {
             return;
         }
-        if is_clean(&dirs.root) {
+        if !dirs.dirty && is_clean(&dirs.root) {
             if let Ok(mut free) = self.free.lock() {
                 free.push(dirs.root);
                 return;
@@ -96,8 +105,11 @@ fn is_clean(root: &Path) -> bool {
         matches!(entries.next(), Some(Ok(e)) if e.file_name() == WORKSPACE)
             && entries.next().is_none()
     });
-    only_workspace
-        && std::fs::read_dir(root.join(WORKSPACE)).is_ok_and(|mut entries| entries.next().is_none())
+    only_workspace && is_empty_dir(&root.join(WORKSPACE))
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 fn discard(root: PathBuf) {

@@ -1,6 +1,7 @@
 //! Handling one job message from claim to ack: read it, claim the record, run the agent while keeping the
 //! message alive with in-progress acks, write the terminal record, announce it, and settle the message.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,6 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use fleet_shared::codec::Format;
 use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::agent::run_spec;
@@ -116,11 +116,15 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
     tracing::info!(attempt = held.record.attempt, "job claimed");
 
     let result = match shared.dirs.take(&held.record) {
-        Ok(dirs) => {
+        Ok(mut dirs) => {
             let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
-            let heartbeat = keep_alive(msg, shared.config.queue.ack_wait());
-            let r = supervisor::run(spec, shared.kill_running.child_token()).await;
-            heartbeat.cancel();
+            let run = supervisor::run(spec, shared.kill_running.child_token());
+            let r = keeping_alive(msg, shared.config.queue.ack_wait(), run).await;
+            if r.as_ref()
+                .map_or(true, |o| o.stdout.logged || o.stderr.logged)
+            {
+                dirs.mark_dirty();
+            }
             shared.dirs.give_back(dirs);
             r
         }
@@ -144,25 +148,26 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
     settle
 }
 
-/// Sends in-progress acks so a long job is not redelivered while it runs.
-fn keep_alive(msg: &jetstream::Message, ack_wait: Duration) -> CancellationToken {
-    let stop = CancellationToken::new();
-    let guard = stop.clone();
-    let msg = msg.clone();
+/// Drives `work` to its end, sending in-progress acks so a long job is not redelivered while it runs.
+async fn keeping_alive<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
     let every = (ack_wait / 3).max(Duration::from_millis(100));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = guard.cancelled() => return,
-                _ = tokio::time::sleep(every) => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::warn!(error = %e, "in-progress ack failed");
-                    }
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
                 }
             }
         }
-    });
-    stop
+    }
 }
 
 async fn hand_back(shared: &Shared, key: &str, held: &Held) -> Settle {

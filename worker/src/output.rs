@@ -20,6 +20,8 @@ pub struct Captured {
     pub head: Vec<u8>,
     /// Every byte the stream carried.
     pub total: u64,
+    /// A full log file was written for this stream.
+    pub logged: bool,
 }
 
 impl Captured {
@@ -78,14 +80,14 @@ impl LazyLog {
     }
 }
 
-/// Reads `source` to its end. Log write failures never stop the reading, so the agent is never blocked on a
-/// full pipe.
+/// Reads `source` to its end into `captured`, which holds what was read so far even if this future is dropped
+/// early. Log write failures never stop the reading, so the agent is never blocked on a full pipe.
 pub async fn capture(
     mut source: impl AsyncRead + Unpin,
     log_path: Option<PathBuf>,
     cap: usize,
-) -> Captured {
-    let mut captured = Captured::default();
+    captured: &mut Captured,
+) {
     let mut log = LazyLog {
         path: log_path,
         file: None,
@@ -107,6 +109,7 @@ pub async fn capture(
         }
         let chunk = &buf[..n];
         captured.total += n as u64;
+        captured.logged = captured.logged || n > cap.saturating_sub(captured.head.len());
         let room = cap.saturating_sub(captured.head.len());
         let kept = room.min(n);
         captured.head.extend_from_slice(&chunk[..kept]);
@@ -121,9 +124,9 @@ pub async fn capture(
         }
     }
     if !log.is_open() && std::str::from_utf8(&captured.head).is_err() {
+        captured.logged = true;
         log.write(&captured.head);
     }
-    captured
 }
 
 #[cfg(test)]
@@ -135,7 +138,9 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let c = capture(&data[..], Some(path.clone()), 1000).await;
+        let mut c = Captured::default();
+        capture(&data[..], Some(path.clone()), 1000, &mut c).await;
+        assert!(c.logged);
         assert_eq!(c.total, 200_000);
         assert_eq!(c.head, &data[..1000]);
         assert_eq!(c.truncated_bytes(), 199_000);
@@ -146,11 +151,14 @@ mod tests {
     async fn short_valid_output_needs_no_log_but_invalid_bytes_get_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let c = capture(&b"hello\n"[..], Some(path.clone()), 1000).await;
+        let mut c = Captured::default();
+        capture(&b"hello\n"[..], Some(path.clone()), 1000, &mut c).await;
         assert_eq!(c.head, b"hello\n");
-        assert!(!path.exists());
+        assert!(!path.exists() && !c.logged);
         let raw = b"ok \xff\n";
-        let c = capture(&raw[..], Some(path.clone()), 1000).await;
+        let mut c = Captured::default();
+        capture(&raw[..], Some(path.clone()), 1000, &mut c).await;
+        assert!(c.logged);
         assert_eq!(c.head, raw);
         assert_eq!(std::fs::read(&path).unwrap(), raw);
     }
@@ -160,12 +168,14 @@ mod tests {
         let c = Captured {
             head: b"ok\xffok".to_vec(),
             total: 5,
+            logged: false,
         };
         assert_eq!(c.lossy_text(), "ok\u{fffd}ok");
         // "é" is two bytes; the cap kept only the first.
         let c = Captured {
             head: b"ab\xc3".to_vec(),
             total: 4,
+            logged: false,
         };
         assert_eq!(c.lossy_text(), "ab");
     }

@@ -107,84 +107,94 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         }
     };
 
-    let stdin_task = match (child.stdin.take(), spec.stdin) {
-        (Some(pipe), Some(bytes)) => Some(tokio::spawn(async move {
-            if let Ok(mut pipe) = tokio::process::ChildStdin::from_std(pipe) {
-                // An agent that exits without reading its input closes the pipe: not an error of ours.
-                let _ = pipe.write_all(&bytes).await;
-            }
-        })),
-        _ => None,
-    };
+    let stdin = child
+        .stdin
+        .take()
+        .and_then(|p| tokio::process::ChildStdin::from_std(p).ok());
+    let stdout = child
+        .stdout
+        .take()
+        .and_then(|p| tokio::process::ChildStdout::from_std(p).ok());
+    let stderr = child
+        .stderr
+        .take()
+        .and_then(|p| tokio::process::ChildStderr::from_std(p).ok());
+    let (mut out, mut err) = (Captured::default(), Captured::default());
     let cap = spec.output_cap;
-    let stdout_task = child.stdout.take().map(|p| {
-        tokio::spawn(async move {
-            match tokio::process::ChildStdout::from_std(p) {
-                Ok(p) => capture(p, stdout_log, cap).await,
-                Err(_) => Captured::default(),
-            }
-        })
-    });
-    let stderr_task = child.stderr.take().map(|p| {
-        tokio::spawn(async move {
-            match tokio::process::ChildStderr::from_std(p) {
-                Ok(p) => capture(p, stderr_log, cap).await,
-                Err(_) => Captured::default(),
-            }
-        })
-    });
 
-    let killed = tokio::select! {
-        biased;
-        _ = stop.cancelled() => Some(KillReason::Requested),
-        _ = exit.exited() => None,
-        _ = tokio::time::sleep(spec.timeout) => Some(KillReason::Timeout),
-    };
-    if killed.is_some() {
-        signal_group(pid, libc::SIGTERM);
-        if tokio::time::timeout(spec.kill_grace, exit.exited())
-            .await
-            .is_err()
-        {
-            signal_group(pid, libc::SIGKILL);
-            exit.exited().await;
+    let control = async {
+        let killed = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Some(KillReason::Requested),
+            _ = exit.exited() => None,
+            _ = tokio::time::sleep(spec.timeout) => Some(KillReason::Timeout),
+        };
+        if killed.is_some() {
+            signal_group(pid, libc::SIGTERM);
+            if tokio::time::timeout(spec.kill_grace, exit.exited())
+                .await
+                .is_err()
+            {
+                signal_group(pid, libc::SIGKILL);
+                exit.exited().await;
+            }
         }
-    }
-    // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left behind.
-    signal_group(pid, libc::SIGKILL);
-    let (ending, mut resources) = reap(pid);
-    resources.wall_ms = started.elapsed().as_millis() as u64;
+        // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left.
+        signal_group(pid, libc::SIGKILL);
+        let (ending, mut resources) = reap(pid);
+        resources.wall_ms = started.elapsed().as_millis() as u64;
+        (ending, resources, killed)
+    };
+    // Input and both outputs are served inside this one future (no extra tasks per job).
+    let (ending, resources, killed) = {
+        let io = async {
+            tokio::join!(
+                feed(stdin, spec.stdin),
+                capture_into(stdout, stdout_log, cap, &mut out),
+                capture_into(stderr, stderr_log, cap, &mut err),
+            )
+        };
+        tokio::pin!(control, io);
+        let mut io_done = false;
+        let ended = loop {
+            tokio::select! {
+                ended = &mut control => break ended,
+                _ = &mut io, if !io_done => io_done = true,
+            }
+        };
+        if !io_done && tokio::time::timeout(DRAIN_DEADLINE, &mut io).await.is_err() {
+            tracing::warn!(
+                "agent output pipe still open after its process group ended; output cut off"
+            );
+        }
+        ended
+    };
     drop(child);
-
-    if let Some(t) = stdin_task {
-        t.abort();
-    }
-    let stdout = drain(stdout_task).await;
-    let stderr = drain(stderr_task).await;
     Ok(RunOutcome {
         ending,
         killed,
-        stdout,
-        stderr,
+        stdout: out,
+        stderr: err,
         resources,
     })
 }
 
-async fn drain(task: Option<tokio::task::JoinHandle<Captured>>) -> Captured {
-    let Some(task) = task else {
-        return Captured::default();
-    };
-    let abort = task.abort_handle();
-    match tokio::time::timeout(DRAIN_DEADLINE, task).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(_)) => Captured::default(),
-        Err(_) => {
-            abort.abort();
-            tracing::warn!(
-                "agent output pipe still open after its process group ended; output cut off"
-            );
-            Captured::default()
-        }
+/// Writes the stdin bytes, then closes the pipe. An agent that exits without reading its input closes the
+/// pipe first: not an error of ours.
+async fn feed(pipe: Option<tokio::process::ChildStdin>, bytes: Option<Vec<u8>>) {
+    if let (Some(mut pipe), Some(bytes)) = (pipe, bytes) {
+        let _ = pipe.write_all(&bytes).await;
+    }
+}
+
+async fn capture_into(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    log: Option<PathBuf>,
+    cap: usize,
+    into: &mut Captured,
+) {
+    if let Some(pipe) = pipe {
+        capture(pipe, log, cap, into).await;
     }
 }
 
@@ -320,6 +330,21 @@ mod tests {
         let out = run(spec(&["sleep", "30"]), stop).await.unwrap();
         assert_eq!(out.killed, Some(KillReason::Requested));
         assert_eq!(out.ending, Ending::Signaled(libc::SIGTERM));
+    }
+
+    #[tokio::test]
+    async fn an_escaped_process_holding_stdout_cannot_hold_the_run_and_output_so_far_is_kept() {
+        // `setsid` leaves the process group, so the group kill misses it and it keeps the pipe open.
+        let s = spec(&["sh", "-c", "setsid sleep 4 & sleep 0.3; echo before"]);
+        let t = Instant::now();
+        let out = run(s, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.ending, Ending::Exited(0));
+        assert_eq!(out.stdout.head, b"before\n");
+        assert!(
+            t.elapsed() < DRAIN_DEADLINE + Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]
