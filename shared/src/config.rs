@@ -71,6 +71,7 @@ pub struct WorkerConfig {
     pub default_timeout_secs: f64,
     pub kill_grace_secs: f64,
     pub shutdown_grace_secs: f64,
+    pub claim_delay_secs: f64,
     pub output_cap_bytes: usize,
     pub unknown_agent_grace_secs: f64,
     pub keep_workspaces: bool,
@@ -118,6 +119,9 @@ impl WorkerConfig {
     }
     pub fn shutdown_grace(&self) -> Duration {
         secs(self.shutdown_grace_secs)
+    }
+    pub fn claim_delay(&self) -> Duration {
+        secs(self.claim_delay_secs)
     }
     pub fn unknown_agent_grace(&self) -> Duration {
         secs(self.unknown_agent_grace_secs)
@@ -261,11 +265,13 @@ impl Config {
                 return Err(invalid(key, "must be a positive number of seconds"));
             }
         }
-        if !(self.worker.kill_grace_secs.is_finite() && self.worker.kill_grace_secs >= 0.0) {
-            return Err(invalid(
-                "worker.kill_grace_secs",
-                "must be zero or a positive number of seconds",
-            ));
+        for (key, v) in [
+            ("worker.kill_grace_secs", self.worker.kill_grace_secs),
+            ("worker.claim_delay_secs", self.worker.claim_delay_secs),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(invalid(key, "must be zero or a positive number of seconds"));
+            }
         }
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));

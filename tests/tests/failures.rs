@@ -211,3 +211,65 @@ async fn long_job_kept_alive_by_progress_acks_runs_once() {
     assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1);
     worker.stop().await;
 }
+
+/// The statuses a job's record went through, oldest first (the bucket keeps two revisions).
+async fn status_history(nats: &NatsClient, id: uuid::Uuid) -> Vec<JobStatus> {
+    let history: Vec<_> = nats
+        .records
+        .history(id.to_string())
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    history
+        .iter()
+        .filter_map(|e| e.as_ref().ok())
+        .filter_map(|e| decode::<JobRecord>(&e.value, Format::MessagePack).ok())
+        .map(|r| r.status)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_runs_are_claimed_only_when_they_outlive_the_claim_delay() {
+    let server = NatsServer::start();
+    let cfg = test_config(&server.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let nats = NatsClient::connect(&server.url()).await;
+
+    let quick = publish_fake(&nats, "print:quick", "deferred.reply").await;
+    let r = nats
+        .wait_record(quick, "quick job", |r| r.status.is_terminal())
+        .await;
+    assert_eq!((r.status, r.attempt), (JobStatus::Completed, 1));
+    assert_eq!(status_history(&nats, quick).await, [JobStatus::Completed]);
+
+    let slow = publish_fake(&nats, "sleep:0.5 print:slow", "deferred.reply").await;
+    let running = nats
+        .wait_record(slow, "slow job claimed", |r| r.status == JobStatus::Running)
+        .await;
+    assert_eq!(running.attempt, 1);
+    let r = nats
+        .wait_record(slow, "slow job", |r| r.status.is_terminal())
+        .await;
+    assert_eq!(
+        (r.status, r.attempt, r.stdout.as_str()),
+        (JobStatus::Completed, 1, "slow\n")
+    );
+    assert_eq!(
+        status_history(&nats, slow).await,
+        [JobStatus::Running, JobStatus::Completed]
+    );
+    worker.stop().await;
+
+    // With no delay every job is claimed before it runs.
+    let cfg = test_config(&server.url(), &[("FLEET_WORKER_CLAIM_DELAY_SECS", "0")]);
+    let worker = start_worker(&cfg.config).await;
+    let eager = publish_fake(&nats, "print:eager", "deferred.reply").await;
+    nats.wait_record(eager, "eager job", |r| r.status.is_terminal())
+        .await;
+    assert_eq!(
+        status_history(&nats, eager).await,
+        [JobStatus::Running, JobStatus::Completed]
+    );
+    worker.stop().await;
+}

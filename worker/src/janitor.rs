@@ -88,7 +88,7 @@ async fn sweep(shared: &Shared) -> Result<(), async_nats::Error> {
             let finish = records::finish(
                 &shared.records,
                 &key,
-                expected.map(|h| h.revision),
+                expected.and_then(|h| h.revision),
                 &record,
                 &shared.kill_running,
             )

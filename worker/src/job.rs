@@ -59,10 +59,17 @@ async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
     );
     let job_id = intake.request.id;
     let span = tracing::info_span!("job", job_id = %job_id, agent = %intake.request.agent, delivered = info.delivered);
-    run_job(shared, msg, intake).instrument(span).await
+    run_job(shared, msg, intake, info.delivered)
+        .instrument(span)
+        .await
 }
 
-async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> Settle {
+async fn run_job(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    intake: Intake,
+    delivered: i64,
+) -> Settle {
     let key = shared.topology.record_key(&intake.request.id);
     if let Some(error) = intake.rejected {
         tracing::info!(code = %error.code, reason = %error.message, "rejecting job");
@@ -81,45 +88,42 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
         return Settle::Retry(Some(Duration::from_secs(1)));
     };
     let queued = JobRecord::queued(intake.request);
-    let claim = records::claim(
-        &shared.records,
-        &key,
-        queued,
-        intake.queued_revision,
-        &shared.worker_id,
-        shared.config.queue.max_attempts,
-    )
-    .await;
-    let held = match claim {
-        Ok(Claim::Claimed(held)) => held,
-        Ok(Claim::AlreadyTerminal) => {
-            tracing::info!("job already has a terminal record; skipping");
-            return Settle::Ack;
-        }
-        Ok(Claim::Exhausted(held)) => {
-            let attempts = held.record.attempt;
-            let mut record = held.record.clone();
-            end(&mut record, JobStatus::Failed);
-            record.error = Some(JobError::new(
-                ErrorCode::WorkerLost,
-                format!("the job's worker was lost on each of its {attempts} attempts"),
-            ));
-            tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
-            return write_and_announce(shared, &key, record, Some(held.revision), intake.format)
-                .await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "claiming the job failed; handing it back");
-            return Settle::Retry(Some(Duration::from_millis(500)));
+    // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
+    // lost, or handed the job back) claim first, so every attempt that could have died is counted.
+    let deferred = delivered <= 1 && !shared.config.worker.claim_delay().is_zero();
+    let mut held = if deferred {
+        records::unclaimed(queued.clone(), intake.queued_revision, &shared.worker_id)
+    } else {
+        match claim(shared, &key, &queued, intake.queued_revision).await {
+            Ok(Claim::Claimed(held)) => held,
+            Ok(Claim::AlreadyTerminal) => {
+                tracing::info!("job already has a terminal record; skipping");
+                return Settle::Ack;
+            }
+            Ok(Claim::Exhausted(held)) => {
+                return record_worker_lost(shared, &key, held, intake.format).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming the job failed; handing it back");
+                return Settle::Retry(Some(Duration::from_millis(500)));
+            }
         }
     };
-    tracing::info!(attempt = held.record.attempt, "job claimed");
+    let mut claimed = !deferred;
 
+    let stop = shared.kill_running.child_token();
+    let mut superseded = false;
     let result = match shared.dirs.take(&held.record) {
         Ok(mut dirs) => {
             let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
-            let run = supervisor::run(spec, shared.kill_running.child_token());
-            let r = keeping_alive(msg, shared.config.queue.ack_wait(), run).await;
+            let run = supervisor::run(spec, stop.clone());
+            let watch = Watch {
+                msg,
+                key: &key,
+                queued: &queued,
+                stop: &stop,
+            };
+            let r = supervise(shared, watch, run, &mut held, &mut claimed, &mut superseded).await;
             if r.as_ref()
                 .map_or(true, |o| o.stdout.logged || o.stderr.logged)
             {
@@ -130,39 +134,104 @@ async fn run_job(shared: &Shared, msg: &jetstream::Message, intake: Intake) -> S
         }
         Err(e) => Err(SpawnError::Workspace(e)),
     };
-    let settle = match result {
+    if superseded {
+        tracing::info!("another writer ended this job while it ran here; our run is dropped");
+        return Settle::Ack;
+    }
+    match result {
         Ok(outcome) if outcome.killed == Some(KillReason::Requested) => {
-            hand_back(shared, &key, &held).await
+            hand_back(shared, &key, claimed.then_some(&held)).await
         }
         Ok(outcome) => {
             let record = completed_record(&held, &outcome);
-            write_and_announce(shared, &key, record, Some(held.revision), intake.format).await
+            write_and_announce(shared, &key, record, held.revision, intake.format).await
         }
         Err(e) => {
             let mut record = held.record.clone();
             end(&mut record, JobStatus::Failed);
             record.error = Some(JobError::new(ErrorCode::SpawnFailed, e.to_string()));
-            write_and_announce(shared, &key, record, Some(held.revision), intake.format).await
+            write_and_announce(shared, &key, record, held.revision, intake.format).await
         }
-    };
-    settle
+    }
 }
 
-/// Drives `work` to its end, sending in-progress acks so a long job is not redelivered while it runs.
-async fn keeping_alive<T>(
-    msg: &jetstream::Message,
-    ack_wait: Duration,
-    work: impl Future<Output = T>,
+async fn claim(
+    shared: &Shared,
+    key: &str,
+    queued: &JobRecord,
+    queued_revision: Option<u64>,
+) -> Result<Claim, records::RecordError> {
+    let claim = records::claim(
+        &shared.records,
+        key,
+        queued.clone(),
+        queued_revision,
+        &shared.worker_id,
+        shared.config.queue.max_attempts,
+    )
+    .await;
+    if let Ok(Claim::Claimed(held)) = &claim {
+        tracing::info!(attempt = held.record.attempt, "job claimed");
+    }
+    claim
+}
+
+async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Format) -> Settle {
+    let attempts = held.record.attempt;
+    let mut record = held.record;
+    end(&mut record, JobStatus::Failed);
+    record.error = Some(JobError::new(
+        ErrorCode::WorkerLost,
+        format!("the job's worker was lost on each of its {attempts} attempts"),
+    ));
+    tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
+    write_and_announce(shared, key, record, held.revision, format).await
+}
+
+/// What `supervise` needs to know about the job besides its run.
+struct Watch<'a> {
+    msg: &'a jetstream::Message,
+    key: &'a str,
+    queued: &'a JobRecord,
+    /// Stops the run when another writer has already ended the job.
+    stop: &'a tokio_util::sync::CancellationToken,
+}
+
+/// Drives the run to its end while keeping the message alive with in-progress acks and, for a deferred claim,
+/// claiming the job once it has run for the claim delay. Sets `superseded` (and stops the run) when the claim
+/// finds the job already ended.
+async fn supervise<T>(
+    shared: &Shared,
+    watch: Watch<'_>,
+    run: impl Future<Output = T>,
+    held: &mut Held,
+    claimed: &mut bool,
+    superseded: &mut bool,
 ) -> T {
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let every = (shared.config.queue.ack_wait() / 3).max(Duration::from_millis(100));
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(work);
+    let claim_at = tokio::time::sleep(shared.config.worker.claim_delay());
+    tokio::pin!(run, claim_at);
     loop {
         tokio::select! {
             biased;
-            out = &mut work => return out,
+            out = &mut run => return out,
+            _ = &mut claim_at, if !*claimed => {
+                *claimed = true;
+                match claim(shared, watch.key, watch.queued, held.revision).await {
+                    Ok(Claim::Claimed(h)) => *held = h,
+                    Ok(Claim::AlreadyTerminal) => {
+                        *superseded = true;
+                        watch.stop.cancel();
+                    }
+                    // The last holder is gone and we are running it now: our result will end the job.
+                    Ok(Claim::Exhausted(_)) => {}
+                    // NATS is away: run on; the terminal write waits for it.
+                    Err(e) => tracing::warn!(error = %e, "claiming the running job failed; it runs on unclaimed"),
+                }
+            }
             _ = beat.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                if let Err(e) = watch.msg.ack_with(AckKind::Progress).await {
                     tracing::warn!(error = %e, "in-progress ack failed");
                 }
             }
@@ -170,8 +239,12 @@ async fn keeping_alive<T>(
     }
 }
 
-async fn hand_back(shared: &Shared, key: &str, held: &Held) -> Settle {
+/// Gives a job this worker must stop back to the queue; resets the record only if this worker claimed it.
+async fn hand_back(shared: &Shared, key: &str, claimed: Option<&Held>) -> Settle {
     tracing::info!("worker shutting down; handing the job back to the queue");
+    let Some(held) = claimed else {
+        return Settle::Retry(None);
+    };
     if let Err(e) = records::requeue(&shared.records, key, held).await {
         tracing::warn!(error = %e, "resetting the record to queued failed; the next claim takes it over anyway");
     }

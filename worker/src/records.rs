@@ -23,11 +23,11 @@ fn store_err(e: impl Into<async_nats::Error>) -> RecordError {
     RecordError::Store(e.into())
 }
 
-/// A record this worker holds, with the revision its next write must expect.
+/// A record this worker holds, with the revision its next write must expect (`None`: no record is stored yet).
 #[derive(Debug, Clone)]
 pub struct Held {
     pub record: JobRecord,
-    pub revision: u64,
+    pub revision: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -51,13 +51,13 @@ pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, Recor
     match decode::<JobRecord>(&entry.value, Format::MessagePack) {
         Ok(record) => Ok(Some(Held {
             record,
-            revision: entry.revision,
+            revision: Some(entry.revision),
         })),
         Err(e) => {
             tracing::warn!(key, error = %e, "unreadable job record; it will be replaced");
             Ok(Some(Held {
                 record: JobRecord::queued(placeholder_request(key)),
-                revision: entry.revision,
+                revision: Some(entry.revision),
             }))
         }
     }
@@ -112,17 +112,28 @@ pub async fn claim(
             .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
     };
     match fast {
-        Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+        Ok(revision) => {
+            return Ok(Claim::Claimed(Held {
+                record,
+                revision: Some(revision),
+            }))
+        }
         // Someone wrote the record first: read it and decide below.
         Err((true, _)) => {}
         Err((false, e)) => return Err(e),
     }
     for _ in 0..MAX_CAS_ROUNDS {
         match current(store, key).await? {
-            None => {
+            // A stored record always has a revision; the second pattern only satisfies the type.
+            None | Some(Held { revision: None, .. }) => {
                 let record = running(queued.clone(), worker);
                 match store.create(key, to_msgpack(&record).into()).await {
-                    Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+                    Ok(revision) => {
+                        return Ok(Claim::Claimed(Held {
+                            record,
+                            revision: Some(revision),
+                        }))
+                    }
                     Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
                     Err(e) => return Err(store_err(e)),
                 }
@@ -134,13 +145,21 @@ pub async fn claim(
             {
                 return Ok(Claim::Exhausted(held));
             }
-            Some(held) => {
-                let record = running(held.record, worker);
+            Some(Held {
+                record,
+                revision: Some(revision),
+            }) => {
+                let record = running(record, worker);
                 match store
-                    .update(key, to_msgpack(&record).into(), held.revision)
+                    .update(key, to_msgpack(&record).into(), revision)
                     .await
                 {
-                    Ok(revision) => return Ok(Claim::Claimed(Held { record, revision })),
+                    Ok(revision) => {
+                        return Ok(Claim::Claimed(Held {
+                            record,
+                            revision: Some(revision),
+                        }))
+                    }
                     Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                     Err(e) => return Err(store_err(e)),
                 }
@@ -148,6 +167,15 @@ pub async fn claim(
         }
     }
     Err(RecordError::Contended)
+}
+
+/// The `running` record of a job this worker starts before claiming it (a deferred claim): not written yet, so
+/// its revision is the one the claim — or, for a short job, the terminal write — must expect.
+pub fn unclaimed(queued: JobRecord, queued_revision: Option<u64>, worker: &str) -> Held {
+    Held {
+        record: running(queued, worker),
+        revision: queued_revision,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -188,7 +216,7 @@ pub async fn finish(
                 Ok(Some(held)) if held.record.status.is_terminal() => {
                     return Ok(Finish::AlreadyTerminal)
                 }
-                Ok(Some(held)) => expected = Some(held.revision),
+                Ok(Some(held)) => expected = held.revision,
                 Ok(None) => expected = None,
                 Err(e) => {
                     tracing::warn!(key, error = %e, "reading the job record failed; retrying")
@@ -209,13 +237,16 @@ pub async fn finish(
 /// Hands a job this worker could not finish back to the queue (worker shutdown). Leaves the record alone if
 /// another writer moved it meanwhile.
 pub async fn requeue(store: &kv::Store, key: &str, held: &Held) -> Result<(), RecordError> {
+    let Some(revision) = held.revision else {
+        return Ok(());
+    };
     let mut record = held.record.clone();
     record.status = JobStatus::Queued;
     record.worker = None;
     record.started_at = None;
     record.updated_at = Utc::now();
     match store
-        .update(key, to_msgpack(&record).into(), held.revision)
+        .update(key, to_msgpack(&record).into(), revision)
         .await
     {
         Ok(_) => Ok(()),
