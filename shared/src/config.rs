@@ -20,6 +20,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("MAX_CONCURRENT", "worker.max_concurrent"),
     ("CLEANUP_AFTER_HOURS", "queue.retention_hours"),
     ("NATS_URL", "nats.url"),
+    ("MAX_FILE_SIZE", "artifacts.max_file_bytes"),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,6 +31,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub queue: QueueConfig,
     pub worker: WorkerConfig,
+    pub artifacts: ArtifactsConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub execute: BTreeMap<String, String>,
 }
@@ -76,6 +78,23 @@ pub struct WorkerConfig {
     pub unknown_agent_grace_secs: f64,
     pub keep_workspaces: bool,
     pub agent_path: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactsConfig {
+    pub backend: String,
+    pub local_dir: PathBuf,
+    pub prefix: String,
+    pub max_file_bytes: u64,
+    pub max_job_bytes: u64,
+    pub max_files: usize,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_endpoint: String,
+    pub s3_path_style: bool,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
 }
 
 /// An agent is configuration, not code: an argv template and how to run it.
@@ -273,6 +292,14 @@ impl Config {
                 return Err(invalid(key, "must be zero or a positive number of seconds"));
             }
         }
+        match self.artifacts.backend.as_str() {
+            "local" | "memory" => {}
+            "s3" if self.artifacts.s3_bucket.is_empty() => {
+                return Err(invalid("artifacts.s3_bucket", "is required with the s3 backend"));
+            }
+            "s3" => {}
+            other => return Err(invalid("artifacts.backend", format!("`{other}` is not one of local, s3, memory"))),
+        }
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));
         }
@@ -348,6 +375,9 @@ impl Config {
     pub fn summary(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         value["nats"]["url"] = serde_json::Value::String(mask_url_credentials(&self.nats.url));
+        if !self.artifacts.s3_secret_access_key.is_empty() {
+            value["artifacts"]["s3_secret_access_key"] = serde_json::Value::String("***".into());
+        }
         for agent in value["agents"]
             .as_object_mut()
             .into_iter()

@@ -2,6 +2,7 @@
 //! processes), the NATS topology (every stream, consumer, bucket and subject name), the codec, the stable error
 //! codes and the one configuration loader. No HTTP framework and no process spawning live here.
 
+pub mod artifacts;
 pub mod codec;
 pub mod config;
 pub mod error_code;

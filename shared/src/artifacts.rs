@@ -1,0 +1,251 @@
+//! Where job artifacts live: one interface over local disk, S3-compatible servers and memory (tests), all through
+//! `object_store`. Layout: `<prefix>/<job_id>/<name>`, with the job's full logs under `<prefix>/<job_id>/_logs/`.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use object_store::path::Path as StorePath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use uuid::Uuid;
+
+use crate::config::ArtifactsConfig;
+
+/// Files up to this size are uploaded in one request; larger ones in parts of this size.
+const PART: usize = 8 * 1024 * 1024;
+/// Parts of one file in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+/// Folder, beside the job's files, holding its full logs.
+pub const LOGS_DIR: &str = "_logs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("artifact store `{store}`: {source}")]
+    Store { store: String, source: object_store::Error },
+    #[error("artifact store `{store}`: reading {path}: {source}")]
+    Read { store: String, path: String, source: std::io::Error },
+    #[error("artifact store misconfigured: {0}")]
+    Config(String),
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Store { source: object_store::Error::NotFound { .. }, .. })
+    }
+}
+
+/// What an upload produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub size: u64,
+    pub sha256: String,
+    pub location: String,
+}
+
+/// A readable slice of a stored object.
+pub struct Download {
+    pub size: u64,
+    pub range: Range<u64>,
+    pub body: BoxStream<'static, Result<Bytes, StoreError>>,
+}
+
+#[derive(Clone)]
+pub struct ArtifactStore {
+    inner: Arc<dyn ObjectStore>,
+    /// Where objects are, as a URL prefix for records (`file:///…`, `s3://bucket`, `memory://`).
+    base_url: String,
+    prefix: String,
+}
+
+impl ArtifactStore {
+    pub fn from_config(cfg: &ArtifactsConfig) -> Result<Self, StoreError> {
+        let (inner, base_url): (Arc<dyn ObjectStore>, String) = match cfg.backend.as_str() {
+            "local" => {
+                std::fs::create_dir_all(&cfg.local_dir).map_err(|e| StoreError::Config(format!("{}: {e}", cfg.local_dir.display())))?;
+                let dir = std::fs::canonicalize(&cfg.local_dir).map_err(|e| StoreError::Config(e.to_string()))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreError::Config(e.to_string()))?;
+                (Arc::new(store), format!("file://{}", dir.display()))
+            }
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&cfg.s3_bucket)
+                    .with_region(&cfg.s3_region)
+                    .with_virtual_hosted_style_request(!cfg.s3_path_style);
+                if !cfg.s3_endpoint.is_empty() {
+                    b = b.with_endpoint(&cfg.s3_endpoint).with_allow_http(cfg.s3_endpoint.starts_with("http://"));
+                }
+                if !cfg.s3_access_key_id.is_empty() {
+                    b = b.with_access_key_id(&cfg.s3_access_key_id).with_secret_access_key(&cfg.s3_secret_access_key);
+                }
+                let store = b.build().map_err(|e| StoreError::Config(e.to_string()))?;
+                (Arc::new(store), format!("s3://{}", cfg.s3_bucket))
+            }
+            "memory" => (Arc::new(object_store::memory::InMemory::new()), "memory://".to_string()),
+            other => return Err(StoreError::Config(format!("unknown backend `{other}`"))),
+        };
+        Ok(Self { inner, base_url, prefix: cfg.prefix.trim_matches('/').to_string() })
+    }
+
+    fn err(&self, source: object_store::Error) -> StoreError {
+        StoreError::Store { store: self.base_url.clone(), source }
+    }
+
+    /// The store's name in messages and records.
+    pub fn name(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Key of artifact `name` (a relative path with `/` separators) of job `id`.
+    pub fn key(&self, id: &Uuid, name: &str) -> StorePath {
+        let mut parts: Vec<String> = Vec::new();
+        if !self.prefix.is_empty() {
+            parts.extend(self.prefix.split('/').map(str::to_string));
+        }
+        parts.push(id.to_string());
+        parts.extend(name.split('/').map(str::to_string));
+        StorePath::from_iter(parts.iter().map(|p| object_store::path::PathPart::from(p.as_str())))
+    }
+
+    pub fn location(&self, key: &StorePath) -> String {
+        format!("{}/{}", self.base_url, key)
+    }
+
+    /// Streams the file at `path` to `key`, hashing it on the way; large files go up in parts.
+    pub async fn upload_file(&self, key: &StorePath, path: &Path) -> Result<Uploaded, StoreError> {
+        let read_err = |source| StoreError::Read { store: self.base_url.clone(), path: path.display().to_string(), source };
+        let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut first = vec![0u8; PART];
+        let n = read_full(&mut file, &mut first).await.map_err(read_err)?;
+        first.truncate(n);
+        hasher.update(&first);
+        size += n as u64;
+        if n < PART {
+            self.inner.put(key, PutPayload::from(first)).await.map_err(|e| self.err(e))?;
+        } else {
+            let upload = self.inner.put_multipart(key).await.map_err(|e| self.err(e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+            writer.put(Bytes::from(first));
+            let mut buf = vec![0u8; PART];
+            loop {
+                let n = match read_full(&mut file, &mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(read_err(e));
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                    return Err(self.err(e));
+                }
+                writer.write(&buf[..n]);
+            }
+            writer.finish().await.map_err(|e| self.err(e))?;
+        }
+        Ok(Uploaded { size, sha256: hex_digest(hasher), location: self.location(key) })
+    }
+
+    /// Reads `key`, or the byte range of it given (`start..end`, end exclusive, clamped to the object).
+    pub async fn download(&self, key: &StorePath, range: Option<Range<u64>>) -> Result<Download, StoreError> {
+        let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        let got = self.inner.get_opts(key, options).await.map_err(|e| self.err(e))?;
+        let size = got.meta.size;
+        let range = got.range.clone();
+        let store = self.base_url.clone();
+        let body = got
+            .into_stream()
+            .map(move |r| r.map_err(|source| StoreError::Store { store: store.clone(), source }))
+            .boxed();
+        Ok(Download { size, range, body })
+    }
+
+    /// Size of `key`.
+    pub async fn size(&self, key: &StorePath) -> Result<u64, StoreError> {
+        Ok(self.inner.head(key).await.map_err(|e| self.err(e))?.size)
+    }
+}
+
+async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+fn hex_digest(h: Sha256) -> String {
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Content type from the file name; `application/octet-stream` when unknown.
+pub fn content_type(name: &str) -> String {
+    mime_guess::from_path(name).first_or_octet_stream().essence_str().to_string()
+}
+
+/// Is `name` a safe relative artifact name: non-empty `/`-separated parts, none empty, `.` or `..`, no NUL or
+/// backslash, not absolute?
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 1024
+        && !name.contains(['\0', '\\'])
+        && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> ArtifactStore {
+        let cfg = crate::config::Config::load(&crate::config::Sources::default().with_override("artifacts.backend", "memory")).unwrap();
+        ArtifactStore::from_config(&cfg.artifacts).unwrap()
+    }
+
+    #[tokio::test]
+    async fn upload_hashes_and_ranges_read_back() {
+        let store = memory();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..(PART + 1000)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let key = store.key(&Uuid::nil(), "sub dir/ünï code.bin");
+        let up = store.upload_file(&key, &path).await.unwrap();
+        assert_eq!(up.size, data.len() as u64);
+        assert_eq!(up.sha256, hex_digest(Sha256::new_with_prefix(&data)));
+        let d = store.download(&key, Some(10..20)).await.unwrap();
+        let body: Vec<Bytes> = d.body.map(|b| b.unwrap()).collect().await;
+        assert_eq!(body.concat(), &data[10..20]);
+        assert_eq!((d.size, d.range), (data.len() as u64, 10..20));
+        assert!(store.download(&store.key(&Uuid::nil(), "missing"), None).await.err().unwrap().is_not_found());
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/./b", "a\0b", "a\\..\\b", "."] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+        for good in ["report.pdf", "out/data 1.csv", "ünïcode/файл.txt", "..hidden", "a..b"] {
+            assert!(is_safe_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn content_types_follow_extensions() {
+        assert_eq!(content_type("a.png"), "image/png");
+        assert_eq!(content_type("a.unknownext"), "application/octet-stream");
+    }
+}
