@@ -158,6 +158,7 @@ async fn up(args: UpArgs) -> Result<()> {
     .await?;
     config.nats.url = nats.url();
     config.worker.work_dir = data_dir.join("work");
+    config.artifacts.local_dir = data_dir.join("artifacts");
     print_config(&config);
     let config = Arc::new(config);
     let stop = shutdown_signal();

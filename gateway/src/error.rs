@@ -25,7 +25,7 @@ pub struct Problem {
 
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::MalformedJson => StatusCode::BAD_REQUEST,
+        ErrorCode::MalformedJson | ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
         ErrorCode::InvalidRequest | ErrorCode::UnknownAgent | ErrorCode::InvalidJob => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
@@ -36,7 +36,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorCode::QueueFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         // A job the gateway waited on ended badly: the upstream (the agent) failed.
+        ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::NonzeroExit
+        | ErrorCode::ArtifactUploadFailed
         | ErrorCode::WorkerLost
         | ErrorCode::SpawnFailed
         | ErrorCode::Cancelled => StatusCode::BAD_GATEWAY,

@@ -23,11 +23,17 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use state::AppState;
 
 pub fn app(state: AppState) -> Router {
-    use routes::{compat, jobs, system};
+    use routes::{artifacts, compat, jobs, system};
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
         .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
+        .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))
+        .route(
+            "/download/{id}/{*filename}",
+            get(artifacts::download_compat),
+        )
         .route("/v1/agents", get(system::agents))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
@@ -50,6 +56,8 @@ pub fn app(state: AppState) -> Router {
 pub enum GatewayError {
     #[error(transparent)]
     Topology(#[from] fleet_shared::topology::TopologyError),
+    #[error(transparent)]
+    Store(#[from] fleet_shared::artifacts::StoreError),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
 }

@@ -2,13 +2,14 @@
 
 use utoipa::OpenApi;
 
-use crate::routes::{compat, jobs, system};
+use crate::routes::{artifacts, compat, jobs, system};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "fleet", description = "Run AI agents and code jobs on a NATS JetStream worker fleet."),
     paths(
         jobs::submit_job, jobs::get_job, jobs::list_jobs,
+        artifacts::list, artifacts::download, artifacts::download_compat,
         system::health, system::ready, system::agents,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats,

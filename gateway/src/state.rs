@@ -21,6 +21,8 @@ pub struct Inner {
     pub idempotency: kv::Store,
     pub jobs: stream::Stream,
     pub agents: AgentDirectory,
+    /// Where artifacts are read from (the same store configuration the workers write with).
+    pub store: fleet_shared::artifacts::ArtifactStore,
 }
 
 impl std::ops::Deref for AppState {
@@ -34,10 +36,11 @@ impl AppState {
     pub async fn connect(
         config: Arc<Config>,
         client: async_nats::Client,
-    ) -> Result<Self, fleet_shared::topology::TopologyError> {
+    ) -> Result<Self, crate::GatewayError> {
         let topology = Topology::new(&config.nats.prefix);
         let js = jetstream::new(client.clone());
         let handles = topology.ensure(&js, &config.queue).await?;
+        let store = fleet_shared::artifacts::ArtifactStore::from_config(&config.artifacts)?;
         let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
         Ok(Self(Arc::new(Inner {
             config,
@@ -48,6 +51,7 @@ impl AppState {
             idempotency: handles.idempotency,
             jobs: handles.jobs,
             agents,
+            store,
         })))
     }
 }

@@ -26,16 +26,29 @@ pub const LOGS_DIR: &str = "_logs";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("artifact store `{store}`: {source}")]
-    Store { store: String, source: object_store::Error },
+    Store {
+        store: String,
+        source: object_store::Error,
+    },
     #[error("artifact store `{store}`: reading {path}: {source}")]
-    Read { store: String, path: String, source: std::io::Error },
+    Read {
+        store: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("artifact store misconfigured: {0}")]
     Config(String),
 }
 
 impl StoreError {
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Store { source: object_store::Error::NotFound { .. }, .. })
+        matches!(
+            self,
+            Self::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }
+        )
     }
 }
 
@@ -66,9 +79,12 @@ impl ArtifactStore {
     pub fn from_config(cfg: &ArtifactsConfig) -> Result<Self, StoreError> {
         let (inner, base_url): (Arc<dyn ObjectStore>, String) = match cfg.backend.as_str() {
             "local" => {
-                std::fs::create_dir_all(&cfg.local_dir).map_err(|e| StoreError::Config(format!("{}: {e}", cfg.local_dir.display())))?;
-                let dir = std::fs::canonicalize(&cfg.local_dir).map_err(|e| StoreError::Config(e.to_string()))?;
-                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(|e| StoreError::Config(e.to_string()))?;
+                std::fs::create_dir_all(&cfg.local_dir)
+                    .map_err(|e| StoreError::Config(format!("{}: {e}", cfg.local_dir.display())))?;
+                let dir = std::fs::canonicalize(&cfg.local_dir)
+                    .map_err(|e| StoreError::Config(e.to_string()))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| StoreError::Config(e.to_string()))?;
                 (Arc::new(store), format!("file://{}", dir.display()))
             }
             "s3" => {
@@ -77,22 +93,36 @@ impl ArtifactStore {
                     .with_region(&cfg.s3_region)
                     .with_virtual_hosted_style_request(!cfg.s3_path_style);
                 if !cfg.s3_endpoint.is_empty() {
-                    b = b.with_endpoint(&cfg.s3_endpoint).with_allow_http(cfg.s3_endpoint.starts_with("http://"));
+                    b = b
+                        .with_endpoint(&cfg.s3_endpoint)
+                        .with_allow_http(cfg.s3_endpoint.starts_with("http://"));
                 }
                 if !cfg.s3_access_key_id.is_empty() {
-                    b = b.with_access_key_id(&cfg.s3_access_key_id).with_secret_access_key(&cfg.s3_secret_access_key);
+                    b = b
+                        .with_access_key_id(&cfg.s3_access_key_id)
+                        .with_secret_access_key(&cfg.s3_secret_access_key);
                 }
                 let store = b.build().map_err(|e| StoreError::Config(e.to_string()))?;
                 (Arc::new(store), format!("s3://{}", cfg.s3_bucket))
             }
-            "memory" => (Arc::new(object_store::memory::InMemory::new()), "memory://".to_string()),
+            "memory" => (
+                Arc::new(object_store::memory::InMemory::new()),
+                "memory://".to_string(),
+            ),
             other => return Err(StoreError::Config(format!("unknown backend `{other}`"))),
         };
-        Ok(Self { inner, base_url, prefix: cfg.prefix.trim_matches('/').to_string() })
+        Ok(Self {
+            inner,
+            base_url,
+            prefix: cfg.prefix.trim_matches('/').to_string(),
+        })
     }
 
     fn err(&self, source: object_store::Error) -> StoreError {
-        StoreError::Store { store: self.base_url.clone(), source }
+        StoreError::Store {
+            store: self.base_url.clone(),
+            source,
+        }
     }
 
     /// The store's name in messages and records.
@@ -108,7 +138,11 @@ impl ArtifactStore {
         }
         parts.push(id.to_string());
         parts.extend(name.split('/').map(str::to_string));
-        StorePath::from_iter(parts.iter().map(|p| object_store::path::PathPart::from(p.as_str())))
+        StorePath::from_iter(
+            parts
+                .iter()
+                .map(|p| object_store::path::PathPart::from(p.as_str())),
+        )
     }
 
     pub fn location(&self, key: &StorePath) -> String {
@@ -117,7 +151,11 @@ impl ArtifactStore {
 
     /// Streams the file at `path` to `key`, hashing it on the way; large files go up in parts.
     pub async fn upload_file(&self, key: &StorePath, path: &Path) -> Result<Uploaded, StoreError> {
-        let read_err = |source| StoreError::Read { store: self.base_url.clone(), path: path.display().to_string(), source };
+        let read_err = |source| StoreError::Read {
+            store: self.base_url.clone(),
+            path: path.display().to_string(),
+            source,
+        };
         let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -127,9 +165,16 @@ impl ArtifactStore {
         hasher.update(&first);
         size += n as u64;
         if n < PART {
-            self.inner.put(key, PutPayload::from(first)).await.map_err(|e| self.err(e))?;
+            self.inner
+                .put(key, PutPayload::from(first))
+                .await
+                .map_err(|e| self.err(e))?;
         } else {
-            let upload = self.inner.put_multipart(key).await.map_err(|e| self.err(e))?;
+            let upload = self
+                .inner
+                .put_multipart(key)
+                .await
+                .map_err(|e| self.err(e))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
             writer.put(Bytes::from(first));
             let mut buf = vec![0u8; PART];
@@ -153,19 +198,39 @@ impl ArtifactStore {
             }
             writer.finish().await.map_err(|e| self.err(e))?;
         }
-        Ok(Uploaded { size, sha256: hex_digest(hasher), location: self.location(key) })
+        Ok(Uploaded {
+            size,
+            sha256: hex_digest(hasher),
+            location: self.location(key),
+        })
     }
 
     /// Reads `key`, or the byte range of it given (`start..end`, end exclusive, clamped to the object).
-    pub async fn download(&self, key: &StorePath, range: Option<Range<u64>>) -> Result<Download, StoreError> {
-        let options = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
-        let got = self.inner.get_opts(key, options).await.map_err(|e| self.err(e))?;
+    pub async fn download(
+        &self,
+        key: &StorePath,
+        range: Option<Range<u64>>,
+    ) -> Result<Download, StoreError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let got = self
+            .inner
+            .get_opts(key, options)
+            .await
+            .map_err(|e| self.err(e))?;
         let size = got.meta.size;
         let range = got.range.clone();
         let store = self.base_url.clone();
         let body = got
             .into_stream()
-            .map(move |r| r.map_err(|source| StoreError::Store { store: store.clone(), source }))
+            .map(move |r| {
+                r.map_err(|source| StoreError::Store {
+                    store: store.clone(),
+                    source,
+                })
+            })
             .boxed();
         Ok(Download { size, range, body })
     }
@@ -194,7 +259,10 @@ fn hex_digest(h: Sha256) -> String {
 
 /// Content type from the file name; `application/octet-stream` when unknown.
 pub fn content_type(name: &str) -> String {
-    mime_guess::from_path(name).first_or_octet_stream().essence_str().to_string()
+    mime_guess::from_path(name)
+        .first_or_octet_stream()
+        .essence_str()
+        .to_string()
 }
 
 /// Is `name` a safe relative artifact name: non-empty `/`-separated parts, none empty, `.` or `..`, no NUL or
@@ -203,7 +271,9 @@ pub fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 1024
         && !name.contains(['\0', '\\'])
-        && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 #[cfg(test)]
@@ -211,7 +281,10 @@ mod tests {
     use super::*;
 
     fn memory() -> ArtifactStore {
-        let cfg = crate::config::Config::load(&crate::config::Sources::default().with_override("artifacts.backend", "memory")).unwrap();
+        let cfg = crate::config::Config::load(
+            &crate::config::Sources::default().with_override("artifacts.backend", "memory"),
+        )
+        .unwrap();
         ArtifactStore::from_config(&cfg.artifacts).unwrap()
     }
 
@@ -230,15 +303,36 @@ mod tests {
         let body: Vec<Bytes> = d.body.map(|b| b.unwrap()).collect().await;
         assert_eq!(body.concat(), &data[10..20]);
         assert_eq!((d.size, d.range), (data.len() as u64, 10..20));
-        assert!(store.download(&store.key(&Uuid::nil(), "missing"), None).await.err().unwrap().is_not_found());
+        assert!(store
+            .download(&store.key(&Uuid::nil(), "missing"), None)
+            .await
+            .err()
+            .unwrap()
+            .is_not_found());
     }
 
     #[test]
     fn unsafe_names_are_refused() {
-        for bad in ["", "/etc/passwd", "../x", "a/../../b", "a//b", "a/./b", "a\0b", "a\\..\\b", "."] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../b",
+            "a//b",
+            "a/./b",
+            "a\0b",
+            "a\\..\\b",
+            ".",
+        ] {
             assert!(!is_safe_name(bad), "{bad:?}");
         }
-        for good in ["report.pdf", "out/data 1.csv", "ünïcode/файл.txt", "..hidden", "a..b"] {
+        for good in [
+            "report.pdf",
+            "out/data 1.csv",
+            "ünïcode/файл.txt",
+            "..hidden",
+            "a..b",
+        ] {
             assert!(is_safe_name(good), "{good:?}");
         }
     }

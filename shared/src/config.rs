@@ -295,10 +295,18 @@ impl Config {
         match self.artifacts.backend.as_str() {
             "local" | "memory" => {}
             "s3" if self.artifacts.s3_bucket.is_empty() => {
-                return Err(invalid("artifacts.s3_bucket", "is required with the s3 backend"));
+                return Err(invalid(
+                    "artifacts.s3_bucket",
+                    "is required with the s3 backend",
+                ));
             }
             "s3" => {}
-            other => return Err(invalid("artifacts.backend", format!("`{other}` is not one of local, s3, memory"))),
+            other => {
+                return Err(invalid(
+                    "artifacts.backend",
+                    format!("`{other}` is not one of local, s3, memory"),
+                ))
+            }
         }
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     SpawnFailed,
     /// The job was cancelled.
     Cancelled,
+    /// The job ran, but its files could not be stored; stdout and stderr are still in the record.
+    ArtifactUploadFailed,
 
     // Request errors answered by the gateway.
     MalformedJson,
@@ -35,10 +37,13 @@ pub enum ErrorCode {
     QueueFull,
     Unavailable,
     Internal,
+    RangeNotSatisfiable,
+    /// A file name that is not a safe relative path (absolute, `..`, NUL, ...).
+    InvalidName,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -46,6 +51,7 @@ impl ErrorCode {
         Self::InvalidJob,
         Self::SpawnFailed,
         Self::Cancelled,
+        Self::ArtifactUploadFailed,
         Self::MalformedJson,
         Self::InvalidRequest,
         Self::UnsupportedMediaType,
@@ -57,6 +63,8 @@ impl ErrorCode {
         Self::QueueFull,
         Self::Unavailable,
         Self::Internal,
+        Self::RangeNotSatisfiable,
+        Self::InvalidName,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +76,7 @@ impl ErrorCode {
             Self::InvalidJob => "invalid_job",
             Self::SpawnFailed => "spawn_failed",
             Self::Cancelled => "cancelled",
+            Self::ArtifactUploadFailed => "artifact_upload_failed",
             Self::MalformedJson => "malformed_json",
             Self::InvalidRequest => "invalid_request",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -79,6 +88,8 @@ impl ErrorCode {
             Self::QueueFull => "queue_full",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::InvalidName => "invalid_name",
         }
     }
 }

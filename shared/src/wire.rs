@@ -170,7 +170,7 @@ pub struct Resources {
     pub max_rss_kb: u64,
 }
 
-/// A file the job produced (filled by the artifact stage).
+/// A file the job produced, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileEntry {
@@ -179,6 +179,15 @@ pub struct FileEntry {
     pub sha256: String,
     pub content_type: String,
     pub location: String,
+}
+
+/// A file the job produced that was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SkippedFile {
+    pub name: String,
+    pub size: u64,
+    pub reason: String,
 }
 
 /// The job's record in the `jobs` KV bucket, and the payload of its reply. Exactly one terminal version of it is
@@ -219,6 +228,12 @@ pub struct JobRecord {
     pub stderr_truncated_bytes: u64,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Files the job produced that were not stored (over a size or count cap), with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_files: Vec<SkippedFile>,
+    /// Full stdout/stderr logs, stored when the record's copies are not the exact output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<FileEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -245,10 +260,17 @@ impl JobRecord {
             stdout_truncated_bytes: 0,
             stderr_truncated_bytes: 0,
             files: Vec::new(),
+            skipped_files: Vec::new(),
+            logs: Vec::new(),
             resources: None,
             error: None,
             updated_at: Utc::now(),
         }
+    }
+
+    /// The stored file (artifact or full log) called `name`.
+    pub fn stored_file(&self, name: &str) -> Option<&FileEntry> {
+        self.files.iter().chain(&self.logs).find(|f| f.name == name)
     }
 
     /// Names of the files the job produced, as the seed-compatible endpoints list them.

@@ -134,6 +134,10 @@ pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
         "FLEET_WORKER_WORK_DIR".into(),
         dir.path().join("work").to_string_lossy().into_owned(),
     );
+    env.insert(
+        "FLEET_ARTIFACTS_LOCAL_DIR".into(),
+        dir.path().join("artifacts").to_string_lossy().into_owned(),
+    );
     env.insert("FLEET_WORKER_KILL_GRACE_SECS".into(), "0.5".into());
     env.insert("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), "2".into());
     env.insert("FLEET_WORKER_UNKNOWN_AGENT_GRACE_SECS".into(), "1".into());

@@ -12,6 +12,7 @@ use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use tracing::Instrument;
 
 use crate::agent::run_spec;
+use crate::artifacts;
 use crate::intake::{self, Incoming, Intake};
 use crate::records::{self, Claim, Finish, Held};
 use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
@@ -129,8 +130,18 @@ async fn run_job(
             {
                 dirs.mark_dirty();
             }
+            let collected = match &r {
+                Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
+                    let limits = &shared.config.artifacts;
+                    Some(
+                        artifacts::collect(&shared.store, limits, &held.record, &dirs, outcome)
+                            .await,
+                    )
+                }
+                _ => None,
+            };
             shared.dirs.give_back(dirs);
-            r
+            r.map(|outcome| (outcome, collected))
         }
         Err(e) => Err(SpawnError::Workspace(e)),
     };
@@ -139,11 +150,27 @@ async fn run_job(
         return Settle::Ack;
     }
     match result {
-        Ok(outcome) if outcome.killed == Some(KillReason::Requested) => {
+        Ok((outcome, _)) if outcome.killed == Some(KillReason::Requested) => {
             hand_back(shared, &key, claimed.then_some(&held)).await
         }
-        Ok(outcome) => {
-            let record = completed_record(&held, &outcome);
+        Ok((outcome, collected)) => {
+            let mut record = completed_record(&held, &outcome);
+            match collected {
+                Some(Ok(c)) => {
+                    record.files = c.files;
+                    record.skipped_files = c.skipped;
+                    record.logs = c.logs;
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "storing the job's files failed");
+                    record.status = JobStatus::Failed;
+                    record.error = Some(JobError::new(
+                        ErrorCode::ArtifactUploadFailed,
+                        e.to_string(),
+                    ));
+                }
+                None => {}
+            }
             write_and_announce(shared, &key, record, held.revision, intake.format).await
         }
         Err(e) => {

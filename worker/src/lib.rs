@@ -6,6 +6,7 @@
 //! worker takes them at once.
 
 pub mod agent;
+pub mod artifacts;
 pub mod delivery;
 pub mod dirs;
 pub mod intake;
@@ -39,6 +40,7 @@ pub struct Shared {
     pub jobs: stream::Stream,
     pub worker_id: String,
     pub dirs: dirs::DirPool,
+    pub store: fleet_shared::artifacts::ArtifactStore,
     /// Cancelled when the worker stops taking new jobs.
     pub stop_pulling: CancellationToken,
     /// Cancelled when running jobs must end now (shutdown grace exhausted).
@@ -54,6 +56,8 @@ pub enum WorkerError {
         agent: String,
         source: async_nats::Error,
     },
+    #[error(transparent)]
+    Store(#[from] fleet_shared::artifacts::StoreError),
     #[error("cannot create the work directory {dir}: {source}")]
     WorkDir { dir: String, source: std::io::Error },
 }
@@ -123,6 +127,7 @@ pub async fn run(
         jobs: handles.jobs,
         worker_id: worker_id.clone(),
         dirs: dirs::DirPool::new(work_dir, config.worker.keep_workspaces),
+        store: fleet_shared::artifacts::ArtifactStore::from_config(&config.artifacts)?,
         stop_pulling: shutdown.child_token(),
         kill_running: CancellationToken::new(),
     });

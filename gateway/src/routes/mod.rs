@@ -1,5 +1,6 @@
 //! One module per resource.
 
+pub mod artifacts;
 pub mod compat;
 pub mod jobs;
 pub mod system;

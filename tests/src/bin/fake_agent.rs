@@ -7,6 +7,8 @@
 //!   grandchild:PATH    start a grandchild (sleeping, ignoring SIGTERM) and write its pid to PATH
 //!   pid:PATH           write own pid to PATH
 //!   count:PATH         append one line to PATH (counts runs)
+//!   write:NAME=BYTES   create file NAME (percent-encoded, directories made) holding BYTES bytes of a pattern
+//!   symlink:NAME=TARGET create symbolic link NAME pointing at TARGET
 //!   exit:CODE          exit with CODE
 
 use std::io::Write;
@@ -60,8 +62,41 @@ fn main() {
                     .expect("count file");
                 writeln!(f, "run").ok();
             }
+            "write" => {
+                let (name, size) = arg.split_once('=').expect("write:NAME=BYTES");
+                let name = percent_decode(name);
+                if let Some(parent) = std::path::Path::new(&name).parent() {
+                    std::fs::create_dir_all(parent).expect("make directories");
+                }
+                let size: usize = size.parse().expect("BYTES");
+                let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+                std::fs::write(&name, data).expect("write file");
+            }
+            "symlink" => {
+                let (name, target) = arg.split_once('=').expect("symlink:NAME=TARGET");
+                std::os::unix::fs::symlink(target, percent_decode(name)).expect("symlink");
+            }
             "exit" => std::process::exit(arg.parse().expect("exit:CODE")),
             other => panic!("unknown step {other}"),
         }
     }
+}
+
+/// `%XX` escapes to bytes, so scripts can name files with spaces and any UTF-8.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).expect("decoded name is UTF-8")
 }

@@ -1,0 +1,225 @@
+//! Files jobs produced: listing, and streaming download (HTTP ranges honoured) from whichever store holds them.
+//! A name is served only if it is a safe relative name *and* the job's record lists it, so no request can reach
+//! outside that job's files.
+
+use std::ops::Range;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleet_shared::artifacts::is_safe_name;
+use fleet_shared::wire::{FileEntry, SkippedFile};
+use fleet_shared::ErrorCode;
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Json, Path, Problem};
+use crate::records;
+use crate::state::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactList {
+    pub job_id: Uuid,
+    pub files: Vec<FileEntry>,
+    pub skipped_files: Vec<SkippedFile>,
+    /// Full stdout/stderr logs, when the record's copies are capped or not UTF-8.
+    pub logs: Vec<FileEntry>,
+}
+
+/// The files a job produced.
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = ArtifactList), (status = 404, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Json<ArtifactList>, ApiError> {
+    let r = records::get_or_404(&state, &id).await?;
+    Ok(Json(ArtifactList {
+        job_id: r.id,
+        files: r.files,
+        skipped_files: r.skipped_files,
+        logs: r.logs,
+    }))
+}
+
+/// Download one file of a job (`Range: bytes=…` honoured).
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", tag = "jobs",
+    params(("id" = Uuid, Path), ("name" = String, Path, description = "Relative name, e.g. `out/report.pdf`")),
+    responses((status = 200, description = "The file"), (status = 206, description = "The requested range"),
+        (status = 400, body = Problem), (status = 404, body = Problem), (status = 416, body = Problem)))]
+pub async fn download(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(&state, id, &name, &headers).await
+}
+
+/// Download a file (agent-interaction server compatible).
+#[utoipa::path(get, path = "/download/{id}/{filename}", tag = "compatible",
+    params(("id" = Uuid, Path), ("filename" = String, Path)),
+    responses((status = 200, description = "The file"), (status = 404, body = Problem)))]
+pub async fn download_compat(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(Uuid, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    serve(&state, id, &name, &headers).await
+}
+
+async fn serve(
+    state: &AppState,
+    id: Uuid,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if !is_safe_name(name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
+            "artifact names are relative paths without `.` or `..` parts",
+        ));
+    }
+    let record = records::get_or_404(state, &id).await?;
+    let entry = record.stored_file(name).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("job {id} has no stored file named `{name}`"),
+        )
+    })?;
+    let range = requested_range(headers, entry.size)?;
+    let key = state.store.key(&id, name);
+    let download = state
+        .store
+        .download(&key, range.clone())
+        .await
+        .map_err(|e| {
+            if e.is_not_found() {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("`{name}` is listed but missing from {}", state.store.name()),
+                )
+            } else {
+                ApiError::unavailable("reading an artifact failed", e)
+            }
+        })?;
+    let served = download.range.clone();
+    let mut response = Response::new(Body::from_stream(download.body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(served.end - served.start),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(v) = HeaderValue::from_str(&entry.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    if range.is_some() {
+        let v = format!(
+            "bytes {}-{}/{}",
+            served.start,
+            served.end.saturating_sub(1),
+            download.size
+        );
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
+    Ok(response.into_response())
+}
+
+/// The single byte range asked for, as `start..end` (end exclusive). Several ranges, or a header that is not a
+/// byte range, are ignored (the whole file is served, as HTTP allows); a range outside the file is refused.
+fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>, ApiError> {
+    let Some(spec) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let unsatisfiable = || {
+        ApiError::new(
+            ErrorCode::RangeNotSatisfiable,
+            format!("range `{spec}` is outside the file's {size} bytes"),
+        )
+    };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let range = match (first.parse::<u64>().ok(), last.parse::<u64>().ok()) {
+        (Some(start), Some(end)) if start <= end => start..(end + 1).min(size),
+        (Some(start), None) if last.is_empty() => start..size,
+        (None, Some(suffix)) if first.is_empty() && suffix > 0 => size.saturating_sub(suffix)..size,
+        _ => return Ok(None),
+    };
+    if range.start >= size {
+        return Err(unsatisfiable());
+    }
+    Ok(Some(range))
+}
+
+/// `attachment` with an ASCII fallback and the exact UTF-8 name (RFC 6266 / 5987).
+fn content_disposition(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let ascii: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in base.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<Range<u64>>, ApiError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+        requested_range(&h, size)
+    }
+
+    #[test]
+    fn byte_ranges_are_parsed_and_clamped() {
+        assert_eq!(range("bytes=0-9", 100).unwrap(), Some(0..10));
+        assert_eq!(range("bytes=90-200", 100).unwrap(), Some(90..100));
+        assert_eq!(range("bytes=95-", 100).unwrap(), Some(95..100));
+        assert_eq!(range("bytes=-5", 100).unwrap(), Some(95..100));
+        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert_eq!(range("items=0-1", 100).unwrap(), None);
+        assert_eq!(
+            range("bytes=100-", 100).unwrap_err().code,
+            ErrorCode::RangeNotSatisfiable
+        );
+    }
+
+    #[test]
+    fn disposition_keeps_unicode_names_exactly() {
+        assert_eq!(
+            content_disposition("out/résumé final.pdf"),
+            "attachment; filename=\"r_sum_ final.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20final.pdf"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! Files jobs create: collected from the workspace only, stored, listed in the record, downloaded through the
+//! gateway with ranges, never reachable by path tricks.
+
+use fleet_tests::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The bytes the fake agent's `write:NAME=N` puts in a file.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+async fn run(api: &Api, message: &str, extra: Value) -> Value {
+    let mut body = json!({"agent": "fake", "message": message});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let r = api.post("/v1/jobs?wait=30", &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body["record"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let script = "write:a.txt=5 write:out/r%C3%A9sum%C3%A9%20final.txt=1000 symlink:escape=/etc/passwd print:done";
+    let record = run(&api, script, json!({})).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let files = record["files"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a.txt", "out/résumé final.txt"]);
+    assert_eq!(files[1]["size"], 1000);
+    assert_eq!(
+        files[1]["sha256"],
+        hex::encode(Sha256::digest(pattern(1000)))
+    );
+    assert_eq!(files[0]["content_type"], "text/plain");
+    assert!(files[0]["location"]
+        .as_str()
+        .unwrap()
+        .starts_with("file://"));
+    assert_eq!(record["skipped_files"][0]["name"], "escape");
+    let id = record["id"].as_str().unwrap().to_string();
+
+    // Listing, seed-compatible names in /results.
+    let listed = api.get(&format!("/v1/jobs/{id}/artifacts")).await.body;
+    assert_eq!(listed["files"].as_array().unwrap().len(), 2);
+    let results = api.get(&format!("/results/{id}")).await.body;
+    assert_eq!(results["files"], json!(["a.txt", "out/résumé final.txt"]));
+
+    // Whole file, with type and an exact unicode name.
+    let url = format!("/v1/jobs/{id}/artifacts/out/r%C3%A9sum%C3%A9%20final.txt");
+    let r = api
+        .request(reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    let disposition = r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        disposition.ends_with("filename*=UTF-8''r%C3%A9sum%C3%A9%20final.txt"),
+        "{disposition}"
+    );
+    assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(1000));
+
+    // A range.
+    let r = api
+        .request(reqwest::Method::GET, &url)
+        .header("Range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 10-19/1000");
+    assert_eq!(r.bytes().await.unwrap().to_vec(), &pattern(1000)[10..20]);
+    let r = api
+        .send(
+            api.request(reqwest::Method::GET, &url)
+                .header("Range", "bytes=5000-"),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str().unwrap()),
+        (416, "range_not_satisfiable")
+    );
+
+    // The seed path.
+    let r = api
+        .request(reqwest::Method::GET, &format!("/download/{id}/a.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(5));
+
+    // Path tricks: refused or not found, never a file outside the job's own.
+    for bad in [
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "a.txt%00",
+        "out/..%2Fa.txt",
+        "escape",
+        "nope.txt",
+    ] {
+        for base in [
+            format!("/v1/jobs/{id}/artifacts/"),
+            format!("/download/{id}/"),
+        ] {
+            let r = api.get(&format!("{base}{bad}")).await;
+            assert!(
+                r.status == 400 || r.status == 404,
+                "{base}{bad}: {} {}",
+                r.status,
+                r.body
+            );
+            assert!(
+                r.body["code"].is_string(),
+                "{base}{bad}: problem body expected"
+            );
+        }
+    }
+    let other = uuid::Uuid::now_v7();
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{other}/artifacts/a.txt"))
+            .await
+            .status,
+        404
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
+    let nats = NatsServer::start();
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("MAX_FILE_SIZE", "100"),
+            ("FLEET_ARTIFACTS_MAX_FILES", "2"),
+            ("FLEET_WORKER_OUTPUT_CAP_BYTES", "1000"),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let record = run(
+        &api,
+        "write:big.bin=101 write:a=1 write:b=2 write:c=3 flood:5000",
+        json!({}),
+    )
+    .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let names: Vec<&str> = record["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let skipped: Vec<(&str, &str)> = record["skipped_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped[0].0 == "big.bin" && skipped[0].1.contains("per-file limit of 100"),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped[1].0 == "c" && skipped[1].1.contains("limit of 2 files"),
+        "{skipped:?}"
+    );
+
+    // stdout went over the record's cap: the full log is stored and downloadable.
+    assert_eq!(record["stdout_truncated_bytes"], 4000);
+    assert_eq!(record["logs"][0]["name"], "_logs/stdout.log");
+    let id = record["id"].as_str().unwrap();
+    let r = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}/artifacts/_logs/stdout.log"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![b'x'; 5000]);
+
+    // return_files: false stores nothing.
+    let record = run(&api, "write:a=1", json!({"return_files": false})).await;
+    assert_eq!(record["files"], json!([]));
+    worker.stop().await;
+}
