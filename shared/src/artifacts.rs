@@ -16,10 +16,12 @@ use uuid::Uuid;
 
 use crate::config::ArtifactsConfig;
 
-/// Files up to this size are uploaded in one request; larger ones in parts of this size.
+/// Files up to this size are uploaded in one request; larger ones in parts of this size (S3's minimum is 5 MiB).
 const PART: usize = 8 * 1024 * 1024;
-/// Parts of one file in flight at once.
-const PARTS_IN_FLIGHT: usize = 4;
+/// Parts of one file in flight at once: memory per upload stays near PART × (this + 1), whatever the size.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Read size while hashing and feeding multipart uploads.
+const READ_CHUNK: usize = 1024 * 1024;
 /// Folder, beside the job's files, holding its full logs.
 pub const LOGS_DIR: &str = "_logs";
 
@@ -70,6 +72,8 @@ pub struct Download {
 #[derive(Clone)]
 pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
+    /// The same store when it is a local directory: files are then copied by the kernel, not buffered.
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
     /// Where objects are, as a URL prefix for records (`file:///…`, `s3://bucket`, `memory://`).
     base_url: String,
     prefix: String,
@@ -77,6 +81,7 @@ pub struct ArtifactStore {
 
 impl ArtifactStore {
     pub fn from_config(cfg: &ArtifactsConfig) -> Result<Self, StoreError> {
+        let mut local = None;
         let (inner, base_url): (Arc<dyn ObjectStore>, String) = match cfg.backend.as_str() {
             "local" => {
                 std::fs::create_dir_all(&cfg.local_dir)
@@ -85,7 +90,9 @@ impl ArtifactStore {
                     .map_err(|e| StoreError::Config(e.to_string()))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| StoreError::Config(e.to_string()))?;
-                (Arc::new(store), format!("file://{}", dir.display()))
+                let store = Arc::new(store);
+                local = Some(store.clone());
+                (store, format!("file://{}", dir.display()))
             }
             "s3" => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
@@ -113,6 +120,7 @@ impl ArtifactStore {
         };
         Ok(Self {
             inner,
+            local,
             base_url,
             prefix: cfg.prefix.trim_matches('/').to_string(),
         })
@@ -149,60 +157,96 @@ impl ArtifactStore {
         format!("{}/{}", self.base_url, key)
     }
 
-    /// Streams the file at `path` to `key`, hashing it on the way; large files go up in parts.
+    /// Stores the file at `path` under `key` and returns its size and SHA-256. Memory stays bounded whatever the
+    /// file's size: a local store gets a kernel copy, a remote one a multipart upload with few parts in flight.
     pub async fn upload_file(&self, key: &StorePath, path: &Path) -> Result<Uploaded, StoreError> {
         let read_err = |source| StoreError::Read {
             store: self.base_url.clone(),
             path: path.display().to_string(),
             source,
         };
-        let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut first = vec![0u8; PART];
-        let n = read_full(&mut file, &mut first).await.map_err(read_err)?;
-        first.truncate(n);
-        hasher.update(&first);
-        size += n as u64;
-        if n < PART {
-            self.inner
-                .put(key, PutPayload::from(first))
-                .await
-                .map_err(|e| self.err(e))?;
-        } else {
-            let upload = self
-                .inner
-                .put_multipart(key)
-                .await
-                .map_err(|e| self.err(e))?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-            writer.put(Bytes::from(first));
-            let mut buf = vec![0u8; PART];
-            loop {
-                let n = match read_full(&mut file, &mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = writer.abort().await;
-                        return Err(read_err(e));
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                size += n as u64;
-                if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                    return Err(self.err(e));
-                }
-                writer.write(&buf[..n]);
+        let size = tokio::fs::metadata(path).await.map_err(read_err)?.len();
+        let sha256 = match &self.local {
+            Some(local) => self.copy_local(local, key, path).await?,
+            None if size <= PART as u64 => {
+                let data = tokio::fs::read(path).await.map_err(read_err)?;
+                let sha = hex_digest(Sha256::new_with_prefix(&data));
+                self.inner
+                    .put(key, PutPayload::from(data))
+                    .await
+                    .map_err(|e| self.err(e))?;
+                sha
             }
-            writer.finish().await.map_err(|e| self.err(e))?;
-        }
+            None => self.put_in_parts(key, path).await?,
+        };
         Ok(Uploaded {
             size,
-            sha256: hex_digest(hasher),
+            sha256,
             location: self.location(key),
         })
+    }
+
+    async fn copy_local(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        key: &StorePath,
+        path: &Path,
+    ) -> Result<String, StoreError> {
+        let write_err = |e: std::io::Error| StoreError::Read {
+            store: self.base_url.clone(),
+            path: key.to_string(),
+            source: e,
+        };
+        let target = local.path_to_filesystem(key).map_err(|e| self.err(e))?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(write_err)?;
+        }
+        let sha256 = hash_file(path).await.map_err(|e| StoreError::Read {
+            store: self.base_url.clone(),
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        // Copy under a temporary name and rename, so a crash never leaves a partial file under the real name.
+        let partial = target.with_file_name(format!(".{}.partial", uuid::Uuid::now_v7()));
+        tokio::fs::copy(path, &partial).await.map_err(write_err)?;
+        tokio::fs::rename(&partial, &target)
+            .await
+            .map_err(write_err)?;
+        Ok(sha256)
+    }
+
+    async fn put_in_parts(&self, key: &StorePath, path: &Path) -> Result<String, StoreError> {
+        let read_err = |source| StoreError::Read {
+            store: self.base_url.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+        let upload = self
+            .inner
+            .put_multipart(key)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            let n = match file.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(read_err(e));
+                }
+            };
+            hasher.update(&buf[..n]);
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                return Err(self.err(e));
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| self.err(e))?;
+        Ok(hex_digest(hasher))
     }
 
     /// Reads `key`, or the byte range of it given (`start..end`, end exclusive, clamped to the object).
@@ -241,16 +285,17 @@ impl ArtifactStore {
     }
 }
 
-async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = file.read(&mut buf[filled..]).await?;
+async fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).await?;
         if n == 0 {
-            break;
+            return Ok(hex_digest(hasher));
         }
-        filled += n;
+        hasher.update(&buf[..n]);
     }
-    Ok(filled)
 }
 
 fn hex_digest(h: Sha256) -> String {
@@ -288,9 +333,22 @@ mod tests {
         ArtifactStore::from_config(&cfg.artifacts).unwrap()
     }
 
+    fn local(dir: &Path) -> ArtifactStore {
+        let sources = crate::config::Sources::default()
+            .with_override("artifacts.local_dir", dir.to_string_lossy());
+        ArtifactStore::from_config(&crate::config::Config::load(&sources).unwrap().artifacts)
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn upload_hashes_and_ranges_read_back() {
-        let store = memory();
+    async fn upload_hashes_and_ranges_read_back_in_every_backend() {
+        let root = tempfile::tempdir().unwrap();
+        for store in [memory(), local(root.path())] {
+            check_round_trip(store).await;
+        }
+    }
+
+    async fn check_round_trip(store: ArtifactStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..(PART + 1000)).map(|i| (i % 251) as u8).collect();
