@@ -95,6 +95,66 @@ impl Drop for NatsServer {
     }
 }
 
+/// An S3-compatible server (moto) on a loopback port, with one bucket, killed on drop.
+pub struct S3Server {
+    child: Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server not found: install it with `pip install \"moto[server]\"`");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = Self {
+            child,
+            endpoint,
+            bucket: "fleet-test".into(),
+        };
+        let http = reqwest::Client::new();
+        let bucket_url = format!("{}/{}", server.endpoint, server.bucket);
+        eventually(
+            "moto_server up and bucket created",
+            Duration::from_secs(30),
+            || {
+                let (http, url) = (http.clone(), bucket_url.clone());
+                async move {
+                    http.put(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
+        server
+    }
+
+    /// Configuration settings that point the artifact store at this server.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("FLEET_ARTIFACTS_BACKEND", "s3".into()),
+            ("FLEET_ARTIFACTS_S3_ENDPOINT", self.endpoint.clone()),
+            ("FLEET_ARTIFACTS_S3_BUCKET", self.bucket.clone()),
+            ("FLEET_ARTIFACTS_S3_ACCESS_KEY_ID", "test".into()),
+            ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Path of a binary built next to the test executable (`fleet`, `fake_agent`).
 pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -202,3 +202,100 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
     assert_eq!(record["files"], json!([]));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_round_trip_through_a_real_s3_server_including_multipart() {
+    let nats = NatsServer::start();
+    let s3 = S3Server::start().await;
+    let settings = s3.settings();
+    let extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cfg = test_config(&nats.url(), &extra);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    // 20 MB goes up in parts; the small one in a single put.
+    let big = 20 * 1024 * 1024;
+    let record = run(
+        &api,
+        &format!("write:big.bin={big} write:small%20one.txt=10"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let files = record["files"].as_array().unwrap();
+    assert_eq!(files[0]["name"], "big.bin");
+    assert_eq!(
+        files[0]["sha256"],
+        hex::encode(Sha256::digest(pattern(big)))
+    );
+    assert!(files[0]["location"]
+        .as_str()
+        .unwrap()
+        .starts_with("s3://fleet-test/jobs/"));
+    let id = record["id"].as_str().unwrap();
+
+    let r = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}/artifacts/big.bin"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-length"], big.to_string().as_str());
+    assert_eq!(
+        hex::encode(Sha256::digest(r.bytes().await.unwrap())),
+        hex::encode(Sha256::digest(pattern(big)))
+    );
+    let r = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/download/{id}/small%20one.txt"),
+        )
+        .header("Range", "bytes=-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), &pattern(10)[7..]);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
+    let nats = NatsServer::start();
+    // Nothing listens on this port: every upload attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_ARTIFACTS_BACKEND", "s3"),
+            ("FLEET_ARTIFACTS_S3_ENDPOINT", &endpoint),
+            ("FLEET_ARTIFACTS_S3_BUCKET", "nowhere"),
+            ("FLEET_ARTIFACTS_S3_ACCESS_KEY_ID", "test"),
+            ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let record = run(&gw.api(), "write:a.txt=3 print:still-here", json!({})).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["code"], "artifact_upload_failed");
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("s3://nowhere"),
+        "{record}"
+    );
+    assert_eq!(record["stdout"], "still-here\n");
+    assert_eq!(record["exit_code"], 0);
+    assert_eq!(record["files"], json!([]));
+    worker.stop().await;
+}
