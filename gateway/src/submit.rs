@@ -28,6 +28,7 @@ pub struct Submission {
     pub context: Option<String>,
     pub timeout: Option<f64>,
     pub return_files: bool,
+    pub input_files: Vec<fleet_shared::wire::InputFile>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub idempotency_key: Option<String>,
 }
@@ -54,6 +55,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         context: sub.context,
         timeout: sub.timeout,
         return_files: sub.return_files,
+        input_files: sub.input_files,
         reply_to: None,
         metadata: sub.metadata,
         submitted_at: Utc::now(),
@@ -74,7 +76,9 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     }
 
     let key = state.topology.record_key(&request.id);
-    let record = JobRecord::queued(request);
+    // The record keeps input names and sizes; their content travels only in the job message.
+    let record = JobRecord::queued(request.without_inline_data());
+    let request_with_inputs = request;
     let revision = match state.records.create(&key, to_msgpack(&record).into()).await {
         Ok(rev) => rev,
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
@@ -94,7 +98,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     headers.insert(RECORD_REVISION_HEADER, revision.to_string().as_str());
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
     let subject = state.topology.jobs_subject(&record.request.agent);
-    let payload: Bytes = to_msgpack(&record.request).into();
+    let payload: Bytes = to_msgpack(&request_with_inputs).into();
     let published = match state
         .js
         .publish_with_headers(subject, headers, payload)
@@ -143,6 +147,7 @@ fn fingerprint(r: &JobRequest) -> String {
             &r.timeout,
             &r.return_files,
             &r.metadata,
+            &r.input_files,
         ))
         .unwrap_or_default(),
     );

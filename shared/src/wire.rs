@@ -27,6 +27,9 @@ pub struct JobRequest {
     pub timeout: Option<f64>,
     #[serde(default = "default_true")]
     pub return_files: bool,
+    /// Files written into the workspace before the agent starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_files: Vec<InputFile>,
     /// Subject that receives the terminal record, for publishers that wait on NATS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
@@ -43,6 +46,40 @@ fn default_true() -> bool {
     true
 }
 
+/// A file given to a job: inline (base64, in the job message only — records keep the name and size) or a file
+/// another job stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InputFile {
+    /// Relative path in the workspace, e.g. `data/input.csv`.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<StoredFileRef>,
+    /// Bytes of inline content, filled in when the job is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A file some job stored, to be used as input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StoredFileRef {
+    pub job_id: Uuid,
+    pub name: String,
+}
+
+impl InputFile {
+    /// The inline content, decoded.
+    pub fn inline_bytes(&self) -> Option<Result<Vec<u8>, base64::DecodeError>> {
+        use base64::Engine;
+        self.data_base64
+            .as_deref()
+            .map(|d| base64::engine::general_purpose::STANDARD.decode(d))
+    }
+}
+
 /// Why a request is not a job the fleet can accept.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestInvalid {
@@ -54,6 +91,8 @@ pub enum RequestInvalid {
     NulInMessage,
     #[error("reply_to is not a valid NATS subject")]
     ReplyTo,
+    #[error("input file `{0}`: {1}")]
+    InputFile(String, &'static str),
 }
 
 impl JobRequest {
@@ -77,7 +116,39 @@ impl JobRequest {
                 return Err(RequestInvalid::ReplyTo);
             }
         }
+        let mut names = std::collections::HashSet::new();
+        for f in &self.input_files {
+            let bad = |why| Err(RequestInvalid::InputFile(f.name.clone(), why));
+            if !crate::artifacts::is_safe_name(&f.name) {
+                return bad("names are relative paths without `.` or `..` parts");
+            }
+            if !names.insert(f.name.as_str()) {
+                return bad("given twice");
+            }
+            match (&f.data_base64, &f.from) {
+                (Some(_), None) => {
+                    if f.inline_bytes().is_some_and(|d| d.is_err()) {
+                        return bad("data_base64 is not valid base64");
+                    }
+                }
+                (None, Some(r)) if crate::artifacts::is_safe_name(&r.name) => {}
+                (None, Some(_)) => return bad("`from.name` is not a safe relative name"),
+                _ => return bad("give exactly one of data_base64 and from"),
+            }
+        }
         Ok(())
+    }
+
+    /// The request as records keep it: inline input content dropped (the job message has it), sizes kept.
+    pub fn without_inline_data(&self) -> JobRequest {
+        let mut r = self.clone();
+        for f in &mut r.input_files {
+            if let Some(Ok(d)) = f.inline_bytes() {
+                f.size = Some(d.len() as u64);
+            }
+            f.data_base64 = None;
+        }
+        r
     }
 }
 
@@ -305,6 +376,7 @@ mod tests {
             context: None,
             timeout: None,
             return_files: true,
+            input_files: Vec::new(),
             reply_to: None,
             metadata: BTreeMap::new(),
             submitted_at: Utc::now(),
@@ -343,6 +415,58 @@ mod tests {
     }
 
     #[test]
+    fn input_files_need_safe_unique_names_and_exactly_one_source() {
+        let file = |name: &str, data: Option<&str>, from: Option<&str>| InputFile {
+            name: name.into(),
+            data_base64: data.map(str::to_string),
+            from: from.map(|n| StoredFileRef {
+                job_id: Uuid::nil(),
+                name: n.into(),
+            }),
+            size: None,
+        };
+        let check = |files: Vec<InputFile>| {
+            let mut r = request("echo");
+            r.input_files = files;
+            r.validate()
+        };
+        assert_eq!(
+            check(vec![
+                file("a/b.txt", Some("aGk="), None),
+                file("c", None, Some("out/x"))
+            ]),
+            Ok(())
+        );
+        for bad in [
+            vec![file("../a", Some("aGk="), None)],
+            vec![file("a", Some("%%%"), None)],
+            vec![file("a", None, None)],
+            vec![file("a", Some("aGk="), Some("x"))],
+            vec![file("a", None, Some("/etc/passwd"))],
+            vec![file("a", Some("aGk="), None), file("a", Some("aGk="), None)],
+        ] {
+            assert!(
+                matches!(check(bad.clone()), Err(RequestInvalid::InputFile(..))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_keep_input_sizes_not_content() {
+        let mut r = request("echo");
+        r.input_files = vec![InputFile {
+            name: "a".into(),
+            data_base64: Some("aGk=".into()),
+            from: None,
+            size: None,
+        }];
+        let stripped = r.without_inline_data();
+        assert_eq!(stripped.input_files[0].data_base64, None);
+        assert_eq!(stripped.input_files[0].size, Some(2));
+    }
+
+    #[test]
     fn terminal_states() {
         let terminal: Vec<_> = JobStatus::ALL
             .into_iter()
@@ -378,6 +502,8 @@ pub struct PublishedJob {
     #[serde(default)]
     pub return_files: Option<bool>,
     #[serde(default)]
+    pub input_files: Vec<InputFile>,
+    #[serde(default)]
     pub reply_to: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
@@ -402,6 +528,7 @@ impl PublishedJob {
             context: self.context,
             timeout: self.timeout,
             return_files: self.return_files.unwrap_or(true),
+            input_files: self.input_files,
             reply_to: self.reply_to,
             metadata: self.metadata,
             submitted_at: self.submitted_at.unwrap_or(published),

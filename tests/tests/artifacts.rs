@@ -299,3 +299,85 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
     assert_eq!(record["files"], json!([]));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_files_are_written_first_and_only_changed_ones_come_back() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    let script = "cat in/data.txt; echo more >> in/data.txt; cp in/data.txt out.txt";
+    let body = json!({"agent": "shell", "message": script, "input_files": [
+        {"name": "in/data.txt", "data_base64": b64("hello\n")},
+        {"name": "keep.txt", "data_base64": b64("untouched")},
+    ]});
+    let r = api.post("/v1/jobs?wait=30", &body).await;
+    let record = &r.body["record"];
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["stdout"], "hello\n");
+    let names: Vec<&str> = record["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["in/data.txt", "out.txt"],
+        "an unchanged input is not an artifact"
+    );
+    // The record keeps input names and sizes, not their content.
+    assert_eq!(
+        record["request"]["input_files"][0],
+        json!({"name": "in/data.txt", "size": 6})
+    );
+    let first = record["id"].as_str().unwrap().to_string();
+
+    // A stored file of one job as the input of the next.
+    let body = json!({"agent": "shell", "message": "cat out.txt", "input_files": [
+        {"name": "out.txt", "from": {"job_id": first, "name": "out.txt"}},
+    ]});
+    let r = api.post("/v1/jobs?wait=30", &body).await;
+    assert_eq!(r.body["record"]["stdout"], "hello\nmore\n", "{}", r.body);
+    assert_eq!(r.body["record"]["files"], json!([]));
+
+    // A reference to nothing fails the job clearly; bad names and content are refused at the door.
+    let body = json!({"agent": "shell", "message": "true", "input_files": [
+        {"name": "x", "from": {"job_id": first, "name": "missing.txt"}},
+    ]});
+    let record = api.post("/v1/jobs?wait=30", &body).await.body["record"].clone();
+    assert_eq!(
+        (record["status"].as_str(), record["error"]["code"].as_str()),
+        (Some("failed"), Some("invalid_job"))
+    );
+    assert!(
+        record["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.txt"),
+        "{record}"
+    );
+    for bad in [
+        json!({"name": "../escape", "data_base64": b64("x")}),
+        json!({"name": "a", "data_base64": "not base64!"}),
+        json!({"name": "a"}),
+    ] {
+        let r = api
+            .post(
+                "/v1/jobs",
+                &json!({"agent": "shell", "message": "true", "input_files": [bad]}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str().unwrap()),
+            (422, "invalid_request"),
+            "{}",
+            r.body
+        );
+    }
+    worker.stop().await;
+}

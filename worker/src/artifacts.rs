@@ -3,12 +3,16 @@
 //! count caps; symbolic links are never followed. Full logs go beside them when the record's copies are not the
 //! exact output. Nothing is reported stored unless its upload succeeded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
 
 use fleet_shared::artifacts::{content_type, ArtifactStore, StoreError, LOGS_DIR};
 use fleet_shared::config::ArtifactsConfig;
-use fleet_shared::wire::{FileEntry, SkippedFile};
+use fleet_shared::wire::{FileEntry, InputFile, SkippedFile};
 use fleet_shared::JobRecord;
 
 use crate::dirs::JobDirs;
@@ -31,11 +35,79 @@ struct Found {
     size: u64,
 }
 
+/// Size and modification time of each input file as written, to tell inputs the job left alone (not
+/// artifacts) from files it created or changed.
+#[derive(Debug, Default)]
+pub struct Inputs(HashMap<String, (u64, Option<SystemTime>)>);
+
+impl Inputs {
+    fn unchanged(&self, name: &str, path: &Path) -> bool {
+        let Some(written) = self.0.get(name) else {
+            return false;
+        };
+        std::fs::metadata(path).is_ok_and(|m| (m.len(), m.modified().ok()) == *written)
+    }
+}
+
+/// Writes the job's input files into its workspace. The error says which input and why.
+pub async fn write_inputs(
+    store: &ArtifactStore,
+    inputs: &[InputFile],
+    workspace: &Path,
+) -> Result<Inputs, String> {
+    let mut written = Inputs::default();
+    for input in inputs {
+        let path = workspace.join(&input.name);
+        let fail = |why: String| format!("input file `{}`: {why}", input.name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        match (input.inline_bytes(), &input.from) {
+            (Some(Ok(data)), _) => tokio::fs::write(&path, data)
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+            (Some(Err(e)), _) => return Err(fail(format!("data_base64 is not valid base64: {e}"))),
+            (None, Some(from)) => {
+                let key = store.key(&from.job_id, &from.name);
+                let download = store.download(&key, None).await.map_err(|e| {
+                    fail(if e.is_not_found() {
+                        format!("job {} stored no file named `{}`", from.job_id, from.name)
+                    } else {
+                        e.to_string()
+                    })
+                })?;
+                let mut file = tokio::fs::File::create(&path)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                let mut body = download.body;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                file.flush().await.map_err(|e| fail(e.to_string()))?;
+            }
+            (None, None) => return Err(fail("no content".into())),
+        }
+        let meta = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        written
+            .0
+            .insert(input.name.clone(), (meta.len(), meta.modified().ok()));
+    }
+    Ok(written)
+}
+
 pub async fn collect(
     store: &ArtifactStore,
     limits: &ArtifactsConfig,
     record: &JobRecord,
     dirs: &JobDirs,
+    inputs: &Inputs,
     outcome: &RunOutcome,
 ) -> Result<Collected, StoreError> {
     let mut collected = Collected::default();
@@ -46,7 +118,10 @@ pub async fn collect(
             .unwrap_or_default();
         collected.skipped = unreadable;
         let mut total = 0u64;
-        for f in found {
+        for f in found
+            .into_iter()
+            .filter(|f| !inputs.unchanged(&f.name, &f.path))
+        {
             let reason = if f.size > limits.max_file_bytes {
                 Some(format!(
                     "larger than the per-file limit of {} bytes",

@@ -132,6 +132,7 @@ mod tests {
             context: None,
             timeout: None,
             return_files: true,
+            input_files: Vec::new(),
             reply_to: None,
             metadata: Default::default(),
             submitted_at: chrono::Utc::now(),

@@ -51,6 +51,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             context: None,
             timeout: None,
             return_files: false,
+            input_files: Vec::new(),
             reply_to: header_reply.clone(),
             metadata: Default::default(),
             submitted_at: msg.published,

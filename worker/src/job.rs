@@ -88,7 +88,9 @@ async fn run_job(
         tracing::warn!("no configuration for this agent on this worker; handing the job back");
         return Settle::Retry(Some(Duration::from_secs(1)));
     };
-    let queued = JobRecord::queued(intake.request);
+    // Records keep input names and sizes; the content is written from the message into the workspace.
+    let queued = JobRecord::queued(intake.request.without_inline_data());
+    let input_files = intake.request.input_files;
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
     let deferred = delivered <= 1 && !shared.config.worker.claim_delay().is_zero();
@@ -115,7 +117,16 @@ async fn run_job(
     let stop = shared.kill_running.child_token();
     let mut superseded = false;
     let result = match shared.dirs.take(&held.record) {
-        Ok(mut dirs) => {
+        Ok(mut dirs) => 'run: {
+            let inputs =
+                match artifacts::write_inputs(&shared.store, &input_files, &dirs.workspace).await {
+                    Ok(inputs) => inputs,
+                    Err(why) => {
+                        dirs.mark_dirty();
+                        shared.dirs.give_back(dirs);
+                        break 'run Err(SpawnError::Input(why));
+                    }
+                };
             let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
@@ -134,8 +145,15 @@ async fn run_job(
                 Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
                     let limits = &shared.config.artifacts;
                     Some(
-                        artifacts::collect(&shared.store, limits, &held.record, &dirs, outcome)
-                            .await,
+                        artifacts::collect(
+                            &shared.store,
+                            limits,
+                            &held.record,
+                            &dirs,
+                            &inputs,
+                            outcome,
+                        )
+                        .await,
                     )
                 }
                 _ => None,
@@ -176,7 +194,11 @@ async fn run_job(
         Err(e) => {
             let mut record = held.record.clone();
             end(&mut record, JobStatus::Failed);
-            record.error = Some(JobError::new(ErrorCode::SpawnFailed, e.to_string()));
+            let code = match e {
+                SpawnError::Input(_) => ErrorCode::InvalidJob,
+                _ => ErrorCode::SpawnFailed,
+            };
+            record.error = Some(JobError::new(code, e.to_string()));
             write_and_announce(shared, &key, record, held.revision, intake.format).await
         }
     }

@@ -71,6 +71,7 @@ fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
         context: None,
         timeout: None,
         return_files: false,
+        input_files: Vec::new(),
         reply_to: None,
         metadata: Default::default(),
         submitted_at: Utc::now(),

@@ -70,6 +70,9 @@ pub enum SpawnError {
     EmptyCommand,
     #[error("cannot prepare the job's workspace: {0}")]
     Workspace(io::Error),
+    /// An input file could not be provided (the job's fault, not the worker's).
+    #[error("{0}")]
+    Input(String),
 }
 
 /// Runs the agent to its end. `stop` asks for the process group to be terminated early.

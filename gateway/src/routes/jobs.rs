@@ -34,6 +34,10 @@ pub struct SubmitJob {
     pub timeout: Option<f64>,
     #[serde(default = "yes")]
     pub return_files: bool,
+    /// Files written into the job's workspace before it starts: `{name, data_base64}` or
+    /// `{name, from: {job_id, name}}` (a file another job stored).
+    #[serde(default)]
+    pub input_files: Vec<fleet_shared::wire::InputFile>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, serde_json::Value>,
@@ -103,6 +107,7 @@ pub async fn submit_job(
         context: body.context,
         timeout: body.timeout,
         return_files: body.return_files,
+        input_files: body.input_files,
         metadata: body.metadata,
         idempotency_key: idempotency_key(&headers)?,
     };
