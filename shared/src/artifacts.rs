@@ -279,6 +279,33 @@ impl ArtifactStore {
         Ok(Download { size, range, body })
     }
 
+    /// Deletes every stored object under the prefix last modified before `cutoff`; returns how many. Safe to run
+    /// from many processes at once: an object another sweeper removed first is simply gone.
+    pub async fn delete_older_than(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, StoreError> {
+        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let mut listing = self.inner.list(prefix.as_ref());
+        let mut deleted = 0;
+        while let Some(meta) = listing.next().await {
+            let meta = match meta {
+                Ok(m) => m,
+                Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(self.err(e)),
+            };
+            if meta.last_modified >= cutoff {
+                continue;
+            }
+            match self.inner.delete(&meta.location).await {
+                Ok(()) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Size of `key`.
     pub async fn size(&self, key: &StorePath) -> Result<u64, StoreError> {
         Ok(self.inner.head(key).await.map_err(|e| self.err(e))?.size)
@@ -367,6 +394,25 @@ mod tests {
             .err()
             .unwrap()
             .is_not_found());
+    }
+
+    #[tokio::test]
+    async fn sweeping_deletes_only_what_is_older_than_the_cutoff() {
+        let root = tempfile::tempdir().unwrap();
+        let store = local(root.path());
+        let file = root.path().join("src");
+        std::fs::write(&file, b"x").unwrap();
+        let old = store.key(&Uuid::nil(), "old.txt");
+        store.upload_file(&old, &file).await.unwrap();
+        let cutoff = chrono::Utc::now() + chrono::Duration::seconds(1);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let new = store.key(&Uuid::nil(), "new.txt");
+        store.upload_file(&new, &file).await.unwrap();
+        assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 1);
+        assert!(store.size(&old).await.err().unwrap().is_not_found());
+        assert_eq!(store.size(&new).await.unwrap(), 1);
+        // Twice is harmless.
+        assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 0);
     }
 
     #[test]

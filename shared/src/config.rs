@@ -89,6 +89,7 @@ pub struct ArtifactsConfig {
     pub max_file_bytes: u64,
     pub max_job_bytes: u64,
     pub max_files: usize,
+    pub sweep_interval_secs: f64,
     pub s3_bucket: String,
     pub s3_region: String,
     pub s3_endpoint: String,
@@ -144,6 +145,12 @@ impl WorkerConfig {
     }
     pub fn unknown_agent_grace(&self) -> Duration {
         secs(self.unknown_agent_grace_secs)
+    }
+}
+
+impl ArtifactsConfig {
+    pub fn sweep_interval(&self) -> Duration {
+        secs(self.sweep_interval_secs)
     }
 }
 
@@ -277,6 +284,10 @@ impl Config {
             (
                 "worker.unknown_agent_grace_secs",
                 self.worker.unknown_agent_grace_secs,
+            ),
+            (
+                "artifacts.sweep_interval_secs",
+                self.artifacts.sweep_interval_secs,
             ),
         ];
         for (key, v) in positive {
@@ -529,6 +540,24 @@ mod tests {
     }
 
     #[test]
+    fn artifact_settings_are_validated_by_key() {
+        let err = Config::load(&env(&[("FLEET_ARTIFACTS_BACKEND", "floppy")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("artifacts.backend"), "{err}");
+        let err = Config::load(&env(&[("FLEET_ARTIFACTS_BACKEND", "s3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("artifacts.s3_bucket"), "{err}");
+        let err = Config::load(&env(&[("FLEET_ARTIFACTS_SWEEP_INTERVAL_SECS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("artifacts.sweep_interval_secs"), "{err}");
+        let c = Config::load(&env(&[("MAX_FILE_SIZE", "42")])).unwrap();
+        assert_eq!(c.artifacts.max_file_bytes, 42);
+    }
+
+    #[test]
     fn summary_masks_credentials() {
         let c = Config::load(&env(&[(
             "FLEET_NATS_URL",
@@ -536,7 +565,7 @@ mod tests {
         )]))
         .unwrap();
         let s = c.summary().to_string();
-        assert!(!s.contains("hunter2"), "{s}");
+        assert!(!s.contains("hunter2") && !s.contains("s3cr3t-value"), "{s}");
         assert!(s.contains("svc:***@127.0.0.1"), "{s}");
     }
 }

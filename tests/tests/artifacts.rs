@@ -381,3 +381,40 @@ async fn input_files_are_written_first_and_only_changed_ones_come_back() {
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_artifacts_past_retention_are_removed() {
+    let nats = NatsServer::start();
+    // Retention of about two seconds (CLEANUP_AFTER_HOURS is the seed systems' name for it).
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("CLEANUP_AFTER_HOURS", "0.0006"),
+            ("FLEET_ARTIFACTS_SWEEP_INTERVAL_SECS", "0.5"),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let record = run(&api, "write:kept-briefly.txt=10", json!({})).await;
+    let id = record["id"].as_str().unwrap().to_string();
+    let stored = cfg
+        .config
+        .artifacts
+        .local_dir
+        .join("jobs")
+        .join(&id)
+        .join("kept-briefly.txt");
+    assert!(stored.exists(), "stored at {}", stored.display());
+
+    eventually("artifact swept", std::time::Duration::from_secs(15), || {
+        let gone = !stored.exists();
+        async move { gone }
+    })
+    .await;
+    api.poll(&format!("/v1/jobs/{id}"), "record expired", |b| {
+        b["code"] == "job_not_found"
+    })
+    .await;
+    worker.stop().await;
+}

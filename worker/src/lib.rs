@@ -16,6 +16,7 @@ pub mod output;
 pub mod pull;
 pub mod records;
 pub mod supervisor;
+pub mod sweeper;
 pub mod template;
 
 use std::collections::HashMap;
@@ -145,6 +146,7 @@ pub async fn run(
         ));
     }
     loops.spawn(janitor::run(shared.clone()));
+    loops.spawn(sweeper::run(shared.clone()));
     loops.close();
 
     shutdown.cancelled().await;
