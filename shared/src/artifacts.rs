@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 use crate::config::ArtifactsConfig;
 
+/// A key in an artifact store.
+pub type StoreKey = StorePath;
+
 /// Files up to this size are uploaded in one request; larger ones in parts of this size (S3's minimum is 5 MiB).
 const PART: usize = 8 * 1024 * 1024;
 /// Parts of one file in flight at once: memory per upload stays near PART × (this + 1), whatever the size.
@@ -74,6 +77,8 @@ pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
     /// The same store when it is a local directory: files are then copied by the kernel, not buffered.
     local: Option<Arc<object_store::local::LocalFileSystem>>,
+    /// The same store when it can hand out presigned URLs (S3).
+    signer: Option<Arc<object_store::aws::AmazonS3>>,
     /// Where objects are, as a URL prefix for records (`file:///…`, `s3://bucket`, `memory://`).
     base_url: String,
     prefix: String,
@@ -82,6 +87,7 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     pub fn from_config(cfg: &ArtifactsConfig) -> Result<Self, StoreError> {
         let mut local = None;
+        let mut signer = None;
         let (inner, base_url): (Arc<dyn ObjectStore>, String) = match cfg.backend.as_str() {
             "local" => {
                 std::fs::create_dir_all(&cfg.local_dir)
@@ -109,8 +115,9 @@ impl ArtifactStore {
                         .with_access_key_id(&cfg.s3_access_key_id)
                         .with_secret_access_key(&cfg.s3_secret_access_key);
                 }
-                let store = b.build().map_err(|e| StoreError::Config(e.to_string()))?;
-                (Arc::new(store), format!("s3://{}", cfg.s3_bucket))
+                let store = Arc::new(b.build().map_err(|e| StoreError::Config(e.to_string()))?);
+                signer = Some(store.clone());
+                (store, format!("s3://{}", cfg.s3_bucket))
             }
             "memory" => (
                 Arc::new(object_store::memory::InMemory::new()),
@@ -121,6 +128,7 @@ impl ArtifactStore {
         Ok(Self {
             inner,
             local,
+            signer,
             base_url,
             prefix: cfg.prefix.trim_matches('/').to_string(),
         })
@@ -304,6 +312,24 @@ impl ArtifactStore {
             }
         }
         Ok(deleted)
+    }
+
+    /// A URL that lets its holder GET `key` straight from the store for `expires_in`; `None` when the store
+    /// cannot sign (local disk, memory).
+    pub async fn presigned_get(
+        &self,
+        key: &StorePath,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        use object_store::signer::Signer;
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, key, expires_in)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(Some(url.to_string()))
     }
 
     /// Size of `key`.

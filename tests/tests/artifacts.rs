@@ -128,6 +128,10 @@ async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() 
             );
         }
     }
+    // The local store cannot presign; say so rather than pretend.
+    let r = api.get(&format!("/v1/jobs/{id}/artifacts/a.txt?presign=60")).await;
+    assert_eq!((r.status, r.body["code"].as_str().unwrap()), (422, "invalid_request"));
+    assert!(r.body["message"].as_str().unwrap().contains("cannot hand out presigned URLs"));
     let other = uuid::Uuid::now_v7();
     assert_eq!(
         api.get(&format!("/v1/jobs/{other}/artifacts/a.txt"))
@@ -259,6 +263,15 @@ async fn files_round_trip_through_a_real_s3_server_including_multipart() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.bytes().await.unwrap().to_vec(), &pattern(10)[7..]);
+
+    // A presigned URL fetches the file straight from the store, without the gateway.
+    let p = api.get(&format!("/v1/jobs/{id}/artifacts/small%20one.txt?presign=60")).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let url = p.body["url"].as_str().unwrap();
+    assert!(url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature="), "{url}");
+    let direct = reqwest::get(url).await.unwrap();
+    assert_eq!(direct.status().as_u16(), 200);
+    assert_eq!(direct.bytes().await.unwrap().to_vec(), pattern(10));
     worker.stop().await;
 }
 

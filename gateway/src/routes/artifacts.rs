@@ -11,11 +11,11 @@ use axum::response::{IntoResponse, Response};
 use fleet_shared::artifacts::is_safe_name;
 use fleet_shared::wire::{FileEntry, SkippedFile};
 use fleet_shared::ErrorCode;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::error::{ApiError, Json, Path, Problem};
+use crate::error::{ApiError, Json, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
 
@@ -44,17 +44,85 @@ pub async fn list(
     }))
 }
 
-/// Download one file of a job (`Range: bytes=…` honoured).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DownloadParams {
+    /// Instead of the file, answer with a URL straight to the store valid this many seconds (S3 stores).
+    pub presign: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Presigned {
+    pub url: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Longest validity of a presigned URL (S3's own limit).
+const MAX_PRESIGN_SECS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// Download one file of a job (`Range: bytes=…` honoured), or get a presigned URL for it.
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts/{name}", tag = "jobs",
-    params(("id" = Uuid, Path), ("name" = String, Path, description = "Relative name, e.g. `out/report.pdf`")),
-    responses((status = 200, description = "The file"), (status = 206, description = "The requested range"),
-        (status = 400, body = Problem), (status = 404, body = Problem), (status = 416, body = Problem)))]
+    params(("id" = Uuid, Path), ("name" = String, Path, description = "Relative name, e.g. `out/report.pdf`"),
+        DownloadParams),
+    responses((status = 200, description = "The file, or a `Presigned` URL with `?presign`"),
+        (status = 206, description = "The requested range"),
+        (status = 400, body = Problem), (status = 404, body = Problem), (status = 416, body = Problem),
+        (status = 422, body = Problem)))]
 pub async fn download(
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,
+    Query(params): Query<DownloadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(&state, id, &name, &headers).await
+    let Some(secs) = params.presign else {
+        return serve(&state, id, &name, &headers).await;
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs <= MAX_PRESIGN_SECS) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("presign must be 1 to {MAX_PRESIGN_SECS} seconds"),
+        ));
+    }
+    let (_, key) = listed_file(&state, id, &name).await?;
+    let expires_in = fleet_shared::config::secs(secs);
+    let url = state
+        .store
+        .presigned_get(&key, expires_in)
+        .await
+        .map_err(|e| ApiError::unavailable("presigning failed", e))?;
+    let url = url.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{} cannot hand out presigned URLs; download through the gateway",
+                state.store.name()
+            ),
+        )
+    })?;
+    let expires_at =
+        chrono::Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or_default();
+    Ok(Json(Presigned { url, expires_at }).into_response())
+}
+
+/// The stored file `name` of job `id` and its key, if the name is safe and the job's record lists it.
+async fn listed_file(
+    state: &AppState,
+    id: Uuid,
+    name: &str,
+) -> Result<(FileEntry, fleet_shared::artifacts::StoreKey), ApiError> {
+    if !is_safe_name(name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidName,
+            "artifact names are relative paths without `.` or `..` parts",
+        ));
+    }
+    let record = records::get_or_404(state, &id).await?;
+    let entry = record.stored_file(name).cloned().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("job {id} has no stored file named `{name}`"),
+        )
+    })?;
+    Ok((entry, state.store.key(&id, name)))
 }
 
 /// Download a file (agent-interaction server compatible).
@@ -75,21 +143,8 @@ async fn serve(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    if !is_safe_name(name) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidName,
-            "artifact names are relative paths without `.` or `..` parts",
-        ));
-    }
-    let record = records::get_or_404(state, &id).await?;
-    let entry = record.stored_file(name).ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("job {id} has no stored file named `{name}`"),
-        )
-    })?;
+    let (entry, key) = listed_file(state, id, name).await?;
     let range = requested_range(headers, entry.size)?;
-    let key = state.store.key(&id, name);
     let download = state
         .store
         .download(&key, range.clone())
