@@ -177,6 +177,8 @@ pub fn fake_agent() -> String {
 pub struct TestConfig {
     pub config: Config,
     pub file: PathBuf,
+    /// The environment the configuration was loaded from; subprocesses get exactly this.
+    env: HashMap<String, String>,
     _dir: Arc<TempDir>,
 }
 
@@ -207,13 +209,14 @@ pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
     }
     let sources = Sources {
         file: Some(file.clone()),
-        env,
+        env: env.clone(),
         overrides: Vec::new(),
     };
     let config = Config::load(&sources).expect("test config");
     TestConfig {
         config,
         file,
+        env,
         _dir: Arc::new(dir),
     }
 }
@@ -221,38 +224,10 @@ pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
 impl TestConfig {
     /// The environment that reproduces this configuration in a `fleet` subprocess.
     pub fn env_for_subprocess(&self) -> Vec<(String, String)> {
-        let c = &self.config;
-        vec![
-            ("FLEET_NATS_URL".into(), c.nats.url.clone()),
-            (
-                "FLEET_WORKER_WORK_DIR".into(),
-                c.worker.work_dir.to_string_lossy().into_owned(),
-            ),
-            (
-                "FLEET_WORKER_KILL_GRACE_SECS".into(),
-                c.worker.kill_grace_secs.to_string(),
-            ),
-            (
-                "FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(),
-                c.worker.shutdown_grace_secs.to_string(),
-            ),
-            (
-                "FLEET_QUEUE_ACK_WAIT_SECS".into(),
-                c.queue.ack_wait_secs.to_string(),
-            ),
-            (
-                "FLEET_QUEUE_MAX_ATTEMPTS".into(),
-                c.queue.max_attempts.to_string(),
-            ),
-            (
-                "FLEET_WORKER_MAX_CONCURRENT".into(),
-                c.worker.max_concurrent.to_string(),
-            ),
-            (
-                "FLEET_WORKER_OUTPUT_CAP_BYTES".into(),
-                c.worker.output_cap_bytes.to_string(),
-            ),
-        ]
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }
 

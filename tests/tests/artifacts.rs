@@ -129,9 +129,17 @@ async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() 
         }
     }
     // The local store cannot presign; say so rather than pretend.
-    let r = api.get(&format!("/v1/jobs/{id}/artifacts/a.txt?presign=60")).await;
-    assert_eq!((r.status, r.body["code"].as_str().unwrap()), (422, "invalid_request"));
-    assert!(r.body["message"].as_str().unwrap().contains("cannot hand out presigned URLs"));
+    let r = api
+        .get(&format!("/v1/jobs/{id}/artifacts/a.txt?presign=60"))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str().unwrap()),
+        (422, "invalid_request")
+    );
+    assert!(r.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot hand out presigned URLs"));
     let other = uuid::Uuid::now_v7();
     assert_eq!(
         api.get(&format!("/v1/jobs/{other}/artifacts/a.txt"))
@@ -265,10 +273,17 @@ async fn files_round_trip_through_a_real_s3_server_including_multipart() {
     assert_eq!(r.bytes().await.unwrap().to_vec(), &pattern(10)[7..]);
 
     // A presigned URL fetches the file straight from the store, without the gateway.
-    let p = api.get(&format!("/v1/jobs/{id}/artifacts/small%20one.txt?presign=60")).await;
+    let p = api
+        .get(&format!(
+            "/v1/jobs/{id}/artifacts/small%20one.txt?presign=60"
+        ))
+        .await;
     assert_eq!(p.status, 200, "{}", p.body);
     let url = p.body["url"].as_str().unwrap();
-    assert!(url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature="), "{url}");
+    assert!(
+        url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
     let direct = reqwest::get(url).await.unwrap();
     assert_eq!(direct.status().as_u16(), 200);
     assert_eq!(direct.bytes().await.unwrap().to_vec(), pattern(10));
@@ -430,4 +445,90 @@ async fn records_and_artifacts_past_retention_are_removed() {
     })
     .await;
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_upload_leaves_no_record_of_files_and_the_rerun_stores_them() {
+    let server = NatsServer::start();
+    let s3 = S3Server::start().await;
+    let settings = s3.settings();
+    let mut extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    extra.push(("FLEET_QUEUE_ACK_WAIT_SECS", "2"));
+    // Over the default per-file cap of 100 MB, which would skip the file instead of storing it.
+    extra.push(("FLEET_ARTIFACTS_MAX_FILE_BYTES", "1000000000"));
+    let cfg = test_config(&server.url(), &extra);
+    let nats = NatsClient::connect(&server.url()).await;
+    let gw = start_gateway(&cfg.config).await;
+    let first = WorkerProcess::start(&cfg);
+    wait_for_agents(&cfg.config).await;
+    let size = 200 * 1024 * 1024;
+    let id = uuid::Uuid::now_v7();
+    nats.publish_job(
+        "fake",
+        &json!({"id": id, "message": format!("write:big.bin={size}")}),
+    )
+    .await;
+    // Kill the worker while S3 shows its multipart upload of the file open.
+    let uploads = format!("{}/{}?uploads", s3.endpoint, s3.bucket);
+    let key = format!("<Key>jobs/{id}/big.bin</Key>");
+    let http = reqwest::Client::new();
+    eventually(
+        "upload in progress",
+        std::time::Duration::from_secs(60),
+        || {
+            let (http, uploads, key) = (http.clone(), uploads.clone(), key.clone());
+            async move {
+                http.get(uploads)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+                    .contains(&key)
+            }
+        },
+    )
+    .await;
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let r = nats.record(id).await.expect("record");
+    assert!(
+        !r.status.is_terminal(),
+        "the job was not finished: {:?}",
+        r.status
+    );
+    assert!(
+        r.files.is_empty(),
+        "no file may be listed before it is stored"
+    );
+
+    let _second = WorkerProcess::start(&cfg);
+    let r = nats
+        .wait_record(id, "rerun finished", |r| r.status.is_terminal())
+        .await;
+    assert_eq!(
+        r.status,
+        fleet_shared::JobStatus::Completed,
+        "{:?}",
+        r.error
+    );
+    assert_eq!((r.attempt, r.files.len()), (2, 1));
+    let got = gw
+        .api()
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}/artifacts/big.bin"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(got.bytes().await.unwrap())),
+        r.files[0].sha256
+    );
+    assert_eq!(
+        r.files[0].sha256,
+        hex::encode(Sha256::digest(pattern(size)))
+    );
 }

@@ -144,17 +144,15 @@ async fn run_job(
             let collected = match &r {
                 Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
                     let limits = &shared.config.artifacts;
-                    Some(
-                        artifacts::collect(
-                            &shared.store,
-                            limits,
-                            &held.record,
-                            &dirs,
-                            &inputs,
-                            outcome,
-                        )
-                        .await,
-                    )
+                    let storing = artifacts::collect(
+                        &shared.store,
+                        limits,
+                        &held.record,
+                        &dirs,
+                        &inputs,
+                        outcome,
+                    );
+                    Some(with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await)
                 }
                 _ => None,
             };
@@ -189,7 +187,9 @@ async fn run_job(
                 }
                 None => {}
             }
-            write_and_announce(shared, &key, record, held.revision, intake.format).await
+            // Recording waits out NATS outages: keep the message ours meanwhile.
+            let recording = write_and_announce(shared, &key, record, held.revision, intake.format);
+            with_heartbeat(msg, shared.config.queue.ack_wait(), recording).await
         }
         Err(e) => {
             let mut record = held.record.clone();
@@ -257,8 +257,7 @@ async fn supervise<T>(
     claimed: &mut bool,
     superseded: &mut bool,
 ) -> T {
-    let every = (shared.config.queue.ack_wait() / 3).max(Duration::from_millis(100));
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let run = with_heartbeat(watch.msg, shared.config.queue.ack_wait(), run);
     let claim_at = tokio::time::sleep(shared.config.worker.claim_delay());
     tokio::pin!(run, claim_at);
     loop {
@@ -279,8 +278,26 @@ async fn supervise<T>(
                     Err(e) => tracing::warn!(error = %e, "claiming the running job failed; it runs on unclaimed"),
                 }
             }
+        }
+    }
+}
+
+/// Drives `work` while sending in-progress acks every third of the ack wait, so JetStream does not hand the
+/// message to another worker while this one is still running, storing or recording the job.
+async fn with_heartbeat<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
             _ = beat.tick() => {
-                if let Err(e) = watch.msg.ack_with(AckKind::Progress).await {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
                     tracing::warn!(error = %e, "in-progress ack failed");
                 }
             }
