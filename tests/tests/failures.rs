@@ -66,17 +66,12 @@ async fn kill_9_mid_job_redelivers_to_another_worker_with_one_terminal_record_an
         count_until_quiet(&mut replies, Duration::from_secs(3)).await,
         1
     );
-    let history: Vec<_> = nats
-        .records
-        .history(id.to_string())
+    let terminal = status_history(&nats, id)
         .await
-        .unwrap()
-        .collect()
-        .await;
-    let terminal = history.iter().filter_map(|e| e.as_ref().ok()).filter(|e| {
-        decode::<JobRecord>(&e.value, Format::MessagePack).is_ok_and(|r| r.status.is_terminal())
-    });
-    assert_eq!(terminal.count(), 1);
+        .into_iter()
+        .filter(|s| s.is_terminal())
+        .count();
+    assert_eq!(terminal, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
