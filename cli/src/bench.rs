@@ -15,6 +15,7 @@ use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::{JobRecord, JobStatus};
 use futures::StreamExt;
 
+use crate::bench_artifacts;
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -32,6 +33,18 @@ pub struct BenchArgs {
     /// of each ratio; medians are reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also measure the file path: artifact upload and download against object_store used directly.
+    #[arg(long)]
+    artifacts: bool,
+    /// Size of the large artifact case, MB.
+    #[arg(long, default_value_t = 100)]
+    artifact_big_mb: usize,
+    /// Number of 4 KB files in the small artifact case.
+    #[arg(long, default_value_t = 1000)]
+    artifact_small_count: usize,
+    /// Size of the file streamed through the gateway while its memory is watched, GB (0: skip).
+    #[arg(long, default_value_t = 1)]
+    flat_memory_gb: usize,
     /// The worker's run slots (`worker.max_concurrent`).
     #[arg(long, default_value_t = 32)]
     worker_concurrency: usize,
@@ -67,8 +80,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[worker]\nagents = [\"{AGENT}\"]\n",
-            COMMAND[0], COMMAND[1]
+            "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\"]\n",
+            COMMAND[0],
+            COMMAND[1],
+            copy = bench_artifacts::COPY_AGENT,
+            copy_cmd = bench_artifacts::COPY_COMMAND,
         ),
     )?;
     let fleet_exe = std::env::current_exe()?;
@@ -88,6 +104,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 args.worker_concurrency.to_string(),
             )
             .env("FLEET_QUEUE_MAX_JOBS", "1000000")
+            .env("FLEET_ARTIFACTS_LOCAL_DIR", dir.path().join("artifacts"))
+            .env("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000000000")
+            .env("FLEET_ARTIFACTS_MAX_JOB_BYTES", "100000000000")
+            .env("FLEET_ARTIFACTS_MAX_FILES", "100000")
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start `fleet {role}`"))
@@ -142,9 +162,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         rounds.push(Round { raw, nats, http });
     }
     let nats_jobs = (args.throughput_jobs * rounds.len()) as f64;
-    // Gateway and worker first, so they never see NATS vanish under them.
-    drop(processes);
-    nats.stop().await;
 
     println!();
     println!(
@@ -228,6 +245,26 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for (target, met) in targets {
         println!("{} {target}", if met { "met    " } else { "MISSED " });
     }
+    if args.artifacts {
+        let fleet = bench_artifacts::Fleet {
+            client: &client,
+            js: &js,
+            http: &http,
+            base: &base,
+            gateway_pid,
+            scratch: dir.path(),
+        };
+        bench_artifacts::run(
+            &fleet,
+            args.artifact_big_mb,
+            args.artifact_small_count,
+            args.flat_memory_gb,
+        )
+        .await?;
+    }
+    // Gateway and worker first, so they never see NATS vanish under them.
+    drop(processes);
+    nats.stop().await;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, `bench`.
 
 mod bench;
+mod bench_artifacts;
 mod local_nats;
 mod logging;
 

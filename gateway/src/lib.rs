@@ -71,6 +71,14 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let state = AppState::connect(config, client).await?;
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    // Responses are written as headers then body: without TCP_NODELAY, Nagle's algorithm holds the second
+    // write until the client's delayed ACK, adding ~40 ms to every small streamed response on a kept-alive
+    // connection.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await?;
