@@ -17,6 +17,13 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "4",
             "--rounds",
             "1",
+            "--artifacts",
+            "--artifact-big-mb",
+            "1",
+            "--artifact-small-count",
+            "5",
+            "--flat-memory-gb",
+            "0",
         ])
         .output()
         .expect("run fleet bench");
@@ -37,6 +44,9 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
         "rounds (raw/NATS/HTTP jobs/s)",
         "CPU per job in the NATS run",
         "idle RSS: gateway",
+        "artifacts, local store (MB/s)",
+        "1 × 1 MB upload",
+        "5 × 4 KB download via gateway",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
