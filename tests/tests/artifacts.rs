@@ -12,9 +12,13 @@ fn pattern(n: usize) -> Vec<u8> {
 
 async fn run(api: &Api, message: &str, extra: Value) -> Value {
     let mut body = json!({"agent": "fake", "message": message});
+    let extra = extra
+        .as_object()
+        .expect("extra fields are an object")
+        .clone();
     body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+        .expect("the body is an object")
+        .extend(extra);
     let r = api.post("/v1/jobs?wait=30", &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.body["record"].clone()

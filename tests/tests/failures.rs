@@ -213,7 +213,7 @@ async fn status_history(nats: &NatsClient, id: uuid::Uuid) -> Vec<JobStatus> {
         .records
         .history(id.to_string())
         .await
-        .unwrap()
+        .expect("record history")
         .collect()
         .await;
     history

@@ -202,7 +202,7 @@ pub async fn list_jobs(
     })
     .await?;
     // v7 ids sort by submission time.
-    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
     jobs.truncate(limit);
     Ok(Json(JobList {
         count: jobs.len(),

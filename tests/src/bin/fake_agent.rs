@@ -47,6 +47,8 @@ fn main() {
                 libc::signal(libc::SIGTERM, libc::SIG_IGN);
             },
             "grandchild" => {
+                // Deliberately never waited for: the grandchild must outlive this step.
+                #[allow(clippy::zombie_processes)]
                 let child = std::process::Command::new("sh")
                     .args(["-c", "trap '' TERM; sleep 60"])
                     .spawn()
