@@ -26,9 +26,10 @@ pub struct Problem {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::MalformedJson | ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
-        ErrorCode::InvalidRequest | ErrorCode::UnknownAgent | ErrorCode::InvalidJob => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        ErrorCode::InvalidRequest
+        | ErrorCode::UnknownAgent
+        | ErrorCode::InvalidJob
+        | ErrorCode::TargetUnreachable => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::JobNotFound => StatusCode::NOT_FOUND,

@@ -23,7 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use state::AppState;
 
 pub fn app(state: AppState) -> Router {
-    use routes::{artifacts, compat, jobs, system};
+    use routes::{artifacts, compat, jobs, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
         .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
@@ -45,6 +45,10 @@ pub fn app(state: AppState) -> Router {
         .route("/generate", post(compat::generate))
         .route("/info", get(compat::info))
         .route("/stats", get(compat::stats))
+        .route(
+            "/configure-sharing",
+            post(sharing::configure).get(sharing::current),
+        )
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

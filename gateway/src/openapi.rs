@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::routes::{artifacts, compat, jobs, system};
+use crate::routes::{artifacts, compat, jobs, sharing, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +12,7 @@ use crate::routes::{artifacts, compat, jobs, system};
         artifacts::list, artifacts::download, artifacts::download_compat,
         system::health, system::ready, system::agents,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
-        compat::generate, compat::info, compat::stats,
+        compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
     ),
     tags(
         (name = "jobs", description = "Native job API"),

@@ -21,8 +21,10 @@ pub struct Inner {
     pub idempotency: kv::Store,
     pub jobs: stream::Stream,
     pub agents: AgentDirectory,
-    /// Where artifacts are read from (the same store configuration the workers write with).
-    pub store: fleet_shared::artifacts::ArtifactStore,
+    /// Where artifacts are read from (the same target configuration the workers write with).
+    pub stores: fleet_shared::artifacts::targets::Stores,
+    /// The config bucket, holding the run-time sharing target.
+    pub config_bucket: kv::Store,
 }
 
 impl std::ops::Deref for AppState {
@@ -40,7 +42,10 @@ impl AppState {
         let topology = Topology::new(&config.nats.prefix);
         let js = jetstream::new(client.clone());
         let handles = topology.ensure(&js, &config.queue).await?;
-        let store = fleet_shared::artifacts::ArtifactStore::from_config(&config.artifacts)?;
+        let stores = fleet_shared::artifacts::targets::Stores::new(
+            &config.artifacts,
+            Some(handles.config.clone()),
+        )?;
         let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
         Ok(Self(Arc::new(Inner {
             config,
@@ -51,7 +56,8 @@ impl AppState {
             idempotency: handles.idempotency,
             jobs: handles.jobs,
             agents,
-            store,
+            stores,
+            config_bucket: handles.config,
         })))
     }
 }

@@ -29,6 +29,7 @@ pub struct Submission {
     pub timeout: Option<f64>,
     pub return_files: bool,
     pub input_files: Vec<fleet_shared::wire::InputFile>,
+    pub artifact_target: Option<String>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub idempotency_key: Option<String>,
 }
@@ -56,6 +57,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         timeout: sub.timeout,
         return_files: sub.return_files,
         input_files: sub.input_files,
+        artifact_target: sub.artifact_target,
         reply_to: None,
         metadata: sub.metadata,
         submitted_at: Utc::now(),
@@ -64,6 +66,14 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
     request
         .validate()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    if let Some(target) = &request.artifact_target {
+        if !state.stores.is_known_name(target) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("artifact_target `{target}` is not `default` or a target configured under [artifacts.targets]"),
+            ));
+        }
+    }
     let known = state.agents.exists(&request.agent).await?;
     if !known {
         return Err(ApiError::new(

@@ -95,6 +95,7 @@ mod tests {
             timeout: Some(1.5),
             return_files: false,
             input_files: Vec::new(),
+            artifact_target: None,
             reply_to: Some("_INBOX.x".into()),
             metadata: [("k".to_string(), serde_json::json!({"n": [1, 2]}))].into(),
             submitted_at: chrono::Utc::now(),

@@ -21,6 +21,11 @@ const ALIASES: &[(&str, &str)] = &[
     ("CLEANUP_AFTER_HOURS", "queue.retention_hours"),
     ("NATS_URL", "nats.url"),
     ("MAX_FILE_SIZE", "artifacts.max_file_bytes"),
+    ("FTP_HOST", "artifacts.ftp_host"),
+    ("FTP_PORT", "artifacts.ftp_port"),
+    ("FTP_USER", "artifacts.ftp_user"),
+    ("FTP_PASSWORD", "artifacts.ftp_password"),
+    ("FTP_BASE_PATH", "artifacts.ftp_base_path"),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +101,101 @@ pub struct ArtifactsConfig {
     pub s3_path_style: bool,
     pub s3_access_key_id: String,
     pub s3_secret_access_key: String,
+    pub ftp_host: String,
+    pub ftp_port: u16,
+    pub ftp_user: String,
+    pub ftp_password: String,
+    pub ftp_base_path: String,
+    pub ftp_passive: bool,
+    pub ftp_tls: bool,
+    pub ftp_ca_file: String,
+    /// Further stores a job may name in `artifact_target`; set only in files (`[artifacts.targets.NAME]`).
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+/// One place artifacts can go: a backend and its settings. The fleet's default target is the `[artifacts]`
+/// section itself; named targets and the run-time sharing target (`POST /configure-sharing`) use this shape too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TargetConfig {
+    /// local | s3 | ftp | memory
+    pub backend: String,
+    pub local_dir: PathBuf,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_endpoint: String,
+    pub s3_path_style: bool,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    pub ftp_host: String,
+    pub ftp_port: u16,
+    pub ftp_user: String,
+    pub ftp_password: String,
+    pub ftp_base_path: String,
+    /// Passive mode (the client opens data connections); false: active mode.
+    pub ftp_passive: bool,
+    /// Explicit FTPS (AUTH TLS) for control and data connections.
+    pub ftp_tls: bool,
+    /// PEM file of extra certificate authorities trusted for FTPS; empty: the system's roots only.
+    pub ftp_ca_file: String,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        Self {
+            backend: "local".into(),
+            local_dir: PathBuf::from("/tmp/fleet-artifacts"),
+            s3_bucket: String::new(),
+            s3_region: "us-east-1".into(),
+            s3_endpoint: String::new(),
+            s3_path_style: true,
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: String::new(),
+            ftp_host: String::new(),
+            ftp_port: 21,
+            ftp_user: "anonymous".into(),
+            ftp_password: String::new(),
+            ftp_base_path: "/".into(),
+            ftp_passive: true,
+            ftp_tls: false,
+            ftp_ca_file: String::new(),
+        }
+    }
+}
+
+impl TargetConfig {
+    /// Checks the settings the backend needs; the error names the field (prefixed with `key`).
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        match self.backend.as_str() {
+            "local" | "memory" => Ok(()),
+            "s3" if self.s3_bucket.is_empty() => Err(invalid(
+                format!("{key}s3_bucket"),
+                "is required with the s3 backend",
+            )),
+            "s3" => Ok(()),
+            "ftp" if self.ftp_host.is_empty() => Err(invalid(
+                format!("{key}ftp_host"),
+                "is required with the ftp backend",
+            )),
+            "ftp" if self.ftp_port == 0 => Err(invalid(format!("{key}ftp_port"), "must not be 0")),
+            "ftp" => Ok(()),
+            other => Err(invalid(
+                format!("{key}backend"),
+                format!("`{other}` is not one of local, s3, ftp, memory"),
+            )),
+        }
+    }
+
+    /// The same settings with every secret replaced by `***` (empty secrets stay empty).
+    pub fn masked(&self) -> Self {
+        let mask = |s: &str| if s.is_empty() { String::new() } else { "***".into() };
+        Self {
+            s3_secret_access_key: mask(&self.s3_secret_access_key),
+            ftp_password: mask(&self.ftp_password),
+            ..self.clone()
+        }
+    }
 }
 
 /// An agent is configuration, not code: an argv template and how to run it.
@@ -151,6 +251,28 @@ impl WorkerConfig {
 impl ArtifactsConfig {
     pub fn sweep_interval(&self) -> Duration {
         secs(self.sweep_interval_secs)
+    }
+
+    /// The fleet's default target: the store settings of the `[artifacts]` section.
+    pub fn default_target(&self) -> TargetConfig {
+        TargetConfig {
+            backend: self.backend.clone(),
+            local_dir: self.local_dir.clone(),
+            s3_bucket: self.s3_bucket.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_path_style: self.s3_path_style,
+            s3_access_key_id: self.s3_access_key_id.clone(),
+            s3_secret_access_key: self.s3_secret_access_key.clone(),
+            ftp_host: self.ftp_host.clone(),
+            ftp_port: self.ftp_port,
+            ftp_user: self.ftp_user.clone(),
+            ftp_password: self.ftp_password.clone(),
+            ftp_base_path: self.ftp_base_path.clone(),
+            ftp_passive: self.ftp_passive,
+            ftp_tls: self.ftp_tls,
+            ftp_ca_file: self.ftp_ca_file.clone(),
+        }
     }
 }
 
@@ -225,6 +347,12 @@ impl Config {
         for key in &leaf_keys {
             if let Some(v) = sources.env.get(&env_name(key)) {
                 builder = builder.set_override(key.as_str(), v.clone())?;
+            }
+        }
+        // The seeds' FTP_ENABLED switch chooses the backend rather than setting a value.
+        if let Some(v) = sources.env.get("FTP_ENABLED") {
+            if matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on") {
+                builder = builder.set_override("artifacts.backend", "ftp")?;
             }
         }
         for (key, v) in &sources.overrides {
@@ -303,21 +431,15 @@ impl Config {
                 return Err(invalid(key, "must be zero or a positive number of seconds"));
             }
         }
-        match self.artifacts.backend.as_str() {
-            "local" | "memory" => {}
-            "s3" if self.artifacts.s3_bucket.is_empty() => {
+        self.artifacts.default_target().validate("artifacts.")?;
+        for (name, target) in &self.artifacts.targets {
+            if !is_valid_target_name(name) {
                 return Err(invalid(
-                    "artifacts.s3_bucket",
-                    "is required with the s3 backend",
+                    format!("artifacts.targets.{name}"),
+                    "target names are letters, digits, '-' or '_', and not `default`",
                 ));
             }
-            "s3" => {}
-            other => {
-                return Err(invalid(
-                    "artifacts.backend",
-                    format!("`{other}` is not one of local, s3, memory"),
-                ))
-            }
+            target.validate(&format!("artifacts.targets.{name}."))?;
         }
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));
@@ -394,8 +516,12 @@ impl Config {
     pub fn summary(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         value["nats"]["url"] = serde_json::Value::String(mask_url_credentials(&self.nats.url));
-        if !self.artifacts.s3_secret_access_key.is_empty() {
-            value["artifacts"]["s3_secret_access_key"] = serde_json::Value::String("***".into());
+        let masked = self.artifacts.default_target().masked();
+        value["artifacts"]["s3_secret_access_key"] = masked.s3_secret_access_key.into();
+        value["artifacts"]["ftp_password"] = masked.ftp_password.into();
+        for (name, target) in &self.artifacts.targets {
+            value["artifacts"]["targets"][name] =
+                serde_json::to_value(target.masked()).unwrap_or_default();
         }
         for agent in value["agents"]
             .as_object_mut()
@@ -412,6 +538,11 @@ impl Config {
         }
         value
     }
+}
+
+/// Names of configured artifact targets: like agent names; `default` is reserved for the fleet's default.
+pub fn is_valid_target_name(name: &str) -> bool {
+    name != "default" && is_valid_agent_name(name)
 }
 
 /// `nats://user:pass@host` → `nats://user:***@host`.

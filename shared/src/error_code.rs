@@ -40,10 +40,12 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// A file name that is not a safe relative path (absolute, `..`, NUL, ...).
     InvalidName,
+    /// An artifact target given at run time could not be reached, or refused its credentials.
+    TargetUnreachable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -65,6 +67,7 @@ impl ErrorCode {
         Self::Internal,
         Self::RangeNotSatisfiable,
         Self::InvalidName,
+        Self::TargetUnreachable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +93,7 @@ impl ErrorCode {
             Self::Internal => "internal",
             Self::RangeNotSatisfiable => "range_not_satisfiable",
             Self::InvalidName => "invalid_name",
+            Self::TargetUnreachable => "target_unreachable",
         }
     }
 }

@@ -77,6 +77,11 @@ impl Topology {
         format!("{}_idempotency", self.prefix)
     }
 
+    /// Fleet-wide settings changed at run time (the sharing target), watched by workers.
+    pub fn config_bucket(&self) -> String {
+        format!("{}_config", self.prefix)
+    }
+
     /// Core-NATS subject on which the writer of a terminal record announces it (gateways waiting on a job
     /// listen here; any gateway replica can).
     pub fn done_subject(&self, job_id: &Uuid) -> String {
@@ -152,6 +157,17 @@ impl Topology {
         }
     }
 
+    fn config_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.config_bucket(),
+            description: "fleet settings changed at run time: `sharing` and the targets it named".into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
     /// Creates the jobs stream and buckets if missing. Safe for every process to call at start-up.
     pub async fn ensure(
         &self,
@@ -164,10 +180,12 @@ impl Topology {
             .map_err(TopologyError::stream)?;
         let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
+        let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
         Ok(Handles {
             jobs,
             records,
             idempotency,
+            config,
         })
     }
 }
@@ -191,6 +209,7 @@ pub struct Handles {
     pub jobs: stream::Stream,
     pub records: kv::Store,
     pub idempotency: kv::Store,
+    pub config: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,6 +30,10 @@ pub struct JobRequest {
     /// Files written into the workspace before the agent starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub input_files: Vec<InputFile>,
+    /// Where the job's files go: `default` or a target configured under `[artifacts.targets]`; absent: the
+    /// fleet's current default (the sharing target set with `POST /configure-sharing`, else `[artifacts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_target: Option<String>,
     /// Subject that receives the terminal record, for publishers that wait on NATS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
@@ -305,6 +309,9 @@ pub struct JobRecord {
     /// Full stdout/stderr logs, stored when the record's copies are not the exact output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<FileEntry>,
+    /// The artifact target holding `files` and `logs` (`default`, a configured name, or `sharing:<uuid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_store: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,6 +340,7 @@ impl JobRecord {
             files: Vec::new(),
             skipped_files: Vec::new(),
             logs: Vec::new(),
+            artifact_store: None,
             resources: None,
             error: None,
             updated_at: Utc::now(),
@@ -377,6 +385,7 @@ mod tests {
             timeout: None,
             return_files: true,
             input_files: Vec::new(),
+            artifact_target: None,
             reply_to: None,
             metadata: BTreeMap::new(),
             submitted_at: Utc::now(),
@@ -504,6 +513,8 @@ pub struct PublishedJob {
     #[serde(default)]
     pub input_files: Vec<InputFile>,
     #[serde(default)]
+    pub artifact_target: Option<String>,
+    #[serde(default)]
     pub reply_to: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_json::Value>,
@@ -529,6 +540,7 @@ impl PublishedJob {
             timeout: self.timeout,
             return_files: self.return_files.unwrap_or(true),
             input_files: self.input_files,
+            artifact_target: self.artifact_target,
             reply_to: self.reply_to,
             metadata: self.metadata,
             submitted_at: self.submitted_at.unwrap_or(published),

@@ -9,7 +9,10 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
 
+use async_nats::jetstream::kv;
+use fleet_shared::artifacts::targets::Stores;
 use fleet_shared::artifacts::{content_type, ArtifactStore, StoreError, LOGS_DIR};
 use fleet_shared::config::ArtifactsConfig;
 use fleet_shared::wire::{FileEntry, InputFile, SkippedFile};
@@ -49,9 +52,11 @@ impl Inputs {
     }
 }
 
-/// Writes the job's input files into its workspace. The error says which input and why.
+/// Writes the job's input files into its workspace; files given by reference are read from the store that holds
+/// the referenced job's files. The error says which input and why.
 pub async fn write_inputs(
-    store: &ArtifactStore,
+    stores: &Stores,
+    records: &kv::Store,
     inputs: &[InputFile],
     workspace: &Path,
 ) -> Result<Inputs, String> {
@@ -70,6 +75,9 @@ pub async fn write_inputs(
                 .map_err(|e| fail(e.to_string()))?,
             (Some(Err(e)), _) => return Err(fail(format!("data_base64 is not valid base64: {e}"))),
             (None, Some(from)) => {
+                let store = holder_of(stores, records, &from.job_id)
+                    .await
+                    .map_err(fail)?;
                 let key = store.key(&from.job_id, &from.name);
                 let download = store.download(&key, None).await.map_err(|e| {
                     fail(if e.is_not_found() {
@@ -100,6 +108,19 @@ pub async fn write_inputs(
             .insert(input.name.clone(), (meta.len(), meta.modified().ok()));
     }
     Ok(written)
+}
+
+/// The store holding job `id`'s files: its record's target, or the default (where the gateway puts files
+/// uploaded with a job, before the job has stored anything).
+async fn holder_of(stores: &Stores, records: &kv::Store, id: &Uuid) -> Result<ArtifactStore, String> {
+    let target = crate::records::current(records, &id.to_string())
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|held| held.record.artifact_store);
+    stores
+        .resolve(target.as_deref())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 pub async fn collect(

@@ -133,6 +133,7 @@ mod tests {
             timeout: None,
             return_files: true,
             input_files: Vec::new(),
+            artifact_target: None,
             reply_to: None,
             metadata: Default::default(),
             submitted_at: chrono::Utc::now(),

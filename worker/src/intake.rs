@@ -52,6 +52,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             timeout: None,
             return_files: false,
             input_files: Vec::new(),
+            artifact_target: None,
             reply_to: header_reply.clone(),
             metadata: Default::default(),
             submitted_at: msg.published,

@@ -118,15 +118,24 @@ async fn run_job(
     let mut superseded = false;
     let result = match shared.dirs.take(&held.record) {
         Ok(mut dirs) => 'run: {
-            let inputs =
-                match artifacts::write_inputs(&shared.store, &input_files, &dirs.workspace).await {
-                    Ok(inputs) => inputs,
-                    Err(why) => {
-                        dirs.mark_dirty();
-                        shared.dirs.give_back(dirs);
-                        break 'run Err(SpawnError::Input(why));
-                    }
-                };
+            let target = held.record.request.artifact_target.as_deref();
+            let (target_id, store) = match shared.stores.for_job(target) {
+                Ok(found) => found,
+                Err(e) => {
+                    shared.dirs.give_back(dirs);
+                    break 'run Err(SpawnError::Input(e.to_string()));
+                }
+            };
+            let writing =
+                artifacts::write_inputs(&shared.stores, &shared.records, &input_files, &dirs.workspace);
+            let inputs = match writing.await {
+                Ok(inputs) => inputs,
+                Err(why) => {
+                    dirs.mark_dirty();
+                    shared.dirs.give_back(dirs);
+                    break 'run Err(SpawnError::Input(why));
+                }
+            };
             let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
@@ -145,14 +154,15 @@ async fn run_job(
                 Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
                     let limits = &shared.config.artifacts;
                     let storing = artifacts::collect(
-                        &shared.store,
+                        &store,
                         limits,
                         &held.record,
                         &dirs,
                         &inputs,
                         outcome,
                     );
-                    Some(with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await)
+                    let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
+                    Some(stored.map(|c| (target_id, c)))
                 }
                 _ => None,
             };
@@ -172,7 +182,10 @@ async fn run_job(
         Ok((outcome, collected)) => {
             let mut record = completed_record(&held, &outcome);
             match collected {
-                Some(Ok(c)) => {
+                Some(Ok((target_id, c))) => {
+                    if !(c.files.is_empty() && c.logs.is_empty()) {
+                        record.artifact_store = Some(target_id);
+                    }
                     record.files = c.files;
                     record.skipped_files = c.skipped;
                     record.logs = c.logs;

@@ -41,7 +41,8 @@ pub struct Shared {
     pub jobs: stream::Stream,
     pub worker_id: String,
     pub dirs: dirs::DirPool,
-    pub store: fleet_shared::artifacts::ArtifactStore,
+    /// Artifact stores by target; follows the run-time sharing target.
+    pub stores: fleet_shared::artifacts::targets::Stores,
     /// Cancelled when the worker stops taking new jobs.
     pub stop_pulling: CancellationToken,
     /// Cancelled when running jobs must end now (shutdown grace exhausted).
@@ -128,7 +129,10 @@ pub async fn run(
         jobs: handles.jobs,
         worker_id: worker_id.clone(),
         dirs: dirs::DirPool::new(work_dir, config.worker.keep_workspaces),
-        store: fleet_shared::artifacts::ArtifactStore::from_config(&config.artifacts)?,
+        stores: fleet_shared::artifacts::targets::Stores::new(
+            &config.artifacts,
+            Some(handles.config.clone()),
+        )?,
         stop_pulling: shutdown.child_token(),
         kill_running: CancellationToken::new(),
     });
@@ -147,6 +151,7 @@ pub async fn run(
     }
     loops.spawn(janitor::run(shared.clone()));
     loops.spawn(sweeper::run(shared.clone()));
+    loops.spawn(follow_sharing(shared.clone()));
     loops.close();
 
     shutdown.cancelled().await;
@@ -173,4 +178,24 @@ pub async fn run(
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// Keeps the worker's default artifact target in step with `POST /configure-sharing`, re-watching after NATS
+/// trouble, until the worker stops taking jobs.
+async fn follow_sharing(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.stop_pulling.cancelled() => return,
+            r = shared.stores.follow_sharing() => {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "watching the sharing target failed; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shared.stop_pulling.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }

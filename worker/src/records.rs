@@ -72,6 +72,7 @@ fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
         timeout: None,
         return_files: false,
         input_files: Vec::new(),
+        artifact_target: None,
         reply_to: None,
         metadata: Default::default(),
         submitted_at: Utc::now(),

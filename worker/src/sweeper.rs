@@ -17,14 +17,16 @@ pub async fn run(shared: Arc<Shared>) {
             _ = tokio::time::sleep(every) => {}
         }
         let cutoff = chrono::Utc::now() - retention;
-        match shared.store.delete_older_than(cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                deleted = n,
-                store = shared.store.name(),
-                "removed artifacts past retention"
-            ),
-            Err(e) => tracing::warn!(error = %e, "artifact retention sweep failed; will retry"),
+        for store in shared.stores.sweepable() {
+            match store.delete_older_than(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    deleted = n,
+                    store = store.name(),
+                    "removed artifacts past retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "artifact retention sweep failed; will retry"),
+            }
         }
     }
 }

@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use fleet_shared::artifacts::is_safe_name;
+use fleet_shared::artifacts::targets::TargetError;
+use fleet_shared::artifacts::{is_safe_name, ArtifactStore, StoreKey};
 use fleet_shared::wire::{FileEntry, SkippedFile};
 use fleet_shared::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -82,10 +83,9 @@ pub async fn download(
             format!("presign must be 1 to {MAX_PRESIGN_SECS} seconds"),
         ));
     }
-    let (_, key) = listed_file(&state, id, &name).await?;
+    let (_, key, store) = listed_file(&state, id, &name).await?;
     let expires_in = fleet_shared::config::secs(secs);
-    let url = state
-        .store
+    let url = store
         .presigned_get(&key, expires_in)
         .await
         .map_err(|e| ApiError::unavailable("presigning failed", e))?;
@@ -94,7 +94,7 @@ pub async fn download(
             ErrorCode::InvalidRequest,
             format!(
                 "{} cannot hand out presigned URLs; download through the gateway",
-                state.store.name()
+                store.name()
             ),
         )
     })?;
@@ -103,12 +103,13 @@ pub async fn download(
     Ok(Json(Presigned { url, expires_at }).into_response())
 }
 
-/// The stored file `name` of job `id` and its key, if the name is safe and the job's record lists it.
+/// The stored file `name` of job `id`, its key and the store holding it, if the name is safe and the job's
+/// record lists it.
 async fn listed_file(
     state: &AppState,
     id: Uuid,
     name: &str,
-) -> Result<(FileEntry, fleet_shared::artifacts::StoreKey), ApiError> {
+) -> Result<(FileEntry, StoreKey, ArtifactStore), ApiError> {
     if !is_safe_name(name) {
         return Err(ApiError::new(
             ErrorCode::InvalidName,
@@ -122,7 +123,18 @@ async fn listed_file(
             format!("job {id} has no stored file named `{name}`"),
         )
     })?;
-    Ok((entry, state.store.key(&id, name)))
+    let store = state
+        .stores
+        .resolve(record.artifact_store.as_deref())
+        .await
+        .map_err(|e| match e {
+            TargetError::Unknown(target) => ApiError::new(
+                ErrorCode::NotFound,
+                format!("job {id} stored its files in target `{target}`, which this gateway does not know"),
+            ),
+            e => ApiError::unavailable("the job's artifact store cannot be opened", e),
+        })?;
+    Ok((entry, store.key(&id, name), store))
 }
 
 /// Download a file (agent-interaction server compatible).
@@ -143,17 +155,16 @@ async fn serve(
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (entry, key) = listed_file(state, id, name).await?;
+    let (entry, key, store) = listed_file(state, id, name).await?;
     let range = requested_range(headers, entry.size)?;
-    let download = state
-        .store
+    let download = store
         .download(&key, range.clone())
         .await
         .map_err(|e| {
             if e.is_not_found() {
                 ApiError::new(
                     ErrorCode::NotFound,
-                    format!("`{name}` is listed but missing from {}", state.store.name()),
+                    format!("`{name}` is listed but missing from {}", store.name()),
                 )
             } else {
                 ApiError::unavailable("reading an artifact failed", e)

@@ -38,6 +38,10 @@ pub struct SubmitJob {
     /// `{name, from: {job_id, name}}` (a file another job stored).
     #[serde(default)]
     pub input_files: Vec<fleet_shared::wire::InputFile>,
+    /// Where the job's files go: `default` or a name configured under `[artifacts.targets]`; absent: the fleet's
+    /// current default (see `POST /configure-sharing`).
+    #[serde(default)]
+    pub artifact_target: Option<String>,
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, serde_json::Value>,
@@ -108,6 +112,7 @@ pub async fn submit_job(
         timeout: body.timeout,
         return_files: body.return_files,
         input_files: body.input_files,
+        artifact_target: body.artifact_target,
         metadata: body.metadata,
         idempotency_key: idempotency_key(&headers)?,
     };

@@ -2,5 +2,6 @@
 
 pub mod artifacts;
 pub mod compat;
+pub mod sharing;
 pub mod jobs;
 pub mod system;

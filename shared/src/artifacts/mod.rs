@@ -1,5 +1,9 @@
-//! Where job artifacts live: one interface over local disk, S3-compatible servers and memory (tests), all through
-//! `object_store`. Layout: `<prefix>/<job_id>/<name>`, with the job's full logs under `<prefix>/<job_id>/_logs/`.
+//! Where job artifacts live: one interface over local disk, S3-compatible servers and memory (tests) through
+//! `object_store`, and FTP through suppaftp ([`ftp`]). Layout: `<prefix>/<job_id>/<name>`, with the job's full logs
+//! under `<prefix>/<job_id>/_logs/`.
+
+mod ftp;
+pub mod targets;
 
 use std::ops::Range;
 use std::path::Path;
@@ -14,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
-use crate::config::ArtifactsConfig;
+use crate::config::TargetConfig;
 
 /// A key in an artifact store.
 pub type StoreKey = StorePath;
@@ -24,7 +28,7 @@ const PART: usize = 8 * 1024 * 1024;
 /// Parts of one file in flight at once: memory per upload stays near PART × (this + 1), whatever the size.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Read size while hashing and feeding multipart uploads.
-const READ_CHUNK: usize = 1024 * 1024;
+pub(crate) const READ_CHUNK: usize = 1024 * 1024;
 /// Folder, beside the job's files, holding its full logs.
 pub const LOGS_DIR: &str = "_logs";
 
@@ -41,19 +45,22 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+    #[error("artifact store `{store}`: {source}")]
+    Ftp {
+        store: String,
+        source: suppaftp::FtpError,
+    },
     #[error("artifact store misconfigured: {0}")]
     Config(String),
 }
 
 impl StoreError {
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            Self::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }
-        )
+        match self {
+            Self::Store { source, .. } => matches!(source, object_store::Error::NotFound { .. }),
+            Self::Ftp { source, .. } => ftp::is_not_found(source),
+            _ => false,
+        }
     }
 }
 
@@ -74,25 +81,36 @@ pub struct Download {
 
 #[derive(Clone)]
 pub struct ArtifactStore {
-    inner: Arc<dyn ObjectStore>,
-    /// The same store when it is a local directory: files are then copied by the kernel, not buffered.
-    local: Option<Arc<object_store::local::LocalFileSystem>>,
-    /// The same store when it can hand out presigned URLs (S3).
-    signer: Option<Arc<object_store::aws::AmazonS3>>,
-    /// Where objects are, as a URL prefix for records (`file:///…`, `s3://bucket`, `memory://`).
+    backend: Backend,
+    /// Where objects are, as a URL prefix for records (`file:///…`, `s3://bucket`, `ftp://host:21/base`, `memory://`).
     base_url: String,
     prefix: String,
 }
 
+#[derive(Clone)]
+enum Backend {
+    Object {
+        inner: Arc<dyn ObjectStore>,
+        /// The same store when it is a local directory: files are then copied by the kernel, not buffered.
+        local: Option<Arc<object_store::local::LocalFileSystem>>,
+        /// The same store when it can hand out presigned URLs (S3).
+        signer: Option<Arc<object_store::aws::AmazonS3>>,
+    },
+    Ftp(Arc<ftp::FtpStore>),
+}
+
 impl ArtifactStore {
-    pub fn from_config(cfg: &ArtifactsConfig) -> Result<Self, StoreError> {
+    /// A store for `target`, with keys under `prefix`.
+    pub fn new(target: &TargetConfig, prefix: &str) -> Result<Self, StoreError> {
+        let prefix = prefix.trim_matches('/').to_string();
         let mut local = None;
         let mut signer = None;
-        let (inner, base_url): (Arc<dyn ObjectStore>, String) = match cfg.backend.as_str() {
+        let (inner, base_url): (Arc<dyn ObjectStore>, String) = match target.backend.as_str() {
             "local" => {
-                std::fs::create_dir_all(&cfg.local_dir)
-                    .map_err(|e| StoreError::Config(format!("{}: {e}", cfg.local_dir.display())))?;
-                let dir = std::fs::canonicalize(&cfg.local_dir)
+                std::fs::create_dir_all(&target.local_dir).map_err(|e| {
+                    StoreError::Config(format!("{}: {e}", target.local_dir.display()))
+                })?;
+                let dir = std::fs::canonicalize(&target.local_dir)
                     .map_err(|e| StoreError::Config(e.to_string()))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                     .map_err(|e| StoreError::Config(e.to_string()))?;
@@ -102,22 +120,30 @@ impl ArtifactStore {
             }
             "s3" => {
                 let mut b = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(&cfg.s3_bucket)
-                    .with_region(&cfg.s3_region)
-                    .with_virtual_hosted_style_request(!cfg.s3_path_style);
-                if !cfg.s3_endpoint.is_empty() {
+                    .with_bucket_name(&target.s3_bucket)
+                    .with_region(&target.s3_region)
+                    .with_virtual_hosted_style_request(!target.s3_path_style);
+                if !target.s3_endpoint.is_empty() {
                     b = b
-                        .with_endpoint(&cfg.s3_endpoint)
-                        .with_allow_http(cfg.s3_endpoint.starts_with("http://"));
+                        .with_endpoint(&target.s3_endpoint)
+                        .with_allow_http(target.s3_endpoint.starts_with("http://"));
                 }
-                if !cfg.s3_access_key_id.is_empty() {
+                if !target.s3_access_key_id.is_empty() {
                     b = b
-                        .with_access_key_id(&cfg.s3_access_key_id)
-                        .with_secret_access_key(&cfg.s3_secret_access_key);
+                        .with_access_key_id(&target.s3_access_key_id)
+                        .with_secret_access_key(&target.s3_secret_access_key);
                 }
                 let store = Arc::new(b.build().map_err(|e| StoreError::Config(e.to_string()))?);
                 signer = Some(store.clone());
-                (store, format!("s3://{}", cfg.s3_bucket))
+                (store, format!("s3://{}", target.s3_bucket))
+            }
+            "ftp" => {
+                let store = ftp::FtpStore::new(target)?;
+                return Ok(Self {
+                    base_url: store.url.clone(),
+                    backend: Backend::Ftp(Arc::new(store)),
+                    prefix,
+                });
             }
             "memory" => (
                 Arc::new(object_store::memory::InMemory::new()),
@@ -126,12 +152,19 @@ impl ArtifactStore {
             other => return Err(StoreError::Config(format!("unknown backend `{other}`"))),
         };
         Ok(Self {
-            inner,
-            local,
-            signer,
+            backend: Backend::Object {
+                inner,
+                local,
+                signer,
+            },
             base_url,
-            prefix: cfg.prefix.trim_matches('/').to_string(),
+            prefix,
         })
+    }
+
+    /// The fleet's default store as configured in `[artifacts]`.
+    pub fn from_config(cfg: &crate::config::ArtifactsConfig) -> Result<Self, StoreError> {
+        Self::new(&cfg.default_target(), &cfg.prefix)
     }
 
     fn err(&self, source: object_store::Error) -> StoreError {
@@ -162,7 +195,10 @@ impl ArtifactStore {
     }
 
     pub fn location(&self, key: &StorePath) -> String {
-        format!("{}/{}", self.base_url, key)
+        match &self.backend {
+            Backend::Ftp(ftp) => ftp.location(key),
+            Backend::Object { .. } => format!("{}/{}", self.base_url, key),
+        }
     }
 
     /// Stores the file at `path` under `key` and returns its size and SHA-256. Memory stays bounded whatever the
@@ -174,18 +210,21 @@ impl ArtifactStore {
             source,
         };
         let size = tokio::fs::metadata(path).await.map_err(read_err)?.len();
-        let sha256 = match &self.local {
-            Some(local) => self.copy_local(local, key, path).await?,
-            None if size <= PART as u64 => {
+        let sha256 = match &self.backend {
+            Backend::Ftp(ftp) => ftp.upload_file(key, path).await?,
+            Backend::Object {
+                local: Some(local), ..
+            } => self.copy_local(local, key, path).await?,
+            Backend::Object { inner, .. } if size <= PART as u64 => {
                 let data = tokio::fs::read(path).await.map_err(read_err)?;
                 let sha = hex_digest(Sha256::new_with_prefix(&data));
-                self.inner
+                inner
                     .put(key, PutPayload::from(data))
                     .await
                     .map_err(|e| self.err(e))?;
                 sha
             }
-            None => self.put_in_parts(key, path).await?,
+            Backend::Object { inner, .. } => self.put_in_parts(inner, key, path).await?,
         };
         Ok(Uploaded {
             size,
@@ -223,15 +262,19 @@ impl ArtifactStore {
         Ok(sha256)
     }
 
-    async fn put_in_parts(&self, key: &StorePath, path: &Path) -> Result<String, StoreError> {
+    async fn put_in_parts(
+        &self,
+        inner: &Arc<dyn ObjectStore>,
+        key: &StorePath,
+        path: &Path,
+    ) -> Result<String, StoreError> {
         let read_err = |source| StoreError::Read {
             store: self.base_url.clone(),
             path: path.display().to_string(),
             source,
         };
         let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
-        let upload = self
-            .inner
+        let upload = inner
             .put_multipart(key)
             .await
             .map_err(|e| self.err(e))?;
@@ -263,12 +306,15 @@ impl ArtifactStore {
         key: &StorePath,
         range: Option<Range<u64>>,
     ) -> Result<Download, StoreError> {
+        let inner = match &self.backend {
+            Backend::Ftp(ftp) => return ftp.download(key, range).await,
+            Backend::Object { inner, .. } => inner,
+        };
         let options = GetOptions {
             range: range.map(GetRange::Bounded),
             ..Default::default()
         };
-        let got = self
-            .inner
+        let got = inner
             .get_opts(key, options)
             .await
             .map_err(|e| self.err(e))?;
@@ -293,8 +339,12 @@ impl ArtifactStore {
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, StoreError> {
+        let inner = match &self.backend {
+            Backend::Ftp(ftp) => return ftp.delete_older_than(&self.prefix, cutoff.into()).await,
+            Backend::Object { inner, .. } => inner,
+        };
         let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
-        let mut listing = self.inner.list(prefix.as_ref());
+        let mut listing = inner.list(prefix.as_ref());
         let mut deleted = 0;
         while let Some(meta) = listing.next().await {
             let meta = match meta {
@@ -305,7 +355,7 @@ impl ArtifactStore {
             if meta.last_modified >= cutoff {
                 continue;
             }
-            match self.inner.delete(&meta.location).await {
+            match inner.delete(&meta.location).await {
                 Ok(()) => deleted += 1,
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(self.err(e)),
@@ -322,7 +372,11 @@ impl ArtifactStore {
         expires_in: std::time::Duration,
     ) -> Result<Option<String>, StoreError> {
         use object_store::signer::Signer;
-        let Some(signer) = &self.signer else {
+        let Backend::Object {
+            signer: Some(signer),
+            ..
+        } = &self.backend
+        else {
             return Ok(None);
         };
         let url = signer
@@ -332,9 +386,28 @@ impl ArtifactStore {
         Ok(Some(url.to_string()))
     }
 
+    /// Proves the store is reachable and the credentials work (an FTP login, an S3 listing, a local directory
+    /// that exists), without writing anything.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Ftp(ftp) => ftp.check().await,
+            Backend::Object { inner, .. } => {
+                let prefix = StorePath::from(self.prefix.as_str());
+                inner
+                    .list_with_delimiter(Some(&prefix))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| self.err(e))
+            }
+        }
+    }
+
     /// Size of `key`.
     pub async fn size(&self, key: &StorePath) -> Result<u64, StoreError> {
-        Ok(self.inner.head(key).await.map_err(|e| self.err(e))?.size)
+        match &self.backend {
+            Backend::Ftp(ftp) => ftp.size(key).await,
+            Backend::Object { inner, .. } => Ok(inner.head(key).await.map_err(|e| self.err(e))?.size),
+        }
     }
 }
 
@@ -351,7 +424,7 @@ async fn hash_file(path: &Path) -> std::io::Result<String> {
     }
 }
 
-fn hex_digest(h: Sha256) -> String {
+pub(crate) fn hex_digest(h: Sha256) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 

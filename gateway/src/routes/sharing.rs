@@ -1,0 +1,192 @@
+//! `POST /configure-sharing` (the agent-interaction server's body, plus S3 settings) sets where the whole fleet
+//! stores new jobs' files, at run time: the target is checked, written to the config bucket, and every worker picks
+//! it up without a restart. No read ever returns a secret: passwords and keys come back as `***`.
+
+use axum::extract::State;
+use fleet_shared::artifacts::targets::{SharingSetting, SHARING_KEY};
+use fleet_shared::artifacts::ArtifactStore;
+use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::config::TargetConfig;
+use fleet_shared::ErrorCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, Json, Problem};
+use crate::state::AppState;
+
+/// Body of `POST /configure-sharing`. Fields left out keep their defaults (FTP port 21, passive mode, ...).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharingRequest {
+    /// `ftp`, `s3`, `local` (the gateway's and workers' `artifacts.local_dir`), or `default` (back to the
+    /// configured `[artifacts]` target).
+    pub method: String,
+    pub ftp_host: Option<String>,
+    pub ftp_port: Option<u16>,
+    pub ftp_user: Option<String>,
+    pub ftp_pass: Option<String>,
+    /// Directory on the server under which `<prefix>/<job_id>/<name>` is written.
+    pub ftp_path: Option<String>,
+    pub ftp_passive: Option<bool>,
+    /// Explicit FTPS (AUTH TLS).
+    pub ftp_tls: Option<bool>,
+    pub s3_bucket: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+}
+
+/// Where new jobs' files go, secrets masked.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SharingView {
+    pub method: String,
+    /// What new job records name as their `artifact_store` (`default` when no run-time target is set).
+    pub target_id: String,
+    /// Where files land, as record locations start.
+    pub location: String,
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl SharingRequest {
+    fn into_target(self, state: &AppState) -> Result<TargetConfig, ApiError> {
+        let mut t = TargetConfig {
+            backend: self.method.clone(),
+            local_dir: state.config.artifacts.local_dir.clone(),
+            ..TargetConfig::default()
+        };
+        let set = |field: &mut String, v: Option<String>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut t.ftp_host, self.ftp_host);
+        set(&mut t.ftp_user, self.ftp_user);
+        set(&mut t.ftp_password, self.ftp_pass);
+        set(&mut t.ftp_base_path, self.ftp_path);
+        set(&mut t.s3_bucket, self.s3_bucket);
+        set(&mut t.s3_region, self.s3_region);
+        set(&mut t.s3_endpoint, self.s3_endpoint);
+        set(&mut t.s3_access_key_id, self.s3_access_key_id);
+        set(&mut t.s3_secret_access_key, self.s3_secret_access_key);
+        t.ftp_port = self.ftp_port.unwrap_or(t.ftp_port);
+        t.ftp_passive = self.ftp_passive.unwrap_or(t.ftp_passive);
+        t.ftp_tls = self.ftp_tls.unwrap_or(t.ftp_tls);
+        t.s3_path_style = self.s3_path_style.unwrap_or(t.s3_path_style);
+        if t.backend == "memory" {
+            // Memory is per process: workers and gateways would each see a different, empty store.
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "method must be ftp, s3, local or default",
+            ));
+        }
+        t.validate("")
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        Ok(t)
+    }
+}
+
+/// Change where the fleet stores new jobs' files (agent-interaction server compatible).
+#[utoipa::path(post, path = "/configure-sharing", tag = "compatible", request_body = SharingRequest,
+    responses((status = 200, body = SharingView), (status = 400, body = Problem),
+        (status = 422, description = "Bad settings, or the target is unreachable or refuses the credentials",
+         body = Problem), (status = 503, body = Problem)))]
+pub async fn configure(
+    State(state): State<AppState>,
+    Json(body): Json<SharingRequest>,
+) -> Result<Json<SharingView>, ApiError> {
+    if body.method == "default" {
+        state
+            .config_bucket
+            .delete(SHARING_KEY)
+            .await
+            .map_err(|e| ApiError::unavailable("resetting the sharing target failed", e))?;
+        return Ok(Json(default_view(&state)));
+    }
+    let method = body.method.clone();
+    let target = body.into_target(&state)?;
+    let store = ArtifactStore::new(&target, &state.config.artifacts.prefix)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    // A target that cannot be reached would fail every job's upload: refuse it now, while someone is looking.
+    store
+        .check()
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::TargetUnreachable, e.to_string()))?;
+    let setting = SharingSetting::new(&method, target);
+    let bytes = to_msgpack(&setting);
+    // The target first, then the pointer to it: a record can always resolve the target it names.
+    state
+        .config_bucket
+        .put(setting.target_key(), bytes.clone().into())
+        .await
+        .map_err(|e| ApiError::unavailable("storing the sharing target failed", e))?;
+    state
+        .config_bucket
+        .put(SHARING_KEY, bytes.into())
+        .await
+        .map_err(|e| ApiError::unavailable("storing the sharing target failed", e))?;
+    tracing::info!(target_id = %setting.id, store = store.name(), "sharing target changed");
+    Ok(Json(view(&setting, store.name())))
+}
+
+/// Where new jobs' files go now, secrets masked.
+#[utoipa::path(get, path = "/configure-sharing", tag = "compatible",
+    responses((status = 200, body = SharingView), (status = 503, body = Problem)))]
+pub async fn current(State(state): State<AppState>) -> Result<Json<SharingView>, ApiError> {
+    let entry = state
+        .config_bucket
+        .get(SHARING_KEY)
+        .await
+        .map_err(|e| ApiError::unavailable("reading the sharing target failed", e))?;
+    let Some(bytes) = entry else {
+        return Ok(Json(default_view(&state)));
+    };
+    let setting: SharingSetting = decode(&bytes, Format::MessagePack)
+        .map_err(|e| ApiError::unavailable("the stored sharing target is unreadable", e))?;
+    let store = ArtifactStore::new(&setting.target, &state.config.artifacts.prefix)
+        .map_err(|e| ApiError::unavailable("the stored sharing target is unusable", e))?;
+    Ok(Json(view(&setting, store.name())))
+}
+
+fn view(setting: &SharingSetting, location: &str) -> SharingView {
+    SharingView {
+        method: setting.method.clone(),
+        target_id: setting.id.clone(),
+        location: location.to_string(),
+        settings: relevant(&setting.target.masked()),
+        updated_at: Some(setting.updated_at),
+    }
+}
+
+fn default_view(state: &AppState) -> SharingView {
+    let target = state.config.artifacts.default_target().masked();
+    SharingView {
+        method: "default".into(),
+        target_id: fleet_shared::artifacts::targets::DEFAULT.into(),
+        location: state.stores.default_store().name().to_string(),
+        settings: relevant(&target),
+        updated_at: None,
+    }
+}
+
+/// The settings of the target's own backend only (an FTP target's view lists no S3 fields).
+fn relevant(target: &TargetConfig) -> serde_json::Value {
+    let all = serde_json::to_value(target).unwrap_or_default();
+    let prefix = match target.backend.as_str() {
+        "ftp" => "ftp_",
+        "s3" => "s3_",
+        "local" => "local_",
+        _ => "-",
+    };
+    let kept = all
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() == "backend" || k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    serde_json::Value::Object(kept)
+}
