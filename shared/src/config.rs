@@ -189,7 +189,13 @@ impl TargetConfig {
 
     /// The same settings with every secret replaced by `***` (empty secrets stay empty).
     pub fn masked(&self) -> Self {
-        let mask = |s: &str| if s.is_empty() { String::new() } else { "***".into() };
+        let mask = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                "***".into()
+            }
+        };
         Self {
             s3_secret_access_key: mask(&self.s3_secret_access_key),
             ftp_password: mask(&self.ftp_password),

@@ -160,7 +160,8 @@ impl Topology {
     fn config_bucket_config(&self, q: &QueueConfig) -> kv::Config {
         kv::Config {
             bucket: self.config_bucket(),
-            description: "fleet settings changed at run time: `sharing` and the targets it named".into(),
+            description: "fleet settings changed at run time: `sharing` and the targets it named"
+                .into(),
             history: 5,
             storage: stream::StorageType::File,
             num_replicas: q.replicas,

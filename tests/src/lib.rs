@@ -155,6 +155,84 @@ impl Drop for S3Server {
     }
 }
 
+/// A real FTP server (pyftpdlib, via `tests/ftp_server.py`) on a loopback port, serving a temp dir, killed on
+/// drop. With TLS it requires explicit FTPS and `ca_file` is the authority to trust.
+pub struct FtpServer {
+    child: Child,
+    pub port: u16,
+    pub root: TempDir,
+    pub user: String,
+    pub password: String,
+    pub ca_file: Option<PathBuf>,
+    _certs: TempDir,
+}
+
+impl FtpServer {
+    pub fn start(tls: bool) -> Self {
+        let port = free_port();
+        let root = tempfile::tempdir().expect("tempdir");
+        let certs = tempfile::tempdir().expect("tempdir");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ftp_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg(port.to_string())
+            .arg(root.path())
+            .args(["fleet", "ftp-s3cr3t"]);
+        if tls {
+            cmd.arg("--tls").arg(certs.path());
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 not found");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "FTP server did not start: install it with `pip install pyftpdlib pyopenssl`"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            user: "fleet".into(),
+            password: "ftp-s3cr3t".into(),
+            ca_file: tls.then(|| certs.path().join("ca.pem")),
+            root,
+            _certs: certs,
+        }
+    }
+
+    /// Configuration settings that make this server the fleet's artifact store, files under `/results`.
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut s = vec![
+            ("FLEET_ARTIFACTS_BACKEND", "ftp".into()),
+            ("FTP_HOST", "127.0.0.1".into()),
+            ("FTP_PORT", self.port.to_string()),
+            ("FTP_USER", self.user.clone()),
+            ("FTP_PASSWORD", self.password.clone()),
+            ("FTP_BASE_PATH", "/results".into()),
+        ];
+        if let Some(ca) = &self.ca_file {
+            s.push(("FLEET_ARTIFACTS_FTP_TLS", "true".into()));
+            s.push((
+                "FLEET_ARTIFACTS_FTP_CA_FILE",
+                ca.to_string_lossy().into_owned(),
+            ));
+        }
+        s
+    }
+}
+
+impl Drop for FtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Path of a binary built next to the test executable (`fleet`, `fake_agent`).
 pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

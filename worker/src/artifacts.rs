@@ -112,7 +112,11 @@ pub async fn write_inputs(
 
 /// The store holding job `id`'s files: its record's target, or the default (where the gateway puts files
 /// uploaded with a job, before the job has stored anything).
-async fn holder_of(stores: &Stores, records: &kv::Store, id: &Uuid) -> Result<ArtifactStore, String> {
+async fn holder_of(
+    stores: &Stores,
+    records: &kv::Store,
+    id: &Uuid,
+) -> Result<ArtifactStore, String> {
     let target = crate::records::current(records, &id.to_string())
         .await
         .map_err(|e| e.to_string())?

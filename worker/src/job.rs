@@ -126,8 +126,12 @@ async fn run_job(
                     break 'run Err(SpawnError::Input(e.to_string()));
                 }
             };
-            let writing =
-                artifacts::write_inputs(&shared.stores, &shared.records, &input_files, &dirs.workspace);
+            let writing = artifacts::write_inputs(
+                &shared.stores,
+                &shared.records,
+                &input_files,
+                &dirs.workspace,
+            );
             let inputs = match writing.await {
                 Ok(inputs) => inputs,
                 Err(why) => {
@@ -153,14 +157,8 @@ async fn run_job(
             let collected = match &r {
                 Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
                     let limits = &shared.config.artifacts;
-                    let storing = artifacts::collect(
-                        &store,
-                        limits,
-                        &held.record,
-                        &dirs,
-                        &inputs,
-                        outcome,
-                    );
+                    let storing =
+                        artifacts::collect(&store, limits, &held.record, &dirs, &inputs, outcome);
                     let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
                     Some(stored.map(|c| (target_id, c)))
                 }

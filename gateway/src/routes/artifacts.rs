@@ -157,19 +157,16 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let (entry, key, store) = listed_file(state, id, name).await?;
     let range = requested_range(headers, entry.size)?;
-    let download = store
-        .download(&key, range.clone())
-        .await
-        .map_err(|e| {
-            if e.is_not_found() {
-                ApiError::new(
-                    ErrorCode::NotFound,
-                    format!("`{name}` is listed but missing from {}", store.name()),
-                )
-            } else {
-                ApiError::unavailable("reading an artifact failed", e)
-            }
-        })?;
+    let download = store.download(&key, range.clone()).await.map_err(|e| {
+        if e.is_not_found() {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("`{name}` is listed but missing from {}", store.name()),
+            )
+        } else {
+            ApiError::unavailable("reading an artifact failed", e)
+        }
+    })?;
     let served = download.range.clone();
     let mut response = Response::new(Body::from_stream(download.body));
     let h = response.headers_mut();

@@ -2,6 +2,6 @@
 
 pub mod artifacts;
 pub mod compat;
-pub mod sharing;
 pub mod jobs;
+pub mod sharing;
 pub mod system;

@@ -42,7 +42,10 @@ pub(super) struct FtpStore {
 
 impl FtpStore {
     pub(super) fn new(cfg: &TargetConfig) -> Result<Self, StoreError> {
-        let tls = cfg.ftp_tls.then(|| tls_config(&cfg.ftp_ca_file)).transpose()?;
+        let tls = cfg
+            .ftp_tls
+            .then(|| tls_config(&cfg.ftp_ca_file))
+            .transpose()?;
         let base = format!("/{}", cfg.ftp_base_path.trim_matches('/'))
             .trim_end_matches('/')
             .to_string();
@@ -81,14 +84,14 @@ impl FtpStore {
         }
     }
 
-    /// The server path of `key`.
+    /// The server path of `key`: the file's real name, not object_store's percent-encoded form of it.
     pub(super) fn path(&self, key: &StoreKey) -> String {
-        format!("{}/{}", self.base, key)
+        format!("{}/{}", self.base, raw_name(key))
     }
 
     /// The record location of `key`: a URL the seed systems' users can open with any FTP client.
     pub(super) fn location(&self, key: &StoreKey) -> String {
-        format!("{}/{}", self.url, url_encode(key.as_ref()))
+        format!("{}/{}", self.url, url_encode(&raw_name(key)))
     }
 
     async fn connect(&self) -> Result<Conn, FtpError> {
@@ -105,7 +108,8 @@ impl FtpStore {
         tcp.set_nodelay(true).map_err(FtpError::ConnectionError)?;
         let mut conn = Conn::connect_with_stream(tcp).await?;
         if let Some(tls) = &self.tls {
-            let connector = AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(tls.clone()));
+            let connector =
+                AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(tls.clone()));
             conn = conn.into_secure(connector, &self.host).await?;
         }
         if !self.passive {
@@ -138,7 +142,11 @@ impl FtpStore {
         }
     }
 
-    pub(super) async fn upload_file(&self, key: &StoreKey, path: &Path) -> Result<String, StoreError> {
+    pub(super) async fn upload_file(
+        &self,
+        key: &StoreKey,
+        path: &Path,
+    ) -> Result<String, StoreError> {
         let read_err = |source| StoreError::Read {
             store: self.url.clone(),
             path: path.display().to_string(),
@@ -154,7 +162,9 @@ impl FtpStore {
             // The job's directory does not exist yet: create it and try once more.
             Err(e) if is_unavailable(&e) => {
                 self.make_dirs(&mut conn, dir).await?;
-                conn.put_with_stream(&partial).await.map_err(|e| self.err(e))?
+                conn.put_with_stream(&partial)
+                    .await
+                    .map_err(|e| self.err(e))?
             }
             Err(e) => return Err(self.err(e)),
         };
@@ -180,14 +190,12 @@ impl FtpStore {
         Ok(hex_digest(hasher))
     }
 
-    /// `MKD` for every level of `dir` below the base; levels that already exist answer 550, which is fine.
+    /// `MKD` for every level of `dir`, the base path included; levels that already exist answer 550, which is
+    /// fine (a real problem shows when the upload is retried).
     async fn make_dirs(&self, conn: &mut Conn, dir: &str) -> Result<(), StoreError> {
         let mut at = String::new();
         for part in dir.split('/').filter(|p| !p.is_empty()) {
             at = format!("{at}/{part}");
-            if at.len() <= self.base.len() {
-                continue;
-            }
             match conn.mkdir(&at).await {
                 Ok(()) => {}
                 Err(e) if is_unavailable(&e) => {}
@@ -347,7 +355,8 @@ fn tls_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, StoreError> {
         let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)
             .map_err(|e| StoreError::Config(format!("ftp_ca_file {ca_file}: {e}")))?;
         for cert in certs {
-            let cert = cert.map_err(|e| StoreError::Config(format!("ftp_ca_file {ca_file}: {e}")))?;
+            let cert =
+                cert.map_err(|e| StoreError::Config(format!("ftp_ca_file {ca_file}: {e}")))?;
             roots
                 .add(cert)
                 .map_err(|e| StoreError::Config(format!("ftp_ca_file {ca_file}: {e}")))?;
@@ -360,6 +369,34 @@ fn tls_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, StoreError> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// `key` with each part percent-decoded (object_store encodes non-ASCII and a few reserved characters).
+fn raw_name(key: &StoreKey) -> String {
+    key.parts()
+        .map(|part| percent_decode(part.as_ref()))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Percent-encodes what may not appear raw in a URL path (keeps `/` and unreserved characters).
@@ -378,7 +415,9 @@ fn url_encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn locations_are_valid_urls() {
+    fn locations_are_valid_urls_and_paths_are_real_names() {
         assert_eq!(super::url_encode("/a b/ü.txt"), "/a%20b/%C3%BC.txt");
+        let key = super::StoreKey::from_iter(["jobs", "ü 100%.txt"]);
+        assert_eq!(super::raw_name(&key), "jobs/ü 100%.txt");
     }
 }

@@ -274,10 +274,7 @@ impl ArtifactStore {
             source,
         };
         let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
-        let upload = inner
-            .put_multipart(key)
-            .await
-            .map_err(|e| self.err(e))?;
+        let upload = inner.put_multipart(key).await.map_err(|e| self.err(e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; READ_CHUNK];
@@ -406,7 +403,9 @@ impl ArtifactStore {
     pub async fn size(&self, key: &StorePath) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Ftp(ftp) => ftp.size(key).await,
-            Backend::Object { inner, .. } => Ok(inner.head(key).await.map_err(|e| self.err(e))?.size),
+            Backend::Object { inner, .. } => {
+                Ok(inner.head(key).await.map_err(|e| self.err(e))?.size)
+            }
         }
     }
 }

@@ -165,7 +165,8 @@ impl Stores {
             .map_err(|e| unavailable(e.to_string()))?
             .ok_or_else(|| TargetError::Unknown(id.to_string()))?;
         let setting: SharingSetting =
-            crate::codec::decode(&bytes, crate::codec::Format::MessagePack).map_err(|e| unavailable(e.to_string()))?;
+            crate::codec::decode(&bytes, crate::codec::Format::MessagePack)
+                .map_err(|e| unavailable(e.to_string()))?;
         self.remember(&setting)
     }
 
