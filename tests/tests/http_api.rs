@@ -298,3 +298,35 @@ async fn resubmissions_create_one_job_and_a_full_queue_answers_503() {
     .await;
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slot_shared_by_idle_agents_serves_each_of_them_at_once() {
+    // A worker's slots are shared by all its agents' pull loops; one idle loop must not sit on the only slot
+    // until its pull expires (5 s) while another agent's job waits.
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_WORKER_MAX_CONCURRENT", "1")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    for agent in ["shell", "fake", "echo", "python", "fake", "echo"] {
+        let started = std::time::Instant::now();
+        let message = if agent == "fake" {
+            "print:hi"
+        } else {
+            "print('hi')"
+        };
+        let r = api
+            .post(
+                "/v1/jobs?wait=20",
+                &json!({"agent": agent, "message": message}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(2500),
+            "a {agent} job waited {:?} for a slot held by an idle pull",
+            started.elapsed()
+        );
+    }
+    worker.stop().await;
+}

@@ -1,11 +1,14 @@
-//! The pull loop of one agent: asks its durable consumer for at most as many jobs as there are free run slots
-//! (a fetched job's ack timer is running, so nothing is fetched that cannot start at once), and hands each to
-//! [`crate::job::handle`].
+//! The pull loop of one agent. A worker serving several agents shares its run slots among their loops, so no loop
+//! may hold slots while it merely waits for work: that would starve the other agents until its pull expired.
+//! Instead a loop waits until some slot is free, asks its durable consumer for as many jobs as slots are free,
+//! and takes a slot for each job as it arrives; a job that finds every slot taken by another agent's jobs meanwhile
+//! is handed straight back for any worker with room. Each job goes to [`crate::job::handle`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, Consumer};
+use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -23,19 +26,18 @@ pub async fn pull_loop(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let first = tokio::select! {
+        // Wait for room without keeping it: the slot is taken only when a job arrives.
+        let room = tokio::select! {
             biased;
             _ = shared.stop_pulling.cancelled() => return,
-            p = slots.clone().acquire_owned() => p,
+            p = slots.acquire() => p,
         };
-        let Ok(first) = first else { return };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
-        }
+        let Ok(room) = room else { return };
+        drop(room);
+        let wanted = slots.available_permits().max(1);
         let batch = consumer
             .batch()
-            .max_messages(permits.len())
+            .max_messages(wanted)
             .expires(PULL_EXPIRES)
             .messages()
             .await;
@@ -62,11 +64,9 @@ pub async fn pull_loop(
             };
             match next {
                 Some(Ok(msg)) => {
-                    let Some(permit) = permits.pop() else {
-                        // The server never sends more than asked; hand back anything extra untouched.
-                        let _ = msg
-                            .ack_with(async_nats::jetstream::AckKind::Nak(None))
-                            .await;
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        // Other agents' jobs took the free slots since this pull was asked for.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
                         continue;
                     };
                     let shared = shared.clone();
