@@ -9,6 +9,7 @@ pub mod routes;
 pub mod scan;
 pub mod state;
 pub mod submit;
+pub mod upload;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +27,13 @@ pub fn app(state: AppState) -> Router {
     use routes::{artifacts, compat, jobs, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
-        .route("/v1/jobs", post(jobs::submit_job).get(jobs::list_jobs))
+        .route(
+            "/v1/jobs",
+            // Uploads may be large; the handler's body extractor applies every limit itself.
+            post(jobs::submit_job)
+                .layer(DefaultBodyLimit::disable())
+                .get(jobs::list_jobs),
+        )
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
         .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))

@@ -158,6 +158,7 @@ fn fingerprint(r: &JobRequest) -> String {
             &r.return_files,
             &r.metadata,
             &r.input_files,
+            &r.artifact_target,
         ))
         .unwrap_or_default(),
     );

@@ -536,3 +536,116 @@ async fn a_worker_killed_mid_upload_leaves_no_record_of_files_and_the_rerun_stor
         hex::encode(Sha256::digest(pattern(size)))
     );
 }
+
+fn form_file(name: &str, data: Vec<u8>) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(data).file_name(name.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("MAX_FILE_SIZE", "6000000")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    // 5 MB: far over the 1 MiB JSON body limit, within the per-file cap. The script comes as a file part named
+    // `message` (as `curl -F message=@script.sh` sends it) and is still the message.
+    let big = pattern(5_000_000);
+    let script =
+        "wc -c < 'in/big data.bin'; sha256sum 'in/big data.bin' | cut -d' ' -f1; cat notes.txt";
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("agent", "shell")
+            .part(
+                "message",
+                form_file("script.sh", script.as_bytes().to_vec()),
+            )
+            .text("timeout", "30")
+            .part("file", form_file("in/big data.bin", big.clone()))
+            .part("file", form_file("notes.txt", b"hello\n".to_vec()))
+    };
+    let send = || {
+        api.send(
+            api.request(reqwest::Method::POST, "/v1/jobs?wait=30")
+                .header("idempotency-key", "upload-1")
+                .multipart(form()),
+        )
+    };
+    let r = send().await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let record = &r.body["record"];
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(
+        record["stdout"],
+        format!("5000000\n{}\nhello\n", hex::encode(Sha256::digest(&big)))
+    );
+    // Inputs the job left alone are not returned as artifacts; the record keeps names and sizes only.
+    assert_eq!(record["files"], json!([]), "{record}");
+    let inputs = record["request"]["input_files"].as_array().unwrap();
+    assert_eq!(inputs[0]["name"], "in/big data.bin");
+    assert_eq!(inputs[0]["size"], 5_000_000);
+    // The same upload again under the same key is the same job.
+    let again = send().await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["job_id"], r.body["job_id"]);
+
+    // Limits: per file (MAX_FILE_SIZE), names, and JSON bodies keep theirs.
+    let over = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text("message", "true")
+        .part("file", form_file("big.bin", pattern(6_000_001)));
+    let r = api
+        .send(
+            api.request(reqwest::Method::POST, "/v1/jobs")
+                .multipart(over),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        r.body
+    );
+    let sneaky = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text("message", "true")
+        .part("file", form_file("../escape.txt", b"x".to_vec()));
+    let r = api
+        .send(
+            api.request(reqwest::Method::POST, "/v1/jobs")
+                .multipart(sneaky),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{}",
+        r.body
+    );
+    let typo = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text("mesage", "true");
+    let r = api
+        .send(
+            api.request(reqwest::Method::POST, "/v1/jobs")
+                .multipart(typo),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("mesage"),
+        "{}",
+        r.body
+    );
+    let huge_json = json!({"agent": "shell", "message": "x".repeat(2_000_000)});
+    let r = api.post("/v1/jobs", &huge_json).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        r.body
+    );
+
+    worker.stop().await;
+}

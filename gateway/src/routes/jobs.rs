@@ -17,6 +17,7 @@ use crate::records;
 use crate::scan;
 use crate::state::AppState;
 use crate::submit::{submit, Submission};
+use crate::upload::JobBody;
 
 /// Body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -89,8 +90,11 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     }
 }
 
-/// Submit a job.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob, params(WaitParams,
+/// Submit a job, as JSON or as `multipart/form-data`: the job's fields as form fields (or one `job` field of
+/// JSON) and input files as `file` parts (`curl -F agent=python -F message=@main.py -F file=@data.csv`).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content((SubmitJob = "application/json"), (SubmitJob = "multipart/form-data"))),
+    params(WaitParams,
     ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key create one job")),
     responses(
         (status = 202, description = "Queued (or still running after `wait`)", body = JobAccepted),
@@ -101,7 +105,7 @@ pub async fn submit_job(
     State(state): State<AppState>,
     Query(params): Query<WaitParams>,
     headers: HeaderMap,
-    Json(body): Json<SubmitJob>,
+    JobBody(body): JobBody,
 ) -> Result<Response, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
     let sub = Submission {
