@@ -38,22 +38,22 @@ async fn read_all(
     key: &fleet_shared::artifacts::StoreKey,
     range: Option<std::ops::Range<u64>>,
 ) -> Vec<u8> {
-    let d = store.download(key, range).await.unwrap();
-    let parts: Vec<bytes::Bytes> = d.body.map(|b| b.unwrap()).collect().await;
+    let d = store.download(key, range).await.expect("test step");
+    let parts: Vec<bytes::Bytes> = d.body.map(|b| b.expect("test step")).collect().await;
     parts.concat()
 }
 
 async fn round_trip(server: &FtpServer) {
-    let store = ArtifactStore::new(&ftp_target(server), "jobs").unwrap();
-    store.check().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let store = ArtifactStore::new(&ftp_target(server), "jobs").expect("test step");
+    store.check().await.expect("test step");
+    let dir = tempfile::tempdir().expect("test step");
     let src = dir.path().join("src");
     // Bytes that ASCII mode would mangle (LF, CR) and more than one read chunk.
     let data = pattern(3 * 1024 * 1024 + 17);
-    std::fs::write(&src, &data).unwrap();
+    std::fs::write(&src, &data).expect("test step");
     let id = Uuid::now_v7();
     let key = store.key(&id, "sub dir/résumé.bin");
-    let up = store.upload_file(&key, &src).await.unwrap();
+    let up = store.upload_file(&key, &src).await.expect("test step");
     assert_eq!(up.size, data.len() as u64);
     assert_eq!(up.sha256, hex::encode(Sha256::digest(&data)));
     let port = server.port;
@@ -73,10 +73,16 @@ async fn round_trip(server: &FtpServer) {
         .root
         .path()
         .join(format!("results/jobs/{id}/sub dir"));
-    assert_eq!(std::fs::read(on_disk.join("résumé.bin")).unwrap(), data);
-    assert_eq!(std::fs::read_dir(&on_disk).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read(on_disk.join("résumé.bin")).expect("test step"),
+        data
+    );
+    assert_eq!(std::fs::read_dir(&on_disk).expect("test step").count(), 1);
 
-    assert_eq!(store.size(&key).await.unwrap(), data.len() as u64);
+    assert_eq!(
+        store.size(&key).await.expect("test step"),
+        data.len() as u64
+    );
     assert_eq!(read_all(&store, &key, None).await, data);
     // Ranges: inside, to the end, and twice in a row on pooled connections.
     for _ in 0..2 {
@@ -92,26 +98,30 @@ async fn round_trip(server: &FtpServer) {
         .download(&missing, None)
         .await
         .err()
-        .unwrap()
+        .expect("test step")
         .is_not_found());
-    assert!(store.size(&missing).await.err().unwrap().is_not_found());
+    assert!(store
+        .size(&missing)
+        .await
+        .expect_err("missing")
+        .is_not_found());
 
     // Retention: nothing is old yet; with a cutoff in the future everything goes, with its directories.
     assert_eq!(
         store
             .delete_older_than(chrono::Utc::now() - chrono::Duration::hours(1))
             .await
-            .unwrap(),
+            .expect("test step"),
         0
     );
     let cutoff = chrono::Utc::now() + chrono::Duration::hours(1);
-    assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 1);
+    assert_eq!(store.delete_older_than(cutoff).await.expect("test step"), 1);
     assert!(!server
         .root
         .path()
         .join(format!("results/jobs/{id}"))
         .exists());
-    assert_eq!(store.delete_older_than(cutoff).await.unwrap(), 0);
+    assert_eq!(store.delete_older_than(cutoff).await.expect("test step"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,8 +163,8 @@ async fn ftps_store_round_trips_and_refuses_an_untrusted_server() {
 async fn run_job(api: &Api, message: &str, extra: Value) -> Value {
     let mut body = json!({"agent": "fake", "message": message});
     body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+        .expect("test step")
+        .extend(extra.as_object().expect("test step").clone());
     let r = api.post("/v1/jobs?wait=30", &body).await;
     assert_eq!(r.status, 200, "{}", r.body);
     r.body["record"].clone()
@@ -165,9 +175,9 @@ async fn fetch(api: &Api, path: &str) -> Vec<u8> {
         .request(reqwest::Method::GET, path)
         .send()
         .await
-        .unwrap();
+        .expect("test step");
     assert_eq!(r.status().as_u16(), 200, "{path}");
-    r.bytes().await.unwrap().to_vec()
+    r.bytes().await.expect("test step").to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
