@@ -9,6 +9,7 @@ pub mod routes;
 pub mod scan;
 pub mod state;
 pub mod submit;
+pub mod tar;
 pub mod upload;
 
 use std::future::Future;
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
+        .route("/v1/jobs/{id}/artifacts.tar", get(artifacts::archive))
         .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))
         .route(
             "/download/{id}/{*filename}",

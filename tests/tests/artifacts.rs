@@ -649,3 +649,67 @@ async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
 
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_files_of_a_job_download_as_one_tar_that_tar_extracts_exactly() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let long = format!("{}/{}", "deep".repeat(40), "n%C3%A4me%20".repeat(15));
+    let script = format!("write:a.txt=5 write:empty.bin=0 write:sub/b.bin=70000 write:{long}=513");
+    let record = run(&api, &script, json!({})).await;
+    assert_eq!(record["status"], "completed", "{record}");
+    let id = record["id"].as_str().unwrap();
+    let r = api
+        .request(
+            reqwest::Method::GET,
+            &format!("/v1/jobs/{id}/artifacts.tar"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-tar");
+    let declared: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), declared);
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("job.tar");
+    std::fs::write(&archive, &bytes).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let decoded_long = format!("{}/{}", "deep".repeat(40), "näme ".repeat(15));
+    for (name, size) in [
+        ("a.txt", 5),
+        ("empty.bin", 0),
+        ("sub/b.bin", 70000),
+        (decoded_long.as_str(), 513),
+    ] {
+        assert_eq!(
+            std::fs::read(out.join(name)).unwrap(),
+            pattern(size),
+            "{name}"
+        );
+    }
+    let r = api
+        .get(&format!("/v1/jobs/{}/artifacts.tar", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(r.status, 404);
+    worker.stop().await;
+}

@@ -8,10 +8,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use fleet_shared::artifacts::targets::TargetError;
-use fleet_shared::artifacts::{is_safe_name, ArtifactStore, StoreKey};
+use fleet_shared::artifacts::{is_safe_name, ArtifactStore, StoreError, StoreKey};
 use fleet_shared::wire::{FileEntry, SkippedFile};
 use fleet_shared::ErrorCode;
+use fleet_shared::JobRecord;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -19,6 +22,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, Json, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
+use crate::tar;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ArtifactList {
@@ -43,6 +47,59 @@ pub async fn list(
         skipped_files: r.skipped_files,
         logs: r.logs,
     }))
+}
+
+/// All of a job's files as one tar archive, streamed (`curl -o out.tar`, then `tar -xf out.tar`).
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts.tar", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 200, description = "A POSIX tar archive of the job's files", content_type = "application/x-tar"),
+        (status = 404, body = Problem), (status = 503, body = Problem)))]
+pub async fn archive(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let record = records::get_or_404(&state, &id).await?;
+    let store = holder(&state, &record).await?;
+    let mtime = record
+        .finished_at
+        .map_or(0, |t| t.timestamp().max(0) as u64);
+    let mut length = tar::TRAILER.len() as u64;
+    let mut parts = Vec::with_capacity(record.files.len());
+    for f in &record.files {
+        let header = Bytes::from(tar::file_header(&f.name, f.size, mtime));
+        length += header.len() as u64 + f.size + tar::padding(f.size) as u64;
+        parts.push((header, store.key(&id, &f.name), f.size));
+    }
+    // Files are opened one after another as the client reads; memory holds one chunk at a time.
+    let body = futures::stream::iter(parts)
+        .then(move |(header, key, size)| {
+            let store = store.clone();
+            async move {
+                let head = futures::stream::once(async move { Ok::<_, StoreError>(header) });
+                let tail =
+                    futures::stream::once(
+                        async move { Ok(Bytes::from(vec![0u8; tar::padding(size)])) },
+                    );
+                match store.download(&key, None).await {
+                    Ok(d) => head.chain(d.body).chain(tail).boxed(),
+                    Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+                }
+            }
+        })
+        .flatten()
+        .chain(futures::stream::once(async {
+            Ok(Bytes::from_static(&tar::TRAILER))
+        }));
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&content_disposition(&format!("{id}.tar"))) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -123,18 +180,26 @@ async fn listed_file(
             format!("job {id} has no stored file named `{name}`"),
         )
     })?;
-    let store = state
+    let store = holder(state, &record).await?;
+    Ok((entry, store.key(&id, name), store))
+}
+
+/// The store holding a job's files, as its record names it.
+async fn holder(state: &AppState, record: &JobRecord) -> Result<ArtifactStore, ApiError> {
+    state
         .stores
         .resolve(record.artifact_store.as_deref())
         .await
         .map_err(|e| match e {
             TargetError::Unknown(target) => ApiError::new(
                 ErrorCode::NotFound,
-                format!("job {id} stored its files in target `{target}`, which this gateway does not know"),
+                format!(
+                    "job {} stored its files in target `{target}`, which this gateway does not know",
+                    record.id
+                ),
             ),
             e => ApiError::unavailable("the job's artifact store cannot be opened", e),
-        })?;
-    Ok((entry, store.key(&id, name), store))
+        })
 }
 
 /// Download a file (agent-interaction server compatible).

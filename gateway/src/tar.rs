@@ -1,0 +1,172 @@
+//! Just enough of the POSIX tar format (ustar, with PAX records for long names and huge sizes) to stream a job's
+//! files as one archive: headers are computed up front, so the archive's length is known before any file is read.
+
+/// One 512-byte tar block.
+const BLOCK: usize = 512;
+/// Largest size the ustar header's 11 octal digits hold.
+const USTAR_MAX_SIZE: u64 = 0o77_777_777_777;
+
+/// The header blocks of a regular file `name` of `size` bytes (one block, or three and more with a PAX record).
+pub fn file_header(name: &str, size: u64, mtime: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(BLOCK);
+    let split = split_name(name);
+    let mut pax = String::new();
+    if split.is_none() {
+        pax.push_str(&pax_record("path", name));
+    }
+    if size > USTAR_MAX_SIZE {
+        pax.push_str(&pax_record("size", &size.to_string()));
+    }
+    if !pax.is_empty() {
+        out.extend(block("PaxHeader", "", pax.len() as u64, b'x', mtime));
+        out.extend(pax.as_bytes());
+        out.resize(out.len() + padding(pax.len() as u64), 0);
+    }
+    let (prefix, short) = split.unwrap_or(("", fallback_name(name)));
+    out.extend(block(short, prefix, size.min(USTAR_MAX_SIZE), b'0', mtime));
+    out
+}
+
+/// Zero bytes after `size` bytes of content, to the next block boundary.
+pub fn padding(size: u64) -> usize {
+    (BLOCK - (size % BLOCK as u64) as usize) % BLOCK
+}
+
+/// The two zero blocks that end an archive.
+pub const TRAILER: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
+
+/// `name` as ustar's (prefix, name) fields, if it fits them.
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    if name.len() <= 100 {
+        return Some(("", name));
+    }
+    name.match_indices('/')
+        .map(|(i, _)| (&name[..i], &name[i + 1..]))
+        .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
+}
+
+/// The ustar name shown by readers that ignore PAX: the end of the path, cut at a character boundary.
+fn fallback_name(name: &str) -> &str {
+    let mut start = name.len().saturating_sub(100);
+    while !name.is_char_boundary(start) {
+        start += 1;
+    }
+    &name[start..]
+}
+
+/// `"<len> key=value\n"`, where len counts the whole record including its own digits.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while len.to_string().len() + body.len() != len {
+        len += 1;
+    }
+    format!("{len}{body}")
+}
+
+fn block(name: &str, prefix: &str, size: u64, kind: u8, mtime: u64) -> [u8; BLOCK] {
+    let mut b = [0u8; BLOCK];
+    let put = |b: &mut [u8; BLOCK], at: usize, bytes: &[u8]| {
+        b[at..at + bytes.len()].copy_from_slice(bytes)
+    };
+    put(&mut b, 0, name.as_bytes());
+    put(&mut b, 100, b"0000644\0");
+    put(&mut b, 108, b"0000000\0");
+    put(&mut b, 116, b"0000000\0");
+    put(&mut b, 124, format!("{size:011o}\0").as_bytes());
+    put(
+        &mut b,
+        136,
+        format!("{:011o}\0", mtime.min(USTAR_MAX_SIZE)).as_bytes(),
+    );
+    put(&mut b, 148, b"        ");
+    b[156] = kind;
+    put(&mut b, 257, b"ustar\0");
+    put(&mut b, 263, b"00");
+    put(&mut b, 345, prefix.as_bytes());
+    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
+    put(&mut b, 148, format!("{sum:06o}\0 ").as_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads an archive back the way a tar reader does, PAX paths included.
+    fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut pax_path = None;
+        while at + BLOCK <= archive.len() && archive[at..at + BLOCK].iter().any(|&b| b != 0) {
+            let h = &archive[at..at + BLOCK];
+            let field = |r: std::ops::Range<usize>| {
+                String::from_utf8(h[r].iter().take_while(|&&b| b != 0).copied().collect()).unwrap()
+            };
+            let size = u64::from_str_radix(field(124..135).trim(), 8).unwrap() as usize;
+            let sum: u32 = h[..148]
+                .iter()
+                .chain([b' '; 8].iter())
+                .chain(h[156..].iter())
+                .map(|&x| u32::from(x))
+                .sum();
+            assert_eq!(u32::from_str_radix(field(148..154).trim(), 8).unwrap(), sum);
+            let data = archive[at + BLOCK..at + BLOCK + size].to_vec();
+            at += BLOCK + size + padding(size as u64);
+            if h[156] == b'x' {
+                let text = String::from_utf8(data).unwrap();
+                pax_path = text
+                    .split_once(" path=")
+                    .map(|(_, p)| p.trim_end().to_string());
+                continue;
+            }
+            let prefix = field(345..500);
+            let name = field(0..100);
+            let full = pax_path.take().unwrap_or(if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            });
+            out.push((full, data));
+        }
+        out
+    }
+
+    fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut a = Vec::new();
+        for (name, data) in files {
+            a.extend(file_header(name, data.len() as u64, 1_700_000_000));
+            a.extend(*data);
+            a.resize(a.len() + padding(data.len() as u64), 0);
+        }
+        a.extend(TRAILER);
+        a
+    }
+
+    #[test]
+    fn short_split_and_very_long_unicode_names_read_back_exactly() {
+        let long_dir = "d".repeat(120);
+        let split = format!("{long_dir}/file.txt");
+        let very_long = format!("{}/ünïcode {}.bin", "x".repeat(150), "y".repeat(120));
+        let files: Vec<(&str, &[u8])> = vec![
+            ("a.txt", b"hello"),
+            (&split, b""),
+            (&very_long, &[7u8; 1000]),
+        ];
+        let a = archive(&files);
+        assert_eq!(a.len() % BLOCK, 0);
+        let back = entries(&a);
+        assert_eq!(back.len(), 3);
+        for ((name, data), (n, d)) in files.iter().zip(&back) {
+            assert_eq!((name.to_string(), data.to_vec()), (n.clone(), d.clone()));
+        }
+    }
+
+    #[test]
+    fn pax_records_count_their_own_length() {
+        let r = pax_record("path", &"p".repeat(95));
+        assert_eq!(r.len().to_string(), r.split(' ').next().unwrap());
+        let r = pax_record("size", "9");
+        assert_eq!(r, "9 size=9\n");
+    }
+}
