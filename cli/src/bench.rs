@@ -76,17 +76,23 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let nats_port = free_port()?;
     let nats = LocalNats::start(&dir.path().join("nats"), nats_port).await?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
+    let s3 = if args.artifacts {
+        bench_artifacts::start_s3(free_port()?).await?
+    } else {
+        None
+    };
     let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\"]\n",
-            COMMAND[0],
-            COMMAND[1],
-            copy = bench_artifacts::COPY_AGENT,
-            copy_cmd = bench_artifacts::COPY_COMMAND,
-        ),
-    )?;
+    let mut toml = format!(
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\"]\n",
+        COMMAND[0],
+        COMMAND[1],
+        copy = bench_artifacts::COPY_AGENT,
+        copy_cmd = bench_artifacts::COPY_COMMAND,
+    );
+    if let Some((_, endpoint)) = &s3 {
+        toml.push_str(&bench_artifacts::s3_target_toml(endpoint));
+    }
+    std::fs::write(&config, toml)?;
     let fleet_exe = std::env::current_exe()?;
     let spawn_role = |role: &str| -> Result<Child> {
         Command::new(&fleet_exe)
@@ -115,9 +121,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let worker = spawn_role("worker")?;
     let gateway = spawn_role("gateway")?;
     let (worker_pid, gateway_pid) = (worker.id(), gateway.id());
-    let processes = Processes {
-        children: vec![gateway, worker],
-    };
+    let s3_endpoint = s3.as_ref().map(|(_, e)| e.clone());
+    let mut children = vec![gateway, worker];
+    children.extend(s3.map(|(child, _)| child));
+    let processes = Processes { children };
 
     let base = format!("http://{http_addr}");
     let http = reqwest::Client::new();
@@ -254,8 +261,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             gateway_pid,
             scratch: dir.path(),
         };
+        let local_dir = dir.path().join("direct");
+        std::fs::create_dir_all(&local_dir)?;
+        let mut targets = vec![bench_artifacts::Target {
+            label: "local disk".into(),
+            target: None,
+            direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+                &local_dir,
+            )?),
+        }];
+        match &s3_endpoint {
+            Some(endpoint) => targets.push(bench_artifacts::Target {
+                label: "S3 (moto)".into(),
+                target: Some(bench_artifacts::S3_TARGET.into()),
+                direct: bench_artifacts::s3_direct(endpoint)?,
+            }),
+            None => println!(
+                "\nS3 cases skipped: `moto_server` not found (pip install \"moto[server]\")"
+            ),
+        }
         bench_artifacts::run(
             &fleet,
+            &targets,
             args.artifact_big_mb,
             args.artifact_small_count,
             args.flat_memory_gb,

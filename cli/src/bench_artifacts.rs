@@ -1,16 +1,18 @@
-//! `fleet bench --artifacts`: the file path of jobs against `object_store` used directly on the same kind of
-//! store (local disk), in the same run. Upload: a job whose agent copies prepared files into its workspace; the
-//! worker's storing time is the job's time minus the agent's own wall time. Download: the same files through
-//! the gateway. Memory: the gateway's peak RSS while it streams a large file.
+//! `fleet bench --artifacts`: the file path of jobs against `object_store` used directly on the same store, in the
+//! same run, for the local disk and for an S3 server (moto, when `moto_server` is installed; the fleet reaches it
+//! as a named artifact target). Upload: a job whose agent copies prepared files into its workspace; the worker's
+//! storing time is the job's time minus the agent's own wall time. Download: the same files through the gateway,
+//! one request per file and as one tar archive. Memory: the gateway's peak RSS while it streams a large file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::{JobRecord, JobStatus};
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 /// The agent that copies a prepared directory into its workspace (argv only: `cp -r SRC/. .`).
 pub const COPY_AGENT: &str = "copy-in";
@@ -30,8 +32,66 @@ struct Case {
     files: Vec<(String, usize)>,
 }
 
+/// A store measured both ways: through the fleet (jobs naming `target`) and with `object_store` directly.
+pub struct Target {
+    pub label: String,
+    /// The job's `artifact_target`; `None`: the fleet's default store.
+    pub target: Option<String>,
+    pub direct: Arc<dyn ObjectStore>,
+}
+
+/// Name of the bench's S3 artifact target in the fleet's configuration.
+pub const S3_TARGET: &str = "bench_s3";
+const S3_BUCKET: &str = "fleet-bench";
+
+/// An S3 server for the bench: moto on a loopback port with one bucket, or `None` if moto is not installed.
+pub async fn start_s3(port: u16) -> Result<Option<(std::process::Child, String)>> {
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(child) = child else {
+        return Ok(None);
+    };
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let made = http.put(format!("{endpoint}/{S3_BUCKET}")).send().await;
+        if made.is_ok_and(|r| r.status().is_success()) {
+            return Ok(Some((child, endpoint)));
+        }
+        if Instant::now() > deadline {
+            bail!("moto_server did not come up on {endpoint}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The fleet configuration naming the S3 server as target [`S3_TARGET`].
+pub fn s3_target_toml(endpoint: &str) -> String {
+    format!(
+        "\n[artifacts.targets.{S3_TARGET}]\nbackend = \"s3\"\ns3_endpoint = \"{endpoint}\"\ns3_bucket = \"{S3_BUCKET}\"\ns3_access_key_id = \"test\"\ns3_secret_access_key = \"test\"\n"
+    )
+}
+
+/// `object_store` straight to the same S3 server.
+pub fn s3_direct(endpoint: &str) -> Result<Arc<dyn ObjectStore>> {
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(S3_BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()?;
+    Ok(Arc::new(store))
+}
+
 pub async fn run(
     fleet: &Fleet<'_>,
+    targets: &[Target],
     big_mb: usize,
     small_count: usize,
     flat_gb: usize,
@@ -48,83 +108,33 @@ pub async fn run(
                 .collect(),
         },
     ];
-    let direct_dir = fleet.scratch.join("direct");
-    std::fs::create_dir_all(&direct_dir)?;
-    let direct = object_store::local::LocalFileSystem::new_with_prefix(&direct_dir)?;
-
-    println!();
-    println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "artifacts, local store (MB/s)", "fleet", "direct", "ratio"
-    );
     let mut ratios = Vec::new();
-    for (i, case) in cases.iter().enumerate() {
-        let src = fleet.scratch.join(format!("src-{i}"));
-        let bytes = write_sources(&src, &case.files)?;
-        let mb = bytes as f64 / (1024.0 * 1024.0);
-
-        let started = Instant::now();
-        for (name, _) in &case.files {
-            let data = tokio::fs::read(src.join(name)).await?;
-            direct
-                .put(
-                    &format!("{i}/{name}").as_str().into(),
-                    PutPayload::from(data),
-                )
-                .await?;
-        }
-        let direct_up = mb / started.elapsed().as_secs_f64();
-
-        let record = copy_job(fleet, &src).await?;
-        if record.files.len() != case.files.len() {
-            bail!(
-                "the job stored {} of {} files: {:?}",
-                record.files.len(),
-                case.files.len(),
-                record.skipped_files
-            );
-        }
-        let fleet_up = mb / storing_secs(&record);
-
-        let started = Instant::now();
-        for (name, _) in &case.files {
-            let got = direct.get(&format!("{i}/{name}").as_str().into()).await?;
-            let mut body = got.into_stream();
-            while let Some(chunk) = body.next().await {
-                chunk?;
+    for target in targets {
+        println!();
+        println!(
+            "{:<44} {:>10} {:>10} {:>8}",
+            format!("artifacts, {} (MB/s)", target.label),
+            "fleet",
+            "direct",
+            "ratio"
+        );
+        for (i, case) in cases.iter().enumerate() {
+            for (what, f, d) in measure_case(fleet, target, i, case).await? {
+                let what = format!("{} {what}", case.name);
+                println!("{what:<44} {f:>10.1} {d:>10.1} {:>7.2}×", f / d);
+                ratios.push((format!("{}: {what}", target.label), f / d));
             }
         }
-        let direct_down = mb / started.elapsed().as_secs_f64();
-
-        let started = Instant::now();
-        for (name, _) in &case.files {
-            gateway_download(fleet, &record, name).await?;
-        }
-        let fleet_down = mb / started.elapsed().as_secs_f64();
-
-        for (what, f, d) in [
-            ("upload", fleet_up, direct_up),
-            ("download via gateway", fleet_down, direct_down),
-        ] {
-            println!(
-                "{:<34} {:>12.1} {:>12.1} {:>7.2}×",
-                format!("{} {what}", case.name),
-                f,
-                d,
-                f / d
-            );
-            ratios.push((format!("{} {what}", case.name), f / d));
-        }
-        std::fs::remove_dir_all(&src)?;
     }
 
     let mut peak_kb = 0;
     if flat_gb > 0 {
         let src = fleet.scratch.join("src-flat");
         write_sources(&src, &[("huge.bin".into(), flat_gb * 1024 * 1024 * 1024)])?;
-        let record = copy_job(fleet, &src).await?;
+        let record = copy_job(fleet, &src, None).await?;
         std::fs::remove_dir_all(&src)?;
-        peak_kb = gateway_peak_while(fleet, gateway_download(fleet, &record, "huge.bin")).await?;
+        let path = format!("{}/huge.bin", record.id);
+        peak_kb = gateway_peak_while(fleet, gateway_download(fleet, &path)).await?;
         println!(
             "gateway peak RSS while streaming {flat_gb} GB: {:.1} MB",
             peak_kb as f64 / 1024.0
@@ -150,6 +160,75 @@ pub async fn run(
     Ok(())
 }
 
+/// One case on one target: (what, fleet MB/s, direct MB/s) for upload, per-file download and, for many files, the
+/// tar download.
+async fn measure_case(
+    fleet: &Fleet<'_>,
+    target: &Target,
+    i: usize,
+    case: &Case,
+) -> Result<Vec<(&'static str, f64, f64)>> {
+    let src = fleet.scratch.join(format!("src-{i}"));
+    let bytes = write_sources(&src, &case.files)?;
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    let direct_key = |name: &str| object_store::path::Path::from(format!("direct/{i}/{name}"));
+
+    let started = Instant::now();
+    for (name, _) in &case.files {
+        let data = tokio::fs::read(src.join(name)).await?;
+        target
+            .direct
+            .put(&direct_key(name), PutPayload::from(data))
+            .await?;
+    }
+    let direct_up = mb / started.elapsed().as_secs_f64();
+
+    let record = copy_job(fleet, &src, target.target.as_deref()).await?;
+    std::fs::remove_dir_all(&src)?;
+    if record.files.len() != case.files.len() {
+        bail!(
+            "the job stored {} of {} files: {:?}",
+            record.files.len(),
+            case.files.len(),
+            record.skipped_files
+        );
+    }
+    let fleet_up = mb / storing_secs(&record);
+
+    let started = Instant::now();
+    for (name, _) in &case.files {
+        let got = target.direct.get(&direct_key(name)).await?;
+        let mut body = got.into_stream();
+        while let Some(chunk) = body.next().await {
+            chunk?;
+        }
+    }
+    let direct_down = mb / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    for (name, _) in &case.files {
+        gateway_download(fleet, &format!("{}/{name}", record.id)).await?;
+    }
+    let fleet_down = mb / started.elapsed().as_secs_f64();
+    let mut rates = vec![
+        ("upload", fleet_up, direct_up),
+        ("download via gateway", fleet_down, direct_down),
+    ];
+    if case.files.len() > 1 {
+        let started = Instant::now();
+        let got = gateway_get(fleet, &format!("/v1/jobs/{}/artifacts.tar", record.id)).await?;
+        if got < bytes {
+            bail!("the archive held {got} bytes for {bytes} bytes of files");
+        }
+        rates.push((
+            "download via gateway, one .tar",
+            mb / started.elapsed().as_secs_f64(),
+            direct_down,
+        ));
+    }
+    Ok(rates)
+}
+
 /// Writes the files (a byte pattern) under `dir`; returns their total size.
 fn write_sources(dir: &Path, files: &[(String, usize)]) -> Result<u64> {
     use std::io::Write;
@@ -173,11 +252,12 @@ fn write_sources(dir: &Path, files: &[(String, usize)]) -> Result<u64> {
     Ok(total)
 }
 
-/// Runs the copy agent on `src` and returns the job's terminal record.
-async fn copy_job(fleet: &Fleet<'_>, src: &Path) -> Result<JobRecord> {
+/// Runs the copy agent on `src`, storing into `target`, and returns the job's terminal record.
+async fn copy_job(fleet: &Fleet<'_>, src: &Path, target: Option<&str>) -> Result<JobRecord> {
     let inbox = fleet.client.new_inbox();
     let mut sub = fleet.client.subscribe(inbox.clone()).await?;
-    let body = serde_json::json!({"message": format!("{}/.", src.display()), "reply_to": inbox});
+    let body = serde_json::json!({"message": format!("{}/.", src.display()), "reply_to": inbox,
+        "artifact_target": target});
     fleet
         .js
         .publish(format!("fleet.jobs.{COPY_AGENT}"), to_msgpack(&body).into())
@@ -206,11 +286,20 @@ fn storing_secs(record: &JobRecord) -> f64 {
     (whole - agent).max(1e-6)
 }
 
-async fn gateway_download(fleet: &Fleet<'_>, record: &JobRecord, name: &str) -> Result<u64> {
-    let url = format!("{}/v1/jobs/{}/artifacts/{}", fleet.base, record.id, name);
-    let mut r = fleet.http.get(url).send().await?;
+/// Downloads artifact `path` (`<job id>/<name>`) through the gateway; returns its size.
+async fn gateway_download(fleet: &Fleet<'_>, path: &str) -> Result<u64> {
+    let (id, name) = path.split_once('/').context("path is <job id>/<name>")?;
+    gateway_get(fleet, &format!("/v1/jobs/{id}/artifacts/{name}")).await
+}
+
+async fn gateway_get(fleet: &Fleet<'_>, path: &str) -> Result<u64> {
+    let mut r = fleet
+        .http
+        .get(format!("{}{path}", fleet.base))
+        .send()
+        .await?;
     if !r.status().is_success() {
-        bail!("downloading {name}: {}", r.status());
+        bail!("GET {path}: {}", r.status());
     }
     // Chunk by chunk, as a client saving to disk would: the body is never held whole.
     let mut n = 0u64;

@@ -44,9 +44,11 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
         "rounds (raw/NATS/HTTP jobs/s)",
         "CPU per job in the NATS run",
         "idle RSS: gateway",
-        "artifacts, local store (MB/s)",
+        "artifacts, local disk (MB/s)",
+        "artifacts, S3 (moto) (MB/s)",
         "1 × 1 MB upload",
         "5 × 4 KB download via gateway",
+        "5 × 4 KB download via gateway, one .tar",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
