@@ -2,6 +2,7 @@
 //! state of its own, so replicas are interchangeable and a restart loses nothing.
 
 pub mod agents;
+pub mod cancel;
 pub mod error;
 pub mod openapi;
 pub mod records;
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
                 .get(jobs::list_jobs),
         )
         .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
         .route("/v1/jobs/{id}/artifacts.tar", get(artifacts::archive))
         .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))
@@ -83,6 +85,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let state = AppState::connect(config, client).await?;
+    let cancels = tokio::spawn(cancel::serve_nats(state.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     // Responses are written as headers then body: without TCP_NODELAY, Nagle's algorithm holds the second
     // write until the client's delayed ACK, adding ~40 ms to every small streamed response on a kept-alive
@@ -92,8 +95,10 @@ pub async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app(state))
+    let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+    cancels.abort();
+    served?;
     Ok(())
 }

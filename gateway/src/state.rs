@@ -23,6 +23,8 @@ pub struct Inner {
     pub agents: AgentDirectory,
     /// Where artifacts are read from (the same target configuration the workers write with).
     pub stores: fleet_shared::artifacts::targets::Stores,
+    /// Cancel requests, watched by every worker.
+    pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
     pub config_bucket: kv::Store,
 }
@@ -58,6 +60,7 @@ impl AppState {
             agents,
             stores,
             config_bucket: handles.config,
+            cancels: handles.cancels,
         })))
     }
 }

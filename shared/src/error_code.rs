@@ -42,10 +42,12 @@ pub enum ErrorCode {
     InvalidName,
     /// An artifact target given at run time could not be reached, or refused its credentials.
     TargetUnreachable,
+    /// The job already has its terminal record, so it cannot be cancelled.
+    JobFinished,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -68,6 +70,7 @@ impl ErrorCode {
         Self::RangeNotSatisfiable,
         Self::InvalidName,
         Self::TargetUnreachable,
+        Self::JobFinished,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +97,7 @@ impl ErrorCode {
             Self::RangeNotSatisfiable => "range_not_satisfiable",
             Self::InvalidName => "invalid_name",
             Self::TargetUnreachable => "target_unreachable",
+            Self::JobFinished => "job_finished",
         }
     }
 }

@@ -77,6 +77,20 @@ impl Topology {
         format!("{}_idempotency", self.prefix)
     }
 
+    /// Cancel requests, key = job id; every worker watches the whole bucket.
+    pub fn cancels_bucket(&self) -> String {
+        format!("{}_cancels", self.prefix)
+    }
+
+    /// Subject of the NATS request API for cancelling job `job_id`.
+    pub fn cancel_subject(&self, job_id: &Uuid) -> String {
+        format!("{}.cancel.{job_id}", self.prefix)
+    }
+
+    pub fn cancel_subject_wildcard(&self) -> String {
+        format!("{}.cancel.*", self.prefix)
+    }
+
     /// Fleet-wide settings changed at run time (the sharing target), watched by workers.
     pub fn config_bucket(&self) -> String {
         format!("{}_config", self.prefix)
@@ -157,6 +171,18 @@ impl Topology {
         }
     }
 
+    fn cancels_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.cancels_bucket(),
+            description: "cancel requests, key = job id".into(),
+            history: 1,
+            max_age: q.retention(),
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
     fn config_bucket_config(&self, q: &QueueConfig) -> kv::Config {
         kv::Config {
             bucket: self.config_bucket(),
@@ -182,7 +208,9 @@ impl Topology {
         let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
         let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
+        let cancels = get_or_create_bucket(js, self.cancels_bucket_config(q)).await?;
         Ok(Handles {
+            cancels,
             jobs,
             records,
             idempotency,
@@ -211,6 +239,7 @@ pub struct Handles {
     pub records: kv::Store,
     pub idempotency: kv::Store,
     pub config: kv::Store,
+    pub cancels: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -91,6 +91,10 @@ async fn run_job(
     // Records keep input names and sizes; the content is written from the message into the workspace.
     let queued = JobRecord::queued(intake.request.without_inline_data());
     let input_files = intake.request.input_files;
+    if shared.cancels.is_requested(&queued.id) {
+        return cancel_before_start(shared, &key, queued, intake.format).await;
+    }
+    let registration = shared.cancels.register(queued.id);
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
     let deferred = delivered <= 1 && !shared.config.worker.claim_delay().is_zero();
@@ -140,7 +144,8 @@ async fn run_job(
                     break 'run Err(SpawnError::Input(why));
                 }
             };
-            let spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
+            let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
+            spec.cancel = registration.token.clone();
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
                 msg,
@@ -213,6 +218,35 @@ async fn run_job(
             write_and_announce(shared, &key, record, held.revision, intake.format).await
         }
     }
+}
+
+/// A job cancelled before it started here: record it `cancelled` unless it already has a terminal record (the
+/// gateway ends queued jobs itself), and never run it.
+async fn cancel_before_start(
+    shared: &Shared,
+    key: &str,
+    queued: JobRecord,
+    format: Format,
+) -> Settle {
+    let held = match records::current(&shared.records, key).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the cancelled job's record failed; retrying later");
+            return Settle::Retry(Some(Duration::from_millis(500)));
+        }
+    };
+    if held.as_ref().is_some_and(|h| h.record.status.is_terminal()) {
+        return Settle::Ack;
+    }
+    let revision = held.as_ref().and_then(|h| h.revision);
+    let mut record = held.map_or(queued, |h| h.record);
+    end(&mut record, JobStatus::Cancelled);
+    record.error = Some(JobError::new(
+        ErrorCode::Cancelled,
+        "cancelled before it started",
+    ));
+    tracing::info!("job cancelled before it started");
+    write_and_announce(shared, key, record, revision, format).await
 }
 
 async fn claim(
@@ -338,6 +372,13 @@ fn end(record: &mut JobRecord, status: JobStatus) {
 fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     let mut record = held.record.clone();
     let (status, error) = match (outcome.killed, outcome.ending) {
+        (Some(KillReason::Cancelled), _) => (
+            JobStatus::Cancelled,
+            Some(JobError::new(
+                ErrorCode::Cancelled,
+                "cancelled while running; output and files up to then are kept",
+            )),
+        ),
         (Some(KillReason::Timeout), _) => {
             let limit = record
                 .request

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod cancels;
 pub mod delivery;
 pub mod dirs;
 pub mod intake;
@@ -41,6 +42,9 @@ pub struct Shared {
     pub jobs: stream::Stream,
     pub worker_id: String,
     pub dirs: dirs::DirPool,
+    /// Cancel requests seen so far, and the running jobs they stop.
+    pub cancels: cancels::Cancels,
+    pub cancels_bucket: kv::Store,
     /// Artifact stores by target; follows the run-time sharing target.
     pub stores: fleet_shared::artifacts::targets::Stores,
     /// Cancelled when the worker stops taking new jobs.
@@ -129,6 +133,8 @@ pub async fn run(
         jobs: handles.jobs,
         worker_id: worker_id.clone(),
         dirs: dirs::DirPool::new(work_dir, config.worker.keep_workspaces),
+        cancels: cancels::Cancels::default(),
+        cancels_bucket: handles.cancels.clone(),
         stores: fleet_shared::artifacts::targets::Stores::new(
             &config.artifacts,
             Some(handles.config.clone()),
@@ -151,7 +157,20 @@ pub async fn run(
     }
     loops.spawn(janitor::run(shared.clone()));
     loops.spawn(sweeper::run(shared.clone()));
-    loops.spawn(follow_sharing(shared.clone()));
+    loops.spawn(keep_watching(
+        shared.clone(),
+        "the sharing target",
+        |s| async move { s.stores.follow_sharing().await },
+    ));
+    loops.spawn(keep_watching(
+        shared.clone(),
+        "cancel requests",
+        |s| async move {
+            s.cancels
+                .follow(&s.cancels_bucket, s.config.queue.retention())
+                .await
+        },
+    ));
     loops.close();
 
     shutdown.cancelled().await;
@@ -180,16 +199,19 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps the worker's default artifact target in step with `POST /configure-sharing`, re-watching after NATS
-/// trouble, until the worker stops taking jobs.
-async fn follow_sharing(shared: Arc<Shared>) {
+/// Runs a KV watch (`watch`) until the worker stops taking jobs, starting it again after NATS trouble.
+async fn keep_watching<F, Fut>(shared: Arc<Shared>, what: &'static str, watch: F)
+where
+    F: Fn(Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), async_nats::Error>>,
+{
     loop {
         tokio::select! {
             biased;
             _ = shared.stop_pulling.cancelled() => return,
-            r = shared.stores.follow_sharing() => {
+            r = watch(shared.clone()) => {
                 if let Err(e) = r {
-                    tracing::warn!(error = %e, "watching the sharing target failed; retrying");
+                    tracing::warn!(error = %e, "watching {what} failed; retrying");
                 }
             }
         }

@@ -35,6 +35,8 @@ pub struct RunSpec {
     /// is not the exact output.
     pub stdout_log: Option<PathBuf>,
     pub stderr_log: Option<PathBuf>,
+    /// Cancelled when the job is cancelled: the process group is ended as for a timeout.
+    pub cancel: CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,9 @@ pub enum Ending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillReason {
     Timeout,
-    /// The caller asked (worker shutdown past its grace period, or a cancel).
+    /// The job was cancelled.
+    Cancelled,
+    /// The worker asked (shutdown past its grace period, or another writer already ended the job).
     Requested,
 }
 
@@ -129,6 +133,7 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         let killed = tokio::select! {
             biased;
             _ = stop.cancelled() => Some(KillReason::Requested),
+            _ = spec.cancel.cancelled() => Some(KillReason::Cancelled),
             _ = exit.exited() => None,
             _ = tokio::time::sleep(spec.timeout) => Some(KillReason::Timeout),
         };
@@ -271,6 +276,7 @@ mod tests {
 
     fn spec(argv: &[&str]) -> RunSpec {
         RunSpec {
+            cancel: CancellationToken::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             stdin: None,
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],

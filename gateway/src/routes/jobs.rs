@@ -218,3 +218,55 @@ pub async fn list_jobs(
         jobs,
     }))
 }
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CancelParams {
+    /// Seconds to wait for a running job to stop (default: the kill grace period plus 5 s).
+    pub wait: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelAnswer {
+    pub job_id: Uuid,
+    /// `cancelled` (or the end the job reached first), or `cancelling` while it stops or until a worker sees it.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<JobRecord>,
+}
+
+/// Cancel a job: a queued one never starts; a running one gets SIGTERM (SIGKILL after the grace period) and ends
+/// `cancelled` with the output and files it produced.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path), CancelParams),
+    responses((status = 200, description = "The job has ended", body = CancelAnswer),
+        (status = 202, description = "Cancel requested; the job is still stopping", body = CancelAnswer),
+        (status = 409, description = "The job had already ended", body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(params): Query<CancelParams>,
+) -> Result<Response, ApiError> {
+    let wait = match params.wait {
+        Some(w) => wait_limit(&state, Some(w))?,
+        None => secs(state.config.worker.kill_grace_secs + 5.0),
+    };
+    let answer = match crate::cancel::cancel(&state, id, wait).await? {
+        crate::cancel::Outcome::Ended(record) => (
+            StatusCode::OK,
+            CancelAnswer {
+                job_id: id,
+                status: record.status.as_str().to_string(),
+                record: Some(record),
+            },
+        ),
+        crate::cancel::Outcome::Pending => (
+            StatusCode::ACCEPTED,
+            CancelAnswer {
+                job_id: id,
+                status: "cancelling".into(),
+                record: None,
+            },
+        ),
+    };
+    Ok((answer.0, Json(answer.1)).into_response())
+}

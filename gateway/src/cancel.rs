@@ -1,0 +1,162 @@
+//! Cancelling a job, for `POST /v1/jobs/{id}/cancel` and the NATS request API on `fleet.cancel.<id>`. The cancel
+//! request goes to the cancels bucket first, which every worker watches: a worker holding the job stops it and
+//! records `cancelled` with the output and files it has; a worker pulling it later never starts it. A job still
+//! `queued` is ended here at once (compare-and-set, so a race with a worker leaves one terminal record).
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use chrono::Utc;
+use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::records;
+use crate::state::AppState;
+
+/// What a cancel achieved within the time the caller waited.
+pub enum Outcome {
+    /// The job has its terminal record (normally `cancelled`; a job that ended on its own first keeps its end).
+    Ended(JobRecord),
+    /// The request is in; the job is still stopping, or has not been seen by any worker yet.
+    Pending,
+}
+
+/// The value stored under the job id in the cancels bucket.
+#[derive(Serialize, Deserialize)]
+struct CancelRequest {
+    requested_at: chrono::DateTime<Utc>,
+}
+
+pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcome, ApiError> {
+    let key = state.topology.record_key(&id);
+    let done = records::listen_done(state, &id).await?;
+    let mut requested = false;
+    loop {
+        let entry = state
+            .records
+            .entry(key.clone())
+            .await
+            .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
+        let held = entry
+            .filter(|e| e.operation == Operation::Put)
+            .and_then(|e| {
+                Some((
+                    decode::<JobRecord>(&e.value, Format::MessagePack).ok()?,
+                    e.revision,
+                ))
+            });
+        if let Some((record, _)) = &held {
+            if record.status.is_terminal() {
+                return Err(ApiError::new(
+                    ErrorCode::JobFinished,
+                    format!("job {id} already ended: {}", record.status.as_str()),
+                ));
+            }
+        }
+        if !requested {
+            let request = CancelRequest {
+                requested_at: Utc::now(),
+            };
+            state
+                .cancels
+                .put(key.clone(), to_msgpack(&request).into())
+                .await
+                .map_err(|e| ApiError::unavailable("storing the cancel request failed", e))?;
+            requested = true;
+        }
+        match held {
+            // Published straight to NATS and not picked up yet: the worker that pulls it records the cancel.
+            None => return Ok(Outcome::Pending),
+            Some((record, revision)) if record.status == JobStatus::Queued => {
+                let mut ended = record;
+                let now = Utc::now();
+                ended.status = JobStatus::Cancelled;
+                ended.finished_at = Some(now);
+                ended.updated_at = now;
+                ended.error = Some(JobError::new(
+                    ErrorCode::Cancelled,
+                    "cancelled before it started",
+                ));
+                match state
+                    .records
+                    .update(key.clone(), to_msgpack(&ended).into(), revision)
+                    .await
+                {
+                    Ok(_) => {
+                        // Jobs submitted over HTTP have no reply subject; gateways waiting on the job hear this.
+                        let notice = state.topology.done_subject(&id);
+                        if let Err(e) = state
+                            .client
+                            .publish(notice, to_msgpack(&ended).into())
+                            .await
+                        {
+                            tracing::warn!(job_id = %id, error = %e, "publishing the done notice failed");
+                        }
+                        return Ok(Outcome::Ended(ended));
+                    }
+                    // A worker claimed or ended it meanwhile: look again.
+                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(ApiError::unavailable("recording the cancel failed", e)),
+                }
+            }
+            // Running: its worker stops it and records the end.
+            Some(_) => {
+                let mut done = done;
+                return match tokio::time::timeout(wait, done.next()).await {
+                    Ok(Some(_)) => Ok(Outcome::Ended(records::get_or_404(state, &id).await?)),
+                    _ => Ok(Outcome::Pending),
+                };
+            }
+        }
+    }
+}
+
+/// Answers cancel requests published on `fleet.cancel.<id>` (any gateway replica; a queue group shares them):
+/// the reply is JSON, `{job_id, status}` or `{job_id, error: {code, message}}`.
+pub async fn serve_nats(state: AppState) {
+    let subject = state.topology.cancel_subject_wildcard();
+    let mut requests = match state
+        .client
+        .queue_subscribe(subject.clone(), "fleet-gateways".into())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, subject, "cannot listen for cancel requests");
+            return;
+        }
+    };
+    while let Some(msg) = requests.next().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Some(reply) = msg.reply.clone() else {
+                return;
+            };
+            let id = msg
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|s| Uuid::parse_str(s).ok());
+            let answer = match id {
+                None => serde_json::json!({"error": {"code": ErrorCode::InvalidRequest,
+                    "message": "the subject's last token must be a job id"}}),
+                Some(id) => match cancel(&state, id, Duration::ZERO).await {
+                    Ok(Outcome::Ended(r)) => serde_json::json!({"job_id": id, "status": r.status}),
+                    Ok(Outcome::Pending) => {
+                        serde_json::json!({"job_id": id, "status": "cancelling"})
+                    }
+                    Err(e) => serde_json::json!({"job_id": id,
+                        "error": {"code": e.code, "message": e.message}}),
+                },
+            };
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = state.client.publish(reply, body.into()).await {
+                tracing::warn!(error = %e, "answering a cancel request failed");
+            }
+        });
+    }
+}
