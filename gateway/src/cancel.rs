@@ -20,7 +20,7 @@ use crate::state::AppState;
 /// What a cancel achieved within the time the caller waited.
 pub enum Outcome {
     /// The job has its terminal record (normally `cancelled`; a job that ended on its own first keeps its end).
-    Ended(JobRecord),
+    Ended(Box<JobRecord>),
     /// The request is in; the job is still stopping, or has not been seen by any worker yet.
     Pending,
 }
@@ -96,7 +96,7 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
                         {
                             tracing::warn!(job_id = %id, error = %e, "publishing the done notice failed");
                         }
-                        return Ok(Outcome::Ended(ended));
+                        return Ok(Outcome::Ended(Box::new(ended)));
                     }
                     // A worker claimed or ended it meanwhile: look again.
                     Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
@@ -107,7 +107,9 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
             Some(_) => {
                 let mut done = done;
                 return match tokio::time::timeout(wait, done.next()).await {
-                    Ok(Some(_)) => Ok(Outcome::Ended(records::get_or_404(state, &id).await?)),
+                    Ok(Some(_)) => Ok(Outcome::Ended(Box::new(
+                        records::get_or_404(state, &id).await?,
+                    ))),
                     _ => Ok(Outcome::Pending),
                 };
             }

@@ -256,7 +256,7 @@ pub async fn cancel_job(
             CancelAnswer {
                 job_id: id,
                 status: record.status.as_str().to_string(),
-                record: Some(record),
+                record: Some(*record),
             },
         ),
         crate::cancel::Outcome::Pending => (
