@@ -26,7 +26,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use state::AppState;
 
 pub fn app(state: AppState) -> Router {
-    use routes::{artifacts, compat, jobs, sharing, system};
+    use routes::{artifacts, compat, events, jobs, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
         .route(
@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/events", get(events::events))
         .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
         .route("/v1/jobs/{id}/artifacts.tar", get(artifacts::archive))
         .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))

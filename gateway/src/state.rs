@@ -20,6 +20,8 @@ pub struct Inner {
     pub records: kv::Store,
     pub idempotency: kv::Store,
     pub jobs: stream::Stream,
+    /// Every job's events, replayed to listeners.
+    pub events: stream::Stream,
     pub agents: AgentDirectory,
     /// Where artifacts are read from (the same target configuration the workers write with).
     pub stores: fleet_shared::artifacts::targets::Stores,
@@ -57,6 +59,7 @@ impl AppState {
             records: handles.records,
             idempotency: handles.idempotency,
             jobs: handles.jobs,
+            events: handles.events,
             agents,
             stores,
             config_bucket: handles.config,

@@ -66,6 +66,10 @@ pub struct QueueConfig {
     pub ack_wait_secs: f64,
     pub max_attempts: u32,
     pub retention_hours: f64,
+    /// Bytes of job events kept for replay, all jobs together (oldest dropped first).
+    pub events_max_bytes: i64,
+    /// Output bytes per attempt published as events; the rest is only in the record and its full logs.
+    pub events_output_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

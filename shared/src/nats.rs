@@ -21,3 +21,19 @@ pub async fn connect(
         .connect(cfg.url.as_str())
         .await
 }
+
+/// Publishes one of a job's events on its events subject (a core publish; the events stream keeps it).
+pub async fn publish_event(
+    client: &async_nats::Client,
+    topology: &crate::Topology,
+    job_id: &uuid::Uuid,
+    event: &crate::wire::JobEvent,
+) {
+    let payload = crate::codec::to_msgpack(event);
+    if let Err(e) = client
+        .publish(topology.events_subject(job_id), payload.into())
+        .await
+    {
+        tracing::debug!(job_id = %job_id, error = %e, "publishing a job event failed");
+    }
+}

@@ -106,6 +106,27 @@ impl Topology {
         format!("{}.events.{job_id}", self.prefix)
     }
 
+    /// The stream keeping every job's events for replay.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.prefix.to_ascii_uppercase())
+    }
+
+    fn events_stream_config(&self, q: &QueueConfig) -> stream::Config {
+        stream::Config {
+            name: self.events_stream(),
+            description: Some("fleet job events, replayed to late listeners".into()),
+            subjects: vec![format!("{}.events.*", self.prefix)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            max_age: clamp_duration(q.retention()),
+            max_bytes: q.events_max_bytes,
+            // When full, the oldest events go: a listener of a long-finished job still gets its end record.
+            discard: stream::DiscardPolicy::Old,
+            ..Default::default()
+        }
+    }
+
     pub fn record_key(&self, job_id: &Uuid) -> String {
         job_id.to_string()
     }
@@ -205,11 +226,16 @@ impl Topology {
             .get_or_create_stream(self.jobs_stream_config(q))
             .await
             .map_err(TopologyError::stream)?;
+        let events = js
+            .get_or_create_stream(self.events_stream_config(q))
+            .await
+            .map_err(TopologyError::stream)?;
         let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
         let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
         let cancels = get_or_create_bucket(js, self.cancels_bucket_config(q)).await?;
         Ok(Handles {
+            events,
             cancels,
             jobs,
             records,
@@ -236,6 +262,7 @@ async fn get_or_create_bucket(
 #[derive(Clone)]
 pub struct Handles {
     pub jobs: stream::Stream,
+    pub events: stream::Stream,
     pub records: kv::Store,
     pub idempotency: kv::Store,
     pub config: kv::Store,

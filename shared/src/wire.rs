@@ -372,6 +372,57 @@ pub fn new_job_id() -> Uuid {
     Uuid::now_v7()
 }
 
+/// What happens to a job, as published on `fleet.events.<job_id>` (MessagePack) and served as Server-Sent Events
+/// (JSON, the event name being `type`). The events stream keeps them, so a late listener replays them in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    /// A worker started (or restarted, on a later attempt) the job.
+    Status {
+        status: JobStatus,
+        attempt: u32,
+        worker: String,
+        at: DateTime<Utc>,
+    },
+    /// Output as it was read: `seq` counts the attempt's output events from 1. Text is UTF-8; a character split
+    /// between reads is sent whole with the next one, and bytes that are not UTF-8 become U+FFFD (the full log
+    /// artifact keeps the exact bytes).
+    Output {
+        stream: OutputStream,
+        attempt: u32,
+        seq: u64,
+        text: String,
+    },
+    /// The attempt's output went past the events' budget; the rest is in the record and its full logs.
+    OutputLimit { attempt: u32, bytes: u64 },
+    /// A file the job produced was stored.
+    Artifact { file: FileEntry },
+    /// The terminal record; always the last event.
+    End { record: Box<JobRecord> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl JobEvent {
+    /// The SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "status",
+            Self::Output { .. } => "output",
+            Self::OutputLimit { .. } => "output_limit",
+            Self::Artifact { .. } => "artifact",
+            Self::End { .. } => "end",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

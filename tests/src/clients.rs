@@ -187,3 +187,63 @@ pub async fn count_until_quiet(replies: &mut async_nats::Subscriber, quiet: Dura
     }
     n
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A reader of a `text/event-stream` response.
+pub struct SseReader {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    /// GETs `path` on the gateway, resuming after `last_id` if given.
+    pub async fn open(api: &Api, path: &str, last_id: Option<&str>) -> Self {
+        let mut req = api.request(reqwest::Method::GET, path);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let response = req.send().await.expect("gateway answers");
+        assert_eq!(response.status().as_u16(), 200, "GET {path}");
+        Self {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let data = serde_json::from_str(&data).expect("event data is JSON");
+                return Some(SseEvent { id, event, data });
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(60), self.response.chunk())
+                .await
+                .expect("an event in time")
+                .expect("readable stream")?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        }
+    }
+}

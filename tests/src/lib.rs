@@ -3,7 +3,7 @@
 
 pub mod clients;
 
-pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply};
+pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply, SseEvent, SseReader};
 
 use std::collections::HashMap;
 use std::net::TcpListener;

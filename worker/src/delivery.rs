@@ -1,5 +1,5 @@
-//! Announcing a terminal record: to the job's reply subject (in the format the publisher used) and on the
-//! job's done subject, where gateways waiting on the job listen.
+//! Announcing a terminal record: to the job's reply subject (in the format the publisher used), as the job's
+//! last event, and on the job's done subject, where gateways waiting on the job listen.
 
 use async_nats::HeaderMap;
 use fleet_shared::codec::{encode, to_msgpack, Format, CONTENT_TYPE_HEADER};
@@ -26,6 +26,7 @@ pub async fn announce(
             Err(e) => tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed"),
         }
     }
+    crate::events::end(client, topology, record).await;
     let done = topology.done_subject(&record.id);
     if let Err(e) = client.publish(done, to_msgpack(record).into()).await {
         tracing::warn!(job_id = %record.id, error = %e, "publishing the done notice failed");

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use crate::agent::run_spec;
 use crate::artifacts;
+use crate::events::Events;
 use crate::intake::{self, Incoming, Intake};
 use crate::records::{self, Claim, Finish, Held};
 use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
@@ -146,6 +147,18 @@ async fn run_job(
             };
             let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
             spec.cancel = registration.token.clone();
+            let attempt = held.record.attempt.max(1);
+            let budget = shared.config.queue.events_output_bytes;
+            let job_events = Events::new(
+                &shared.client,
+                &shared.topology,
+                &queued.id,
+                attempt,
+                budget,
+            );
+            let job_events = Arc::new(job_events);
+            job_events.started(&shared.worker_id).await;
+            spec.events = Some(job_events.clone());
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
                 msg,
@@ -165,6 +178,11 @@ async fn run_job(
                     let storing =
                         artifacts::collect(&store, limits, &held.record, &dirs, &inputs, outcome);
                     let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
+                    if let Ok(c) = &stored {
+                        for file in &c.files {
+                            job_events.stored(file).await;
+                        }
+                    }
                     Some(stored.map(|c| (target_id, c)))
                 }
                 _ => None,

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod cancels;
 pub mod delivery;
 pub mod dirs;
+pub mod events;
 pub mod intake;
 pub mod janitor;
 pub mod job;

@@ -80,6 +80,21 @@ impl LazyLog {
     }
 }
 
+/// Where output goes as it is read, besides the record's copy and the full log: the job's live events.
+pub trait OutputSink {
+    fn chunk(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = ()> + Send;
+    /// The stream ended.
+    fn finish(&mut self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Output seen by nobody else.
+pub struct NoSink;
+
+impl OutputSink for NoSink {
+    async fn chunk(&mut self, _: &[u8]) {}
+    async fn finish(&mut self) {}
+}
+
 /// Reads `source` to its end into `captured`, which holds what was read so far even if this future is dropped
 /// early. Log write failures never stop the reading, so the agent is never blocked on a full pipe.
 pub async fn capture(
@@ -87,6 +102,7 @@ pub async fn capture(
     log_path: Option<PathBuf>,
     cap: usize,
     captured: &mut Captured,
+    sink: &mut impl OutputSink,
 ) {
     let mut log = LazyLog {
         path: log_path,
@@ -122,7 +138,9 @@ pub async fn capture(
             }
             log.write(&chunk[kept..]);
         }
+        sink.chunk(chunk).await;
     }
+    sink.finish().await;
     if !log.is_open() && std::str::from_utf8(&captured.head).is_err() {
         captured.logged = true;
         log.write(&captured.head);
@@ -139,7 +157,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut c = Captured::default();
-        capture(&data[..], Some(path.clone()), 1000, &mut c).await;
+        capture(&data[..], Some(path.clone()), 1000, &mut c, &mut NoSink).await;
         assert!(c.logged);
         assert_eq!(c.total, 200_000);
         assert_eq!(c.head, &data[..1000]);
@@ -152,12 +170,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut c = Captured::default();
-        capture(&b"hello\n"[..], Some(path.clone()), 1000, &mut c).await;
+        capture(
+            &b"hello\n"[..],
+            Some(path.clone()),
+            1000,
+            &mut c,
+            &mut NoSink,
+        )
+        .await;
         assert_eq!(c.head, b"hello\n");
         assert!(!path.exists() && !c.logged);
         let raw = b"ok \xff\n";
         let mut c = Captured::default();
-        capture(&raw[..], Some(path.clone()), 1000, &mut c).await;
+        capture(&raw[..], Some(path.clone()), 1000, &mut c, &mut NoSink).await;
         assert!(c.logged);
         assert_eq!(c.head, raw);
         assert_eq!(std::fs::read(&path).unwrap(), raw);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fleet_shared::wire::OutputStream;
 use fleet_shared::Resources;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
@@ -37,6 +38,8 @@ pub struct RunSpec {
     pub stderr_log: Option<PathBuf>,
     /// Cancelled when the job is cancelled: the process group is ended as for a timeout.
     pub cancel: CancellationToken,
+    /// Where output is published as it is read (none for runs nobody watches).
+    pub events: Option<std::sync::Arc<crate::events::Events>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,7 @@ pub enum SpawnError {
 pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, SpawnError> {
     let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
     let (stdout_log, stderr_log) = (spec.stdout_log.clone(), spec.stderr_log.clone());
+    let events = spec.events.clone();
 
     let mut cmd = Command::new(&program);
     cmd.args(&spec.argv[1..])
@@ -158,8 +162,22 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         let io = async {
             tokio::join!(
                 feed(stdin, spec.stdin),
-                capture_into(stdout, stdout_log, cap, &mut out),
-                capture_into(stderr, stderr_log, cap, &mut err),
+                capture_into(
+                    stdout,
+                    stdout_log,
+                    cap,
+                    &mut out,
+                    events.as_deref(),
+                    OutputStream::Stdout
+                ),
+                capture_into(
+                    stderr,
+                    stderr_log,
+                    cap,
+                    &mut err,
+                    events.as_deref(),
+                    OutputStream::Stderr
+                ),
             )
         };
         tokio::pin!(control, io);
@@ -200,9 +218,13 @@ async fn capture_into(
     log: Option<PathBuf>,
     cap: usize,
     into: &mut Captured,
+    events: Option<&crate::events::Events>,
+    stream: OutputStream,
 ) {
-    if let Some(pipe) = pipe {
-        capture(pipe, log, cap, into).await;
+    let Some(pipe) = pipe else { return };
+    match events {
+        Some(events) => capture(pipe, log, cap, into, &mut events.sink(stream)).await,
+        None => capture(pipe, log, cap, into, &mut crate::output::NoSink).await,
     }
 }
 
@@ -276,6 +298,7 @@ mod tests {
 
     fn spec(argv: &[&str]) -> RunSpec {
         RunSpec {
+            events: None,
             cancel: CancellationToken::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             stdin: None,

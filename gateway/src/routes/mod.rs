@@ -2,6 +2,7 @@
 
 pub mod artifacts;
 pub mod compat;
+pub mod events;
 pub mod jobs;
 pub mod sharing;
 pub mod system;

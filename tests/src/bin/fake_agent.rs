@@ -4,6 +4,7 @@
 //!   flood:BYTES        write BYTES bytes of output to stdout as fast as possible
 //!   invalid-utf8       write bytes that are not UTF-8
 //!   ignore-term        ignore SIGTERM from now on
+//!   lines:FROM-TO      print "line N" for N in FROM..=TO, flushing each line
 //!   grandchild:PATH    start a grandchild (sleeping, ignoring SIGTERM) and write its pid to PATH
 //!   pid:PATH           write own pid to PATH
 //!   count:PATH         append one line to PATH (counts runs)
@@ -54,6 +55,16 @@ fn main() {
                     .spawn()
                     .expect("spawn grandchild");
                 std::fs::write(arg, child.id().to_string()).expect("write pid");
+            }
+            "lines" => {
+                // lines:FROM-TO prints "line N" for each N, one write per line.
+                let (from, to) = arg.split_once('-').expect("lines:FROM-TO");
+                let (from, to): (u64, u64) = (from.parse().expect("FROM"), to.parse().expect("TO"));
+                let mut out = std::io::stdout().lock();
+                for n in from..=to {
+                    writeln!(out, "line {n}").expect("stdout");
+                    out.flush().expect("stdout");
+                }
             }
             "pid" => std::fs::write(arg, std::process::id().to_string()).expect("write pid"),
             "count" => {

@@ -1,0 +1,151 @@
+//! `GET /v1/jobs/{id}/events`: a job's events as Server-Sent Events. Each event's id is its sequence in the events
+//! stream, so `Last-Event-ID` resumes exactly after the last event a client saw; a listener that connects late
+//! replays everything first, then follows live. The stream ends after the `end` event (the terminal record).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::wire::JobEvent;
+use fleet_shared::JobRecord;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use uuid::Uuid;
+
+use crate::error::{ApiError, Path, Problem};
+use crate::records;
+use crate::state::AppState;
+
+/// Follow a job: `status`, `output` (stdout/stderr text with sequence numbers), `output_limit`, `artifact`, and
+/// finally `end` with the terminal record. Send `Last-Event-ID` to resume.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = Uuid, Path), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
+    responses((status = 200, description = "text/event-stream of JobEvent (JSON)", body = JobEvent,
+        content_type = "text/event-stream"),
+        (status = 404, body = Problem), (status = 503, body = Problem)))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let record = records::get_or_404(&state, &id).await?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let terminal = record.status.is_terminal().then_some(record);
+    let messages = follow(&state, &id, after).await?;
+    let stream = futures::stream::unfold(
+        Follow {
+            messages,
+            terminal,
+            finished: false,
+        },
+        Follow::next,
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Events of job `id` after stream sequence `after` (from the first if none), then live ones.
+async fn follow(
+    state: &AppState,
+    id: &Uuid,
+    after: Option<u64>,
+) -> Result<BoxStream<'static, (u64, u64, JobEvent)>, ApiError> {
+    let deliver_policy = match after {
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        None => DeliverPolicy::All,
+    };
+    let consumer = state
+        .events
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: state.client.new_inbox(),
+            filter_subject: state.topology.events_subject(id),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ApiError::unavailable("following the job's events failed", e))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| ApiError::unavailable("following the job's events failed", e))?;
+    Ok(messages
+        .filter_map(|m| async move {
+            let m = m.ok()?;
+            let info = m.info().ok()?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let event = decode::<JobEvent>(&m.payload, Format::MessagePack).ok()?;
+            Some((seq, pending, event))
+        })
+        .boxed())
+}
+
+struct Follow {
+    messages: BoxStream<'static, (u64, u64, JobEvent)>,
+    /// The terminal record when the job had already ended at connect time.
+    terminal: Option<JobRecord>,
+    finished: bool,
+}
+
+impl Follow {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        if self.finished {
+            return None;
+        }
+        // A job that had ended before the listener came has nothing more to wait for once its stored events are
+        // replayed: if they no longer hold its end (expired, or not yet published), the record stands in.
+        let next = match &self.terminal {
+            Some(_) => tokio::time::timeout(Duration::from_millis(500), self.messages.next())
+                .await
+                .ok()
+                .flatten(),
+            None => self.messages.next().await,
+        };
+        let Some((seq, pending, event)) = next else {
+            let record = self.terminal.take()?;
+            self.finished = true;
+            return Some((
+                Ok(sse(
+                    None,
+                    &JobEvent::End {
+                        record: Box::new(record),
+                    },
+                )),
+                self,
+            ));
+        };
+        if matches!(event, JobEvent::End { .. }) {
+            self.finished = true;
+        } else if pending == 0 {
+            if let Some(record) = self.terminal.take() {
+                // Replayed to the end without an `end`: send this event, then the record's.
+                let rest = futures::stream::iter([(
+                    0,
+                    0,
+                    JobEvent::End {
+                        record: Box::new(record),
+                    },
+                )]);
+                self.messages = rest.boxed();
+            }
+        }
+        Some((Ok(sse(Some(seq), &event)), self))
+    }
+}
+
+fn sse(seq: Option<u64>, event: &JobEvent) -> Event {
+    let e = Event::default().event(event.kind());
+    let e = match seq {
+        Some(seq) if seq > 0 => e.id(seq.to_string()),
+        _ => e,
+    };
+    e.json_data(event)
+        .unwrap_or_else(|_| Event::default().event("error").data("unencodable event"))
+}

@@ -1,0 +1,240 @@
+//! Live events over SSE: listeners from the start, joining late, and resuming with Last-Event-ID each see the exact
+//! output, in order, once; then the terminal record, and the stream closes. Direct NATS listeners get the same
+//! events on `fleet.events.<id>`.
+
+use std::time::Duration;
+
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::wire::JobEvent;
+use fleet_tests::*;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+fn expected_output(lines: u64) -> String {
+    (1..=lines).map(|n| format!("line {n}\n")).collect()
+}
+
+/// Reads events to the end; returns the stdout text, the output sequence numbers, the ids, and the `end` record.
+async fn read_to_end(reader: &mut SseReader) -> (String, Vec<u64>, Vec<u64>, Value) {
+    let (mut text, mut seqs, mut ids) = (String::new(), Vec::new(), Vec::new());
+    while let Some(e) = reader.next().await {
+        if let Some(id) = &e.id {
+            ids.push(id.parse().expect("numeric event id"));
+        }
+        match e.event.as_str() {
+            "output" if e.data["stream"] == "stdout" => {
+                text.push_str(e.data["text"].as_str().expect("text"));
+                seqs.push(e.data["seq"].as_u64().expect("seq"));
+            }
+            "end" => {
+                assert!(
+                    reader.next().await.is_none(),
+                    "the stream closes after `end`"
+                );
+                return (text, seqs, ids, e.data["record"].clone());
+            }
+            _ => {}
+        }
+    }
+    panic!("the stream closed without an `end` event");
+}
+
+fn assert_in_order_once(seqs: &[u64], ids: &[u64]) {
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "output seqs not contiguous"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[1] > w[0]),
+        "event ids not increasing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let nc = NatsClient::connect(&nats.url()).await;
+
+    // Subscribed before the job exists, so the raw subscriber sees every event.
+    let job_id = uuid::Uuid::now_v7();
+    let mut raw = nc
+        .client
+        .subscribe(format!("fleet.events.{job_id}"))
+        .await
+        .unwrap();
+    let message = "lines:1-5000 sleep:1 lines:5001-10000 write:done.txt=3";
+    let r = api
+        .post(
+            "/v1/jobs",
+            &json!({"id": job_id, "agent": "fake", "message": message}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = job_id.to_string();
+    let path = format!("/v1/jobs/{id}/events");
+
+    let early = tokio::spawn({
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            let mut reader = SseReader::open(&api, &path, None).await;
+            read_to_end(&mut reader).await
+        }
+    });
+    // Halfway: during the pause after the first 5,000 lines.
+    api.poll(&format!("/v1/jobs/{id}"), "running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = tokio::spawn({
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            let mut reader = SseReader::open(&api, &path, None).await;
+            read_to_end(&mut reader).await
+        }
+    });
+    // Resuming: read a few events, drop the connection, come back with the last id.
+    let mut first = SseReader::open(&api, &path, None).await;
+    let mut resumed_text = String::new();
+    let mut last_id = None;
+    let mut first_seqs = Vec::new();
+    while first_seqs.len() < 3 {
+        let e = first.next().await.expect("events");
+        if e.event == "output" {
+            resumed_text.push_str(e.data["text"].as_str().unwrap());
+            first_seqs.push(e.data["seq"].as_u64().unwrap());
+        }
+        last_id = e.id.clone();
+    }
+    drop(first);
+    let mut again = SseReader::open(&api, &path, last_id.as_deref()).await;
+    let (rest, rest_seqs, _, _) = read_to_end(&mut again).await;
+    resumed_text.push_str(&rest);
+    first_seqs.extend(rest_seqs);
+    assert_in_order_once(&first_seqs, &[]);
+
+    let expected = expected_output(10_000);
+    for (who, (text, seqs, ids, record)) in [
+        ("early", early.await.unwrap()),
+        ("late", late.await.unwrap()),
+    ] {
+        assert_eq!(text.len(), expected.len(), "{who}");
+        assert!(text == expected, "{who} listener's output differs");
+        assert_in_order_once(&seqs, &ids);
+        assert_eq!(record["status"], "completed", "{who}");
+    }
+    assert!(
+        resumed_text == expected,
+        "the resumed listener's output differs"
+    );
+
+    // The same events reached a plain NATS subscriber: a status first, the file, then the end.
+    let mut kinds = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), raw.next()).await {
+        let event: JobEvent = decode(&msg.payload, Format::MessagePack).unwrap();
+        let kind = event.kind();
+        if kinds.last() != Some(&kind) {
+            kinds.push(kind);
+        }
+        if kind == "end" {
+            break;
+        }
+    }
+    assert_eq!(kinds, ["status", "output", "artifact", "end"]);
+
+    // After the end, a new listener gets the whole story at once and the stream closes.
+    let mut after = SseReader::open(&api, &path, None).await;
+    let (text, _, _, record) = read_to_end(&mut after).await;
+    assert!(text == expected);
+    assert_eq!(record["files"][0]["name"], "done.txt");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
+    let nats = NatsServer::start();
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_WORKER_MAX_CONCURRENT", "1"),
+            ("FLEET_QUEUE_EVENTS_OUTPUT_BYTES", "1000"),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    // Over the output budget: an `output_limit` event, and the record still has everything it keeps.
+    let r = api
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "fake", "message": "lines:1-500"}),
+        )
+        .await;
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let mut reader = SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
+    let mut saw_limit = false;
+    let mut text = String::new();
+    while let Some(e) = reader.next().await {
+        match e.event.as_str() {
+            "output" => text.push_str(e.data["text"].as_str().unwrap()),
+            "output_limit" => saw_limit = true,
+            "end" => {
+                assert_eq!(e.data["record"]["stdout"], expected_output(500));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(saw_limit && text.len() <= 1000 && expected_output(500).starts_with(&text));
+
+    // A queued job cancelled before it ran: its only event is the end.
+    let blocker = api
+        .post("/v1/jobs", &json!({"agent": "fake", "message": "sleep:30"}))
+        .await
+        .body["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.poll(&format!("/v1/jobs/{blocker}"), "running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    let queued = api
+        .post(
+            "/v1/jobs",
+            &json!({"agent": "fake", "message": "print:never"}),
+        )
+        .await
+        .body["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut reader = SseReader::open(&api, &format!("/v1/jobs/{queued}/events"), None).await;
+    let r = api
+        .post(&format!("/v1/jobs/{queued}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let e = reader.next().await.expect("an event");
+    assert_eq!(
+        (e.event.as_str(), &e.data["record"]["status"]),
+        ("end", &json!("cancelled"))
+    );
+    assert!(reader.next().await.is_none());
+    let r = api
+        .post(&format!("/v1/jobs/{blocker}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let r = api
+        .get(&format!("/v1/jobs/{}/events", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(r.status, 404);
+    worker.stop().await;
+}
