@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use chrono::Utc;
 use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::wire::CancelRequest;
 use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -23,12 +23,6 @@ pub enum Outcome {
     Ended(Box<JobRecord>),
     /// The request is in; the job is still stopping, or has not been seen by any worker yet.
     Pending,
-}
-
-/// The value stored under the job id in the cancels bucket.
-#[derive(Serialize, Deserialize)]
-struct CancelRequest {
-    requested_at: chrono::DateTime<Utc>,
 }
 
 pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcome, ApiError> {
@@ -59,7 +53,8 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
         }
         if !requested {
             let request = CancelRequest {
-                requested_at: Utc::now(),
+                requested_at: Some(Utc::now()),
+                generation: held.as_ref().map_or(0, |(r, _)| r.generation()),
             };
             state
                 .cancels

@@ -34,7 +34,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NotFound | ErrorCode::JobNotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::IdempotencyConflict | ErrorCode::JobFinished => StatusCode::CONFLICT,
+        ErrorCode::IdempotencyConflict | ErrorCode::JobFinished | ErrorCode::NotRetryable => {
+            StatusCode::CONFLICT
+        }
         ErrorCode::QueueFull | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         // A job the gateway waited on ended badly: the upstream (the agent) failed.
         ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,

@@ -9,8 +9,8 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
 use fleet_shared::codec::{to_msgpack, CONTENT_TYPE_HEADER, MSGPACK};
-use fleet_shared::topology::{MSG_ID_HEADER, RECORD_REVISION_HEADER};
-use fleet_shared::{ErrorCode, JobRecord, JobRequest};
+use fleet_shared::topology::{GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER};
+use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -103,12 +103,42 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         Err(e) => return Err(ApiError::unavailable("creating the job record failed", e)),
     };
 
+    if let Err(e) = publish(state, &request_with_inputs, revision, 0).await {
+        // Nothing was queued: take the record back so the job does not look accepted.
+        let _ = state
+            .records
+            .delete_expect_revision(&key, Some(revision))
+            .await;
+        return Err(e);
+    }
+    tracing::info!(job_id = %record.id, agent = %record.request.agent, "job queued");
+    Ok(Submitted {
+        record,
+        created: true,
+    })
+}
+
+/// Publishes run `generation` of `request` (inline inputs included) for its `queued` record at `revision`.
+async fn publish(
+    state: &AppState,
+    request: &JobRequest,
+    revision: u64,
+    generation: u32,
+) -> Result<(), ApiError> {
     let mut headers = HeaderMap::new();
-    headers.insert(MSG_ID_HEADER, record.id.to_string().as_str());
+    // Retries get their own message id, or the stream's duplicate window would swallow them.
+    let msg_id = match generation {
+        0 => request.id.to_string(),
+        g => format!("{}.{g}", request.id),
+    };
+    headers.insert(MSG_ID_HEADER, msg_id.as_str());
     headers.insert(RECORD_REVISION_HEADER, revision.to_string().as_str());
+    if generation > 0 {
+        headers.insert(GENERATION_HEADER, generation.to_string().as_str());
+    }
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
-    let subject = state.topology.jobs_subject(&record.request.agent);
-    let payload: Bytes = to_msgpack(&request_with_inputs).into();
+    let subject = state.topology.jobs_subject(&request.agent);
+    let payload: Bytes = to_msgpack(request).into();
     let published = match state
         .js
         .publish_with_headers(subject, headers, payload)
@@ -117,25 +147,89 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         Ok(ack) => ack.await,
         Err(e) => Err(e),
     };
-    if let Err(e) = published {
-        // Nothing was queued: take the record back so the job does not look accepted.
+    match published {
+        Ok(_) => Ok(()),
+        Err(e) if is_queue_full(&e) => Err(ApiError::new(
+            ErrorCode::QueueFull,
+            "the job queue is full; retry later",
+        )
+        .retry_after(5)),
+        Err(e) => Err(ApiError::unavailable("publishing the job failed", e)),
+    }
+}
+
+/// Runs an ended job again: same request, a new run; the ended run moves to the record's `history`. Only jobs
+/// that failed, timed out or were cancelled can be retried, and only if their inputs can be given again.
+pub async fn retry(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+    let key = state.topology.record_key(id);
+    loop {
+        let entry = state
+            .records
+            .entry(key.clone())
+            .await
+            .map_err(|e| ApiError::unavailable("reading the job record failed", e))?
+            .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+            .ok_or_else(|| ApiError::job_not_found(id))?;
+        let ended: JobRecord =
+            fleet_shared::codec::decode(&entry.value, fleet_shared::codec::Format::MessagePack)
+                .map_err(|e| ApiError::unavailable("the job record is unreadable", e))?;
+        if !matches!(
+            ended.status,
+            JobStatus::Failed | JobStatus::Timeout | JobStatus::Cancelled
+        ) {
+            return Err(ApiError::new(
+                ErrorCode::NotRetryable,
+                format!(
+                    "job {id} is {}; only failed, timed-out or cancelled jobs can be retried",
+                    ended.status.as_str()
+                ),
+            ));
+        }
+        if ended
+            .request
+            .input_files
+            .iter()
+            .any(|f| f.from.is_none() && f.data_base64.is_none())
+        {
+            return Err(ApiError::new(
+                ErrorCode::NotRetryable,
+                "the job had inline input files, which are not kept; submit it again",
+            ));
+        }
+        let next = ended.retried();
+        match state
+            .records
+            .update(key.clone(), to_msgpack(&next).into(), entry.revision)
+            .await
+        {
+            Ok(revision) => return requeue(state, &key, ended, next, revision).await,
+            // Changed meanwhile (another retry, most likely): look again.
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+            }
+            Err(e) => return Err(ApiError::unavailable("recording the retry failed", e)),
+        }
+    }
+}
+
+/// Publishes the retry recorded at `revision`, or puts the ended record back if that fails.
+async fn requeue(
+    state: &AppState,
+    key: &str,
+    ended: JobRecord,
+    next: JobRecord,
+    revision: u64,
+) -> Result<JobRecord, ApiError> {
+    let id = next.id;
+    if let Err(e) = publish(state, &next.request, revision, next.generation()).await {
+        // Nothing was queued: put the ended record back.
         let _ = state
             .records
-            .delete_expect_revision(&key, Some(revision))
+            .update(key, to_msgpack(&ended).into(), revision)
             .await;
-        if is_queue_full(&e) {
-            return Err(
-                ApiError::new(ErrorCode::QueueFull, "the job queue is full; retry later")
-                    .retry_after(5),
-            );
-        }
-        return Err(ApiError::unavailable("publishing the job failed", e));
+        return Err(e);
     }
-    tracing::info!(job_id = %record.id, agent = %record.request.agent, "job queued");
-    Ok(Submitted {
-        record,
-        created: true,
-    })
+    tracing::info!(job_id = %id, generation = next.generation(), "job retried");
+    Ok(next)
 }
 
 fn is_queue_full(e: &async_nats::jetstream::context::PublishError) -> bool {

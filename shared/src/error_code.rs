@@ -44,10 +44,12 @@ pub enum ErrorCode {
     TargetUnreachable,
     /// The job already has its terminal record, so it cannot be cancelled.
     JobFinished,
+    /// The job cannot be retried: it has not failed, timed out or been cancelled, or its inputs are gone.
+    NotRetryable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -71,6 +73,7 @@ impl ErrorCode {
         Self::InvalidName,
         Self::TargetUnreachable,
         Self::JobFinished,
+        Self::NotRetryable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +101,7 @@ impl ErrorCode {
             Self::InvalidName => "invalid_name",
             Self::TargetUnreachable => "target_unreachable",
             Self::JobFinished => "job_finished",
+            Self::NotRetryable => "not_retryable",
         }
     }
 }

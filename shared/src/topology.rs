@@ -13,6 +13,8 @@ use crate::config::QueueConfig;
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header with the KV revision of the `queued` record the gateway wrote, so the worker claims it in one step.
 pub const RECORD_REVISION_HEADER: &str = "Fleet-Record-Revision";
+/// Header naming which run of a job a message starts (absent: the first; one more per retry).
+pub const GENERATION_HEADER: &str = "Fleet-Generation";
 /// Header a direct publisher may use to name its reply subject, answered even when the body is garbage.
 pub const REPLY_TO_HEADER: &str = "Fleet-Reply-To";
 

@@ -219,6 +219,35 @@ impl JobStatus {
     }
 }
 
+/// The value under a job id in the cancels bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<DateTime<Utc>>,
+    /// The run being cancelled (the record's number of retries then); a retry after it is not cancelled.
+    #[serde(default)]
+    pub generation: u32,
+}
+
+/// How an earlier run of a retried job ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EndedRun {
+    /// The record's `attempt` when that run ended.
+    pub attempt: u32,
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
@@ -312,6 +341,9 @@ pub struct JobRecord {
     /// The artifact target holding `files` and `logs` (`default`, a configured name, or `sharing:<uuid>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_store: Option<String>,
+    /// Earlier runs of this job, oldest first, each ended before a `POST /v1/jobs/{id}/retry`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<EndedRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -320,6 +352,34 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// Which run this is: 0 for the first, one more for each retry.
+    pub fn generation(&self) -> u32 {
+        self.history.len() as u32
+    }
+
+    /// Attempts (starts) since the last retry: what `queue.max_attempts` bounds.
+    pub fn attempts_this_run(&self) -> u32 {
+        let before = self.history.last().map_or(0, |h| h.attempt);
+        self.attempt.saturating_sub(before)
+    }
+
+    /// The `queued` record of a retry of this ended job: same request, the ended run moved to `history`.
+    pub fn retried(&self) -> Self {
+        let mut next = Self::queued(self.request.clone());
+        next.attempt = self.attempt;
+        next.history = self.history.clone();
+        next.history.push(EndedRun {
+            attempt: self.attempt,
+            status: self.status,
+            worker: self.worker.clone(),
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            exit_code: self.exit_code,
+            error: self.error.clone(),
+        });
+        next
+    }
+
     pub fn queued(request: JobRequest) -> Self {
         Self {
             id: request.id,
@@ -341,6 +401,7 @@ impl JobRecord {
             skipped_files: Vec::new(),
             logs: Vec::new(),
             artifact_store: None,
+            history: Vec::new(),
             resources: None,
             error: None,
             updated_at: Utc::now(),

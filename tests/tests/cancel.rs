@@ -240,3 +240,98 @@ async fn nats_cancel_requests_reach_directly_published_jobs_before_any_worker_se
     assert_eq!(answer["error"]["code"], "job_finished", "{answer}");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+
+    // Fails once (exit 3), then is retried twice: a cancel of one run does not stop the next.
+    let message = format!("count:{} print:ran exit:3", runs.display());
+    let r = api
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "fake", "message": message}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "failed", "{}", r.body);
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+
+    let r = api.post(&format!("/v1/jobs/{id}/retry"), &json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "queued");
+    let ended = wait_status(&api, &id, "failed").await;
+    let history = ended["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{ended}");
+    assert_eq!(history[0]["status"], "failed");
+    assert_eq!(history[0]["exit_code"], 3);
+    assert_eq!(ended["attempt"], 2, "{ended}");
+    assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 2);
+
+    // Cancel a run, then retry it: the retry runs.
+    let slow = submit(&api, "sleep:60", json!({})).await;
+    wait_status(&api, &slow, "running").await;
+    let r = api
+        .post(&format!("/v1/jobs/{slow}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    let r = api
+        .post(&format!("/v1/jobs/{slow}/retry"), &json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_status(&api, &slow, "running").await;
+    let r = api
+        .post(&format!("/v1/jobs/{slow}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    let rec = &r.body["record"];
+    assert_eq!(rec["history"].as_array().unwrap().len(), 1, "{rec}");
+
+    // Completed and running jobs, and jobs with inline inputs, cannot be retried.
+    let done = api
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "fake", "message": "print:ok"}),
+        )
+        .await;
+    let done_id = done.body["job_id"].as_str().unwrap();
+    let r = api
+        .post(&format!("/v1/jobs/{done_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("not_retryable")),
+        "{}",
+        r.body
+    );
+    let inline = api
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "fake", "message": "exit:1",
+                "input_files": [{"name": "a.txt", "data_base64": "aGk="}]}),
+        )
+        .await;
+    let inline_id = inline.body["job_id"].as_str().unwrap();
+    let r = api
+        .post(&format!("/v1/jobs/{inline_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("not_retryable")),
+        "{}",
+        r.body
+    );
+    let r = api
+        .post(
+            &format!("/v1/jobs/{}/retry", uuid::Uuid::now_v7()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    worker.stop().await;
+}

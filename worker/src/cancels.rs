@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::wire::CancelRequest;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -18,8 +20,8 @@ pub struct Cancels {
 
 #[derive(Default)]
 struct Inner {
-    /// Cancelled job ids and when this worker learnt of them.
-    requested: HashMap<Uuid, Instant>,
+    /// Cancelled job ids, the run (generation) each cancel was for, and when this worker learnt of it.
+    requested: HashMap<Uuid, (u32, Instant)>,
     running: HashMap<Uuid, CancellationToken>,
 }
 
@@ -39,17 +41,26 @@ impl Drop for Registration<'_> {
 }
 
 impl Cancels {
-    pub fn is_requested(&self, id: &Uuid) -> bool {
-        self.inner
-            .lock()
-            .is_ok_and(|inner| inner.requested.contains_key(id))
+    /// Was run `generation` of job `id` cancelled? (A cancel of an earlier run does not stop a retry.)
+    pub fn is_requested(&self, id: &Uuid, generation: u32) -> bool {
+        self.inner.lock().is_ok_and(|inner| {
+            inner
+                .requested
+                .get(id)
+                .is_some_and(|(g, _)| *g >= generation)
+        })
     }
 
-    /// Registers a job about to run; its token is cancelled when (or if already) the job is cancelled.
-    pub fn register(&self, id: Uuid) -> Registration<'_> {
+    /// Registers run `generation` of a job about to run; its token is cancelled when (or if already) that run
+    /// is cancelled.
+    pub fn register(&self, id: Uuid, generation: u32) -> Registration<'_> {
         let token = CancellationToken::new();
         if let Ok(mut inner) = self.inner.lock() {
-            if inner.requested.contains_key(&id) {
+            if inner
+                .requested
+                .get(&id)
+                .is_some_and(|(g, _)| *g >= generation)
+            {
                 token.cancel();
             }
             inner.running.insert(id, token.clone());
@@ -61,15 +72,17 @@ impl Cancels {
         }
     }
 
-    fn requested(&self, id: Uuid, retention: Duration) {
+    fn requested(&self, id: Uuid, generation: u32, retention: Duration) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
         // The bucket forgets requests after the retention; so does this set (checked as it grows).
         if inner.requested.len() % 1024 == 1023 {
-            inner.requested.retain(|_, at| at.elapsed() < retention);
+            inner
+                .requested
+                .retain(|_, (_, at)| at.elapsed() < retention);
         }
-        inner.requested.insert(id, Instant::now());
+        inner.requested.insert(id, (generation, Instant::now()));
         if let Some(token) = inner.running.get(&id) {
             tracing::info!(job_id = %id, "cancel requested; stopping the running job");
             token.cancel();
@@ -89,7 +102,9 @@ impl Cancels {
                 continue;
             }
             if let Ok(id) = Uuid::parse_str(&entry.key) {
-                self.requested(id, retention);
+                let request: CancelRequest =
+                    decode(&entry.value, Format::MessagePack).unwrap_or_default();
+                self.requested(id, request.generation, retention);
             }
         }
         Ok(())
@@ -104,14 +119,17 @@ mod tests {
     fn a_cancel_stops_a_registered_job_and_marks_later_ones() {
         let cancels = Cancels::default();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let running = cancels.register(a);
+        let running = cancels.register(a, 0);
         assert!(!running.token.is_cancelled());
-        cancels.requested(a, Duration::from_secs(60));
+        cancels.requested(a, 0, Duration::from_secs(60));
         assert!(running.token.is_cancelled());
         drop(running);
-        cancels.requested(b, Duration::from_secs(60));
-        assert!(cancels.is_requested(&b));
-        assert!(cancels.register(b).token.is_cancelled());
+        cancels.requested(b, 0, Duration::from_secs(60));
+        assert!(cancels.is_requested(&b, 0));
+        assert!(cancels.register(b, 0).token.is_cancelled());
+        // A retry (run 1) is not stopped by the cancel of run 0.
+        assert!(!cancels.is_requested(&b, 1));
+        assert!(!cancels.register(b, 1).token.is_cancelled());
         assert!(cancels.inner.lock().unwrap().running.is_empty());
     }
 }

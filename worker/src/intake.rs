@@ -5,7 +5,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fleet_shared::codec::{decode, Format, CONTENT_TYPE_HEADER};
-use fleet_shared::topology::{MSG_ID_HEADER, RECORD_REVISION_HEADER, REPLY_TO_HEADER};
+use fleet_shared::topology::{
+    GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, REPLY_TO_HEADER,
+};
 use fleet_shared::wire::{job_id_for_message, PublishedJob};
 use fleet_shared::{ErrorCode, JobError, JobRequest, Topology};
 use uuid::Uuid;
@@ -26,6 +28,8 @@ pub struct Intake {
     pub format: Format,
     /// Revision of the gateway's `queued` record, when the gateway published the job.
     pub queued_revision: Option<u64>,
+    /// Which run of the job this message starts: 0, or the number of retries before it.
+    pub generation: u32,
     /// Set when the job cannot run: the request (as far as it could be read) and why.
     pub rejected: Option<JobError>,
 }
@@ -37,11 +41,15 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
 pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     let format = Format::detect(header(msg.headers, CONTENT_TYPE_HEADER), msg.payload);
     let subject_agent = topology.agent_of_subject(msg.subject).unwrap_or_default();
+    // A retry's message id is `<job id>.<generation>`.
     let fallback_id = header(msg.headers, MSG_ID_HEADER)
-        .and_then(|v| v.parse::<Uuid>().ok())
+        .and_then(|v| v.split('.').next()?.parse::<Uuid>().ok())
         .unwrap_or_else(|| job_id_for_message(msg.published, msg.stream_sequence));
     let header_reply = header(msg.headers, REPLY_TO_HEADER).map(str::to_string);
     let queued_revision = header(msg.headers, RECORD_REVISION_HEADER).and_then(|v| v.parse().ok());
+    let generation = header(msg.headers, GENERATION_HEADER)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
 
     let reject = |reason: String| {
         let request = JobRequest {
@@ -62,6 +70,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             request,
             format,
             queued_revision: None,
+            generation,
             rejected: Some(JobError::new(ErrorCode::InvalidJob, reason)),
         }
     };
@@ -78,6 +87,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
         request,
         format,
         queued_revision,
+        generation,
         rejected: None,
     };
     if intake.request.agent != subject_agent {

@@ -90,19 +90,42 @@ async fn run_job(
         return Settle::Retry(Some(Duration::from_secs(1)));
     };
     // Records keep input names and sizes; the content is written from the message into the workspace.
-    let queued = JobRecord::queued(intake.request.without_inline_data());
+    let mut queued = JobRecord::queued(intake.request.without_inline_data());
+    let mut queued_revision = intake.queued_revision;
     let input_files = intake.request.input_files;
-    if shared.cancels.is_requested(&queued.id) {
+    if intake.generation > 0 {
+        // A retry: its record carries the history of earlier runs, which the message does not.
+        match records::current(&shared.records, &key).await {
+            Ok(Some(held)) if held.record.generation() == intake.generation => {
+                if held.record.status.is_terminal() {
+                    return Settle::Ack;
+                }
+                queued = held.record;
+                queued_revision = held.revision;
+            }
+            Ok(_) => {
+                tracing::info!(
+                    "a stale retry message (the job was retried again or has ended); skipping"
+                );
+                return Settle::Ack;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the retried job's record failed; retrying later");
+                return Settle::Retry(Some(Duration::from_millis(500)));
+            }
+        }
+    }
+    if shared.cancels.is_requested(&queued.id, intake.generation) {
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
-    let registration = shared.cancels.register(queued.id);
+    let registration = shared.cancels.register(queued.id, intake.generation);
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
     let deferred = delivered <= 1 && !shared.config.worker.claim_delay().is_zero();
     let mut held = if deferred {
-        records::unclaimed(queued.clone(), intake.queued_revision, &shared.worker_id)
+        records::unclaimed(queued.clone(), queued_revision, &shared.worker_id)
     } else {
-        match claim(shared, &key, &queued, intake.queued_revision).await {
+        match claim(shared, &key, &queued, queued_revision).await {
             Ok(Claim::Claimed(held)) => held,
             Ok(Claim::AlreadyTerminal) => {
                 tracing::info!("job already has a terminal record; skipping");

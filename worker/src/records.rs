@@ -143,7 +143,7 @@ pub async fn claim(
             Some(held) if held.record.status.is_terminal() => return Ok(Claim::AlreadyTerminal),
             Some(held)
                 if held.record.status == JobStatus::Running
-                    && held.record.attempt >= max_attempts =>
+                    && held.record.attempts_this_run() >= max_attempts =>
             {
                 return Ok(Claim::Exhausted(held));
             }

@@ -270,3 +270,23 @@ pub async fn cancel_job(
     };
     Ok((answer.0, Json(answer.1)).into_response())
 }
+
+/// Run a failed, timed-out or cancelled job again: same request, a new run; the record keeps the ended runs in
+/// `history`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = Uuid, Path)),
+    responses((status = 202, description = "Queued again", body = JobAccepted),
+        (status = 404, body = Problem),
+        (status = 409, description = "Not failed, timed out or cancelled; or its inline inputs are gone", body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    let record = crate::submit::retry(&state, &id).await?;
+    let body = JobAccepted {
+        job_id: id,
+        status: record.status,
+        record: Some(record),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
