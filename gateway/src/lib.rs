@@ -40,6 +40,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
         .route("/v1/jobs/{id}/events", get(events::events))
+        .route("/v1/jobs/{id}/ws", get(events::websocket))
         .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
         .route("/v1/jobs/{id}/artifacts.tar", get(artifacts::archive))
         .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))

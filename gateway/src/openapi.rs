@@ -8,7 +8,7 @@ use crate::routes::{artifacts, compat, events, jobs, sharing, system};
 #[openapi(
     info(title = "fleet", description = "Run AI agents and code jobs on a NATS JetStream worker fleet."),
     paths(
-        jobs::submit_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job, jobs::retry_job, events::events,
+        jobs::submit_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job, jobs::retry_job, events::events, events::websocket,
         artifacts::list, artifacts::archive, artifacts::download, artifacts::download_compat,
         system::health, system::ready, system::agents,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,

@@ -148,6 +148,43 @@ async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
     }
     assert_eq!(kinds, ["status", "output", "artifact", "end"]);
 
+    // The WebSocket carries the same events with their ids, and resumes after one.
+    let ws_url = format!("{}/v1/jobs/{id}/ws", api.base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+    let (mut ws_text, mut third_id) = (String::new(), None);
+    let mut frames = 0;
+    while let Some(Ok(frame)) = ws.next().await {
+        let tokio_tungstenite::tungstenite::Message::Text(text) = frame else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        frames += 1;
+        if frames == 3 {
+            third_id = event["id"].as_u64();
+        }
+        if event["type"] == "output" && event["stream"] == "stdout" {
+            ws_text.push_str(event["text"].as_str().unwrap());
+        }
+        if event["type"] == "end" {
+            break;
+        }
+    }
+    assert!(
+        ws_text == expected,
+        "the WebSocket listener's output differs"
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{ws_url}?after={}", third_id.unwrap()))
+            .await
+            .unwrap();
+    let mut resumed = 0;
+    while let Some(Ok(frame)) = ws.next().await {
+        if frame.is_text() {
+            resumed += 1;
+        }
+    }
+    assert_eq!(resumed, frames - 3, "resuming after the third frame");
+
     // After the end, a new listener gets the whole story at once and the stream closes.
     let mut after = SseReader::open(&api, &path, None).await;
     let (text, _, _, record) = read_to_end(&mut after).await;

@@ -1,4 +1,4 @@
-//! `GET /v1/jobs/{id}/events`: a job's events as Server-Sent Events. Each event's id is its sequence in the events
+//! `GET /v1/jobs/{id}/events` (Server-Sent Events) and `/v1/jobs/{id}/ws` (WebSocket): a job's events. Each event's id is its sequence in the events
 //! stream, so `Last-Event-ID` resumes exactly after the last event a client saw; a listener that connects late
 //! replays everything first, then follows live. The stream ends after the `end` event (the terminal record).
 
@@ -6,17 +6,21 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Response;
 use fleet_shared::codec::{decode, Format};
 use fleet_shared::wire::JobEvent;
 use fleet_shared::JobRecord;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Path, Problem};
+use crate::error::{ApiError, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
 
@@ -32,22 +36,70 @@ pub async fn events(
     Path(id): Path<Uuid>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let record = records::get_or_404(&state, &id).await?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let stream = job_events(&state, id, after)
+        .await?
+        .map(|(seq, event)| Ok(sse(seq, &event)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WsParams {
+    /// Resume after this event id.
+    pub after: Option<u64>,
+}
+
+/// The same events over a WebSocket: one JSON text frame per event, the event with its `id` added; the server
+/// closes after `end`. `?after=ID` resumes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/ws", tag = "jobs", params(("id" = Uuid, Path), WsParams),
+    responses((status = 101, description = "WebSocket of JobEvent JSON frames"),
+        (status = 404, body = Problem), (status = 503, body = Problem)))]
+pub async fn websocket(
+    State(state): State<AppState>,
+    Path(id): Path<Uuid>,
+    Query(params): Query<WsParams>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let mut events = job_events(&state, id, params.after).await?;
+    Ok(upgrade.on_upgrade(move |mut socket| async move {
+        while let Some((seq, event)) = events.next().await {
+            let mut frame = serde_json::to_value(&event).unwrap_or_default();
+            if let (Some(seq), Some(map)) = (seq, frame.as_object_mut()) {
+                map.insert("id".into(), seq.into());
+            }
+            if socket
+                .send(Message::Text(frame.to_string().into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = socket.send(Message::Close(None)).await;
+    }))
+}
+
+/// Job `id`'s events after `after` (all if none), replayed then live, ending with `end`; each with its id.
+async fn job_events(
+    state: &AppState,
+    id: Uuid,
+    after: Option<u64>,
+) -> Result<BoxStream<'static, (Option<u64>, JobEvent)>, ApiError> {
+    let record = records::get_or_404(state, &id).await?;
     let terminal = record.status.is_terminal().then_some(record);
-    let messages = follow(&state, &id, after).await?;
-    let stream = futures::stream::unfold(
+    let messages = follow(state, &id, after).await?;
+    Ok(futures::stream::unfold(
         Follow {
             messages,
             terminal,
             finished: false,
         },
         Follow::next,
-    );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    )
+    .boxed())
 }
 
 /// Events of job `id` after stream sequence `after` (from the first if none), then live ones.
@@ -95,7 +147,7 @@ struct Follow {
 }
 
 impl Follow {
-    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+    async fn next(mut self) -> Option<((Option<u64>, JobEvent), Self)> {
         if self.finished {
             return None;
         }
@@ -111,40 +163,32 @@ impl Follow {
         let Some((seq, pending, event)) = next else {
             let record = self.terminal.take()?;
             self.finished = true;
-            return Some((
-                Ok(sse(
-                    None,
-                    &JobEvent::End {
-                        record: Box::new(record),
-                    },
-                )),
-                self,
-            ));
+            let end = JobEvent::End {
+                record: Box::new(record),
+            };
+            return Some(((None, end), self));
         };
         if matches!(event, JobEvent::End { .. }) {
             self.finished = true;
         } else if pending == 0 {
             if let Some(record) = self.terminal.take() {
                 // Replayed to the end without an `end`: send this event, then the record's.
-                let rest = futures::stream::iter([(
-                    0,
-                    0,
-                    JobEvent::End {
-                        record: Box::new(record),
-                    },
-                )]);
-                self.messages = rest.boxed();
+                let end = JobEvent::End {
+                    record: Box::new(record),
+                };
+                self.messages = futures::stream::iter([(0, 0, end)]).boxed();
             }
         }
-        Some((Ok(sse(Some(seq), &event)), self))
+        let seq = (seq > 0).then_some(seq);
+        Some(((seq, event), self))
     }
 }
 
 fn sse(seq: Option<u64>, event: &JobEvent) -> Event {
     let e = Event::default().event(event.kind());
     let e = match seq {
-        Some(seq) if seq > 0 => e.id(seq.to_string()),
-        _ => e,
+        Some(seq) => e.id(seq.to_string()),
+        None => e,
     };
     e.json_data(event)
         .unwrap_or_else(|_| Event::default().event("error").data("unencodable event"))
