@@ -16,6 +16,7 @@ use fleet_shared::{JobRecord, JobStatus};
 use futures::StreamExt;
 
 use crate::bench_artifacts;
+use crate::bench_events;
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -36,6 +37,9 @@ pub struct BenchArgs {
     /// Also measure the file path: artifact upload and download against object_store used directly.
     #[arg(long)]
     artifacts: bool,
+    /// Also measure live events: agent line → SSE client latency, and 100 listeners' cost on throughput.
+    #[arg(long)]
+    events: bool,
     /// Size of the large artifact case, MB.
     #[arg(long, default_value_t = 100)]
     artifact_big_mb: usize,
@@ -83,11 +87,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     let config = dir.path().join("bench.toml");
     let mut toml = format!(
-        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\"]\n",
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n",
         COMMAND[0],
         COMMAND[1],
         copy = bench_artifacts::COPY_AGENT,
         copy_cmd = bench_artifacts::COPY_COMMAND,
+        tick = bench_events::TICK_AGENT,
+        fleet = std::env::current_exe()?.display().to_string(),
     );
     if let Some((_, endpoint)) = &s3 {
         toml.push_str(&bench_artifacts::s3_target_toml(endpoint));
@@ -252,6 +258,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for (target, met) in targets {
         println!("{} {target}", if met { "met    " } else { "MISSED " });
     }
+    if args.events {
+        let throughput =
+            async || nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await;
+        bench_events::run(&http, &base, throughput, args.rounds).await?;
+    }
     if args.artifacts {
         let fleet = bench_artifacts::Fleet {
             client: &client,
@@ -302,7 +313,7 @@ struct Round {
     http: f64,
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)

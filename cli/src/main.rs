@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_artifacts;
+mod bench_events;
 mod local_nats;
 mod logging;
 
@@ -34,6 +35,10 @@ enum Command {
     Worker(CommonArgs),
     /// Measure latency, throughput and idle memory of a no-op agent through a fleet started for the purpose.
     Bench(bench::BenchArgs),
+    /// The benchmark's chatty agent: prints the time in microseconds COUNT times, INTERVAL_MS apart ("COUNT
+    /// INTERVAL_MS" as one argument).
+    #[command(hide = true)]
+    Tick { spec: String },
 }
 
 #[derive(Args, Clone)]
@@ -73,6 +78,9 @@ impl CommonArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Tick { spec } = &cli.command {
+        return bench_events::tick(spec);
+    }
     logging::init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -83,6 +91,7 @@ fn main() -> Result<()> {
             Command::Gateway(args) => gateway(args.load()?).await,
             Command::Worker(args) => worker(args.load()?).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Tick { .. } => Ok(()),
         }
     })
 }

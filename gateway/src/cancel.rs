@@ -84,6 +84,7 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
                     Ok(_) => {
                         let end = fleet_shared::wire::JobEvent::End {
                             record: Box::new(ended.clone()),
+                            output_sent: false,
                         };
                         fleet_shared::nats::publish_event(
                             &state.client,

@@ -459,8 +459,14 @@ pub enum JobEvent {
     OutputLimit { attempt: u32, bytes: u64 },
     /// A file the job produced was stored.
     Artifact { file: FileEntry },
-    /// The terminal record; always the last event.
-    End { record: Box<JobRecord> },
+    /// The terminal record; always the last event. `output_sent` is false when the attempt ended before its
+    /// events went live (short jobs): its output is then only in the record, and gateways send it as `output`
+    /// events before this one.
+    End {
+        record: Box<JobRecord>,
+        #[serde(default)]
+        output_sent: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

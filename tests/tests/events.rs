@@ -206,12 +206,13 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let api = gw.api();
+    let nc = NatsClient::connect(&nats.url()).await;
 
     // Over the output budget: an `output_limit` event, and the record still has everything it keeps.
     let r = api
         .post(
             "/v1/jobs?wait=30",
-            &json!({"agent": "fake", "message": "lines:1-500"}),
+            &json!({"agent": "fake", "message": "sleep:0.2 lines:1-500"}),
         )
         .await;
     let id = r.body["job_id"].as_str().unwrap().to_string();
@@ -230,6 +231,31 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
         }
     }
     assert!(saw_limit && text.len() <= 1000 && expected_output(500).starts_with(&text));
+
+    // A short job publishes only its end; listeners still get its output as `output` events, then the end.
+    let job_id = uuid::Uuid::now_v7();
+    let mut raw = nc
+        .client
+        .subscribe(format!("fleet.events.{job_id}"))
+        .await
+        .unwrap();
+    let r = api
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"id": job_id, "agent": "fake", "message": "print:quick"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    let first: JobEvent = decode(&raw.next().await.unwrap().payload, Format::MessagePack).unwrap();
+    assert_eq!(first.kind(), "end");
+    let mut reader = SseReader::open(&api, &format!("/v1/jobs/{job_id}/events"), None).await;
+    let e = reader.next().await.unwrap();
+    assert_eq!(
+        (e.event.as_str(), &e.data["text"]),
+        ("output", &json!("quick\n"))
+    );
+    assert_eq!(reader.next().await.unwrap().event, "end");
+    assert!(reader.next().await.is_none());
 
     // A queued job cancelled before it ran: its only event is the end.
     let blocker = api

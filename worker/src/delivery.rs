@@ -10,6 +10,7 @@ pub async fn announce(
     topology: &Topology,
     record: &JobRecord,
     format: Format,
+    output_sent: bool,
 ) {
     if let Some(reply_to) = &record.request.reply_to {
         match encode(record, format) {
@@ -26,7 +27,7 @@ pub async fn announce(
             Err(e) => tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed"),
         }
     }
-    crate::events::end(client, topology, record).await;
+    crate::events::end(client, topology, record, output_sent).await;
     let done = topology.done_subject(&record.id);
     if let Err(e) = client.publish(done, to_msgpack(record).into()).await {
         tracing::warn!(job_id = %record.id, error = %e, "publishing the done notice failed");

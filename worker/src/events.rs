@@ -12,17 +12,26 @@ use uuid::Uuid;
 
 use crate::output::OutputSink;
 
-/// The events of one attempt of one job.
+/// The events of one attempt of one job. Like claims, they are deferred: until [`Events::go_live`] (called when
+/// the job outlives the claim delay, or its early output grows past a few KiB) output is held back, and a job that
+/// ends before that publishes only its end — whose record holds that output, which gateways turn into `output`
+/// events. Most jobs are short; this keeps them at one stored event.
 #[derive(Debug)]
 pub struct Events {
     client: async_nats::Client,
     topology: Topology,
     id: Uuid,
     attempt: u32,
+    worker: String,
     seq: AtomicU64,
     /// Output bytes still allowed as events in this attempt.
     budget: AtomicU64,
     limited: AtomicBool,
+    live: AtomicBool,
+    /// Output held back until the events go live, and its size.
+    held: tokio::sync::Mutex<(Vec<(OutputStream, String)>, usize)>,
+    /// Held-back output that makes the events go live at once (so the record's capped copy always holds it all).
+    hold_limit: usize,
 }
 
 impl Events {
@@ -31,31 +40,52 @@ impl Events {
         topology: &Topology,
         id: &Uuid,
         attempt: u32,
+        worker: &str,
         budget: u64,
+        output_cap: usize,
     ) -> Self {
         Self {
             client: client.clone(),
             topology: topology.clone(),
             id: *id,
             attempt,
+            worker: worker.to_string(),
             seq: AtomicU64::new(0),
             budget: AtomicU64::new(budget),
             limited: AtomicBool::new(false),
+            live: AtomicBool::new(false),
+            held: tokio::sync::Mutex::new((Vec::new(), 0)),
+            hold_limit: output_cap.min(HOLD_LIMIT),
         }
+    }
+
+    /// Publishes the start and the output held back so far; from now on output goes out as it is read.
+    pub async fn go_live(&self) {
+        let mut held = self.held.lock().await;
+        if self.live.load(Ordering::SeqCst) {
+            return;
+        }
+        self.publish(&JobEvent::Status {
+            status: JobStatus::Running,
+            attempt: self.attempt,
+            worker: self.worker.clone(),
+            at: Utc::now(),
+        })
+        .await;
+        for (stream, text) in std::mem::take(&mut held.0) {
+            self.send_output(stream, text).await;
+        }
+        // Only now: output read meanwhile waited on the lock, so it goes out after what was held.
+        self.live.store(true, Ordering::SeqCst);
     }
 
     async fn publish(&self, event: &JobEvent) {
         publish_event(&self.client, &self.topology, &self.id, event).await;
     }
 
-    pub async fn started(&self, worker: &str) {
-        self.publish(&JobEvent::Status {
-            status: JobStatus::Running,
-            attempt: self.attempt,
-            worker: worker.to_string(),
-            at: Utc::now(),
-        })
-        .await;
+    /// Did this attempt's output go out as events (rather than only in its record)?
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
     }
 
     pub async fn stored(&self, file: &FileEntry) {
@@ -76,6 +106,23 @@ impl Events {
         if text.is_empty() {
             return;
         }
+        if !self.live.load(Ordering::SeqCst) {
+            let mut held = self.held.lock().await;
+            if !self.live.load(Ordering::SeqCst) {
+                held.1 += text.len();
+                held.0.push((stream, text));
+                let over = held.1 > self.hold_limit;
+                drop(held);
+                if over {
+                    self.go_live().await;
+                }
+                return;
+            }
+        }
+        self.send_output(stream, text).await;
+    }
+
+    async fn send_output(&self, stream: OutputStream, text: String) {
         let bytes = text.len() as u64;
         let left = self.budget.load(Ordering::Relaxed);
         if bytes > left {
@@ -101,10 +148,19 @@ impl Events {
     }
 }
 
+/// Held-back output above which events go live before the claim delay.
+const HOLD_LIMIT: usize = 16 * 1024;
+
 /// The terminal record as the job's last event.
-pub async fn end(client: &async_nats::Client, topology: &Topology, record: &JobRecord) {
+pub async fn end(
+    client: &async_nats::Client,
+    topology: &Topology,
+    record: &JobRecord,
+    output_sent: bool,
+) {
     let event = JobEvent::End {
         record: Box::new(record.clone()),
+        output_sent,
     };
     publish_event(client, topology, &record.id, &event).await;
 }

@@ -95,8 +95,14 @@ async fn sweep(shared: &Shared) -> Result<(), async_nats::Error> {
             .await?;
             if finish == Finish::Written {
                 tracing::warn!(job_id = %record.id, agent, "failed a job for an agent no worker runs");
-                crate::delivery::announce(&shared.client, &shared.topology, &record, intake.format)
-                    .await;
+                crate::delivery::announce(
+                    &shared.client,
+                    &shared.topology,
+                    &record,
+                    intake.format,
+                    false,
+                )
+                .await;
             }
             stream.delete_message(msg.sequence).await.ok();
         }

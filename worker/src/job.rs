@@ -81,6 +81,7 @@ async fn run_job(
             JobRecord::failed_without_run(intake.request, error),
             None,
             intake.format,
+            false,
         )
         .await;
     }
@@ -144,6 +145,7 @@ async fn run_job(
 
     let stop = shared.kill_running.child_token();
     let mut superseded = false;
+    let mut output_sent = false;
     let result = match shared.dirs.take(&held.record) {
         Ok(mut dirs) => 'run: {
             let target = held.record.request.artifact_target.as_deref();
@@ -170,17 +172,19 @@ async fn run_job(
             };
             let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
             spec.cancel = registration.token.clone();
-            let attempt = held.record.attempt.max(1);
-            let budget = shared.config.queue.events_output_bytes;
             let job_events = Events::new(
                 &shared.client,
                 &shared.topology,
                 &queued.id,
-                attempt,
-                budget,
+                held.record.attempt.max(1),
+                &shared.worker_id,
+                shared.config.queue.events_output_bytes,
+                shared.config.worker.output_cap_bytes,
             );
             let job_events = Arc::new(job_events);
-            job_events.started(&shared.worker_id).await;
+            if claimed {
+                job_events.go_live().await;
+            }
             spec.events = Some(job_events.clone());
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
@@ -188,6 +192,7 @@ async fn run_job(
                 key: &key,
                 queued: &queued,
                 stop: &stop,
+                events: &job_events,
             };
             let r = supervise(shared, watch, run, &mut held, &mut claimed, &mut superseded).await;
             if r.as_ref()
@@ -211,6 +216,7 @@ async fn run_job(
                 _ => None,
             };
             shared.dirs.give_back(dirs);
+            output_sent = job_events.is_live();
             r.map(|outcome| (outcome, collected))
         }
         Err(e) => Err(SpawnError::Workspace(e)),
@@ -245,7 +251,14 @@ async fn run_job(
                 None => {}
             }
             // Recording waits out NATS outages: keep the message ours meanwhile.
-            let recording = write_and_announce(shared, &key, record, held.revision, intake.format);
+            let recording = write_and_announce(
+                shared,
+                &key,
+                record,
+                held.revision,
+                intake.format,
+                output_sent,
+            );
             with_heartbeat(msg, shared.config.queue.ack_wait(), recording).await
         }
         Err(e) => {
@@ -256,7 +269,7 @@ async fn run_job(
                 _ => ErrorCode::SpawnFailed,
             };
             record.error = Some(JobError::new(code, e.to_string()));
-            write_and_announce(shared, &key, record, held.revision, intake.format).await
+            write_and_announce(shared, &key, record, held.revision, intake.format, false).await
         }
     }
 }
@@ -287,7 +300,7 @@ async fn cancel_before_start(
         "cancelled before it started",
     ));
     tracing::info!("job cancelled before it started");
-    write_and_announce(shared, key, record, revision, format).await
+    write_and_announce(shared, key, record, revision, format, false).await
 }
 
 async fn claim(
@@ -320,7 +333,7 @@ async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Form
         format!("the job's worker was lost on each of its {attempts} attempts"),
     ));
     tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
-    write_and_announce(shared, key, record, held.revision, format).await
+    write_and_announce(shared, key, record, held.revision, format, false).await
 }
 
 /// What `supervise` needs to know about the job besides its run.
@@ -330,6 +343,8 @@ struct Watch<'a> {
     queued: &'a JobRecord,
     /// Stops the run when another writer has already ended the job.
     stop: &'a tokio_util::sync::CancellationToken,
+    /// Deferred like the claim: published once the job outlives the claim delay.
+    events: &'a Events,
 }
 
 /// Drives the run to its end while keeping the message alive with in-progress acks and, for a deferred claim,
@@ -352,6 +367,7 @@ async fn supervise<T>(
             out = &mut run => return out,
             _ = &mut claim_at, if !*claimed => {
                 *claimed = true;
+                watch.events.go_live().await;
                 match claim(shared, watch.key, watch.queued, held.revision).await {
                     Ok(Claim::Claimed(h)) => *held = h,
                     Ok(Claim::AlreadyTerminal) => {
@@ -474,6 +490,7 @@ async fn write_and_announce(
     record: JobRecord,
     revision: Option<u64>,
     format: Format,
+    output_sent: bool,
 ) -> Settle {
     match records::finish(
         &shared.records,
@@ -486,7 +503,14 @@ async fn write_and_announce(
     {
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
-            crate::delivery::announce(&shared.client, &shared.topology, &record, format).await;
+            crate::delivery::announce(
+                &shared.client,
+                &shared.topology,
+                &record,
+                format,
+                output_sent,
+            )
+            .await;
             Settle::Ack
         }
         Ok(Finish::AlreadyTerminal) => {

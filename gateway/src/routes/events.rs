@@ -2,6 +2,7 @@
 //! stream, so `Last-Event-ID` resumes exactly after the last event a client saw; a listener that connects late
 //! replays everything first, then follows live. The stream ends after the `end` event (the terminal record).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
 use fleet_shared::codec::{decode, Format};
-use fleet_shared::wire::JobEvent;
+use fleet_shared::wire::{JobEvent, OutputStream};
 use fleet_shared::JobRecord;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
@@ -95,7 +96,10 @@ async fn job_events(
         Follow {
             messages,
             terminal,
-            finished: false,
+            resumed: after.is_some(),
+            saw_output: false,
+            queue: VecDeque::new(),
+            done: false,
         },
         Follow::next,
     )
@@ -143,12 +147,21 @@ struct Follow {
     messages: BoxStream<'static, (u64, u64, JobEvent)>,
     /// The terminal record when the job had already ended at connect time.
     terminal: Option<JobRecord>,
-    finished: bool,
+    /// The client resumed after an event id, so it saw earlier events on another connection.
+    resumed: bool,
+    saw_output: bool,
+    /// The last events, sent before the stream ends.
+    queue: VecDeque<(Option<u64>, JobEvent)>,
+    /// The end is queued: nothing more is read.
+    done: bool,
 }
 
 impl Follow {
     async fn next(mut self) -> Option<((Option<u64>, JobEvent), Self)> {
-        if self.finished {
+        if let Some(item) = self.queue.pop_front() {
+            return Some((item, self));
+        }
+        if self.finishing() {
             return None;
         }
         // A job that had ended before the listener came has nothing more to wait for once its stored events are
@@ -162,25 +175,71 @@ impl Follow {
         };
         let Some((seq, pending, event)) = next else {
             let record = self.terminal.take()?;
-            self.finished = true;
-            let end = JobEvent::End {
-                record: Box::new(record),
-            };
-            return Some(((None, end), self));
+            let send_output = !self.saw_output && !self.resumed;
+            self.finish(None, record, send_output);
+            let item = self.queue.pop_front()?;
+            return Some((item, self));
         };
-        if matches!(event, JobEvent::End { .. }) {
-            self.finished = true;
-        } else if pending == 0 {
-            if let Some(record) = self.terminal.take() {
-                // Replayed to the end without an `end`: send this event, then the record's.
-                let end = JobEvent::End {
-                    record: Box::new(record),
-                };
-                self.messages = futures::stream::iter([(0, 0, end)]).boxed();
+        let seq = (seq > 0).then_some(seq);
+        match event {
+            JobEvent::End {
+                record,
+                output_sent,
+            } => {
+                self.finish(seq, *record, !output_sent);
+                let item = self.queue.pop_front()?;
+                Some((item, self))
+            }
+            event => {
+                self.saw_output |= matches!(event, JobEvent::Output { .. });
+                if pending == 0 {
+                    if let Some(record) = self.terminal.take() {
+                        // Replayed to the end without an `end`: this event, then the record's.
+                        let send_output = !self.saw_output && !self.resumed;
+                        self.queue.push_back((seq, event));
+                        self.finish(None, record, send_output);
+                        let item = self.queue.pop_front()?;
+                        return Some((item, self));
+                    }
+                }
+                Some(((seq, event), self))
             }
         }
-        let seq = (seq > 0).then_some(seq);
-        Some(((seq, event), self))
+    }
+
+    /// The stream has queued its last events.
+    fn finishing(&self) -> bool {
+        self.done && self.queue.is_empty()
+    }
+
+    /// Queues the end: first the record's output as `output` events when it never went out as events (jobs that
+    /// ended before their events went live), then `end` itself.
+    fn finish(&mut self, seq: Option<u64>, record: JobRecord, send_output: bool) {
+        if send_output {
+            let texts = [
+                (OutputStream::Stdout, &record.stdout),
+                (OutputStream::Stderr, &record.stderr),
+            ];
+            let mut n = 0;
+            for (stream, text) in texts {
+                if !text.is_empty() {
+                    n += 1;
+                    let output = JobEvent::Output {
+                        stream,
+                        attempt: record.attempt.max(1),
+                        seq: n,
+                        text: text.clone(),
+                    };
+                    self.queue.push_back((None, output));
+                }
+            }
+        }
+        let end = JobEvent::End {
+            record: Box::new(record),
+            output_sent: true,
+        };
+        self.queue.push_back((seq, end));
+        self.done = true;
     }
 }
 
