@@ -82,18 +82,8 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
                     .await
                 {
                     Ok(_) => {
-                        let end = fleet_shared::wire::JobEvent::End {
-                            record: Box::new(ended.clone()),
-                            output_sent: false,
-                        };
-                        fleet_shared::nats::publish_event(
-                            &state.client,
-                            &state.topology,
-                            &id,
-                            &end,
-                        )
-                        .await;
-                        // Jobs submitted over HTTP have no reply subject; gateways waiting on the job hear this.
+                        // Jobs submitted over HTTP have no reply subject; gateways waiting on or following the job hear this
+                        // (it never went live, so it has no events).
                         let notice = state.topology.done_subject(&id);
                         if let Err(e) = state
                             .client

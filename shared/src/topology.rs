@@ -13,6 +13,9 @@ use crate::config::QueueConfig;
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header with the KV revision of the `queued` record the gateway wrote, so the worker claims it in one step.
 pub const RECORD_REVISION_HEADER: &str = "Fleet-Record-Revision";
+/// Header of a done notice: `sent` when the job's output went out as events (and its `end` event is in the
+/// events stream); absent when the job ended before its events went live, so its record holds all of them.
+pub const OUTPUT_EVENTS_HEADER: &str = "Fleet-Output-Events";
 /// Header naming which run of a job a message starts (absent: the first; one more per retry).
 pub const GENERATION_HEADER: &str = "Fleet-Generation";
 /// Header a direct publisher may use to name its reply subject, answered even when the body is garbage.

@@ -459,9 +459,9 @@ pub enum JobEvent {
     OutputLimit { attempt: u32, bytes: u64 },
     /// A file the job produced was stored.
     Artifact { file: FileEntry },
-    /// The terminal record; always the last event. `output_sent` is false when the attempt ended before its
-    /// events went live (short jobs): its output is then only in the record, and gateways send it as `output`
-    /// events before this one.
+    /// The terminal record; always the last event. A job that ends within the claim delay publishes no events
+    /// at all (its end is on `fleet.done.<id>` and its reply subject); gateways still serve it to listeners as
+    /// `output` events made from the record, then `end`. `output_sent` is true on every published `end`.
     End {
         record: Box<JobRecord>,
         #[serde(default)]

@@ -1,8 +1,10 @@
 //! Announcing a terminal record: to the job's reply subject (in the format the publisher used), as the job's
-//! last event, and on the job's done subject, where gateways waiting on the job listen.
+//! last event if its events went live, and on the job's done subject, where gateways waiting on the job (and
+//! following its events) listen.
 
 use async_nats::HeaderMap;
 use fleet_shared::codec::{encode, to_msgpack, Format, CONTENT_TYPE_HEADER};
+use fleet_shared::topology::OUTPUT_EVENTS_HEADER;
 use fleet_shared::{JobRecord, Topology};
 
 pub async fn announce(
@@ -27,9 +29,17 @@ pub async fn announce(
             Err(e) => tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed"),
         }
     }
-    crate::events::end(client, topology, record, output_sent).await;
+    // A job whose events never went live publishes no `end` event: listeners take its end from the done notice.
+    let mut headers = HeaderMap::new();
+    if output_sent {
+        crate::events::end(client, topology, record).await;
+        headers.insert(OUTPUT_EVENTS_HEADER, "sent");
+    }
     let done = topology.done_subject(&record.id);
-    if let Err(e) = client.publish(done, to_msgpack(record).into()).await {
+    if let Err(e) = client
+        .publish_with_headers(done, headers, to_msgpack(record).into())
+        .await
+    {
         tracing::warn!(job_id = %record.id, error = %e, "publishing the done notice failed");
     }
 }

@@ -14,8 +14,8 @@ use crate::output::OutputSink;
 
 /// The events of one attempt of one job. Like claims, they are deferred: until [`Events::go_live`] (called when
 /// the job outlives the claim delay, or its early output grows past a few KiB) output is held back, and a job that
-/// ends before that publishes only its end — whose record holds that output, which gateways turn into `output`
-/// events. Most jobs are short; this keeps them at one stored event.
+/// ends before that publishes no events at all: its done notice carries the record, whose output gateways turn into
+/// `output` events. Most jobs are short; this keeps their cost at nothing.
 #[derive(Debug)]
 pub struct Events {
     client: async_nats::Client,
@@ -151,16 +151,11 @@ impl Events {
 /// Held-back output above which events go live before the claim delay.
 const HOLD_LIMIT: usize = 16 * 1024;
 
-/// The terminal record as the job's last event.
-pub async fn end(
-    client: &async_nats::Client,
-    topology: &Topology,
-    record: &JobRecord,
-    output_sent: bool,
-) {
+/// The terminal record as the last event of a job whose events went live.
+pub async fn end(client: &async_nats::Client, topology: &Topology, record: &JobRecord) {
     let event = JobEvent::End {
         record: Box::new(record.clone()),
-        output_sent,
+        output_sent: true,
     };
     publish_event(client, topology, &record.id, &event).await;
 }

@@ -13,6 +13,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
 use fleet_shared::codec::{decode, Format};
+use fleet_shared::topology::OUTPUT_EVENTS_HEADER;
 use fleet_shared::wire::{JobEvent, OutputStream};
 use fleet_shared::JobRecord;
 use futures::stream::BoxStream;
@@ -89,21 +90,47 @@ async fn job_events(
     id: Uuid,
     after: Option<u64>,
 ) -> Result<BoxStream<'static, (Option<u64>, JobEvent)>, ApiError> {
+    // Subscribed before the record is read, so a job ending meanwhile cannot slip by.
+    let done = records::listen_done(state, &id).await?;
     let record = records::get_or_404(state, &id).await?;
     let terminal = record.status.is_terminal().then_some(record);
-    let messages = follow(state, &id, after).await?;
+    // A job that ended before its events went live has none: its record is the whole story.
+    let stored = terminal.is_none() || has_events(state, &id).await;
+    let messages = match stored {
+        true => follow(state, &id, after).await?,
+        false => futures::stream::empty().boxed(),
+    };
+    let done = done
+        .filter_map(|m| async move {
+            let live = m
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(OUTPUT_EVENTS_HEADER).is_some());
+            let record = decode::<JobRecord>(&m.payload, Format::MessagePack).ok()?;
+            Some((record, live))
+        })
+        .boxed();
     Ok(futures::stream::unfold(
         Follow {
             messages,
+            done,
             terminal,
             resumed: after.is_some(),
             saw_output: false,
             queue: VecDeque::new(),
-            done: false,
+            finished: false,
         },
         Follow::next,
     )
     .boxed())
+}
+
+async fn has_events(state: &AppState, id: &Uuid) -> bool {
+    state
+        .events
+        .get_last_raw_message_by_subject(&state.topology.events_subject(id))
+        .await
+        .is_ok()
 }
 
 /// Events of job `id` after stream sequence `after` (from the first if none), then live ones.
@@ -145,6 +172,8 @@ async fn follow(
 
 struct Follow {
     messages: BoxStream<'static, (u64, u64, JobEvent)>,
+    /// Done notices: the terminal record, and whether the job's events went live (then its `end` is in the stream).
+    done: BoxStream<'static, (JobRecord, bool)>,
     /// The terminal record when the job had already ended at connect time.
     terminal: Option<JobRecord>,
     /// The client resumed after an event id, so it saw earlier events on another connection.
@@ -153,63 +182,74 @@ struct Follow {
     /// The last events, sent before the stream ends.
     queue: VecDeque<(Option<u64>, JobEvent)>,
     /// The end is queued: nothing more is read.
-    done: bool,
+    finished: bool,
 }
 
 impl Follow {
     async fn next(mut self) -> Option<((Option<u64>, JobEvent), Self)> {
-        if let Some(item) = self.queue.pop_front() {
-            return Some((item, self));
-        }
-        if self.finishing() {
-            return None;
-        }
-        // A job that had ended before the listener came has nothing more to wait for once its stored events are
-        // replayed: if they no longer hold its end (expired, or not yet published), the record stands in.
-        let next = match &self.terminal {
-            Some(_) => tokio::time::timeout(Duration::from_millis(500), self.messages.next())
-                .await
-                .ok()
-                .flatten(),
-            None => self.messages.next().await,
-        };
-        let Some((seq, pending, event)) = next else {
-            let record = self.terminal.take()?;
-            let send_output = !self.saw_output && !self.resumed;
-            self.finish(None, record, send_output);
-            let item = self.queue.pop_front()?;
-            return Some((item, self));
-        };
-        let seq = (seq > 0).then_some(seq);
-        match event {
-            JobEvent::End {
-                record,
-                output_sent,
-            } => {
-                self.finish(seq, *record, !output_sent);
-                let item = self.queue.pop_front()?;
-                Some((item, self))
+        loop {
+            if let Some(item) = self.queue.pop_front() {
+                return Some((item, self));
             }
-            event => {
-                self.saw_output |= matches!(event, JobEvent::Output { .. });
-                if pending == 0 {
-                    if let Some(record) = self.terminal.take() {
-                        // Replayed to the end without an `end`: this event, then the record's.
+            if self.finished {
+                return None;
+            }
+            if self.terminal.is_some() {
+                // Ended before the listener came: once its stored events are replayed, if they do not hold its end
+                // (expired, or never published), the record stands in.
+                let next = tokio::time::timeout(Duration::from_millis(500), self.messages.next());
+                match next.await.ok().flatten() {
+                    Some(item) => return self.event(item),
+                    None => {
+                        let record = self.terminal.take()?;
                         let send_output = !self.saw_output && !self.resumed;
-                        self.queue.push_back((seq, event));
                         self.finish(None, record, send_output);
-                        let item = self.queue.pop_front()?;
-                        return Some((item, self));
                     }
                 }
-                Some(((seq, event), self))
+                continue;
+            }
+            tokio::select! {
+                item = self.messages.next() => match item {
+                    Some(item) => return self.event(item),
+                    // The events consumer ended (NATS trouble): the done notice still ends the stream.
+                    None => self.messages = futures::stream::pending().boxed(),
+                },
+                notice = self.done.next() => match notice {
+                    // Never went live: no events will come; the record holds its output.
+                    Some((record, false)) => {
+                        let send_output = !self.saw_output && !self.resumed;
+                        self.finish(None, record, send_output);
+                    }
+                    // Went live: its `end` follows in the stream.
+                    Some((_, true)) => {}
+                    None => self.done = futures::stream::pending().boxed(),
+                },
             }
         }
     }
 
-    /// The stream has queued its last events.
-    fn finishing(&self) -> bool {
-        self.done && self.queue.is_empty()
+    fn event(
+        mut self,
+        (seq, pending, event): (u64, u64, JobEvent),
+    ) -> Option<((Option<u64>, JobEvent), Self)> {
+        let seq = (seq > 0).then_some(seq);
+        if let JobEvent::End { record, .. } = event {
+            self.finish(seq, *record, false);
+            let item = self.queue.pop_front()?;
+            return Some((item, self));
+        }
+        self.saw_output |= matches!(event, JobEvent::Output { .. });
+        if pending == 0 {
+            if let Some(record) = self.terminal.take() {
+                // Replayed to the end without an `end`: this event, then the record's.
+                let send_output = !self.saw_output && !self.resumed;
+                self.queue.push_back((seq, event));
+                self.finish(None, record, send_output);
+                let item = self.queue.pop_front()?;
+                return Some((item, self));
+            }
+        }
+        Some(((seq, event), self))
     }
 
     /// Queues the end: first the record's output as `output` events when it never went out as events (jobs that
@@ -239,7 +279,7 @@ impl Follow {
             output_sent: true,
         };
         self.queue.push_back((seq, end));
-        self.done = true;
+        self.finished = true;
     }
 }
 
