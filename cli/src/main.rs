@@ -3,6 +3,7 @@
 mod bench;
 mod bench_artifacts;
 mod bench_events;
+mod client;
 mod local_nats;
 mod logging;
 
@@ -21,6 +22,8 @@ use tokio_util::sync::CancellationToken;
     about = "Run AI agents and code jobs on a NATS JetStream worker fleet"
 )]
 struct Cli {
+    #[command(flatten)]
+    client: client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +42,8 @@ enum Command {
     /// INTERVAL_MS" as one argument).
     #[command(hide = true)]
     Tick { spec: String },
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 #[derive(Args, Clone)]
@@ -92,6 +97,13 @@ fn main() -> Result<()> {
             Command::Worker(args) => worker(args.load()?).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Tick { .. } => Ok(()),
+            Command::Client(command) => match client::run(cli.client, command).await {
+                Ok(code) => std::process::exit(code),
+                Err(e) => {
+                    eprintln!("fleet: {e:#}");
+                    std::process::exit(1);
+                }
+            },
         }
     })
 }
