@@ -302,3 +302,49 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
     assert_eq!(r.status, 404);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_and_cancel_work_through_any_gateway_replica() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let (one, two) = (
+        start_gateway(&cfg.config).await,
+        start_gateway(&cfg.config).await,
+    );
+    let (api1, api2) = (one.api(), two.api());
+    assert_ne!(api1.base, api2.base);
+
+    let r = api1
+        .post(
+            "/v1/jobs",
+            &json!({"agent": "fake", "message": "print:ready sleep:60"}),
+        )
+        .await;
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+    // Follow through the second replica, cancel through the first: the follower sees the end.
+    let mut reader = SseReader::open(&api2, &format!("/v1/jobs/{id}/events"), None).await;
+    let mut text = String::new();
+    while !text.contains("ready") {
+        let e = reader.next().await.expect("events");
+        if e.event == "output" {
+            text.push_str(e.data["text"].as_str().unwrap());
+        }
+    }
+    let r = api1
+        .post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    loop {
+        let e = reader.next().await.expect("the end");
+        if e.event == "end" {
+            assert_eq!(e.data["record"]["status"], "cancelled");
+            break;
+        }
+    }
+    drop(one);
+    // The first replica is gone; the second answers for the job.
+    let r = api2.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.body["status"], "cancelled");
+    worker.stop().await;
+}
