@@ -226,6 +226,10 @@ pub struct AgentConfig {
     pub timeout: Option<f64>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Run the agent with stdout and stderr on a pseudo-terminal, for CLIs that only flush (or only print
+    /// progress) on a TTY. A terminal has one output stream: stderr arrives merged into stdout.
+    #[serde(default)]
+    pub pty: bool,
 }
 
 impl QueueConfig {

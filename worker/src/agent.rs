@@ -53,6 +53,7 @@ pub fn run_spec(
         env.push((k.clone(), v.clone()));
     }
     RunSpec {
+        pty: agent.pty,
         events: None,
         cancel: tokio_util::sync::CancellationToken::new(),
         argv,

@@ -115,6 +115,8 @@ pub async fn capture(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A pseudo-terminal's master reads EIO once every slave end is closed: its end of file.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
                 tracing::warn!(error = %e, "reading agent output failed");
                 break;

@@ -3,7 +3,7 @@
 //! grace period. Exit is observed through a pidfd and reaped with `wait4`, which also yields the resource use.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -38,6 +38,8 @@ pub struct RunSpec {
     pub stderr_log: Option<PathBuf>,
     /// Cancelled when the job is cancelled: the process group is ended as for a timeout.
     pub cancel: CancellationToken,
+    /// Stdout and stderr on a pseudo-terminal (merged) instead of pipes.
+    pub pty: bool,
     /// Where output is published as it is read (none for runs nobody watches).
     pub events: Option<std::sync::Arc<crate::events::Events>>,
 }
@@ -98,15 +100,27 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         // Its own process group, so timeout and cancel reach grandchildren too.
         .process_group(0);
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| SpawnError::Start {
+    let start_err = |source| SpawnError::Start {
         program: program.clone(),
         source,
-    })?;
+    };
+    let master = if spec.pty {
+        let (master, slave) = open_pty().map_err(start_err)?;
+        cmd.stdout(Stdio::from(slave.try_clone().map_err(start_err)?))
+            .stderr(Stdio::from(slave));
+        Some(master)
+    } else {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        None
+    };
+    let started = Instant::now();
+    let spawned = cmd.spawn().map_err(start_err);
+    // The parent's copies of the terminal's slave end go with `cmd`: the master reads end of file only once
+    // every slave end is closed.
+    drop(cmd);
+    let mut child = spawned?;
     let pid = child.id() as libc::pid_t;
     // From here the child exists: every path below must reap it.
     let exit = match PidFd::open(pid) {
@@ -122,10 +136,16 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         .stdin
         .take()
         .and_then(|p| tokio::process::ChildStdin::from_std(p).ok());
-    let stdout = child
-        .stdout
-        .take()
-        .and_then(|p| tokio::process::ChildStdout::from_std(p).ok());
+    let stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = match master {
+        Some(master) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
+            master,
+        )))),
+        None => child
+            .stdout
+            .take()
+            .and_then(|p| tokio::process::ChildStdout::from_std(p).ok())
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    };
     let stderr = child
         .stderr
         .take()
@@ -228,6 +248,37 @@ async fn capture_into(
     }
 }
 
+/// A pseudo-terminal in raw mode (no `\n` → `\r\n`, no echo): (master, slave). The master is close-on-exec, so
+/// agents never hold it.
+fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (mut master, mut slave): (libc::c_int, libc::c_int) = (-1, -1);
+    // SAFETY: openpty writes two fds into the locals; the null pointers ask for no name and default settings.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us these fds; we are their only owner.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // SAFETY: plain fd and termios calls on fds we own; termios is plain old data filled by tcgetattr.
+    unsafe {
+        libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC);
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    Ok((master, slave))
+}
+
 fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
     // SAFETY: kill has no memory effects; a group that is already gone answers ESRCH, which is fine.
     unsafe {
@@ -298,6 +349,7 @@ mod tests {
 
     fn spec(argv: &[&str]) -> RunSpec {
         RunSpec {
+            pty: false,
             events: None,
             cancel: CancellationToken::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
@@ -349,6 +401,25 @@ mod tests {
         assert_eq!(out.killed, Some(KillReason::Timeout));
         assert_eq!(out.ending, Ending::Signaled(libc::SIGKILL));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_pty_agent_sees_a_terminal_and_its_output_is_unchanged() {
+        let probe = [
+            "sh",
+            "-c",
+            "if test -t 1; then echo tty; else echo pipe; fi; echo err >&2",
+        ];
+        let out = run(spec(&probe), CancellationToken::new()).await.unwrap();
+        assert_eq!(
+            (out.stdout.head.as_slice(), out.stderr.head.as_slice()),
+            (&b"pipe\n"[..], &b"err\n"[..])
+        );
+        let mut on_tty = spec(&probe);
+        on_tty.pty = true;
+        let out = run(on_tty, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.stdout.head, b"tty\nerr\n");
+        assert_eq!(out.ending, Ending::Exited(0));
     }
 
     #[tokio::test]
