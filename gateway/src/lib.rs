@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod cancel;
 pub mod error;
+pub mod live;
 pub mod openapi;
 pub mod records;
 pub mod routes;

@@ -25,6 +25,8 @@ pub struct Inner {
     pub agents: AgentDirectory,
     /// Where artifacts are read from (the same target configuration the workers write with).
     pub stores: fleet_shared::artifacts::targets::Stores,
+    /// Live tails of running jobs, shared by their listeners on this gateway.
+    pub live: crate::live::LiveHub,
     /// Cancel requests, watched by every worker.
     pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
@@ -51,7 +53,14 @@ impl AppState {
             Some(handles.config.clone()),
         )?;
         let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
+        let live = crate::live::LiveHub::new(
+            client.clone(),
+            handles.events.clone(),
+            topology.clone(),
+            config.http.live_buffer_events,
+        );
         Ok(Self(Arc::new(Inner {
+            live,
             config,
             topology,
             client,

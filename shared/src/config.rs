@@ -55,6 +55,9 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     pub max_wait_secs: f64,
     pub generate_wait_secs: f64,
+    /// Live events a gateway buffers per running job for its slowest listener, which is told it fell behind and
+    /// dropped past this (it resumes from where it was).
+    pub live_buffer_events: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -466,6 +469,9 @@ impl Config {
         }
         if self.worker.max_concurrent < 1 {
             return Err(invalid("worker.max_concurrent", "must be at least 1"));
+        }
+        if self.http.live_buffer_events < 1 {
+            return Err(invalid("http.live_buffer_events", "must be at least 1"));
         }
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));

@@ -459,6 +459,9 @@ pub enum JobEvent {
     OutputLimit { attempt: u32, bytes: u64 },
     /// A file the job produced was stored.
     Artifact { file: FileEntry },
+    /// Sent by a gateway to a listener that fell too far behind the live events, just before it closes the
+    /// stream: reconnect with `Last-Event-ID: last_id` (or `?after=`) to continue without a gap.
+    Behind { last_id: u64 },
     /// The terminal record; always the last event. A job that ends within the claim delay publishes no events
     /// at all (its end is on `fleet.done.<id>` and its reply subject); gateways still serve it to listeners as
     /// `output` events made from the record, then `end`. `output_sent` is true on every published `end`.
@@ -485,6 +488,7 @@ impl JobEvent {
             Self::Output { .. } => "output",
             Self::OutputLimit { .. } => "output_limit",
             Self::Artifact { .. } => "artifact",
+            Self::Behind { .. } => "behind",
             Self::End { .. } => "end",
         }
     }

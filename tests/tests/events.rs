@@ -348,3 +348,44 @@ async fn events_and_cancel_work_through_any_gateway_replica() {
     assert_eq!(r.body["status"], "cancelled");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_too_slow_for_the_live_tail_is_dropped_with_word_and_resumes_without_a_gap() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_HTTP_LIVE_BUFFER_EVENTS", "8")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let r = api
+        .post(
+            "/v1/jobs",
+            &json!({"agent": "fake", "message": "sleep:0.3 lines:1-100000"}),
+        )
+        .await;
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/jobs/{id}/events");
+    let mut slow = SseReader::open(&api, &path, None).await;
+    // Not reading while the job floods its output: the socket fills, then the tail's buffer.
+    api.poll(&format!("/v1/jobs/{id}"), "the end", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    let mut text = String::new();
+    let mut behind = None;
+    while let Some(e) = slow.next().await {
+        match e.event.as_str() {
+            "output" => text.push_str(e.data["text"].as_str().unwrap()),
+            "behind" => behind = e.data["last_id"].as_u64(),
+            "end" => panic!("a listener that far behind cannot have kept up"),
+            _ => {}
+        }
+    }
+    let last_id = behind.expect("a `behind` event before the stream closed");
+    let mut again = SseReader::open(&api, &path, Some(&last_id.to_string())).await;
+    let (rest, _, _, record) = read_to_end(&mut again).await;
+    text.push_str(&rest);
+    assert!(text == expected_output(100_000), "resumed output differs");
+    assert_eq!(record["status"], "completed");
+    worker.stop().await;
+}

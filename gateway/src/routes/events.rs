@@ -96,9 +96,26 @@ async fn job_events(
     let terminal = record.status.is_terminal().then_some(record);
     // A job that ended before its events went live has none: its record is the whole story.
     let stored = terminal.is_none() || has_events(state, &id).await;
-    let messages = match stored {
-        true => follow(state, &id, after).await?,
-        false => futures::stream::empty().boxed(),
+    let mut tail = None;
+    let messages = match (stored, &terminal) {
+        (false, _) => futures::stream::empty().boxed(),
+        (true, Some(_)) => follow(state, &id, after).await?.map(Feed::from).boxed(),
+        (true, None) => {
+            // Live: the shared tail first, then what the stream already holds, then the tail from there on.
+            let (handle, receiver) = state
+                .live
+                .tail(id)
+                .await
+                .map_err(|e| ApiError::unavailable("following the job's events failed", e))?;
+            tail = Some(handle);
+            let seen = after.unwrap_or(0);
+            let stored_to = last_stored(state, &id).await.unwrap_or(0);
+            let replay = match stored_to > seen {
+                true => replay_to(follow(state, &id, after).await?, stored_to),
+                false => futures::stream::empty().boxed(),
+            };
+            replay.chain(live(receiver, stored_to.max(seen))).boxed()
+        }
     };
     let done = done
         .filter_map(|m| async move {
@@ -119,10 +136,69 @@ async fn job_events(
             saw_output: false,
             queue: VecDeque::new(),
             finished: false,
+            last_id: after.unwrap_or(0),
+            _tail: tail,
         },
         Follow::next,
     )
     .boxed())
+}
+
+/// What a listener is fed: events with their stream sequence (and how many the replay still holds), or word that
+/// it fell behind the live tail.
+enum Feed {
+    Event(u64, u64, JobEvent),
+    Behind,
+}
+
+impl From<(u64, u64, JobEvent)> for Feed {
+    fn from((seq, pending, event): (u64, u64, JobEvent)) -> Self {
+        Self::Event(seq, pending, event)
+    }
+}
+
+/// The stream sequence of the job's last stored event.
+async fn last_stored(state: &AppState, id: &Uuid) -> Option<u64> {
+    state
+        .events
+        .get_last_raw_message_by_subject(&state.topology.events_subject(id))
+        .await
+        .ok()
+        .map(|m| m.sequence)
+}
+
+/// `replay` up to and including sequence `last`, then its end (without waiting for anything later).
+fn replay_to(
+    replay: BoxStream<'static, (u64, u64, JobEvent)>,
+    last: u64,
+) -> BoxStream<'static, Feed> {
+    futures::stream::unfold((replay, false), move |(mut replay, done)| async move {
+        if done {
+            return None;
+        }
+        let (seq, pending, event) = replay.next().await?;
+        Some((Feed::Event(seq, pending, event), (replay, seq >= last)))
+    })
+    .boxed()
+}
+
+/// Live events after sequence `after` from the job's shared tail.
+fn live(
+    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::live::LiveEvent>>,
+    after: u64,
+) -> BoxStream<'static, Feed> {
+    use tokio::sync::broadcast::error::RecvError;
+    futures::stream::unfold(receiver, move |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(e) if e.seq <= after => continue,
+                Ok(e) => return Some((Feed::Event(e.seq, 0, e.event.clone()), receiver)),
+                Err(RecvError::Lagged(_)) => return Some((Feed::Behind, receiver)),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
 }
 
 async fn has_events(state: &AppState, id: &Uuid) -> bool {
@@ -171,7 +247,7 @@ async fn follow(
 }
 
 struct Follow {
-    messages: BoxStream<'static, (u64, u64, JobEvent)>,
+    messages: BoxStream<'static, Feed>,
     /// Done notices: the terminal record, and whether the job's events went live (then its `end` is in the stream).
     done: BoxStream<'static, (JobRecord, bool)>,
     /// The terminal record when the job had already ended at connect time.
@@ -183,6 +259,10 @@ struct Follow {
     queue: VecDeque<(Option<u64>, JobEvent)>,
     /// The end is queued: nothing more is read.
     finished: bool,
+    /// The id of the last event sent.
+    last_id: u64,
+    /// Keeps the job's shared live tail running while this listener follows it.
+    _tail: Option<std::sync::Arc<crate::live::Tail>>,
 }
 
 impl Follow {
@@ -228,10 +308,18 @@ impl Follow {
         }
     }
 
-    fn event(
-        mut self,
-        (seq, pending, event): (u64, u64, JobEvent),
-    ) -> Option<((Option<u64>, JobEvent), Self)> {
+    fn event(mut self, feed: Feed) -> Option<((Option<u64>, JobEvent), Self)> {
+        let (seq, pending, event) = match feed {
+            Feed::Event(seq, pending, event) => (seq, pending, event),
+            Feed::Behind => {
+                self.finished = true;
+                let behind = JobEvent::Behind {
+                    last_id: self.last_id,
+                };
+                return Some(((None, behind), self));
+            }
+        };
+        self.last_id = self.last_id.max(seq);
         let seq = (seq > 0).then_some(seq);
         if let JobEvent::End { record, .. } = event {
             self.finish(seq, *record, false);
