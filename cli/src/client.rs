@@ -1,8 +1,10 @@
 //! The `fleet` client commands: drive a fleet through a gateway's HTTP API (`--url`, or `FLEET_URL`). Output is
-//! plain lines (or `--json` for scripts); an error is one line on stderr and a non-zero exit code.
+//! plain lines (or `--json` for scripts), with a spinner and progress bars when stderr is a terminal; an error
+//! is one line on stderr and a non-zero exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -287,10 +289,24 @@ impl Client {
             .context("the gateway's answer has no job id")
     }
 
+    /// Waits for the job's end; on a terminal, a spinner shows its state meanwhile.
     async fn wait(&self, id: &str) -> Result<JobRecord> {
+        let spinner = (!self.json && std::io::stderr().is_terminal()).then(|| {
+            let s = indicatif::ProgressBar::new_spinner();
+            s.enable_steady_tick(Duration::from_millis(100));
+            s
+        });
+        // Short waits on a terminal, so the spinner shows queued → running; long ones otherwise.
+        let wait = if spinner.is_some() { 2 } else { 60 };
         loop {
-            let record: JobRecord = self.get(&format!("/v1/jobs/{id}?wait=60")).await?;
+            let record: JobRecord = self.get(&format!("/v1/jobs/{id}?wait={wait}")).await?;
+            if let Some(s) = &spinner {
+                s.set_message(format!("job {id}: {}", record.status.as_str()));
+            }
             if record.status.is_terminal() {
+                if let Some(s) = spinner {
+                    s.finish_and_clear();
+                }
                 return Ok(record);
             }
         }
@@ -391,8 +407,20 @@ impl Client {
             let mut out = tokio::fs::File::create(&target)
                 .await
                 .with_context(|| format!("creating {}", target.display()))?;
+            // A progress bar on a terminal; plain lines when piped.
+            let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
+                let bar = indicatif::ProgressBar::new(file.size);
+                bar.set_message(file.name.clone());
+                bar
+            });
             while let Some(chunk) = r.chunk().await? {
                 tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+                if let Some(bar) = &bar {
+                    bar.inc(chunk.len() as u64);
+                }
+            }
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
             }
             if !self.json {
                 eprintln!("saved {} ({} bytes)", target.display(), file.size);
