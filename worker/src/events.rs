@@ -136,7 +136,7 @@ impl Events {
             }
             return;
         }
-        self.budget.fetch_sub(bytes, Ordering::Relaxed);
+        let before = self.budget.fetch_sub(bytes, Ordering::Relaxed);
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.publish(&JobEvent::Output {
             stream,
@@ -145,8 +145,18 @@ impl Events {
             text,
         })
         .await;
+        // The client queues publishes in memory: wait for them to leave every so often, so a flood of output
+        // costs the worker a bounded amount of memory rather than the whole budget at once.
+        if (before / FLUSH_EVERY) != ((before - bytes) / FLUSH_EVERY) {
+            if let Err(e) = self.client.flush().await {
+                tracing::debug!(error = %e, "flushing job events failed");
+            }
+        }
     }
 }
+
+/// Output event bytes between waits for the client's queue to drain.
+const FLUSH_EVERY: u64 = 256 * 1024;
 
 /// Held-back output above which events go live before the claim delay.
 const HOLD_LIMIT: usize = 16 * 1024;
