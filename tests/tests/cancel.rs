@@ -156,9 +156,19 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
         1
     );
 
-    // Against a timeout: whichever wins, one terminal record.
+    // Against a timeout: whichever wins, one terminal record, and nothing of the job's process group left.
+    let dir = tempfile::tempdir().unwrap();
     for delay_ms in [900u64, 1000, 1100] {
-        let id = submit(&api, "sleep:60", json!({"timeout": 1.0})).await;
+        let (agent_pid, grandchild_pid) = (
+            dir.path().join(format!("agent-{delay_ms}")),
+            dir.path().join(format!("grandchild-{delay_ms}")),
+        );
+        let message = format!(
+            "pid:{} grandchild:{} sleep:60",
+            agent_pid.display(),
+            grandchild_pid.display()
+        );
+        let id = submit(&api, &message, json!({"timeout": 1.0})).await;
         wait_status(&api, &id, "running").await;
         let mut notices = nc
             .client
@@ -178,6 +188,15 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
             1,
             "{end}"
         );
+        for file in [&agent_pid, &grandchild_pid] {
+            let pid = pid_in(file);
+            eventually(
+                "the job's processes gone",
+                Duration::from_secs(5),
+                || async move { !process_alive(pid) },
+            )
+            .await;
+        }
     }
     worker.stop().await;
 }
