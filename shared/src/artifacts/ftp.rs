@@ -16,7 +16,7 @@ use suppaftp::{FtpError, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use super::{hex_digest, Download, StoreError, StoreKey, READ_CHUNK};
+use super::{clamp, hex_digest, Download, StoreError, StoreKey, READ_CHUNK};
 use crate::config::TargetConfig;
 
 type Conn = AsyncRustlsFtpStream;
@@ -226,14 +226,7 @@ impl FtpStore {
         let path = self.path(key);
         let mut conn = self.checkout().await?;
         let size = conn.size(&path).await.map_err(|e| self.err(e))? as u64;
-        // Clamped to the file, as the other backends do; the gateway has already checked ranges against the size.
-        let range = match range {
-            Some(r) => {
-                let start = r.start.min(size);
-                start..r.end.clamp(start, size)
-            }
-            None => 0..size,
-        };
+        let range = clamp(range, size);
         if range.start > 0 {
             conn.resume_transfer(range.start as usize)
                 .await

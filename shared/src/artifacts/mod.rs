@@ -358,13 +358,7 @@ impl ArtifactStore {
         };
         let mut file = tokio::fs::File::open(&path).await.map_err(io_err)?;
         let size = file.metadata().await.map_err(io_err)?.len();
-        let range = match range {
-            Some(r) => {
-                let start = r.start.min(size);
-                start..r.end.clamp(start, size)
-            }
-            None => 0..size,
-        };
+        let range = clamp(range, size);
         if range.start > 0 {
             file.seek(std::io::SeekFrom::Start(range.start))
                 .await
@@ -462,6 +456,18 @@ impl ArtifactStore {
                 Ok(inner.head(key).await.map_err(|e| self.err(e))?.size)
             }
         }
+    }
+}
+
+/// The byte range to serve of an object of `size` bytes: the one asked for, clamped to the object (as
+/// object_store does; the gateway has already refused ranges outside it), or all of it.
+pub(crate) fn clamp(range: Option<Range<u64>>, size: u64) -> Range<u64> {
+    match range {
+        Some(r) => {
+            let start = r.start.min(size);
+            start..r.end.clamp(start, size)
+        }
+        None => 0..size,
     }
 }
 
