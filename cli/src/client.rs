@@ -72,6 +72,8 @@ pub enum ClientCommand {
     },
     /// List the agents the fleet runs.
     Agents,
+    /// List the workers running now.
+    Workers,
     /// Save a job's files into DIR (default: the current directory).
     Download { id: String, dir: Option<PathBuf> },
 }
@@ -195,6 +197,31 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<i32> {
                     a["queued"],
                     a["running"],
                     a["description"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
+        ClientCommand::Workers => {
+            let list: Value = client.get("/v1/workers").await?;
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(0);
+            }
+            for w in list["workers"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32} {:<20} running {}/{}  agents {}",
+                    w["worker_id"].as_str().unwrap_or(""),
+                    w["host"].as_str().unwrap_or(""),
+                    w["in_flight"],
+                    w["max_concurrent"],
+                    w["agents"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","))
+                        .unwrap_or_default()
                 );
             }
             Ok(0)

@@ -13,6 +13,7 @@ pub mod state;
 pub mod submit;
 pub mod tar;
 pub mod upload;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub fn app(state: AppState) -> Router {
             get(artifacts::download_compat),
         )
         .route("/v1/agents", get(system::agents))
+        .route("/v1/workers", get(system::workers))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/interact", post(compat::interact))

@@ -96,6 +96,26 @@ impl Topology {
         format!("{}.cancel.*", self.prefix)
     }
 
+    /// The NATS service name every worker registers under (`$SRV.PING/INFO/STATS.<name>`).
+    pub fn worker_service(&self) -> String {
+        format!("{}-worker", self.prefix)
+    }
+
+    /// The subject of a worker's own status endpoint.
+    pub fn worker_status_subject(&self, worker_id: &str) -> String {
+        let token: String = worker_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{}.workers.{token}.status", self.prefix)
+    }
+
     /// Fleet-wide settings changed at run time (the sharing target), watched by workers.
     pub fn config_bucket(&self) -> String {
         format!("{}_config", self.prefix)

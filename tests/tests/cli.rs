@@ -91,6 +91,12 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
     assert_eq!(list["jobs"][0]["id"], id.as_str());
     let out = fleet(&base, &["agents"]).await;
     assert!(text(&out.stdout).contains("fake"), "{}", text(&out.stdout));
+    let out = fleet(&base, &["workers"]).await;
+    assert!(
+        text(&out.stdout).contains("running 0/8"),
+        "{}",
+        text(&out.stdout)
+    );
 
     // cancel and retry a running job; download into a directory.
     let api = gw.api();

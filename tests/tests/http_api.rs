@@ -330,3 +330,52 @@ async fn one_slot_shared_by_idle_agents_serves_each_of_them_at_once() {
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_register_through_the_nats_service_api_and_are_listed() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_WORKER_MAX_CONCURRENT", "3")]);
+    let (one, two) = (
+        start_worker(&cfg.config).await,
+        start_worker(&cfg.config).await,
+    );
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let listed = api
+        .poll("/v1/workers", "two workers", |r| {
+            r["workers"].as_array().is_some_and(|w| w.len() == 2)
+        })
+        .await;
+    for w in listed["workers"].as_array().unwrap() {
+        assert_eq!(w["max_concurrent"], 3, "{w}");
+        assert_eq!(w["in_flight"], 0, "{w}");
+        assert!(
+            w["agents"].as_array().unwrap().contains(&json!("fake")),
+            "{w}"
+        );
+        assert!(
+            !w["worker_id"].as_str().unwrap().is_empty() && !w["host"].as_str().unwrap().is_empty()
+        );
+        assert_eq!(w["version"], env!("CARGO_PKG_VERSION"));
+    }
+    // A running job shows as in flight on one of them.
+    api.post("/v1/jobs", &json!({"agent": "fake", "message": "sleep:30"}))
+        .await;
+    api.poll("/v1/workers", "a job in flight", |r| {
+        r["workers"].as_array().is_some_and(|w| {
+            w.iter()
+                .map(|w| w["in_flight"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                == 1
+        })
+    })
+    .await;
+    // A stopped worker leaves the list.
+    two.stop().await;
+    api.poll("/v1/workers", "one worker", |r| {
+        r["workers"].as_array().is_some_and(|w| w.len() == 1)
+    })
+    .await;
+    one.stop().await;
+}

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod cancels;
 pub mod delivery;
 pub mod dirs;
+pub mod discovery;
 pub mod events;
 pub mod intake;
 pub mod janitor;
@@ -71,17 +72,26 @@ pub enum WorkerError {
 
 /// A worker's identity when the configuration names none: host, pid and a random suffix.
 pub fn default_worker_id() -> String {
+    // The tail of a v7 id is random.
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{}-{}-{}",
+        host_name(),
+        std::process::id(),
+        &id[id.len() - 6..]
+    )
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: buf is writable for its full length; gethostname NUL-terminates within it on success.
-    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
         String::from_utf8_lossy(&buf[..end]).into_owned()
     } else {
         "worker".to_string()
-    };
-    // The tail of a v7 id is random.
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &id[id.len() - 6..])
+    }
 }
 
 /// Runs a worker until `shutdown` is cancelled and its jobs are finished or handed back.
@@ -146,6 +156,14 @@ pub async fn run(
     tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 
     let slots = Arc::new(Semaphore::new(config.worker.max_concurrent));
+    // Discovery is a convenience: a worker that cannot register still runs jobs.
+    let service = match discovery::register(&shared, slots.clone()).await {
+        Ok(service) => Some(service),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register with the NATS service API; `GET /v1/workers` will not list this worker");
+            None
+        }
+    };
     let jobs = TaskTracker::new();
     let loops = TaskTracker::new();
     for consumer in consumers {
@@ -195,6 +213,9 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
         Err(_) => tracing::warn!("NATS unreachable on shutdown; unsent acks will be redelivered"),
+    }
+    if let Some(service) = service {
+        let _ = service.stop().await;
     }
     tracing::info!("worker stopped");
     Ok(())

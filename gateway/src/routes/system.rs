@@ -54,3 +54,17 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<AgentList>, Ap
     let agents = state.agents.list().await?;
     Ok(Json(AgentList { agents }))
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<crate::workers::WorkerInfo>,
+}
+
+/// The workers answering the NATS service API now: id, host, agents, concurrency, jobs in flight, version.
+#[utoipa::path(get, path = "/v1/workers", tag = "agents",
+    responses((status = 200, body = WorkerList), (status = 503, body = Problem)))]
+pub async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
+    Ok(Json(WorkerList {
+        workers: crate::workers::list(&state).await?,
+    }))
+}
