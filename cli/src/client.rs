@@ -446,6 +446,8 @@ impl Client {
                     bar.inc(chunk.len() as u64);
                 }
             }
+            // A tokio file writes in the background: wait for the bytes to land before going on (or exiting).
+            tokio::io::AsyncWriteExt::flush(&mut out).await?;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }

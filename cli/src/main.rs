@@ -98,7 +98,11 @@ fn main() -> Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Tick { .. } => Ok(()),
             Command::Client(command) => match client::run(cli.client, command).await {
-                Ok(code) => std::process::exit(code),
+                Ok(code) => {
+                    // `exit` skips destructors: output without a final newline would stay in the buffer.
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
+                    std::process::exit(code)
+                }
                 Err(e) => {
                     eprintln!("fleet: {e:#}");
                     std::process::exit(1);

@@ -100,15 +100,20 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
 
     // cancel and retry a running job; download into a directory.
     let api = gw.api();
+    // The pid file appears once the file is written: cancel only then.
+    let written = dir.path().join("written");
+    let message = format!("write:x.bin=10 pid:{} sleep:60", written.display());
     let r = api
         .post(
             "/v1/jobs",
-            &serde_json::json!({"agent": "fake", "message": "write:x.bin=10 sleep:60"}),
+            &serde_json::json!({"agent": "fake", "message": message}),
         )
         .await;
     let slow = r.body["job_id"].as_str().unwrap().to_string();
-    api.poll(&format!("/v1/jobs/{slow}"), "running", |r| {
-        r["status"] == "running"
+    let marker = written.clone();
+    eventually("the file written", Duration::from_secs(20), || {
+        let marker = marker.clone();
+        async move { marker.exists() }
     })
     .await;
     let out = fleet(&base, &["cancel", &slow]).await;
