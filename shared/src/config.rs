@@ -149,25 +149,18 @@ pub struct TargetConfig {
 }
 
 impl Default for TargetConfig {
+    /// The store settings of the built-in `[artifacts]` section, so every default value is written once, in
+    /// `defaults.toml`.
     fn default() -> Self {
-        Self {
-            backend: "local".into(),
-            local_dir: PathBuf::from("/tmp/fleet-artifacts"),
-            s3_bucket: String::new(),
-            s3_region: "us-east-1".into(),
-            s3_endpoint: String::new(),
-            s3_path_style: true,
-            s3_access_key_id: String::new(),
-            s3_secret_access_key: String::new(),
-            ftp_host: String::new(),
-            ftp_port: 21,
-            ftp_user: "anonymous".into(),
-            ftp_password: String::new(),
-            ftp_base_path: "/".into(),
-            ftp_passive: true,
-            ftp_tls: false,
-            ftp_ca_file: String::new(),
-        }
+        static BUILT_IN: std::sync::LazyLock<TargetConfig> = std::sync::LazyLock::new(|| {
+            config::Config::builder()
+                .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+                .build()
+                .and_then(|c| c.get::<ArtifactsConfig>("artifacts"))
+                .map(|a| a.default_target())
+                .expect("the built-in defaults are valid")
+        });
+        BUILT_IN.clone()
     }
 }
 
@@ -706,6 +699,17 @@ mod tests {
         assert!(err.contains("artifacts.sweep_interval_secs"), "{err}");
         let c = Config::load(&env(&[("MAX_FILE_SIZE", "42")])).unwrap();
         assert_eq!(c.artifacts.max_file_bytes, 42);
+    }
+
+    #[test]
+    fn target_defaults_are_the_built_in_artifacts_settings() {
+        let t = TargetConfig::default();
+        assert_eq!(
+            (t.backend.as_str(), t.ftp_port, t.ftp_passive),
+            ("local", 21, true)
+        );
+        let c = Config::load(&Sources::default()).unwrap();
+        assert_eq!(t, c.artifacts.default_target());
     }
 
     #[test]

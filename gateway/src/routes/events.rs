@@ -95,7 +95,7 @@ async fn job_events(
     let record = records::get_or_404(state, &id).await?;
     let terminal = record.status.is_terminal().then_some(record);
     // A job that ended before its events went live has none: its record is the whole story.
-    let stored = terminal.is_none() || has_events(state, &id).await;
+    let stored = terminal.is_none() || last_stored(state, &id).await.is_some();
     let mut tail = None;
     let messages = match (stored, &terminal) {
         (false, _) => futures::stream::empty().boxed(),
@@ -199,14 +199,6 @@ fn live(
         }
     })
     .boxed()
-}
-
-async fn has_events(state: &AppState, id: &Uuid) -> bool {
-    state
-        .events
-        .get_last_raw_message_by_subject(&state.topology.events_subject(id))
-        .await
-        .is_ok()
 }
 
 /// Events of job `id` after stream sequence `after` (from the first if none), then live ones.
