@@ -116,6 +116,11 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
         async move { marker.exists() }
     })
     .await;
+    // And claimed: a job cancelled before its claim ends `cancelled` without running on.
+    api.poll(&format!("/v1/jobs/{slow}"), "running", |r| {
+        r["status"] == "running"
+    })
+    .await;
     let out = fleet(&base, &["cancel", &slow]).await;
     assert_eq!(text(&out.stdout).trim(), format!("job {slow}: cancelled"));
     let out = fleet(&base, &["download", &slow, saved.to_str().unwrap()]).await;
