@@ -34,6 +34,8 @@ pub struct AgentInfo {
     pub running: u64,
     /// Open pull requests: a sign of idle workers for this agent.
     pub waiting_pulls: u64,
+    /// Held jobs that were delivered more than once (a worker was lost or handed them back).
+    pub redelivered: u64,
 }
 
 impl AgentDirectory {
@@ -90,6 +92,7 @@ impl AgentDirectory {
                     queued: info.num_pending,
                     running: info.num_ack_pending as u64,
                     waiting_pulls: info.num_waiting as u64,
+                    redelivered: info.num_redelivered as u64,
                     name,
                 })
             })

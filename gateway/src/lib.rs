@@ -5,6 +5,7 @@ pub mod agents;
 pub mod cancel;
 pub mod error;
 pub mod live;
+pub mod metrics;
 pub mod openapi;
 pub mod records;
 pub mod routes;
@@ -54,6 +55,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workers", get(system::workers))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
+        .route("/metrics", get(metrics::render))
         .route("/interact", post(compat::interact))
         .route("/results/{id}", get(compat::results))
         .route("/execute", post(compat::execute))
@@ -70,6 +72,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 

@@ -31,6 +31,8 @@ pub struct Inner {
     pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
     pub config_bucket: kv::Store,
+    /// This gateway's own counters (the queue gauges are read from JetStream at scrape time).
+    pub metrics: crate::metrics::GatewayMetrics,
 }
 
 impl std::ops::Deref for AppState {
@@ -73,6 +75,7 @@ impl AppState {
             stores,
             config_bucket: handles.config,
             cancels: handles.cancels,
+            metrics: crate::metrics::GatewayMetrics::new(),
         })))
     }
 }

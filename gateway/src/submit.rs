@@ -112,6 +112,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         return Err(e);
     }
     tracing::info!(job_id = %record.id, agent = %record.request.agent, "job queued");
+    state.metrics.submitted(&record.request.agent);
     Ok(Submitted {
         record,
         created: true,
@@ -229,6 +230,7 @@ async fn requeue(
         return Err(e);
     }
     tracing::info!(job_id = %id, generation = next.generation(), "job retried");
+    state.metrics.retried(&next.request.agent);
     Ok(next)
 }
 

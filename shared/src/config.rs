@@ -90,6 +90,8 @@ pub struct WorkerConfig {
     pub unknown_agent_grace_secs: f64,
     pub keep_workspaces: bool,
     pub agent_path: String,
+    /// Where the worker serves `/health`, `/ready` and `/metrics`; empty: nowhere.
+    pub http_addr: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,6 +288,13 @@ impl ArtifactsConfig {
     }
 }
 
+impl WorkerConfig {
+    /// The health and metrics listener's address, if one is configured (checked by `Config::validate`).
+    pub fn http_socket_addr(&self) -> Option<SocketAddr> {
+        self.http_addr.parse().ok()
+    }
+}
+
 impl HttpConfig {
     pub fn socket_addr(&self) -> SocketAddr {
         // Checked by `Config::validate`.
@@ -385,6 +394,16 @@ impl Config {
             return Err(invalid(
                 "http.addr",
                 format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr),
+            ));
+        }
+        if !self.worker.http_addr.is_empty() && self.worker.http_addr.parse::<SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "worker.http_addr",
+                format!(
+                    "`{}` is not an address like 0.0.0.0:9090 (empty: no listener)",
+                    self.worker.http_addr
+                ),
             ));
         }
         if !self.nats.url.contains("://") && !self.nats.url.contains(':') {

@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod codec;
 pub mod config;
 pub mod error_code;
+pub mod metrics;
 pub mod nats;
 pub mod topology;
 pub mod wire;

@@ -2,6 +2,7 @@
 //! subprocesses of the real `fleet` binary, the fake agent, and bounded waiting.
 
 pub mod clients;
+pub mod metrics;
 
 pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply, SseEvent, SseReader};
 
@@ -23,7 +24,8 @@ pub struct NatsServer {
     store: TempDir,
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now, for a server the test starts.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

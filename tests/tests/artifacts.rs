@@ -304,6 +304,7 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{closed}");
+    let worker_addr = format!("127.0.0.1:{}", free_port());
     let cfg = test_config(
         &nats.url(),
         &[
@@ -312,6 +313,7 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
             ("FLEET_ARTIFACTS_S3_BUCKET", "nowhere"),
             ("FLEET_ARTIFACTS_S3_ACCESS_KEY_ID", "test"),
             ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test"),
+            ("FLEET_WORKER_HTTP_ADDR", &worker_addr),
         ],
     );
     let worker = start_worker(&cfg.config).await;
@@ -329,6 +331,15 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
     assert_eq!(record["stdout"], "still-here\n");
     assert_eq!(record["exit_code"], 0);
     assert_eq!(record["files"], json!([]));
+    let metrics = fleet_tests::metrics::scrape(&format!("http://{worker_addr}/metrics")).await;
+    assert_eq!(
+        fleet_tests::metrics::sample(
+            &metrics,
+            r#"fleet_worker_upload_errors_total{target="default"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     worker.stop().await;
 }
 

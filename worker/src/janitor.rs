@@ -95,6 +95,7 @@ async fn sweep(shared: &Shared) -> Result<(), async_nats::Error> {
             .await?;
             if finish == Finish::Written {
                 tracing::warn!(job_id = %record.id, agent, "failed a job for an agent no worker runs");
+                shared.metrics.ended(&record);
                 crate::delivery::announce(
                     &shared.client,
                     &shared.topology,

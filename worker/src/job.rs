@@ -60,6 +60,7 @@ async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
         },
     );
     let job_id = intake.request.id;
+    let _in_flight = shared.metrics.in_flight(&intake.request.agent);
     let span = tracing::info_span!("job", job_id = %job_id, agent = %intake.request.agent, delivered = info.delivered);
     run_job(shared, msg, intake, info.delivered)
         .instrument(span)
@@ -186,6 +187,7 @@ async fn run_job(
                 job_events.go_live().await;
             }
             spec.events = Some(job_events.clone());
+            shared.metrics.run_started(&held.record);
             let run = supervisor::run(spec, stop.clone());
             let watch = Watch {
                 msg,
@@ -206,10 +208,16 @@ async fn run_job(
                     let storing =
                         artifacts::collect(&store, limits, &held.record, &dirs, &inputs, outcome);
                     let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
-                    if let Ok(c) = &stored {
-                        for file in &c.files {
-                            job_events.stored(file).await;
+                    match &stored {
+                        Ok(c) => {
+                            let all = c.files.iter().chain(&c.logs);
+                            let bytes = all.clone().map(|f| f.size).sum();
+                            shared.metrics.stored(&target_id, all.count(), bytes);
+                            for file in &c.files {
+                                job_events.stored(file).await;
+                            }
                         }
+                        Err(_) => shared.metrics.upload_failed(&target_id),
                     }
                     Some(stored.map(|c| (target_id, c)))
                 }
@@ -227,7 +235,13 @@ async fn run_job(
     }
     match result {
         Ok((outcome, _)) if outcome.killed == Some(KillReason::Requested) => {
-            hand_back(shared, &key, claimed.then_some(&held)).await
+            hand_back(
+                shared,
+                &key,
+                &held.record.request.agent,
+                claimed.then_some(&held),
+            )
+            .await
         }
         Ok((outcome, collected)) => {
             let mut record = completed_record(&held, &outcome);
@@ -408,8 +422,9 @@ async fn with_heartbeat<T>(
 }
 
 /// Gives a job this worker must stop back to the queue; resets the record only if this worker claimed it.
-async fn hand_back(shared: &Shared, key: &str, claimed: Option<&Held>) -> Settle {
+async fn hand_back(shared: &Shared, key: &str, agent: &str, claimed: Option<&Held>) -> Settle {
     tracing::info!("worker shutting down; handing the job back to the queue");
+    shared.metrics.handed_back(agent, "shutdown");
     let Some(held) = claimed else {
         return Settle::Retry(None);
     };
@@ -503,6 +518,7 @@ async fn write_and_announce(
     {
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
+            shared.metrics.ended(&record);
             crate::delivery::announce(
                 &shared.client,
                 &shared.topology,

@@ -12,9 +12,11 @@ pub mod delivery;
 pub mod dirs;
 pub mod discovery;
 pub mod events;
+pub mod http;
 pub mod intake;
 pub mod janitor;
 pub mod job;
+pub mod metrics;
 pub mod output;
 pub mod pull;
 pub mod records;
@@ -53,6 +55,7 @@ pub struct Shared {
     pub stop_pulling: CancellationToken,
     /// Cancelled when running jobs must end now (shutdown grace exhausted).
     pub kill_running: CancellationToken,
+    pub metrics: metrics::WorkerMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,11 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Store(#[from] fleet_shared::artifacts::StoreError),
+    #[error("cannot listen on {addr} (worker.http_addr): {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot create the work directory {dir}: {source}")]
     WorkDir { dir: String, source: std::io::Error },
 }
@@ -133,7 +141,7 @@ pub async fn run(
                 agent: agent_name.clone(),
                 source: e.into(),
             })?;
-        consumers.push(consumer);
+        consumers.push((agent_name, consumer));
     }
 
     let shared = Arc::new(Shared {
@@ -152,6 +160,7 @@ pub async fn run(
         )?,
         stop_pulling: shutdown.child_token(),
         kill_running: CancellationToken::new(),
+        metrics: metrics::WorkerMetrics::new(config.worker.max_concurrent),
     });
     tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 
@@ -164,11 +173,30 @@ pub async fn run(
             None
         }
     };
+    let http_done = CancellationToken::new();
+    let http = match config.worker.http_socket_addr() {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| WorkerError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(addr = %listener.local_addr().map_err(|source| WorkerError::Listen { addr: addr.to_string(), source })?, "worker health and metrics listening");
+            Some(tokio::spawn(http::serve(
+                listener,
+                shared.clone(),
+                http_done.clone(),
+            )))
+        }
+        None => None,
+    };
     let jobs = TaskTracker::new();
     let loops = TaskTracker::new();
-    for consumer in consumers {
+    for (agent, consumer) in consumers {
         loops.spawn(pull::pull_loop(
             shared.clone(),
+            agent,
             consumer,
             slots.clone(),
             jobs.clone(),
@@ -216,6 +244,10 @@ pub async fn run(
     }
     if let Some(service) = service {
         let _ = service.stop().await;
+    }
+    http_done.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
     }
     tracing::info!("worker stopped");
     Ok(())

@@ -20,6 +20,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 pub async fn pull_loop(
     shared: Arc<Shared>,
+    agent: String,
     consumer: Consumer<pull::Config>,
     slots: Arc<Semaphore>,
     tasks: TaskTracker,
@@ -64,8 +65,12 @@ pub async fn pull_loop(
             };
             match next {
                 Some(Ok(msg)) => {
+                    if let Ok(info) = msg.info() {
+                        shared.metrics.delivered(&agent, info.delivered);
+                    }
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         // Other agents' jobs took the free slots since this pull was asked for.
+                        shared.metrics.handed_back(&agent, "no_free_slot");
                         let _ = msg.ack_with(AckKind::Nak(None)).await;
                         continue;
                     };

@@ -1,0 +1,60 @@
+//! The worker's own small HTTP listener: `/health` (the process is up), `/ready` (NATS connected and the worker
+//! taking jobs) and `/metrics`, for container probes and Prometheus.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::Shared;
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
+    let taking_jobs = !shared.stop_pulling.is_cancelled();
+    if connected && taking_jobs {
+        (StatusCode::OK, Json(json!({"status": "ready"})))
+    } else {
+        let why = if taking_jobs {
+            "not connected to NATS"
+        } else {
+            "shutting down"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": why})),
+        )
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, fleet_shared::metrics::CONTENT_TYPE)],
+        shared.metrics.render(),
+    )
+}
+
+/// Serves until the worker has stopped (`done`); a listener that cannot bind is an error at start-up.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    done: tokio_util::sync::CancellationToken,
+) {
+    let served = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move { done.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the worker's health and metrics listener failed");
+    }
+}
