@@ -5,7 +5,7 @@ mod bench_artifacts;
 mod bench_events;
 mod client;
 mod local_nats;
-mod logging;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -86,11 +86,23 @@ fn main() -> Result<()> {
     if let Command::Tick { spec } = &cli.command {
         return bench_events::tick(spec);
     }
-    logging::init();
+    let service = match &cli.command {
+        Command::Up(_) => Some("fleet"),
+        Command::Gateway(_) => Some("fleet-gateway"),
+        Command::Worker(_) => Some("fleet-worker"),
+        _ => None,
+    };
+    let telemetry = match service {
+        Some(service) => Some(telemetry::init_service(service)?),
+        None => {
+            telemetry::init_logs();
+            None
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Gateway(args) => gateway(args.load()?).await,
@@ -109,7 +121,11 @@ fn main() -> Result<()> {
                 }
             },
         }
-    })
+    });
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    outcome
 }
 
 /// Cancelled on the first SIGINT or SIGTERM; a second one ends the process at once.

@@ -14,6 +14,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use tracing::Instrument;
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -137,11 +139,24 @@ impl GatewayMetrics {
     }
 }
 
+struct HttpExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
 fn saturate(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Middleware counting every request by its route pattern and response status.
+/// Middleware: every request runs in its own span (continuing the caller's `traceparent`, if any) and is
+/// counted by its route pattern and response status.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -149,8 +164,22 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .map_or("unmatched", |m| m.as_str())
         .to_string();
     let method = request.method().as_str().to_string();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    fleet_shared::trace_context::continue_from_extractor(&span, &HttpExtractor(request.headers()));
+    if let Some(trace_id) = fleet_shared::trace_context::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let m = &state.metrics;
     m.request_seconds
         .get_or_create(&RouteLabel {

@@ -3,6 +3,7 @@
 //! JetStream refuses removes the record again, so a rejected request leaves nothing behind.
 
 use std::collections::BTreeMap;
+use tracing::Instrument;
 
 use async_nats::jetstream::kv::CreateErrorKind;
 use async_nats::HeaderMap;
@@ -139,15 +140,21 @@ async fn publish(
     }
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
     let subject = state.topology.jobs_subject(&request.agent);
+    let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
     let payload: Bytes = to_msgpack(request).into();
-    let published = match state
-        .js
-        .publish_with_headers(subject, headers, payload)
-        .await
-    {
-        Ok(ack) => ack.await,
-        Err(e) => Err(e),
+    let publishing = async {
+        // The worker's spans join the trace this message carries.
+        fleet_shared::trace_context::inject(&mut headers);
+        match state
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        }
     };
+    let published = publishing.instrument(span).await;
     match published {
         Ok(_) => Ok(()),
         Err(e) if is_queue_full(&e) => Err(ApiError::new(

@@ -9,6 +9,7 @@ pub mod error_code;
 pub mod metrics;
 pub mod nats;
 pub mod topology;
+pub mod trace_context;
 pub mod wire;
 
 pub use error_code::ErrorCode;

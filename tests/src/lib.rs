@@ -447,23 +447,46 @@ pub async fn start_gateway(config: &Config) -> GatewayHandle {
     GatewayHandle { url, shutdown }
 }
 
-/// A `fleet worker` subprocess, for tests that kill workers for real.
-pub struct WorkerProcess {
+/// A `fleet worker` or `fleet gateway` subprocess, for tests that kill processes for real or need a process of
+/// their own (its own tracer, say).
+pub struct FleetProcess {
     pub child: Child,
 }
 
-impl WorkerProcess {
-    pub fn start(cfg: &TestConfig) -> Self {
+impl FleetProcess {
+    pub fn worker(cfg: &TestConfig) -> Self {
+        Self::start("worker", cfg, &[])
+    }
+
+    /// `fleet ROLE` with the test configuration plus `extra` environment.
+    pub fn start(role: &str, cfg: &TestConfig, extra: &[(&str, &str)]) -> Self {
+        Self::spawn(role, cfg, extra, Stdio::inherit())
+    }
+
+    /// Like `start`, with the process's log (its stderr) written to `log`.
+    pub fn start_with_log(
+        role: &str,
+        cfg: &TestConfig,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> Self {
+        let file = std::fs::File::create(log).expect("log file");
+        Self::spawn(role, cfg, extra, Stdio::from(file))
+    }
+
+    fn spawn(role: &str, cfg: &TestConfig, extra: &[(&str, &str)], stderr: Stdio) -> Self {
         let child = Command::new(built_binary("fleet"))
-            .args(["worker", "--config"])
+            .args([role, "--config"])
             .arg(&cfg.file)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "warn")
             .envs(cfg.env_for_subprocess())
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
-            .expect("start fleet worker");
+            .unwrap_or_else(|e| panic!("start fleet {role}: {e}"));
         Self { child }
     }
 
@@ -489,7 +512,7 @@ impl WorkerProcess {
     }
 }
 
-impl Drop for WorkerProcess {
+impl Drop for FleetProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -474,7 +474,7 @@ async fn a_worker_killed_mid_upload_leaves_no_record_of_files_and_the_rerun_stor
     let cfg = test_config(&server.url(), &extra);
     let nats = NatsClient::connect(&server.url()).await;
     let gw = start_gateway(&cfg.config).await;
-    let first = WorkerProcess::start(&cfg);
+    let first = FleetProcess::worker(&cfg);
     wait_for_agents(&cfg.config).await;
     let size = 200 * 1024 * 1024;
     let id = uuid::Uuid::now_v7();
@@ -518,7 +518,7 @@ async fn a_worker_killed_mid_upload_leaves_no_record_of_files_and_the_rerun_stor
         "no file may be listed before it is stored"
     );
 
-    let _second = WorkerProcess::start(&cfg);
+    let _second = FleetProcess::worker(&cfg);
     let r = nats
         .wait_record(id, "rerun finished", |r| r.status.is_terminal())
         .await;

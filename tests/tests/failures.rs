@@ -27,14 +27,14 @@ async fn crash_mid_job(
     nats: &NatsClient,
     script: &str,
     reply_to: &str,
-) -> (JobRecord, WorkerProcess) {
-    let first = WorkerProcess::start(cfg);
+) -> (JobRecord, FleetProcess) {
+    let first = FleetProcess::worker(cfg);
     let id = publish_fake(nats, script, reply_to).await;
     nats.wait_record(id, "first run", |r| r.status == JobStatus::Running)
         .await;
     first.signal(libc::SIGKILL);
     drop(first);
-    let second = WorkerProcess::start(cfg);
+    let second = FleetProcess::worker(cfg);
     let record = nats
         .wait_record(id, "terminal record", |r| r.status.is_terminal())
         .await;
@@ -152,7 +152,7 @@ async fn sigterm_lets_short_jobs_finish_and_hands_long_ones_to_another_worker() 
         &[("FLEET_WORKER_SHUTDOWN_GRACE_SECS", "1.5")],
     );
     let nats = NatsClient::connect(&server.url()).await;
-    let mut first = WorkerProcess::start(&cfg);
+    let mut first = FleetProcess::worker(&cfg);
     wait_for_agents(&cfg.config).await;
     let short = publish_fake(&nats, "sleep:0.5 print:short", "term.reply").await;
     let long = publish_fake(&nats, "ignore-term sleep:4 print:long", "term.reply").await;
@@ -174,7 +174,7 @@ async fn sigterm_lets_short_jobs_finish_and_hands_long_ones_to_another_worker() 
         .unwrap()
         .unwrap();
     assert!(exit, "worker exits cleanly after SIGTERM");
-    let _second = WorkerProcess::start(&cfg);
+    let _second = FleetProcess::worker(&cfg);
     let r = nats
         .wait_record(long, "long finished", |r| r.status.is_terminal())
         .await;

@@ -59,7 +59,7 @@ async fn timeout_terminates_then_kills_the_whole_process_group() {
 async fn output_flood_is_capped_in_the_record_with_flat_worker_memory() {
     let nats = NatsServer::start();
     let cfg = test_config(&nats.url(), &[("FLEET_WORKER_OUTPUT_CAP_BYTES", "1000")]);
-    let worker = WorkerProcess::start(&cfg);
+    let worker = FleetProcess::worker(&cfg);
     wait_for_agents(&cfg.config).await;
     let before = worker.peak_rss_kb();
     let flood: u64 = 100 * 1024 * 1024;

@@ -19,6 +19,8 @@ pub async fn announce(
             Ok(payload) => {
                 let mut headers = HeaderMap::new();
                 headers.insert(CONTENT_TYPE_HEADER, format.content_type());
+                // The requester may continue the job's trace.
+                fleet_shared::trace_context::inject(&mut headers);
                 if let Err(e) = client
                     .publish_with_headers(reply_to.clone(), headers, payload.into())
                     .await

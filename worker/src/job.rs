@@ -61,7 +61,18 @@ async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
     );
     let job_id = intake.request.id;
     let _in_flight = shared.metrics.in_flight(&intake.request.agent);
-    let span = tracing::info_span!("job", job_id = %job_id, agent = %intake.request.agent, delivered = info.delivered);
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job_id,
+        agent = %intake.request.agent,
+        delivered = info.delivered,
+        trace_id = tracing::field::Empty,
+        otel.kind = "consumer",
+    );
+    fleet_shared::trace_context::continue_from(&span, msg.headers.as_ref());
+    if let Some(trace_id) = fleet_shared::trace_context::trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
     run_job(shared, msg, intake, info.delivered)
         .instrument(span)
         .await
@@ -188,7 +199,7 @@ async fn run_job(
             }
             spec.events = Some(job_events.clone());
             shared.metrics.run_started(&held.record);
-            let run = supervisor::run(spec, stop.clone());
+            let run = supervisor::run(spec, stop.clone()).instrument(tracing::info_span!("run"));
             let watch = Watch {
                 msg,
                 key: &key,
@@ -207,6 +218,8 @@ async fn run_job(
                     let limits = &shared.config.artifacts;
                     let storing =
                         artifacts::collect(&store, limits, &held.record, &dirs, &inputs, outcome);
+                    let storing =
+                        storing.instrument(tracing::info_span!("store_files", target = %target_id));
                     let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
                     match &stored {
                         Ok(c) => {
@@ -331,6 +344,7 @@ async fn claim(
         &shared.worker_id,
         shared.config.queue.max_attempts,
     )
+    .instrument(tracing::info_span!("claim"))
     .await;
     if let Ok(Claim::Claimed(held)) = &claim {
         tracing::info!(attempt = held.record.attempt, "job claimed");
@@ -507,15 +521,18 @@ async fn write_and_announce(
     format: Format,
     output_sent: bool,
 ) -> Settle {
-    match records::finish(
+    let recording = records::finish(
         &shared.records,
         key,
         revision,
         &record,
         &shared.kill_running,
     )
-    .await
-    {
+    .instrument(tracing::info_span!(
+        "record",
+        status = record.status.as_str()
+    ));
+    match recording.await {
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
             shared.metrics.ended(&record);
@@ -526,6 +543,7 @@ async fn write_and_announce(
                 format,
                 output_sent,
             )
+            .instrument(tracing::info_span!("reply"))
             .await;
             Settle::Ack
         }
