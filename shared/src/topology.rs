@@ -247,14 +247,8 @@ impl Topology {
         js: &jetstream::Context,
         q: &QueueConfig,
     ) -> Result<Handles, TopologyError> {
-        let jobs = js
-            .get_or_create_stream(self.jobs_stream_config(q))
-            .await
-            .map_err(TopologyError::stream)?;
-        let events = js
-            .get_or_create_stream(self.events_stream_config(q))
-            .await
-            .map_err(TopologyError::stream)?;
+        let jobs = get_or_create_stream(js, self.jobs_stream_config(q)).await?;
+        let events = get_or_create_stream(js, self.events_stream_config(q)).await?;
         let records = get_or_create_bucket(js, self.jobs_bucket_config(q)).await?;
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
         let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
@@ -270,17 +264,147 @@ impl Topology {
     }
 }
 
+async fn get_or_create_stream(
+    js: &jetstream::Context,
+    wanted: stream::Config,
+) -> Result<stream::Stream, TopologyError> {
+    let stream = js
+        .get_or_create_stream(wanted.clone())
+        .await
+        .map_err(TopologyError::stream)?;
+    check_drift(&wanted.name, &wanted.name, &stream.cached_info().config, &wanted)?;
+    Ok(stream)
+}
+
 async fn get_or_create_bucket(
     js: &jetstream::Context,
     cfg: kv::Config,
 ) -> Result<kv::Store, TopologyError> {
-    match js.get_key_value(&cfg.bucket).await {
-        Ok(store) => Ok(store),
+    let bucket = cfg.bucket.clone();
+    let store = match js.get_key_value(&bucket).await {
+        Ok(store) => store,
         Err(_) => js
-            .create_key_value(cfg)
+            .create_key_value(cfg.clone())
             .await
-            .map_err(TopologyError::bucket),
+            .map_err(TopologyError::bucket)?,
+    };
+    let stream_name = format!("KV_{bucket}");
+    let existing = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(TopologyError::bucket)?
+        .cached_info()
+        .config
+        .clone();
+    let wanted = stream::Config {
+        num_replicas: cfg.num_replicas.max(1),
+        max_age: cfg.max_age,
+        ..existing.clone()
+    };
+    check_drift(&format!("KV bucket {bucket}"), &stream_name, &existing, &wanted)?;
+    Ok(store)
+}
+
+/// A setting of an existing stream or bucket that differs from this process's configuration: an error, never
+/// an overwrite, since the other processes sharing it were started with the existing setting.
+#[derive(Debug)]
+pub struct Drift {
+    pub object: String,
+    pub setting: &'static str,
+    pub key: &'static str,
+    pub existing: String,
+    pub wanted: String,
+    pub migrate: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exists with {} = {}, but this process is configured for {} (`{}`). Either set `{}` to match the \
+             fleet, or migrate: {}",
+            self.object, self.setting, self.existing, self.wanted, self.key, self.key, self.migrate
+        )
     }
+}
+
+fn check_drift(
+    object: &str,
+    stream_name: &str,
+    existing: &stream::Config,
+    wanted: &stream::Config,
+) -> Result<(), TopologyError> {
+    let drift = |setting, key, existing: String, wanted: String, flag: &str| {
+        Err(TopologyError::Drift(Box::new(Drift {
+            object: object.to_string(),
+            setting,
+            key,
+            migrate: format!("`nats stream edit {stream_name} {flag}={wanted}` (affects every process using it)"),
+            existing,
+            wanted,
+        })))
+    };
+    if existing.num_replicas.max(1) != wanted.num_replicas.max(1) {
+        return drift(
+            "replicas",
+            "queue.replicas",
+            existing.num_replicas.max(1).to_string(),
+            wanted.num_replicas.max(1).to_string(),
+            "--replicas",
+        );
+    }
+    // Zero in a request means "unlimited", which the server reports as -1.
+    let limit = |v: i64| if v <= 0 { -1 } else { v };
+    if limit(existing.max_messages) != limit(wanted.max_messages) {
+        return drift(
+            "max messages",
+            "queue.max_jobs",
+            limit(existing.max_messages).to_string(),
+            limit(wanted.max_messages).to_string(),
+            "--max-msgs",
+        );
+    }
+    if limit(existing.max_bytes) != limit(wanted.max_bytes) {
+        return drift(
+            "max bytes",
+            "queue.events_max_bytes",
+            limit(existing.max_bytes).to_string(),
+            limit(wanted.max_bytes).to_string(),
+            "--max-bytes",
+        );
+    }
+    // Unset (zero): the server's default, whatever it is.
+    if !wanted.duplicate_window.is_zero() && existing.duplicate_window != wanted.duplicate_window {
+        return drift(
+            "duplicate window",
+            "queue.duplicate_window_secs",
+            format!("{:?}", existing.duplicate_window),
+            format!("{:?}", wanted.duplicate_window),
+            "--dupe-window",
+        );
+    }
+    if existing.max_age != wanted.max_age {
+        return drift(
+            "max age",
+            "queue.retention_hours",
+            format!("{:?}", existing.max_age),
+            format!("{:?}", wanted.max_age),
+            "--max-age",
+        );
+    }
+    if existing.retention != wanted.retention {
+        return Err(TopologyError::Drift(Box::new(Drift {
+            object: object.to_string(),
+            setting: "retention policy",
+            key: "(none: set by the fleet's version)",
+            existing: format!("{:?}", existing.retention),
+            wanted: format!("{:?}", wanted.retention),
+            migrate: format!(
+                "the policy cannot be edited; drain the queue, then `nats stream rm {stream_name}` and restart"
+            ),
+        })));
+    }
+    Ok(())
 }
 
 /// Open handles on the fleet's JetStream objects.
@@ -300,6 +424,8 @@ pub enum TopologyError {
     Stream(#[source] async_nats::Error),
     #[error("cannot create or open a KV bucket: {0}")]
     Bucket(#[source] async_nats::Error),
+    #[error("{0}")]
+    Drift(Box<Drift>),
 }
 
 impl TopologyError {
