@@ -242,6 +242,17 @@ impl QueueConfig {
     }
 }
 
+impl NatsConfig {
+    /// The servers in `url`: one URL, or several separated by commas (the nodes of a cluster).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+}
+
 impl WorkerConfig {
     pub fn default_timeout(&self) -> Duration {
         secs(self.default_timeout_secs)
@@ -406,10 +417,16 @@ impl Config {
                 ),
             ));
         }
-        if !self.nats.url.contains("://") && !self.nats.url.contains(':') {
+        if self.nats.urls().is_empty()
+            || self
+                .nats
+                .urls()
+                .iter()
+                .any(|u| u.parse::<async_nats::ServerAddr>().is_err())
+        {
             return Err(invalid(
                 "nats.url",
-                "expected a URL like nats://127.0.0.1:4222",
+                "expected a URL like nats://127.0.0.1:4222, or several separated by commas",
             ));
         }
         if self.nats.prefix.is_empty()

@@ -18,7 +18,7 @@ pub async fn connect(
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
         })
-        .connect(cfg.url.as_str())
+        .connect(cfg.urls())
         .await
 }
 

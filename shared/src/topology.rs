@@ -272,7 +272,12 @@ async fn get_or_create_stream(
         .get_or_create_stream(wanted.clone())
         .await
         .map_err(TopologyError::stream)?;
-    check_drift(&wanted.name, &wanted.name, &stream.cached_info().config, &wanted)?;
+    check_drift(
+        &wanted.name,
+        &wanted.name,
+        &stream.cached_info().config,
+        &wanted,
+    )?;
     Ok(stream)
 }
 
@@ -301,7 +306,12 @@ async fn get_or_create_bucket(
         max_age: cfg.max_age,
         ..existing.clone()
     };
-    check_drift(&format!("KV bucket {bucket}"), &stream_name, &existing, &wanted)?;
+    check_drift(
+        &format!("KV bucket {bucket}"),
+        &stream_name,
+        &existing,
+        &wanted,
+    )?;
     Ok(store)
 }
 
@@ -339,7 +349,9 @@ fn check_drift(
             object: object.to_string(),
             setting,
             key,
-            migrate: format!("`nats stream edit {stream_name} {flag}={wanted}` (affects every process using it)"),
+            migrate: format!(
+                "`nats stream edit {stream_name} {flag}={wanted}` (affects every process using it)"
+            ),
             existing,
             wanted,
         })))

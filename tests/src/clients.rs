@@ -85,15 +85,21 @@ pub struct NatsClient {
 }
 
 impl NatsClient {
-    /// Connects and makes sure the topology exists (a test client may come up before any fleet process).
+    /// Connects and makes sure the topology exists with the default settings (a test client may come up before
+    /// any fleet process).
     pub async fn connect(url: &str) -> Self {
-        let client = async_nats::connect(url).await.expect("connect to nats");
-        let js = async_nats::jetstream::new(client.clone());
         let queue = fleet_shared::config::Config::load(&Default::default())
             .expect("defaults")
             .queue;
+        Self::connect_with(url, &queue).await
+    }
+
+    /// Like `connect`, for a fleet with these queue settings.
+    pub async fn connect_with(url: &str, queue: &fleet_shared::config::QueueConfig) -> Self {
+        let client = async_nats::connect(url).await.expect("connect to nats");
+        let js = async_nats::jetstream::new(client.clone());
         let handles = fleet_shared::Topology::new("fleet")
-            .ensure(&js, &queue)
+            .ensure(&js, queue)
             .await
             .expect("topology");
         Self {

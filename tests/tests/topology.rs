@@ -35,9 +35,15 @@ async fn differing_settings_are_refused_with_the_setting_named() {
         .expect("same settings");
 
     let e = ensure_error(&nats.url(), &[("FLEET_QUEUE_MAX_JOBS", "5")]).await;
-    assert!(e.contains("FLEET_JOBS exists with max messages = 100000"), "{e}");
+    assert!(
+        e.contains("FLEET_JOBS exists with max messages = 100000"),
+        "{e}"
+    );
     assert!(e.contains("`queue.max_jobs`"), "{e}");
-    assert!(e.contains("nats stream edit FLEET_JOBS --max-msgs=5"), "{e}");
+    assert!(
+        e.contains("nats stream edit FLEET_JOBS --max-msgs=5"),
+        "{e}"
+    );
 
     let e = ensure_error(&nats.url(), &[("FLEET_QUEUE_REPLICAS", "3")]).await;
     assert!(e.contains("replicas = 1"), "{e}");

@@ -215,6 +215,8 @@ pub async fn finish(
         match attempt {
             Ok(_) => return Ok(Finish::Written),
             Err((true, _)) => match current(store, key).await {
+                // Our own earlier write, whose answer was lost (a NATS node failed over): it is ours.
+                Ok(Some(held)) if held.record == *terminal => return Ok(Finish::Written),
                 Ok(Some(held)) if held.record.status.is_terminal() => {
                     return Ok(Finish::AlreadyTerminal)
                 }
