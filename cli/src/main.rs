@@ -42,6 +42,9 @@ enum Command {
     /// INTERVAL_MS" as one argument).
     #[command(hide = true)]
     Tick { spec: String },
+    /// Container health check: exits 0 if URL answers 2xx within 3 s, else 1 (slim images have no curl).
+    #[command(hide = true)]
+    Probe { url: String },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -86,6 +89,9 @@ fn main() -> Result<()> {
     if let Command::Tick { spec } = &cli.command {
         return bench_events::tick(spec);
     }
+    if let Command::Probe { url } = &cli.command {
+        std::process::exit(probe(url));
+    }
     let service = match &cli.command {
         Command::Up(_) => Some("fleet"),
         Command::Gateway(_) => Some("fleet-gateway"),
@@ -108,7 +114,7 @@ fn main() -> Result<()> {
             Command::Gateway(args) => gateway(args.load()?).await,
             Command::Worker(args) => worker(args.load()?).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Tick { .. } => Ok(()),
+            Command::Tick { .. } | Command::Probe { .. } => Ok(()),
             Command::Client(command) => match client::run(cli.client, command).await {
                 Ok(code) => {
                     // `exit` skips destructors: output without a final newline would stay in the buffer.
@@ -126,6 +132,35 @@ fn main() -> Result<()> {
         telemetry.shutdown();
     }
     outcome
+}
+
+fn probe(url: &str) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(_) => return 1,
+    };
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let answer = client
+            .get(url)
+            .timeout(std::time::Duration::from_secs(3))
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => 0,
+            Ok(r) => {
+                eprintln!("{url}: {}", r.status());
+                1
+            }
+            Err(e) => {
+                eprintln!("{url}: {e}");
+                1
+            }
+        }
+    })
 }
 
 /// Cancelled on the first SIGINT or SIGTERM; a second one ends the process at once.

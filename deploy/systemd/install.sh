@@ -29,6 +29,8 @@ addr = "127.0.0.1:8080"
 
 [worker]
 work_dir = "/var/lib/fleet/work"
+# /health, /ready and /metrics of the worker (the gateway serves them on its own address).
+http_addr = "127.0.0.1:9090"
 
 [artifacts]
 local_dir = "/var/lib/fleet/artifacts"
