@@ -225,7 +225,7 @@ async fn bad_input_gets_a_problem_body_and_queues_nothing() {
         (405, "method_not_allowed")
     );
 
-    let probe = NatsClient::connect(&nats.url()).await;
+    let probe = NatsClient::connect_with(&nats.url(), &cfg.config.queue).await;
     assert_eq!(
         probe.queued_messages().await,
         0,
@@ -240,7 +240,7 @@ async fn resubmissions_create_one_job_and_a_full_queue_answers_503() {
     declare_agents_without_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let api = gw.api();
-    let probe = NatsClient::connect(&nats.url()).await;
+    let probe = NatsClient::connect_with(&nats.url(), &cfg.config.queue).await;
 
     // The same client-chosen id twice: one job.
     let id = uuid::Uuid::now_v7();
