@@ -110,6 +110,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .env("RUST_LOG", "warn")
             .env("FLEET_NATS_URL", nats.url())
             .env("FLEET_HTTP_ADDR", &http_addr)
+            // The bench's gateway listens on loopback only.
+            .env("FLEET_AUTH_MODE", "none")
             .env("FLEET_WORKER_WORK_DIR", dir.path().join("work"))
             .env(
                 "FLEET_WORKER_MAX_CONCURRENT",

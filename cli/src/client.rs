@@ -22,6 +22,9 @@ pub struct ClientArgs {
         global = true
     )]
     url: String,
+    /// API key for the gateway (`fleet keys create` makes one).
+    #[arg(long, env = "FLEET_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
     /// Print JSON (records, lists) instead of lines.
     #[arg(long, global = true)]
     json: bool,
@@ -84,10 +87,25 @@ struct Client {
     json: bool,
 }
 
+impl ClientArgs {
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Runs a client command; returns the process exit code.
 pub async fn run(args: ClientArgs, command: ClientCommand) -> Result<i32> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .context("the API key holds characters a header cannot carry")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = Client {
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?,
         base: args.url.trim_end_matches('/').to_string(),
         json: args.json,
     };
@@ -415,8 +433,15 @@ impl Client {
         Ok(())
     }
 
-    /// Saves every file the job stored under `dir`, keeping relative paths.
+    /// Saves every file the job stored under `dir`, keeping relative paths: several files come as one archive
+    /// (one request instead of one per file), a single file by itself.
     async fn download(&self, record: &JobRecord, dir: &Path) -> Result<()> {
+        if let Some(bad) = record.files.iter().find(|f| !is_safe_name(&f.name)) {
+            bail!("refusing the unsafe file name `{}`", bad.name);
+        }
+        if record.files.len() > 1 {
+            return self.download_archive(record, dir).await;
+        }
         for file in &record.files {
             if !is_safe_name(&file.name) {
                 bail!("refusing the unsafe file name `{}`", file.name);
@@ -457,6 +482,87 @@ impl Client {
         }
         Ok(())
     }
+}
+
+impl Client {
+    /// Streams `/artifacts.tar` into a temporary file, then unpacks exactly the files the record lists.
+    async fn download_archive(&self, record: &JobRecord, dir: &Path) -> Result<()> {
+        let total: u64 = record.files.iter().map(|f| f.size).sum();
+        let path = format!("/v1/jobs/{}/artifacts.tar", record.id);
+        let mut r = self.send(self.http.get(self.url(&path))).await?;
+        let spool = tempfile::tempfile().context("creating a temporary file for the archive")?;
+        let mut out = tokio::fs::File::from_std(spool);
+        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_message(format!("{} files", record.files.len()));
+            bar
+        });
+        while let Some(chunk) = r.chunk().await? {
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+            if let Some(bar) = &bar {
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let spool = out.into_std().await;
+        let listed: std::collections::HashMap<String, u64> = record
+            .files
+            .iter()
+            .map(|f| (f.name.clone(), f.size))
+            .collect();
+        let dir = dir.to_path_buf();
+        let saved = tokio::task::spawn_blocking(move || unpack(spool, &dir, &listed)).await??;
+        if !self.json {
+            for (name, size) in saved {
+                eprintln!("saved {name} ({size} bytes)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unpacks the regular files of a job's archive under `dir`, each only if the record lists it with that size.
+fn unpack(
+    mut spool: std::fs::File,
+    dir: &Path,
+    listed: &std::collections::HashMap<String, u64>,
+) -> Result<Vec<(String, u64)>> {
+    std::io::Seek::rewind(&mut spool)?;
+    let mut archive = tar::Archive::new(std::io::BufReader::new(spool));
+    let mut saved = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = String::from_utf8(entry.path_bytes().into_owned())
+            .context("a file name in the archive is not UTF-8")?;
+        let size = entry.size();
+        if !is_safe_name(&name) || listed.get(&name) != Some(&size) {
+            bail!(
+                "the archive holds `{name}` ({size} bytes), which the job's record does not list"
+            );
+        }
+        let target = dir.join(&name);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::File::create(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        std::io::copy(&mut entry, &mut out)?;
+        saved.push((target.display().to_string(), size));
+    }
+    if saved.len() != listed.len() {
+        bail!(
+            "the archive held {} of the job's {} files",
+            saved.len(),
+            listed.len()
+        );
+    }
+    Ok(saved)
 }
 
 fn print_output(record: &JobRecord) {

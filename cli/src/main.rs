@@ -4,6 +4,7 @@ mod bench;
 mod bench_artifacts;
 mod bench_events;
 mod client;
+mod keys;
 mod local_nats;
 mod telemetry;
 
@@ -45,6 +46,13 @@ enum Command {
     /// Container health check: exits 0 if URL answers 2xx within 3 s, else 1 (slim images have no curl).
     #[command(hide = true)]
     Probe { url: String },
+    /// Manage the gateway's API keys (straight in NATS: needs the fleet's NATS settings).
+    Keys {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -115,6 +123,9 @@ fn main() -> Result<()> {
             Command::Worker(args) => worker(args.load()?).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Tick { .. } | Command::Probe { .. } => Ok(()),
+            Command::Keys { common, command } => {
+                keys::run(&common.load()?, command, cli.client.json()).await
+            }
             Command::Client(command) => match client::run(cli.client, command).await {
                 Ok(code) => {
                     // `exit` skips destructors: output without a final newline would stay in the buffer.
@@ -234,6 +245,10 @@ async fn up(args: UpArgs) -> Result<()> {
     )
     .await?;
     config.nats.url = nats.url();
+    // One machine's fleet: no keys while only this machine can reach it (a wider address keeps auth.mode).
+    if config.http.socket_addr().ip().is_loopback() {
+        config.auth.mode = fleet_shared::config::AuthMode::None;
+    }
     config.worker.work_dir = data_dir.join("work");
     config.artifacts.local_dir = data_dir.join("artifacts");
     print_config(&config);

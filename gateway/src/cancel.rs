@@ -13,6 +13,7 @@ use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::records;
 use crate::state::AppState;
@@ -25,7 +26,13 @@ pub enum Outcome {
     Pending,
 }
 
-pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcome, ApiError> {
+pub async fn cancel(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    wait: Duration,
+) -> Result<Outcome, ApiError> {
+    caller.require(|s| s.cancel, "cancel or retry jobs")?;
     let key = state.topology.record_key(&id);
     let done = records::listen_done(state, &id).await?;
     let mut requested = false;
@@ -43,6 +50,15 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
                     e.revision,
                 ))
             });
+        // A key holder cancels only jobs it can see; a job with no record yet cannot be shown to be its own.
+        let visible = match (&held, caller) {
+            (Some((record, _)), _) => caller.may_read(record),
+            (None, Caller::Open) => true,
+            (None, Caller::Key { .. }) => false,
+        };
+        if !visible {
+            return Err(ApiError::job_not_found(id));
+        }
         if let Some((record, _)) = &held {
             if record.status.is_terminal() {
                 return Err(ApiError::new(
@@ -104,7 +120,7 @@ pub async fn cancel(state: &AppState, id: Uuid, wait: Duration) -> Result<Outcom
                 let mut done = done;
                 return match tokio::time::timeout(wait, done.next()).await {
                     Ok(Some(_)) => Ok(Outcome::Ended(Box::new(
-                        records::get_or_404(state, &id).await?,
+                        records::get_or_404(state, caller, &id).await?,
                     ))),
                     _ => Ok(Outcome::Pending),
                 };
@@ -142,7 +158,7 @@ pub async fn serve_nats(state: AppState) {
             let answer = match id {
                 None => serde_json::json!({"error": {"code": ErrorCode::InvalidRequest,
                     "message": "the subject's last token must be a job id"}}),
-                Some(id) => match cancel(&state, id, Duration::ZERO).await {
+                Some(id) => match cancel(&state, &Caller::Open, id, Duration::ZERO).await {
                     Ok(Outcome::Ended(r)) => serde_json::json!({"job_id": id, "status": r.status}),
                     Ok(Outcome::Pending) => {
                         serde_json::json!({"job_id": id, "status": "cancelling"})

@@ -2,6 +2,7 @@
 //! state of its own, so replicas are interchangeable and a restart loses nothing.
 
 pub mod agents;
+pub mod auth;
 pub mod cancel;
 pub mod error;
 pub mod live;
@@ -74,6 +75,10 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::track,
         ))
         .with_state(state)
@@ -85,6 +90,8 @@ pub enum GatewayError {
     Topology(#[from] fleet_shared::topology::TopologyError),
     #[error(transparent)]
     Store(#[from] fleet_shared::artifacts::StoreError),
+    #[error("{0}")]
+    Auth(String),
     #[error("http server: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -96,8 +103,10 @@ pub async fn run(
     client: async_nats::Client,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    auth::check_mode(&config).map_err(GatewayError::Auth)?;
     let state = AppState::connect(config, client).await?;
     let cancels = tokio::spawn(cancel::serve_nats(state.clone()));
+    let keys = tokio::spawn(follow_keys(state.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     // Responses are written as headers then body: without TCP_NODELAY, Nagle's algorithm holds the second
     // write until the client's delayed ACK, adding ~40 ms to every small streamed response on a kept-alive
@@ -111,6 +120,17 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     cancels.abort();
+    keys.abort();
     served?;
     Ok(())
+}
+
+/// Keeps the key ring current, starting the watch again after NATS trouble.
+async fn follow_keys(state: AppState) {
+    loop {
+        if let Err(e) = state.keys.follow().await {
+            tracing::warn!(error = %e, "watching API keys failed; retrying");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -172,6 +172,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        caller = tracing::field::Empty,
     );
     fleet_shared::trace_context::continue_from_extractor(&span, &HttpExtractor(request.headers()));
     if let Some(trace_id) = fleet_shared::trace_context::trace_id(&span) {

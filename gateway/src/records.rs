@@ -8,6 +8,7 @@ use fleet_shared::JobRecord;
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,9 +23,16 @@ pub async fn get(state: &AppState, id: &Uuid) -> Result<Option<JobRecord>, ApiEr
         .and_then(|e| decode(&e.value, Format::MessagePack).ok()))
 }
 
-pub async fn get_or_404(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+/// The job's record, if it exists and the caller may see it: others' jobs are not found, not forbidden, so ids
+/// reveal nothing.
+pub async fn get_or_404(
+    state: &AppState,
+    caller: &Caller,
+    id: &Uuid,
+) -> Result<JobRecord, ApiError> {
     get(state, id)
         .await?
+        .filter(|r| caller.may_read(r))
         .ok_or_else(|| ApiError::job_not_found(id))
 }
 
@@ -41,33 +49,35 @@ pub async fn listen_done(state: &AppState, id: &Uuid) -> Result<async_nats::Subs
 /// Waits up to `limit` for the done notice of job `id`, then returns its record as it stands.
 pub async fn wait_terminal(
     state: &AppState,
+    caller: &Caller,
     mut done: async_nats::Subscriber,
     id: &Uuid,
     limit: Duration,
 ) -> Result<JobRecord, ApiError> {
     match tokio::time::timeout(limit, done.next()).await {
         Ok(Some(msg)) => match decode::<JobRecord>(&msg.payload, Format::MessagePack) {
-            Ok(r) => Ok(r),
-            Err(_) => get_or_404(state, id).await,
+            Ok(r) if caller.may_read(&r) => Ok(r),
+            _ => get_or_404(state, caller, id).await,
         },
-        _ => get_or_404(state, id).await,
+        _ => get_or_404(state, caller, id).await,
     }
 }
 
 /// Waits for a job that may already have ended: subscribes first, then reads, so no ending is missed.
 pub async fn wait_existing(
     state: &AppState,
+    caller: &Caller,
     id: &Uuid,
     limit: Duration,
 ) -> Result<JobRecord, ApiError> {
     if limit.is_zero() {
         // A plain read (the polling path): no subscription needed.
-        return get_or_404(state, id).await;
+        return get_or_404(state, caller, id).await;
     }
     let done = listen_done(state, id).await?;
-    let record = get_or_404(state, id).await?;
+    let record = get_or_404(state, caller, id).await?;
     if record.status.is_terminal() {
         return Ok(record);
     }
-    wait_terminal(state, done, id, limit).await
+    wait_terminal(state, caller, done, id, limit).await
 }

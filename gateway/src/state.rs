@@ -33,6 +33,8 @@ pub struct Inner {
     pub config_bucket: kv::Store,
     /// This gateway's own counters (the queue gauges are read from JetStream at scrape time).
     pub metrics: crate::metrics::GatewayMetrics,
+    /// API keys, followed from the keys bucket.
+    pub keys: crate::auth::KeyRing,
 }
 
 impl std::ops::Deref for AppState {
@@ -76,6 +78,7 @@ impl AppState {
             config_bucket: handles.config,
             cancels: handles.cancels,
             metrics: crate::metrics::GatewayMetrics::new(),
+            keys: crate::auth::KeyRing::new(handles.keys.clone()),
         })))
     }
 }

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::records;
 use crate::state::AppState;
@@ -49,7 +50,13 @@ struct IdempotencyEntry {
     fingerprint: String,
 }
 
-pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiError> {
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    sub: Submission,
+) -> Result<Submitted, ApiError> {
+    // Checked before anything else: a forbidden agent queues nothing and reveals nothing about the fleet.
+    caller.may_run(&sub.agent)?;
     let mut request = JobRequest {
         id: sub.id.unwrap_or_else(fleet_shared::wire::new_job_id),
         agent: sub.agent,
@@ -63,6 +70,7 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
         metadata: sub.metadata,
         submitted_at: Utc::now(),
         traceparent: None,
+        owner: caller.owner(),
     };
     request
         .validate()
@@ -96,6 +104,12 @@ pub async fn submit(state: &AppState, sub: Submission) -> Result<Submitted, ApiE
             let existing = records::get(state, &record.id)
                 .await?
                 .ok_or_else(|| ApiError::job_not_found(record.id))?;
+            if !caller.may_read(&existing) {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyConflict,
+                    format!("job id {} is taken", record.id),
+                ));
+            }
             return Ok(Submitted {
                 record: existing,
                 created: false,
@@ -168,7 +182,8 @@ async fn publish(
 
 /// Runs an ended job again: same request, a new run; the ended run moves to the record's `history`. Only jobs
 /// that failed, timed out or were cancelled can be retried, and only if their inputs can be given again.
-pub async fn retry(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+pub async fn retry(state: &AppState, caller: &Caller, id: &Uuid) -> Result<JobRecord, ApiError> {
+    caller.require(|s| s.cancel, "cancel or retry jobs")?;
     let key = state.topology.record_key(id);
     loop {
         let entry = state
@@ -181,6 +196,9 @@ pub async fn retry(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
         let ended: JobRecord =
             fleet_shared::codec::decode(&entry.value, fleet_shared::codec::Format::MessagePack)
                 .map_err(|e| ApiError::unavailable("the job record is unreadable", e))?;
+        if !caller.may_read(&ended) {
+            return Err(ApiError::job_not_found(id));
+        }
         if !matches!(
             ended.status,
             JobStatus::Failed | JobStatus::Timeout | JobStatus::Cancelled

@@ -100,6 +100,7 @@ mod tests {
             metadata: [("k".to_string(), serde_json::json!({"n": [1, 2]}))].into(),
             submitted_at: chrono::Utc::now(),
             traceparent: None,
+            owner: None,
         })
     }
 

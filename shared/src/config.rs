@@ -37,6 +37,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub worker: WorkerConfig,
     pub artifacts: ArtifactsConfig,
+    pub auth: AuthConfig,
     pub agents: BTreeMap<String, AgentConfig>,
     pub execute: BTreeMap<String, String>,
 }
@@ -73,6 +74,22 @@ pub struct QueueConfig {
     pub events_max_bytes: i64,
     /// Output bytes per attempt published as events; the rest is only in the record and its full logs.
     pub events_output_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+}
+
+/// Whether the gateway asks for API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Every request but health, readiness, metrics and the API docs needs a key.
+    Required,
+    /// No keys: every caller may do everything. Refused unless the gateway listens on loopback only.
+    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,6 +267,12 @@ impl NatsConfig {
             .map(str::trim)
             .filter(|u| !u.is_empty())
             .collect()
+    }
+}
+
+impl AuthConfig {
+    pub fn required(&self) -> bool {
+        self.mode == AuthMode::Required
     }
 }
 

@@ -46,10 +46,14 @@ pub enum ErrorCode {
     JobFinished,
     /// The job cannot be retried: it has not failed, timed out or been cancelled, or its inputs are gone.
     NotRetryable,
+    /// No credentials, or credentials that are malformed, unknown or revoked.
+    Unauthorized,
+    /// Valid credentials without the scope this request needs (an agent it may not run, say).
+    Forbidden,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -74,6 +78,8 @@ impl ErrorCode {
         Self::TargetUnreachable,
         Self::JobFinished,
         Self::NotRetryable,
+        Self::Unauthorized,
+        Self::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +108,8 @@ impl ErrorCode {
             Self::TargetUnreachable => "target_unreachable",
             Self::JobFinished => "job_finished",
             Self::NotRetryable => "not_retryable",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! codes and the one configuration loader. No HTTP framework and no process spawning live here.
 
 pub mod artifacts;
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod error_code;

@@ -87,6 +87,11 @@ impl Topology {
         format!("{}_cancels", self.prefix)
     }
 
+    /// API keys (hashed), by key id.
+    pub fn keys_bucket(&self) -> String {
+        format!("{}_keys", self.prefix)
+    }
+
     /// Subject of the NATS request API for cancelling job `job_id`.
     pub fn cancel_subject(&self, job_id: &Uuid) -> String {
         format!("{}.cancel.{job_id}", self.prefix)
@@ -229,6 +234,17 @@ impl Topology {
         }
     }
 
+    fn keys_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.keys_bucket(),
+            description: "fleet API keys, key = key id; secrets stored as SHA-256 only".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
     fn config_bucket_config(&self, q: &QueueConfig) -> kv::Config {
         kv::Config {
             bucket: self.config_bucket(),
@@ -253,7 +269,9 @@ impl Topology {
         let idempotency = get_or_create_bucket(js, self.idempotency_bucket_config(q)).await?;
         let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
         let cancels = get_or_create_bucket(js, self.cancels_bucket_config(q)).await?;
+        let keys = get_or_create_bucket(js, self.keys_bucket_config(q)).await?;
         Ok(Handles {
+            keys,
             events,
             cancels,
             jobs,
@@ -428,6 +446,7 @@ pub struct Handles {
     pub idempotency: kv::Store,
     pub config: kv::Store,
     pub cancels: kv::Store,
+    pub keys: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -44,6 +44,10 @@ pub struct JobRequest {
     /// W3C `traceparent` of the submitter, so the worker's spans join the client's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The API key (its name) that submitted the job through a gateway; set by the gateway, never by the caller.
+    /// Jobs published straight to NATS have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -512,6 +516,7 @@ mod tests {
             metadata: BTreeMap::new(),
             submitted_at: Utc::now(),
             traceparent: None,
+            owner: None,
         }
     }
 
@@ -644,6 +649,9 @@ pub struct PublishedJob {
     pub submitted_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// Set by gateways (the submitting key's name). NATS permissions, not this field, decide who may publish.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 impl PublishedJob {
@@ -667,6 +675,7 @@ impl PublishedJob {
             metadata: self.metadata,
             submitted_at: self.submitted_at.unwrap_or(published),
             traceparent: self.traceparent,
+            owner: self.owner,
         }
     }
 }

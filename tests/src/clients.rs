@@ -31,6 +31,22 @@ impl Api {
         }
     }
 
+    /// The same gateway, every request carrying `Authorization: Bearer KEY`.
+    pub fn with_key(&self, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().expect("header value"),
+        );
+        Self {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+            base: self.base.clone(),
+        }
+    }
+
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base))
     }

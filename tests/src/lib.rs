@@ -360,6 +360,8 @@ pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
         "FLEET_ARTIFACTS_LOCAL_DIR".into(),
         dir.path().join("artifacts").to_string_lossy().into_owned(),
     );
+    // Test gateways listen on loopback; the auth tests turn keys on themselves.
+    env.insert("FLEET_AUTH_MODE".into(), "none".into());
     env.insert("FLEET_WORKER_KILL_GRACE_SECS".into(), "0.5".into());
     env.insert("FLEET_WORKER_SHUTDOWN_GRACE_SECS".into(), "2".into());
     env.insert("FLEET_WORKER_UNKNOWN_AGENT_GRACE_SECS".into(), "1".into());

@@ -57,7 +57,7 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
         &[
             "run",
             "shell",
-            "cat data.txt; mkdir -p out; cp data.txt out/copy.txt",
+            "cat data.txt; mkdir -p out; cp data.txt out/copy.txt; printf two > 'two wörds.txt'",
             "--file",
             input.to_str().unwrap(),
             "--download",
@@ -70,6 +70,11 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
     assert_eq!(
         std::fs::read_to_string(saved.join("out/copy.txt")).unwrap(),
         "abc"
+    );
+    // Several files come as one archive, unpacked exactly.
+    assert_eq!(
+        std::fs::read_to_string(saved.join("two wörds.txt")).unwrap(),
+        "two"
     );
 
     // --json for scripts; status, logs, jobs, agents.

@@ -256,7 +256,9 @@ async fn the_dashboard_reads_only_metrics_the_fleet_exports() {
     // Declared families, samples or not yet (a counter nothing has incremented has no sample).
     let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
     for line in exported.lines() {
-        let Some(declared) = line.strip_prefix("# TYPE ") else { continue };
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
         let (name, kind) = declared.split_once(' ').expect("# TYPE name kind");
         let suffixes: &[&str] = match kind {
             "counter" => &["_total"],

@@ -138,6 +138,7 @@ mod tests {
             metadata: Default::default(),
             submitted_at: chrono::Utc::now(),
             traceparent: None,
+            owner: None,
         };
         JobRecord::queued(request)
     }

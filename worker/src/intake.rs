@@ -65,6 +65,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             metadata: Default::default(),
             submitted_at: msg.published,
             traceparent: None,
+            owner: None,
         };
         Intake {
             request,

@@ -77,6 +77,7 @@ fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
         metadata: Default::default(),
         submitted_at: Utc::now(),
         traceparent: None,
+        owner: None,
     }
 }
 

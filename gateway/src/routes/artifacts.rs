@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
@@ -37,10 +38,11 @@ pub struct ArtifactList {
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, body = ArtifactList), (status = 404, body = Problem)))]
 pub async fn list(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ArtifactList>, ApiError> {
-    let r = records::get_or_404(&state, &id).await?;
+    let r = records::get_or_404(&state, &caller, &id).await?;
     Ok(Json(ArtifactList {
         job_id: r.id,
         files: r.files,
@@ -59,10 +61,11 @@ const PREFETCH: usize = 8;
     responses((status = 200, description = "A POSIX tar archive of the job's files", content_type = "application/x-tar"),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 pub async fn archive(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let record = records::get_or_404(&state, &id).await?;
+    let record = records::get_or_404(&state, &caller, &id).await?;
     let store = holder(&state, &record).await?;
     let mtime = record
         .finished_at
@@ -151,13 +154,14 @@ const MAX_PRESIGN_SECS: f64 = 7.0 * 24.0 * 3600.0;
         (status = 400, body = Problem), (status = 404, body = Problem), (status = 416, body = Problem),
         (status = 422, body = Problem)))]
 pub async fn download(
+    caller: Caller,
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,
     Query(params): Query<DownloadParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(secs) = params.presign else {
-        return serve(&state, id, &name, &headers).await;
+        return serve(&state, &caller, id, &name, &headers).await;
     };
     if !(secs.is_finite() && secs > 0.0 && secs <= MAX_PRESIGN_SECS) {
         return Err(ApiError::new(
@@ -165,7 +169,7 @@ pub async fn download(
             format!("presign must be 1 to {MAX_PRESIGN_SECS} seconds"),
         ));
     }
-    let (_, key, store) = listed_file(&state, id, &name).await?;
+    let (_, key, store) = listed_file(&state, &caller, id, &name).await?;
     let expires_in = fleet_shared::config::secs(secs);
     let url = store
         .presigned_get(&key, expires_in)
@@ -189,6 +193,7 @@ pub async fn download(
 /// record lists it.
 async fn listed_file(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     name: &str,
 ) -> Result<(FileEntry, StoreKey, ArtifactStore), ApiError> {
@@ -198,7 +203,7 @@ async fn listed_file(
             "artifact names are relative paths without `.` or `..` parts",
         ));
     }
-    let record = records::get_or_404(state, &id).await?;
+    let record = records::get_or_404(state, caller, &id).await?;
     let entry = record.stored_file(name).cloned().ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
@@ -232,20 +237,22 @@ async fn holder(state: &AppState, record: &JobRecord) -> Result<ArtifactStore, A
     params(("id" = Uuid, Path), ("filename" = String, Path)),
     responses((status = 200, description = "The file"), (status = 404, body = Problem)))]
 pub async fn download_compat(
+    caller: Caller,
     State(state): State<AppState>,
     Path((id, name)): Path<(Uuid, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    serve(&state, id, &name, &headers).await
+    serve(&state, &caller, id, &name, &headers).await
 }
 
 async fn serve(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     name: &str,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (entry, key, store) = listed_file(state, id, name).await?;
+    let (entry, key, store) = listed_file(state, caller, id, name).await?;
     let range = requested_range(headers, entry.size)?;
     let download = store.download(&key, range.clone()).await.map_err(|e| {
         if e.is_not_found() {

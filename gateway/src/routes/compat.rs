@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path, Problem};
 use crate::records;
 use crate::routes::jobs::submit_and_wait;
@@ -53,6 +54,7 @@ fn interaction_status(s: JobStatus) -> &'static str {
 #[utoipa::path(post, path = "/interact", tag = "compatible", request_body = InteractRequest,
     responses((status = 200, body = InteractResponse), (status = 422, body = Problem)))]
 pub async fn interact(
+    caller: Caller,
     State(state): State<AppState>,
     Json(body): Json<InteractRequest>,
 ) -> Result<Json<InteractResponse>, ApiError> {
@@ -63,7 +65,7 @@ pub async fn interact(
         return_files: body.return_files,
         ..Default::default()
     };
-    let s = submit(&state, sub).await?;
+    let s = submit(&state, &caller, sub).await?;
     Ok(Json(InteractResponse {
         request_id: s.record.id,
         status: interaction_status(s.record.status).into(),
@@ -89,10 +91,11 @@ pub struct ResultsResponse {
 #[utoipa::path(get, path = "/results/{id}", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = ResultsResponse), (status = 404, body = Problem)))]
 pub async fn results(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ResultsResponse>, ApiError> {
-    let r = records::get_or_404(&state, &id).await?;
+    let r = records::get_or_404(&state, &caller, &id).await?;
     Ok(Json(ResultsResponse {
         request_id: r.id,
         status: interaction_status(r.status).into(),
@@ -142,6 +145,7 @@ fn execution_status(s: JobStatus) -> &'static str {
 #[utoipa::path(post, path = "/execute", tag = "compatible", request_body = ExecuteRequest,
     responses((status = 200, body = ExecuteResponse), (status = 422, body = Problem)))]
 pub async fn execute(
+    caller: Caller,
     State(state): State<AppState>,
     Json(body): Json<ExecuteRequest>,
 ) -> Result<Json<ExecuteResponse>, ApiError> {
@@ -164,7 +168,7 @@ pub async fn execute(
         metadata: BTreeMap::from([("language".to_string(), serde_json::Value::String(language))]),
         ..Default::default()
     };
-    let s = submit(&state, sub).await?;
+    let s = submit(&state, &caller, sub).await?;
     Ok(Json(ExecuteResponse {
         job_id: s.record.id,
         status: execution_status(s.record.status).into(),
@@ -188,10 +192,11 @@ pub struct JobStatusResponse {
 #[utoipa::path(get, path = "/jobs/{id}/status", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = JobStatusResponse), (status = 404, body = Problem)))]
 pub async fn job_status(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobStatusResponse>, ApiError> {
-    let r = records::get_or_404(&state, &id).await?;
+    let r = records::get_or_404(&state, &caller, &id).await?;
     Ok(Json(JobStatusResponse {
         job_id: r.id,
         status: execution_status(r.status).into(),
@@ -221,10 +226,11 @@ pub struct JobResultsResponse {
 #[utoipa::path(get, path = "/jobs/{id}/results", tag = "compatible", params(("id" = Uuid, Path)),
     responses((status = 200, body = JobResultsResponse), (status = 404, body = Problem)))]
 pub async fn job_results(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<JobResultsResponse>, ApiError> {
-    let r = records::get_or_404(&state, &id).await?;
+    let r = records::get_or_404(&state, &caller, &id).await?;
     Ok(Json(JobResultsResponse {
         job_id: r.id,
         status: execution_status(r.status).into(),
@@ -258,6 +264,7 @@ pub struct GenerateResponse {
 #[utoipa::path(post, path = "/generate", tag = "compatible", request_body = GenerateRequest,
     responses((status = 200, body = GenerateResponse), (status = 502, body = Problem), (status = 504, body = Problem)))]
 pub async fn generate(
+    caller: Caller,
     State(state): State<AppState>,
     Json(body): Json<GenerateRequest>,
 ) -> Result<Json<GenerateResponse>, ApiError> {
@@ -268,8 +275,13 @@ pub async fn generate(
         return_files: false,
         ..Default::default()
     };
-    let (record, _) =
-        submit_and_wait(&state, sub, secs(state.config.http.generate_wait_secs)).await?;
+    let (record, _) = submit_and_wait(
+        &state,
+        &caller,
+        sub,
+        secs(state.config.http.generate_wait_secs),
+    )
+    .await?;
     match record.status {
         JobStatus::Completed => Ok(Json(GenerateResponse {
             text: record.stdout.trim_end().to_string(),

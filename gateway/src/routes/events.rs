@@ -22,6 +22,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
@@ -34,6 +35,7 @@ use crate::state::AppState;
         content_type = "text/event-stream"),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 pub async fn events(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     headers: HeaderMap,
@@ -42,7 +44,7 @@ pub async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let stream = job_events(&state, id, after)
+    let stream = job_events(&state, &caller, id, after)
         .await?
         .map(|(seq, event)| Ok(sse(seq, &event)));
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
@@ -60,12 +62,13 @@ pub struct WsParams {
     responses((status = 101, description = "WebSocket of JobEvent JSON frames"),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 pub async fn websocket(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(params): Query<WsParams>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let mut events = job_events(&state, id, params.after).await?;
+    let mut events = job_events(&state, &caller, id, params.after).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         while let Some((seq, event)) = events.next().await {
             let mut frame = serde_json::to_value(&event).unwrap_or_default();
@@ -87,12 +90,13 @@ pub async fn websocket(
 /// Job `id`'s events after `after` (all if none), replayed then live, ending with `end`; each with its id.
 async fn job_events(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     after: Option<u64>,
 ) -> Result<BoxStream<'static, (Option<u64>, JobEvent)>, ApiError> {
     // Subscribed before the record is read, so a job ending meanwhile cannot slip by.
     let done = records::listen_done(state, &id).await?;
-    let record = records::get_or_404(state, &id).await?;
+    let record = records::get_or_404(state, caller, &id).await?;
     let terminal = record.status.is_terminal().then_some(record);
     // A job that ended before its events went live has none: its record is the whole story.
     let stored = terminal.is_none() || last_stored(state, &id).await.is_some();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Json, Path, Problem, Query};
 use crate::records;
 use crate::scan;
@@ -102,6 +103,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn submit_job(
+    caller: Caller,
     State(state): State<AppState>,
     Query(params): Query<WaitParams>,
     headers: HeaderMap,
@@ -120,7 +122,7 @@ pub async fn submit_job(
         metadata: body.metadata,
         idempotency_key: idempotency_key(&headers)?,
     };
-    let (record, created) = submit_and_wait(&state, sub, limit).await?;
+    let (record, created) = submit_and_wait(&state, &caller, sub, limit).await?;
     let status = if record.status.is_terminal() || !created {
         StatusCode::OK
     } else {
@@ -138,24 +140,25 @@ pub async fn submit_job(
 /// Submits, then waits up to `limit` for the terminal record. Returns the record and whether it was new.
 pub async fn submit_and_wait(
     state: &AppState,
+    caller: &Caller,
     sub: Submission,
     limit: Duration,
 ) -> Result<(JobRecord, bool), ApiError> {
     if limit.is_zero() {
-        let s = submit(state, sub).await?;
+        let s = submit(state, caller, sub).await?;
         return Ok((s.record, s.created));
     }
     // Subscribing needs the id before the job exists.
     let mut sub = sub;
     let id = *sub.id.get_or_insert_with(fleet_shared::wire::new_job_id);
     let done = records::listen_done(state, &id).await?;
-    let submitted = submit(state, sub).await?;
+    let submitted = submit(state, caller, sub).await?;
     let id = submitted.record.id;
     let record = if submitted.created {
-        records::wait_terminal(state, done, &id, limit).await?
+        records::wait_terminal(state, caller, done, &id, limit).await?
     } else {
         drop(done);
-        records::wait_existing(state, &id, limit).await?
+        records::wait_existing(state, caller, &id, limit).await?
     };
     Ok((record, submitted.created))
 }
@@ -164,12 +167,15 @@ pub async fn submit_and_wait(
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path), WaitParams),
     responses((status = 200, body = JobRecord), (status = 404, body = Problem)))]
 pub async fn get_job(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(params): Query<WaitParams>,
 ) -> Result<Json<JobRecord>, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
-    Ok(Json(records::wait_existing(&state, &id, limit).await?))
+    Ok(Json(
+        records::wait_existing(&state, &caller, &id, limit).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -191,6 +197,7 @@ pub struct JobList {
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
 pub async fn list_jobs(
+    caller: Caller,
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
@@ -203,7 +210,8 @@ pub async fn list_jobs(
     let limit = params.limit.unwrap_or(50).clamp(1, 1000);
     let mut jobs = Vec::new();
     scan::each_record(&state, |r| {
-        if params.agent.as_deref().is_none_or(|a| a == r.request.agent)
+        if caller.may_read(&r)
+            && params.agent.as_deref().is_none_or(|a| a == r.request.agent)
             && status.is_none_or(|s| s == r.status)
         {
             jobs.push(r);
@@ -242,6 +250,7 @@ pub struct CancelAnswer {
         (status = 409, description = "The job had already ended", body = Problem),
         (status = 503, body = Problem)))]
 pub async fn cancel_job(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(params): Query<CancelParams>,
@@ -250,7 +259,7 @@ pub async fn cancel_job(
         Some(w) => wait_limit(&state, Some(w))?,
         None => secs(state.config.worker.kill_grace_secs + 5.0),
     };
-    let answer = match crate::cancel::cancel(&state, id, wait).await? {
+    let answer = match crate::cancel::cancel(&state, &caller, id, wait).await? {
         crate::cancel::Outcome::Ended(record) => (
             StatusCode::OK,
             CancelAnswer {
@@ -279,10 +288,11 @@ pub async fn cancel_job(
         (status = 409, description = "Not failed, timed out or cancelled; or its inline inputs are gone", body = Problem),
         (status = 503, body = Problem)))]
 pub async fn retry_job(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let record = crate::submit::retry(&state, &id).await?;
+    let record = crate::submit::retry(&state, &caller, &id).await?;
     let body = JobAccepted {
         job_id: id,
         status: record.status,

@@ -11,6 +11,7 @@ use fleet_shared::ErrorCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Json, Problem};
 use crate::state::AppState;
 
@@ -95,9 +96,11 @@ impl SharingRequest {
         (status = 422, description = "Bad settings, or the target is unreachable or refuses the credentials",
          body = Problem), (status = 503, body = Problem)))]
 pub async fn configure(
+    caller: Caller,
     State(state): State<AppState>,
     Json(body): Json<SharingRequest>,
 ) -> Result<Json<SharingView>, ApiError> {
+    caller.require(|s| s.configure_sharing, "configure sharing")?;
     if body.method == "default" {
         state
             .config_bucket
@@ -135,7 +138,11 @@ pub async fn configure(
 /// Where new jobs' files go now, secrets masked.
 #[utoipa::path(get, path = "/configure-sharing", tag = "compatible",
     responses((status = 200, body = SharingView), (status = 503, body = Problem)))]
-pub async fn current(State(state): State<AppState>) -> Result<Json<SharingView>, ApiError> {
+pub async fn current(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<SharingView>, ApiError> {
+    caller.require(|s| s.configure_sharing, "configure sharing")?;
     let entry = state
         .config_bucket
         .get(SHARING_KEY)

@@ -1,0 +1,233 @@
+//! Who is calling, and what they may do. Every API request but health, readiness, metrics and the docs carries an
+//! API key (`Authorization: Bearer fk_...` or `X-API-Key`) when `auth.mode = required`; the key's scopes decide
+//! which agents it may run and whether it may read others' jobs, cancel, or configure sharing. Jobs record the
+//! key's name as their owner. Keys live hashed in the keys bucket; each gateway follows the bucket, so a revoked
+//! key stops working on every replica at once.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use async_nats::jetstream::kv::{self, Operation};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use fleet_shared::auth::{self, Scopes, StoredKey};
+use fleet_shared::codec::{decode, Format};
+use fleet_shared::{ErrorCode, JobRecord};
+use futures::StreamExt;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The keys of the keys bucket, kept current by a watch.
+pub struct KeyRing {
+    bucket: kv::Store,
+    keys: RwLock<HashMap<String, StoredKey>>,
+}
+
+impl KeyRing {
+    pub fn new(bucket: kv::Store) -> Self {
+        Self {
+            bucket,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Follows the bucket (every key, then every change) until the watch ends or fails.
+    pub async fn follow(&self) -> Result<(), async_nats::Error> {
+        let mut watch = self.bucket.watch_all_from_revision(1).await?;
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            let mut keys = self.keys.write().map_err(|_| "key ring poisoned")?;
+            match entry.operation {
+                Operation::Put => match decode::<StoredKey>(&entry.value, Format::MessagePack) {
+                    Ok(key) => {
+                        keys.insert(entry.key.clone(), key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(key_id = %entry.key, error = %e, "unreadable API key entry")
+                    }
+                },
+                Operation::Delete | Operation::Purge => {
+                    keys.remove(&entry.key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored key with this id: from the ring, or from the bucket if the ring has not seen it yet.
+    async fn find(&self, id: &str) -> Result<Option<StoredKey>, ApiError> {
+        if let Some(key) = self.keys.read().ok().and_then(|k| k.get(id).cloned()) {
+            return Ok(Some(key));
+        }
+        let entry = self
+            .bucket
+            .get(id)
+            .await
+            .map_err(|e| ApiError::unavailable("reading the API key failed", e))?;
+        Ok(entry.and_then(|v| decode(&v, Format::MessagePack).ok()))
+    }
+}
+
+/// The caller of a request, as authentication found it.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is off (`auth.mode = none`, loopback only): everything is allowed.
+    Open,
+    Key {
+        name: String,
+        scopes: Scopes,
+    },
+}
+
+impl Caller {
+    fn scopes(&self) -> std::borrow::Cow<'_, Scopes> {
+        match self {
+            Self::Open => std::borrow::Cow::Owned(Scopes::all()),
+            Self::Key { scopes, .. } => std::borrow::Cow::Borrowed(scopes),
+        }
+    }
+
+    /// The owner recorded on jobs this caller submits.
+    pub fn owner(&self) -> Option<String> {
+        match self {
+            Self::Open => None,
+            Self::Key { name, .. } => Some(name.clone()),
+        }
+    }
+
+    pub fn may_run(&self, agent: &str) -> Result<(), ApiError> {
+        if self.scopes().may_run(agent) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this API key may not run agent `{agent}`"),
+            ))
+        }
+    }
+
+    /// Whether the caller may see this job at all (others' jobs are reported as not found, not as forbidden).
+    pub fn may_read(&self, record: &JobRecord) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Key { name, scopes } => {
+                scopes.read_all || record.request.owner.as_deref() == Some(name.as_str())
+            }
+        }
+    }
+
+    pub fn require(&self, allowed: impl Fn(&Scopes) -> bool, what: &str) -> Result<(), ApiError> {
+        if allowed(&self.scopes()) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this API key may not {what}"),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "the request was not authenticated"))
+    }
+}
+
+/// Paths anyone may call: probes, metrics and the API's own description.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
+        || path == "/docs"
+        || path.starts_with("/docs/")
+}
+
+fn presented_key(parts: &axum::http::HeaderMap) -> Option<&str> {
+    if let Some(value) = parts
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, key) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then_some(key.trim());
+    }
+    parts
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"fleet\""),
+    );
+    response
+}
+
+/// Middleware: finds the caller, or answers 401 before any handler runs (so nothing is queued).
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !state.config.auth.required() {
+        request.extensions_mut().insert(Caller::Open);
+        return next.run(request).await;
+    }
+    if is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Some(presented) = presented_key(request.headers()) else {
+        return unauthorized(
+            "an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        );
+    };
+    let Some((id, secret)) = auth::parse(presented) else {
+        return unauthorized("the API key is malformed");
+    };
+    let stored = match state.keys.find(id).await {
+        Ok(stored) => stored,
+        Err(e) => return e.into_response(),
+    };
+    match stored {
+        Some(key) if key.accepts(secret) => {
+            tracing::Span::current().record("caller", key.name.as_str());
+            request.extensions_mut().insert(Caller::Key {
+                name: key.name,
+                scopes: key.scopes,
+            });
+            next.run(request).await
+        }
+        _ => unauthorized("the API key is unknown or revoked"),
+    }
+}
+
+/// `auth.mode = none` is for a gateway only this machine can reach.
+pub fn check_mode(config: &fleet_shared::config::Config) -> Result<(), String> {
+    if config.auth.required() {
+        return Ok(());
+    }
+    let addr = config.http.socket_addr();
+    if addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %addr,
+            "AUTHENTICATION IS OFF (auth.mode = none): anyone who can reach {addr} may run any agent"
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "auth.mode = none is allowed only on a loopback address, not {addr}: create API keys with \
+             `fleet keys create` and set auth.mode = required, or listen on 127.0.0.1"
+        ))
+    }
+}

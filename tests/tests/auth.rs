@@ -1,0 +1,257 @@
+//! API keys at the gateway: no key, a malformed, unknown, wrongly signed or revoked one → 401 and nothing queued;
+//! a key running an agent outside its scopes → 403 and nothing queued; keys see only their own jobs unless they
+//! may read all; cancel and sharing need their scopes; `fleet keys` creates, lists and revokes keys; authentication
+//! may be off only on loopback.
+
+use std::time::Duration;
+
+use fleet_tests::clients::NatsClient;
+use fleet_tests::*;
+use serde_json::{json, Value};
+
+fn fleet_cli(cfg: &TestConfig, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(built_binary("fleet"))
+        .args(args)
+        .env_clear()
+        .envs(cfg.env_for_subprocess())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run fleet")
+}
+
+fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
+    let mut all = vec!["keys", "create", "--json"];
+    all.extend_from_slice(args);
+    let out = fleet_cli(cfg, &all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    (
+        created["id"].as_str().expect("id").to_string(),
+        created["key"].as_str().expect("key").to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let anonymous = gw.api();
+    let probe = NatsClient::connect(&nats.url()).await;
+
+    let (alice_id, alice_key) =
+        create_key(&cfg, &["--name", "alice", "--agent", "echo", "--cancel"]);
+    let (_, bob_key) = create_key(&cfg, &["--name", "bob", "--agent", "fake"]);
+    let (_, admin_key) = create_key(
+        &cfg,
+        &[
+            "--name",
+            "admin",
+            "--agent",
+            "*",
+            "--read-all",
+            "--cancel",
+            "--configure-sharing",
+        ],
+    );
+    let (alice, bob, admin) = (
+        anonymous.with_key(&alice_key),
+        anonymous.with_key(&bob_key),
+        anonymous.with_key(&admin_key),
+    );
+
+    // Refused before anything runs: no key, other schemes, malformed, unknown, wrong secret.
+    let job = json!({"agent": "echo", "message": "hi"});
+    let (_, secret) = alice_key.rsplit_once('_').expect("key");
+    let wrong_secret = alice_key.replace(secret, &"0".repeat(64));
+    let unknown = format!("fk_{}_{}", "a".repeat(12), "b".repeat(64));
+    let r = anonymous.post("/v1/jobs", &job).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.body["code"], "unauthorized");
+    for header in [
+        format!("Basic {}", "YWxpY2U6c2VjcmV0"),
+        "Bearer not-a-key".to_string(),
+        format!("Bearer {unknown}"),
+        format!("Bearer {wrong_secret}"),
+        format!("Bearer {alice_key}x"),
+        "Bearer ".to_string(),
+    ] {
+        let r = anonymous
+            .send(
+                anonymous
+                    .request(reqwest::Method::POST, "/v1/jobs")
+                    .header("authorization", &header)
+                    .json(&job),
+            )
+            .await;
+        assert_eq!(r.status, 401, "{header}: {}", r.body);
+    }
+    let raw = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", anonymous.base))
+        .json(&job)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(raw.headers()["www-authenticate"], "Bearer realm=\"fleet\"");
+    // Forbidden agent: 403, nothing queued either.
+    let r = alice
+        .post("/v1/jobs", &json!({"agent": "fake", "message": "exit:0"}))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.body["code"], "forbidden");
+    assert_eq!(probe.queued_messages().await, 0);
+    assert_eq!(admin.get("/v1/jobs").await.body["count"], 0);
+
+    // Probes, metrics and the API description stay open.
+    for path in ["/health", "/ready", "/metrics", "/openapi.json"] {
+        let r = reqwest::get(format!("{}{path}", anonymous.base))
+            .await
+            .expect("answer");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    // Jobs belong to their key.
+    let r = alice.post("/v1/jobs?wait=20", &job).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["record"]["request"]["owner"], "alice");
+    let alices = r.body["job_id"].as_str().expect("id").to_string();
+    // The X-API-Key header works as well.
+    let r = anonymous
+        .send(
+            anonymous
+                .request(reqwest::Method::POST, "/v1/jobs?wait=20")
+                .header("x-api-key", &bob_key)
+                .json(&json!({"agent": "fake", "message": "write:b.txt=3 sleep:30"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let bobs = r.body["job_id"].as_str().expect("id").to_string();
+
+    for path in [
+        format!("/v1/jobs/{alices}"),
+        format!("/v1/jobs/{alices}/events"),
+        format!("/v1/jobs/{alices}/artifacts"),
+        format!("/results/{alices}"),
+        format!("/jobs/{alices}/status"),
+    ] {
+        let r = bob.get(&path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+    }
+    let ids = |list: &Value| -> Vec<String> {
+        list["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    assert_eq!(ids(&bob.get("/v1/jobs").await.body), vec![bobs.clone()]);
+    assert_eq!(ids(&alice.get("/v1/jobs").await.body), vec![alices.clone()]);
+    let everything = ids(&admin.get("/v1/jobs").await.body);
+    assert!(
+        everything.contains(&alices) && everything.contains(&bobs),
+        "{everything:?}"
+    );
+    assert_eq!(admin.get(&format!("/v1/jobs/{alices}")).await.status, 200);
+
+    // Cancelling needs the scope, and a job the key can see.
+    let r = bob
+        .post(&format!("/v1/jobs/{bobs}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = alice
+        .post(&format!("/v1/jobs/{bobs}/cancel"), &json!({}))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = admin
+        .post(&format!("/v1/jobs/{bobs}/cancel"), &json!({}))
+        .await;
+    assert!(r.status == 200 || r.status == 202, "{}", r.body);
+
+    // Sharing needs its scope.
+    assert_eq!(alice.get("/configure-sharing").await.status, 403);
+    assert_eq!(admin.get("/configure-sharing").await.status, 200);
+
+    // The CLI client sends its key.
+    let base = anonymous.base.clone();
+    let with_key = std::process::Command::new(built_binary("fleet"))
+        .args(["run", "echo", "from the cli", "--url", &base])
+        .env("FLEET_API_KEY", &alice_key)
+        .output()
+        .expect("fleet run");
+    assert!(
+        with_key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_key.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&with_key.stdout), "from the cli\n");
+    let without = std::process::Command::new(built_binary("fleet"))
+        .args(["run", "echo", "from the cli", "--url", &base])
+        .env_remove("FLEET_API_KEY")
+        .output()
+        .expect("fleet run");
+    assert_eq!(without.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&without.stderr).contains("unauthorized"));
+
+    // Listing shows no secret; revoking stops the key on every gateway.
+    let list = fleet_cli(&cfg, &["keys", "list"]);
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listed.contains("alice") && listed.contains(&alice_id),
+        "{listed}"
+    );
+    assert!(!listed.contains(secret), "{listed}");
+    let second = start_gateway(&cfg.config).await;
+    let alice_there = second.api().with_key(&alice_key);
+    assert_eq!(alice_there.get("/v1/jobs").await.status, 200);
+    let out = fleet_cli(&cfg, &["keys", "revoke", &alice_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for api in [alice.clone(), alice_there.clone()] {
+        eventually("the revoked key refused", Duration::from_secs(5), || {
+            let api = api.clone();
+            async move { api.get("/v1/jobs").await.status == 401 }
+        })
+        .await;
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_may_be_off_only_on_loopback() {
+    let nats = NatsServer::start();
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "none"),
+            ("FLEET_HTTP_ADDR", "0.0.0.0:8080"),
+        ],
+    );
+    let client = fleet_shared::nats::connect(&cfg.config.nats, "auth-test")
+        .await
+        .expect("connect");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let err = fleet_gateway::run(
+        listener,
+        std::sync::Arc::new(cfg.config.clone()),
+        client,
+        std::future::pending(),
+    )
+    .await
+    .expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("auth.mode = none is allowed only on a loopback address"),
+        "{err}"
+    );
+}
