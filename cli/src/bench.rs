@@ -112,6 +112,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             .env("FLEET_HTTP_ADDR", &http_addr)
             // The bench's gateway listens on loopback only.
             .env("FLEET_AUTH_MODE", "none")
+            // The bench measures the fleet, not its rate limits.
+            .env("FLEET_HTTP_SUBMIT_PER_SEC", "0")
+            .env("FLEET_HTTP_READ_PER_SEC", "0")
+            .env("FLEET_HTTP_IP_PER_SEC", "0")
             .env("FLEET_WORKER_WORK_DIR", dir.path().join("work"))
             .env(
                 "FLEET_WORKER_MAX_CONCURRENT",

@@ -8,6 +8,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod rate;
 pub mod records;
 pub mod routes;
 pub mod scan;
@@ -73,9 +74,18 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Layers run bottom-up: metrics and tracing, then the IP limit, authentication, the caller's limit.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate::per_caller,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate::per_ip,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -116,11 +126,16 @@ pub async fn run(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let forget = tokio::spawn(forget_idle_callers(state.clone()));
+    let served = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     cancels.abort();
     keys.abort();
+    forget.abort();
     served?;
     Ok(())
 }
@@ -132,5 +147,13 @@ async fn follow_keys(state: AppState) {
             tracing::warn!(error = %e, "watching API keys failed; retrying");
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn forget_idle_callers(state: AppState) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        every.tick().await;
+        state.rate.forget_idle();
     }
 }

@@ -35,6 +35,7 @@ pub struct Inner {
     pub metrics: crate::metrics::GatewayMetrics,
     /// API keys, followed from the keys bucket.
     pub keys: crate::auth::KeyRing,
+    pub rate: crate::rate::RateLimits,
 }
 
 impl std::ops::Deref for AppState {
@@ -63,6 +64,7 @@ impl AppState {
             topology.clone(),
             config.http.live_buffer_events,
         );
+        let rate = crate::rate::RateLimits::new(&config.http);
         Ok(Self(Arc::new(Inner {
             live,
             config,
@@ -79,6 +81,7 @@ impl AppState {
             cancels: handles.cancels,
             metrics: crate::metrics::GatewayMetrics::new(),
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
+            rate,
         })))
     }
 }

@@ -59,6 +59,15 @@ pub struct HttpConfig {
     /// Live events a gateway buffers per running job for its slowest listener, which is told it fell behind and
     /// dropped past this (it resumes from where it was).
     pub live_buffer_events: usize,
+    /// Submissions per second each caller (API key, or client IP without one) may make; 0: unlimited.
+    pub submit_per_sec: u32,
+    pub submit_burst: u32,
+    /// Other requests per second each caller may make; 0: unlimited.
+    pub read_per_sec: u32,
+    pub read_burst: u32,
+    /// Requests per second from one client IP, authenticated or not; 0: unlimited.
+    pub ip_per_sec: u32,
+    pub ip_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -50,10 +50,12 @@ pub enum ErrorCode {
     Unauthorized,
     /// Valid credentials without the scope this request needs (an agent it may not run, say).
     Forbidden,
+    /// Too many requests from this caller or address; `Retry-After` says when to try again.
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -80,6 +82,7 @@ impl ErrorCode {
         Self::NotRetryable,
         Self::Unauthorized,
         Self::Forbidden,
+        Self::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl ErrorCode {
             Self::NotRetryable => "not_retryable",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

@@ -1,0 +1,95 @@
+//! Rate limits: per API key on submissions (other keys and reads unaffected) and per client IP on every request,
+//! authenticated or not; past a limit, 429 `rate_limited` with Retry-After, and nothing is queued.
+
+use std::time::Duration;
+
+use fleet_tests::clients::NatsClient;
+use fleet_tests::*;
+use serde_json::{json, Value};
+
+fn key(cfg: &TestConfig, name: &str) -> String {
+    let out = std::process::Command::new(built_binary("fleet"))
+        .args(["keys", "create", "--json", "--name", name, "--agent", "*"])
+        .env_clear()
+        .envs(cfg.env_for_subprocess())
+        .output()
+        .expect("fleet keys");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["key"].as_str().expect("key").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_and_addresses_are_limited_separately() {
+    let nats = NatsServer::start();
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_HTTP_SUBMIT_PER_SEC", "1"),
+            ("FLEET_HTTP_SUBMIT_BURST", "3"),
+        ],
+    );
+    declare_agents_without_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let probe = NatsClient::connect(&nats.url()).await;
+    let (a, b) = (
+        gw.api().with_key(&key(&cfg, "a")),
+        gw.api().with_key(&key(&cfg, "b")),
+    );
+    let job = json!({"agent": "echo", "message": "x"});
+
+    for _ in 0..3 {
+        assert_eq!(a.post("/v1/jobs", &job).await.status, 202);
+    }
+    let r = a.post("/v1/jobs", &job).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["code"], "rate_limited");
+    let retry: u64 = r
+        .retry_after
+        .as_deref()
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert_eq!(
+        probe.queued_messages().await,
+        3,
+        "the refused job was not queued"
+    );
+    // Another key, and reads by the same key, are not held back.
+    assert_eq!(b.post("/v1/jobs", &job).await.status, 202);
+    assert_eq!(a.get("/v1/jobs").await.status, 200);
+    // The bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(a.post("/v1/jobs", &job).await.status, 202);
+
+    // Per address: every request counts, with or without a key, before authentication.
+    let strict = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_HTTP_IP_PER_SEC", "1"),
+            ("FLEET_HTTP_IP_BURST", "4"),
+        ],
+    );
+    let gw2 = start_gateway(&strict.config).await;
+    // start_gateway polled /ready until it answered: let the bucket refill first.
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    let anonymous = gw2.api();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(anonymous.get("/v1/jobs").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
+    let keyed = gw2.api().with_key(&key(&strict, "c"));
+    assert_eq!(
+        keyed.get("/v1/jobs").await.status,
+        429,
+        "the address is out, whatever the key"
+    );
+}
