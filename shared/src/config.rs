@@ -47,6 +47,17 @@ pub struct Config {
 pub struct NatsConfig {
     pub url: String,
     pub prefix: String,
+    /// Credentials: one of user + password, token, an NKey seed, or a creds file (JWT + seed, as `nsc` writes).
+    pub user: String,
+    pub password: String,
+    pub token: String,
+    pub nkey_seed: String,
+    pub creds_file: String,
+    /// TLS: require it, trust these authorities (PEM) besides the system's, present this client certificate.
+    pub tls_required: bool,
+    pub tls_ca_file: String,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -461,6 +472,24 @@ impl Config {
                 "expected a URL like nats://127.0.0.1:4222, or several separated by commas",
             ));
         }
+        let methods = [
+            !self.nats.user.is_empty() || !self.nats.password.is_empty(),
+            !self.nats.token.is_empty(),
+            !self.nats.nkey_seed.is_empty(),
+            !self.nats.creds_file.is_empty(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(invalid(
+                "nats.user",
+                "give one NATS credential: user + password, token, nkey_seed or creds_file",
+            ));
+        }
+        if self.nats.tls_cert_file.is_empty() != self.nats.tls_key_file.is_empty() {
+            return Err(invalid(
+                "nats.tls_cert_file",
+                "a client certificate needs both nats.tls_cert_file and nats.tls_key_file",
+            ));
+        }
         if self.nats.prefix.is_empty()
             || !self
                 .nats
@@ -597,6 +626,14 @@ impl Config {
     pub fn summary(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         value["nats"]["url"] = serde_json::Value::String(mask_url_credentials(&self.nats.url));
+        for secret in ["password", "token", "nkey_seed"] {
+            if value["nats"][secret]
+                .as_str()
+                .is_some_and(|v| !v.is_empty())
+            {
+                value["nats"][secret] = "***".into();
+            }
+        }
         let masked = self.artifacts.default_target().masked();
         value["artifacts"]["s3_secret_access_key"] = masked.s3_secret_access_key.into();
         value["artifacts"]["ftp_password"] = masked.ftp_password.into();

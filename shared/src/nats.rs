@@ -8,7 +8,8 @@ pub async fn connect(
     cfg: &NatsConfig,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    options(cfg)
+        .await?
         .name(name)
         // A worker or gateway outlives NATS restarts: keep trying, and start even if NATS comes up later.
         .max_reconnects(None)
@@ -20,6 +21,41 @@ pub async fn connect(
         })
         .connect(cfg.urls())
         .await
+}
+
+/// Credentials and TLS from the configuration (validation allows at most one kind of credential).
+async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions, async_nats::ConnectError> {
+    // Two rustls crypto back ends are linked (async-nats brings ring, the FTP and S3 clients aws-lc-rs), so
+    // rustls cannot pick one by itself: name it once per process before any TLS connection.
+    let _ = tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut options = if !cfg.creds_file.is_empty() {
+        async_nats::ConnectOptions::with_credentials_file(&cfg.creds_file)
+            .await
+            .map_err(|e| {
+                async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e)
+            })?
+    } else if !cfg.nkey_seed.is_empty() {
+        async_nats::ConnectOptions::with_nkey(cfg.nkey_seed.clone())
+    } else if !cfg.token.is_empty() {
+        async_nats::ConnectOptions::with_token(cfg.token.clone())
+    } else if !cfg.user.is_empty() {
+        async_nats::ConnectOptions::with_user_and_password(cfg.user.clone(), cfg.password.clone())
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    if cfg.tls_required {
+        options = options.require_tls(true);
+    }
+    if !cfg.tls_ca_file.is_empty() {
+        options = options.add_root_certificates(cfg.tls_ca_file.clone().into());
+    }
+    if !cfg.tls_cert_file.is_empty() {
+        options = options.add_client_certificate(
+            cfg.tls_cert_file.clone().into(),
+            cfg.tls_key_file.clone().into(),
+        );
+    }
+    Ok(options)
 }
 
 /// Publishes one of a job's events on its events subject (a core publish; the events stream keeps it).

@@ -22,6 +22,8 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: TempDir,
+    /// More nats-server arguments (authentication, TLS).
+    extra: Vec<String>,
 }
 
 /// A loopback port free right now, for a server the test starts.
@@ -34,11 +36,17 @@ pub fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with these further arguments, e.g. `--user`, `--pass`, `--tls`.
+    pub fn start_with(extra: &[&str]) -> Self {
         let store = tempfile::tempdir().expect("tempdir");
         let mut s = Self {
             child: None,
             port: free_port(),
             store,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         s.spawn();
         s
@@ -55,6 +63,7 @@ impl NatsServer {
                 "--store_dir",
             ])
             .arg(self.store.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
