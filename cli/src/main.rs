@@ -46,6 +46,8 @@ enum Command {
     /// Container health check: exits 0 if URL answers 2xx within 3 s, else 1 (slim images have no curl).
     #[command(hide = true)]
     Probe { url: String },
+    /// Read a password from stdin and print its argon2 hash, for `[auth.users.NAME] password_hash`.
+    HashPassword,
     /// Manage the gateway's API keys (straight in NATS: needs the fleet's NATS settings).
     Keys {
         #[command(flatten)]
@@ -100,6 +102,17 @@ fn main() -> Result<()> {
     if let Command::Probe { url } = &cli.command {
         std::process::exit(probe(url));
     }
+    if let Command::HashPassword = &cli.command {
+        let mut password = String::new();
+        std::io::stdin().read_line(&mut password)?;
+        let password = password.trim_end_matches(['\r', '\n']);
+        if password.is_empty() {
+            anyhow::bail!("no password on stdin");
+        }
+        let hash = fleet_gateway::tokens::hash_password(password).map_err(anyhow::Error::msg)?;
+        println!("{hash}");
+        return Ok(());
+    }
     let service = match &cli.command {
         Command::Up(_) => Some("fleet"),
         Command::Gateway(_) => Some("fleet-gateway"),
@@ -122,7 +135,7 @@ fn main() -> Result<()> {
             Command::Gateway(args) => gateway(args.load()?).await,
             Command::Worker(args) => worker(args.load()?).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Tick { .. } | Command::Probe { .. } => Ok(()),
+            Command::Tick { .. } | Command::Probe { .. } | Command::HashPassword => Ok(()),
             Command::Keys { common, command } => {
                 keys::run(&common.load()?, command, cli.client.json()).await
             }

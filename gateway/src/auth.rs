@@ -1,5 +1,6 @@
-//! Who is calling, and what they may do. Every API request but health, readiness, metrics and the docs carries an
-//! API key (`Authorization: Bearer fk_...` or `X-API-Key`) when `auth.mode = required`; the key's scopes decide
+//! Who is calling, and what they may do. Every API request but health, readiness, metrics, the docs and
+//! `/token` carries an API key (`Authorization: Bearer fk_...` or `X-API-Key`) or an access token from `/token`
+//! when `auth.mode = required`; the key's scopes decide
 //! which agents it may run and whether it may read others' jobs, cancel, or configure sharing. Jobs record the
 //! key's name as their owner. Keys live hashed in the keys bucket; each gateway follows the bucket, so a revoked
 //! key stops working on every replica at once.
@@ -146,8 +147,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 /// Paths anyone may call: probes, metrics and the API's own description.
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json")
-        || path == "/docs"
+    matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/openapi.json" | "/token"
+    ) || path == "/docs"
         || path.starts_with("/docs/")
 }
 
@@ -192,6 +195,19 @@ pub async fn authenticate(
             "an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
         );
     };
+    if !presented.starts_with("fk_") {
+        // Not an API key: an access token from POST /token, or nothing valid.
+        return match crate::tokens::caller_of(&state.config.auth, presented) {
+            Some(caller) => {
+                if let Caller::Key { name, .. } = &caller {
+                    tracing::Span::current().record("caller", name.as_str());
+                }
+                request.extensions_mut().insert(caller);
+                next.run(request).await
+            }
+            None => unauthorized("the credentials are malformed, expired or wrongly signed"),
+        };
+    }
     let Some((id, secret)) = auth::parse(presented) else {
         return unauthorized("the API key is malformed");
     };

@@ -15,6 +15,7 @@ pub mod scan;
 pub mod state;
 pub mod submit;
 pub mod tar;
+pub mod tokens;
 pub mod upload;
 pub mod workers;
 
@@ -58,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/metrics", get(metrics::render))
+        .route("/token", post(tokens::token))
         .route("/interact", post(compat::interact))
         .route("/results/{id}", get(compat::results))
         .route("/execute", post(compat::execute))

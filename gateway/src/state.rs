@@ -36,6 +36,8 @@ pub struct Inner {
     /// API keys, followed from the keys bucket.
     pub keys: crate::auth::KeyRing,
     pub rate: crate::rate::RateLimits,
+    /// Refresh-token families of `POST /token`.
+    pub tokens: kv::Store,
 }
 
 impl std::ops::Deref for AppState {
@@ -82,6 +84,7 @@ impl AppState {
             metrics: crate::metrics::GatewayMetrics::new(),
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
+            tokens: handles.tokens.clone(),
         })))
     }
 }

@@ -100,6 +100,40 @@ pub struct QueueConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub mode: AuthMode,
+    /// HS256 secret signing access and refresh tokens (at least 32 bytes); empty: `POST /token` is off.
+    pub jwt_secret: String,
+    pub access_token_secs: f64,
+    pub refresh_token_secs: f64,
+    /// People who sign in at `POST /token`; set only in files (`[auth.users.NAME]`). There are no built-in users.
+    #[serde(default)]
+    pub users: BTreeMap<String, UserConfig>,
+}
+
+/// A user of `POST /token`: an argon2 password hash (`fleet hash-password` makes one) and the user's scopes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub password_hash: String,
+    #[serde(default)]
+    pub agents: Vec<String>,
+    #[serde(default)]
+    pub read_all: bool,
+    #[serde(default)]
+    pub cancel: bool,
+    #[serde(default)]
+    pub configure_sharing: bool,
+}
+
+impl UserConfig {
+    pub fn scopes(&self) -> crate::auth::Scopes {
+        crate::auth::Scopes {
+            agents: self.agents.clone(),
+            read_all: self.read_all,
+            cancel: self.cancel,
+            configure_sharing: self.configure_sharing,
+            manage_keys: false,
+        }
+    }
 }
 
 /// Whether the gateway asks for API keys.
@@ -472,6 +506,38 @@ impl Config {
                 "expected a URL like nats://127.0.0.1:4222, or several separated by commas",
             ));
         }
+        if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "must be at least 32 bytes (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        if !self.auth.users.is_empty() && self.auth.jwt_secret.is_empty() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "[auth.users] are configured, so POST /token needs a signing secret",
+            ));
+        }
+        for (name, user) in &self.auth.users {
+            if !user.password_hash.starts_with("$argon2") {
+                return Err(invalid(
+                    format!("auth.users.{name}.password_hash"),
+                    "expected an argon2 hash (`fleet hash-password` prints one)",
+                ));
+            }
+        }
+        if self.auth.refresh_token_secs > crate::topology::REFRESH_TOKEN_MAX_AGE.as_secs_f64() {
+            return Err(invalid(
+                "auth.refresh_token_secs",
+                "refresh tokens live at most 30 days (2592000 s)",
+            ));
+        }
+        if !(self.auth.access_token_secs > 0.0 && self.auth.refresh_token_secs > 0.0) {
+            return Err(invalid(
+                "auth.access_token_secs",
+                "token lifetimes must be positive",
+            ));
+        }
         let methods = [
             !self.nats.user.is_empty() || !self.nats.password.is_empty(),
             !self.nats.token.is_empty(),
@@ -637,6 +703,16 @@ impl Config {
         let masked = self.artifacts.default_target().masked();
         value["artifacts"]["s3_secret_access_key"] = masked.s3_secret_access_key.into();
         value["artifacts"]["ftp_password"] = masked.ftp_password.into();
+        if !self.auth.jwt_secret.is_empty() {
+            value["auth"]["jwt_secret"] = "***".into();
+        }
+        for user in value["auth"]["users"]
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            user["password_hash"] = "***".into();
+        }
         for (name, target) in &self.artifacts.targets {
             value["artifacts"]["targets"][name] =
                 serde_json::to_value(target.masked()).unwrap_or_default();

@@ -9,6 +9,9 @@ use uuid::Uuid;
 
 use crate::config::QueueConfig;
 
+/// The longest a refresh-token family is kept, so the longest a refresh token can live.
+pub const REFRESH_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Header carrying the job id so JetStream deduplicates resubmissions inside the duplicate window.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header with the KV revision of the `queued` record the gateway wrote, so the worker claims it in one step.
@@ -85,6 +88,11 @@ impl Topology {
     /// Cancel requests, key = job id; every worker watches the whole bucket.
     pub fn cancels_bucket(&self) -> String {
         format!("{}_cancels", self.prefix)
+    }
+
+    /// Refresh-token families of `POST /token`, by family id.
+    pub fn tokens_bucket(&self) -> String {
+        format!("{}_tokens", self.prefix)
     }
 
     /// API keys (hashed), by key id.
@@ -245,6 +253,20 @@ impl Topology {
         }
     }
 
+    fn tokens_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.tokens_bucket(),
+            description: "refresh-token families: the one current token id of each, or revoked"
+                .into(),
+            history: 1,
+            // Refresh tokens live at most this long (checked by the configuration).
+            max_age: REFRESH_TOKEN_MAX_AGE,
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
     fn config_bucket_config(&self, q: &QueueConfig) -> kv::Config {
         kv::Config {
             bucket: self.config_bucket(),
@@ -270,7 +292,9 @@ impl Topology {
         let config = get_or_create_bucket(js, self.config_bucket_config(q)).await?;
         let cancels = get_or_create_bucket(js, self.cancels_bucket_config(q)).await?;
         let keys = get_or_create_bucket(js, self.keys_bucket_config(q)).await?;
+        let tokens = get_or_create_bucket(js, self.tokens_bucket_config(q)).await?;
         Ok(Handles {
+            tokens,
             keys,
             events,
             cancels,
@@ -447,6 +471,7 @@ pub struct Handles {
     pub config: kv::Store,
     pub cancels: kv::Store,
     pub keys: kv::Store,
+    pub tokens: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -352,10 +352,15 @@ pub struct TestConfig {
 }
 
 pub fn test_config(nats_url: &str, extra: &[(&str, &str)]) -> TestConfig {
+    test_config_with(nats_url, extra, "")
+}
+
+/// Like `test_config`, with `more_toml` added to the configuration file (tables only files can hold).
+pub fn test_config_with(nats_url: &str, extra: &[(&str, &str)], more_toml: &str) -> TestConfig {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("fleet.toml");
     let toml = format!(
-        "[agents.fake]\ncommand = [\"{}\", \"{{message}}\"]\n",
+        "[agents.fake]\ncommand = [\"{}\", \"{{message}}\"]\n{more_toml}",
         fake_agent()
     );
     std::fs::write(&file, toml).expect("write config");

@@ -1,0 +1,242 @@
+//! `POST /token`: configured users sign in with a password and get JWT access tokens and rotating refresh tokens.
+//! Wrong passwords, expired, wrongly signed, `alg: none` and HS/RS-confused tokens, and refresh tokens used as
+//! access tokens are refused (401, nothing queued); a refresh token used twice revokes its whole family.
+
+use std::time::Duration;
+
+use base64::Engine;
+use fleet_tests::clients::NatsClient;
+use fleet_tests::*;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "test-signing-secret-0123456789abcdef";
+
+fn hash(password: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(built_binary("fleet"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fleet hash-password");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+async fn token(api: &Api, form: &[(&str, &str)]) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/token", api.base))
+        .form(form)
+        .send()
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut block = [0u8; 64];
+    block[..key.len()].copy_from_slice(key);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+/// A token with this header, these claims, and an HMAC-SHA256 signature under `key` (or none).
+fn forge(header: Value, claims: Value, key: Option<&[u8]>) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let signature = key
+        .map(|k| b64(&hmac_sha256(k, signing_input.as_bytes())))
+        .unwrap_or_default();
+    format!("{signing_input}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_sign_in_and_refresh_tokens_rotate_with_reuse_detection() {
+    let nats = NatsServer::start();
+    let users = format!(
+        "[auth.users.alice]\npassword_hash = \"{}\"\nagents = [\"echo\"]\ncancel = true\n",
+        hash("correct horse")
+    );
+    let cfg = test_config_with(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_AUTH_JWT_SECRET", SECRET),
+            ("FLEET_AUTH_ACCESS_TOKEN_SECS", "2"),
+        ],
+        &users,
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let probe = NatsClient::connect(&nats.url()).await;
+
+    for form in [
+        vec![("username", "alice"), ("password", "wrong")],
+        vec![("username", "mallory"), ("password", "correct horse")],
+        vec![("username", "alice")],
+    ] {
+        let (status, body) = token(&api, &form).await;
+        assert_eq!(status, 401, "{form:?}: {body}");
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let (status, signed_in) = token(
+        &api,
+        &[("username", "alice"), ("password", "correct horse")],
+    )
+    .await;
+    assert_eq!(status, 200, "{signed_in}");
+    assert_eq!(signed_in["token_type"], "bearer");
+    let access = signed_in["access_token"]
+        .as_str()
+        .expect("access")
+        .to_string();
+    let refresh = signed_in["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+
+    let alice = api.with_key(&access);
+    let r = alice
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "echo", "message": "signed in"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    assert_eq!(r.body["record"]["request"]["owner"], "alice");
+    let r = alice
+        .post("/v1/jobs", &json!({"agent": "fake", "message": "exit:0"}))
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    // Forged and misused tokens.
+    let exp = chrono::Utc::now().timestamp() + 600;
+    let claims = json!({"sub": "alice", "typ": "access", "exp": exp, "iat": exp - 600, "jti": "x"});
+    let forged = [
+        (
+            "alg none",
+            forge(json!({"alg": "none", "typ": "JWT"}), claims.clone(), None),
+        ),
+        (
+            "another secret",
+            forge(
+                json!({"alg": "HS256", "typ": "JWT"}),
+                claims.clone(),
+                Some(b"not-the-secret-not-the-secret-00"),
+            ),
+        ),
+        (
+            "RS256 header, HMAC signature",
+            forge(
+                json!({"alg": "RS256", "typ": "JWT"}),
+                claims.clone(),
+                Some(SECRET.as_bytes()),
+            ),
+        ),
+        (
+            "unknown user",
+            forge(
+                json!({"alg": "HS256", "typ": "JWT"}),
+                json!({"sub": "mallory", "typ": "access", "exp": exp, "jti": "x"}),
+                Some(SECRET.as_bytes()),
+            ),
+        ),
+        ("refresh token as access", refresh.clone()),
+        ("truncated", access[..access.len() - 4].to_string()),
+    ];
+    for (what, bad) in forged {
+        let r = api
+            .with_key(&bad)
+            .post("/v1/jobs", &json!({"agent": "echo", "message": "forged"}))
+            .await;
+        assert_eq!(r.status, 401, "{what}: {}", r.body);
+    }
+    // The forge works when it should: a correctly signed token with these claims is accepted.
+    let genuine = forge(
+        json!({"alg": "HS256", "typ": "JWT"}),
+        claims,
+        Some(SECRET.as_bytes()),
+    );
+    assert_eq!(api.with_key(&genuine).get("/v1/jobs").await.status, 200);
+    assert_eq!(
+        probe.queued_messages().await,
+        0,
+        "only the accepted job was queued, and it has run"
+    );
+
+    // Rotation: each refresh gives a new pair; the old refresh token is spent.
+    let (status, second) = token(
+        &api,
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let refresh2 = second["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    assert_ne!(refresh2, refresh);
+    // Reuse of the spent token revokes the family: the new one stops working too.
+    let (status, _) = token(
+        &api,
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, body) = token(
+        &api,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh2),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    // A fresh sign-in is a new family.
+    let (_, again) = token(
+        &api,
+        &[("username", "alice"), ("password", "correct horse")],
+    )
+    .await;
+    let refresh3 = again["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_string();
+    let (status, _) = token(
+        &api,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh3),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Access tokens expire (2 s here), with no leeway.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(alice.get("/v1/jobs").await.status, 401);
+    worker.stop().await;
+}
