@@ -370,6 +370,7 @@ async fn wait_until_agent_known(http: &reqwest::Client, base: &str) -> Result<()
 /// NATS: the part of a job's latency that is process handling.
 async fn supervised_spawn(scratch: &Path) -> Result<()> {
     let spec = fleet_worker::supervisor::RunSpec {
+        sandbox: Default::default(),
         pty: false,
         events: None,
         cancel: tokio_util::sync::CancellationToken::new(),

@@ -47,7 +47,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::ArtifactUploadFailed
         | ErrorCode::WorkerLost
         | ErrorCode::SpawnFailed
-        | ErrorCode::Cancelled => StatusCode::BAD_GATEWAY,
+        | ErrorCode::Cancelled
+        | ErrorCode::LimitExceeded => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -299,6 +299,41 @@ pub struct AgentConfig {
     /// progress) on a TTY. A terminal has one output stream: stderr arrives merged into stdout.
     #[serde(default)]
     pub pty: bool,
+    /// Resource limits of the agent's processes; a job that hits one fails with the limit named.
+    #[serde(default)]
+    pub limits: AgentLimits,
+    /// Run the agent as this user (a name, or `uid:gid`) instead of the worker's; needs a worker running as root.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// false: the agent runs in a network namespace of its own with no interfaces up (needs root).
+    #[serde(default = "network_default")]
+    pub network: bool,
+}
+
+fn network_default() -> bool {
+    true
+}
+
+/// rlimits applied to an agent's process (and inherited by its children).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLimits {
+    /// CPU seconds (RLIMIT_CPU): SIGXCPU when spent.
+    pub cpu_secs: Option<u64>,
+    /// Address space in bytes (RLIMIT_AS): allocations past it fail.
+    pub memory_bytes: Option<u64>,
+    /// Largest file the agent may write, in bytes (RLIMIT_FSIZE).
+    pub file_bytes: Option<u64>,
+    /// Open file descriptors (RLIMIT_NOFILE).
+    pub open_files: Option<u64>,
+    /// Processes of the agent's user (RLIMIT_NPROC): with `run_as`, a fork bomb stops here. Ignored for root.
+    pub processes: Option<u64>,
+}
+
+impl AgentLimits {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl QueueConfig {

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Cancelled,
     /// The job ran, but its files could not be stored; stdout and stderr are still in the record.
     ArtifactUploadFailed,
+    /// The agent hit one of its resource limits (the record's `killed` names it).
+    LimitExceeded,
 
     // Request errors answered by the gateway.
     MalformedJson,
@@ -55,7 +57,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -83,6 +85,7 @@ impl ErrorCode {
         Self::Unauthorized,
         Self::Forbidden,
         Self::RateLimited,
+        Self::LimitExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +117,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
+            Self::LimitExceeded => "limit_exceeded",
         }
     }
 }

@@ -350,6 +350,10 @@ pub struct JobRecord {
     pub history: Vec<EndedRun>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Why the agent was stopped short: `timeout`, or the resource limit it hit (`cpu_limit`, `memory_limit`,
+    /// `file_size_limit`, `process_limit`, `open_files_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     pub updated_at: DateTime<Utc>,
@@ -407,6 +411,7 @@ impl JobRecord {
             artifact_store: None,
             history: Vec::new(),
             resources: None,
+            killed: None,
             error: None,
             updated_at: Utc::now(),
         }

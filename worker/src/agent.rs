@@ -24,6 +24,7 @@ pub fn run_spec(
     agent: &AgentConfig,
     worker: &WorkerConfig,
     dirs: &JobDirs,
+    sandbox: crate::sandbox::Sandbox,
 ) -> RunSpec {
     let job_id = record.id.to_string();
     let workspace = dirs.workspace.to_string_lossy().into_owned();
@@ -55,6 +56,7 @@ pub fn run_spec(
     RunSpec {
         pty: agent.pty,
         events: None,
+        sandbox,
         cancel: tokio_util::sync::CancellationToken::new(),
         argv,
         stdin,

@@ -182,7 +182,17 @@ async fn run_job(
                     break 'run Err(SpawnError::Input(why));
                 }
             };
-            let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs);
+            let sandbox = match crate::sandbox::Sandbox::for_agent(agent) {
+                Ok(sandbox) => sandbox,
+                Err(source) => {
+                    shared.dirs.give_back(dirs);
+                    break 'run Err(SpawnError::Start {
+                        program: agent.command.first().cloned().unwrap_or_default(),
+                        source,
+                    });
+                }
+            };
+            let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs, sandbox);
             spec.cancel = registration.token.clone();
             let job_events = Events::new(
                 &shared.client,
@@ -208,8 +218,10 @@ async fn run_job(
                 events: &job_events,
             };
             let r = supervise(shared, watch, run, &mut held, &mut claimed, &mut superseded).await;
-            if r.as_ref()
-                .map_or(true, |o| o.stdout.logged || o.stderr.logged)
+            // Directories handed to another user are not reused.
+            if sandbox.user.is_some()
+                || r.as_ref()
+                    .map_or(true, |o| o.stdout.logged || o.stderr.logged)
             {
                 dirs.mark_dirty();
             }
@@ -465,7 +477,19 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
                 "cancelled while running; output and files up to then are kept",
             )),
         ),
+        (None, _) if outcome.limit.is_some() => {
+            let limit = outcome.limit.unwrap_or_default();
+            record.killed = Some(limit.to_string());
+            (
+                JobStatus::Failed,
+                Some(JobError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("the agent hit its {}", limit.replace('_', " ")),
+                )),
+            )
+        }
         (Some(KillReason::Timeout), _) => {
+            record.killed = Some("timeout".to_string());
             let limit = record
                 .request
                 .timeout

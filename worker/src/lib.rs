@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod output;
 pub mod pull;
 pub mod records;
+pub mod sandbox;
 pub mod supervisor;
 pub mod sweeper;
 pub mod template;

@@ -42,6 +42,8 @@ pub struct RunSpec {
     pub pty: bool,
     /// Where output is published as it is read (none for runs nobody watches).
     pub events: Option<std::sync::Arc<crate::events::Events>>,
+    /// rlimits, user and network of the agent's processes.
+    pub sandbox: crate::sandbox::Sandbox,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub enum KillReason {
 pub struct RunOutcome {
     pub ending: Ending,
     pub killed: Option<KillReason>,
+    /// The resource limit the agent most likely hit (`cpu_limit`, `memory_limit`, ...), if it failed on one.
+    pub limit: Option<&'static str>,
     pub stdout: Captured,
     pub stderr: Captured,
     pub resources: Resources,
@@ -102,6 +106,21 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         })
         // Its own process group, so timeout and cancel reach grandchildren too.
         .process_group(0);
+    let sandbox = spec.sandbox;
+    if !sandbox.is_empty() {
+        if let Some(user) = sandbox.user {
+            let mut dirs = vec![spec.cwd.as_path()];
+            dirs.extend(spec.cwd.parent());
+            crate::sandbox::give_dirs(user, &dirs).map_err(|source| SpawnError::Start {
+                program: program.clone(),
+                source,
+            })?;
+        }
+        // SAFETY: the closure only makes async-signal-safe system calls on values copied before the fork.
+        unsafe {
+            cmd.pre_exec(move || sandbox.apply_in_child());
+        }
+    }
     let start_err = |source| SpawnError::Start {
         program: program.clone(),
         source,
@@ -216,9 +235,16 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
         ended
     };
     drop(child);
+    let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
+    let limit = match killed {
+        // Ended by us (timeout, cancel): not a limit of its own.
+        Some(_) => None,
+        None => sandbox.limit_hit(ending, cpu_ms, &err, &out),
+    };
     Ok(RunOutcome {
         ending,
         killed,
+        limit,
         stdout: out,
         stderr: err,
         resources,
@@ -350,6 +376,7 @@ mod tests {
     fn spec(argv: &[&str]) -> RunSpec {
         RunSpec {
             pty: false,
+            sandbox: Default::default(),
             events: None,
             cancel: CancellationToken::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),

@@ -1,0 +1,176 @@
+//! What confines an agent besides its scrubbed environment: rlimits, another user, no network. Applied in the
+//! child between fork and exec (only for agents that ask for any of it: the others keep the cheaper spawn path),
+//! and read back after the run to name the limit a failed job hit.
+
+use std::ffi::CString;
+use std::io;
+
+use fleet_shared::config::{AgentConfig, AgentLimits};
+
+use crate::output::Captured;
+use crate::supervisor::Ending;
+
+/// The confinement of one run, resolved before the fork (the child may only make async-signal-safe calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub limits: AgentLimits,
+    /// uid and gid to run as.
+    pub user: Option<(libc::uid_t, libc::gid_t)>,
+    pub no_network: bool,
+}
+
+impl Sandbox {
+    pub fn for_agent(agent: &AgentConfig) -> io::Result<Self> {
+        let user = match agent.run_as.as_deref() {
+            None | Some("") => None,
+            Some(name) => Some(resolve_user(name)?),
+        };
+        Ok(Self {
+            limits: agent.limits,
+            user,
+            no_network: !agent.network,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Runs in the forked child before exec: only async-signal-safe calls, no allocation.
+    pub fn apply_in_child(&self) -> io::Result<()> {
+        let set = |resource, value: Option<u64>, slack: u64| -> io::Result<()> {
+            if let Some(v) = value {
+                let limit = libc::rlimit {
+                    rlim_cur: v as libc::rlim_t,
+                    rlim_max: v.saturating_add(slack) as libc::rlim_t,
+                };
+                // SAFETY: setrlimit with a valid struct is async-signal-safe.
+                if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        let l = &self.limits;
+        // The soft CPU limit sends SIGXCPU; the hard one, a little later, SIGKILL for agents that catch it.
+        set(libc::RLIMIT_CPU, l.cpu_secs, 2)?;
+        set(libc::RLIMIT_AS, l.memory_bytes, 0)?;
+        set(libc::RLIMIT_FSIZE, l.file_bytes, 0)?;
+        set(libc::RLIMIT_NOFILE, l.open_files, 0)?;
+        set(libc::RLIMIT_NPROC, l.processes, 0)?;
+        if self.no_network {
+            // SAFETY: unshare is a plain system call.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some((uid, gid)) = self.user {
+            // Group first: after setuid the process may no longer change it.
+            // SAFETY: plain system calls with valid arguments.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The limit a run that ended this way most likely hit, as recorded (`cpu_limit`, ...).
+    pub fn limit_hit(
+        &self,
+        ending: Ending,
+        cpu_ms: u64,
+        stderr: &Captured,
+        stdout: &Captured,
+    ) -> Option<&'static str> {
+        let l = &self.limits;
+        if l.is_empty() {
+            return None;
+        }
+        let failed = ending != Ending::Exited(0);
+        let said = |needles: &[&str]| {
+            let text = |c: &Captured| String::from_utf8_lossy(&c.head).into_owned();
+            let (err, out) = (text(stderr), text(stdout));
+            needles.iter().any(|n| err.contains(n) || out.contains(n))
+        };
+        if let Some(cpu) = l.cpu_secs {
+            let spent = cpu_ms + 50 >= cpu * 1000;
+            if ending == Ending::Signaled(libc::SIGXCPU)
+                || (ending == Ending::Signaled(libc::SIGKILL) && spent)
+            {
+                return Some("cpu_limit");
+            }
+        }
+        if l.file_bytes.is_some()
+            && (ending == Ending::Signaled(libc::SIGXFSZ)
+                || ending == Ending::Exited(128 + libc::SIGXFSZ)
+                || (failed && said(&["File too large"])))
+        {
+            return Some("file_size_limit");
+        }
+        if l.memory_bytes.is_some()
+            && failed
+            && said(&[
+                "MemoryError",
+                "Cannot allocate memory",
+                "out of memory",
+                "memory allocation of",
+                "bad_alloc",
+            ])
+        {
+            return Some("memory_limit");
+        }
+        if l.processes.is_some()
+            && failed
+            && said(&[
+                "Resource temporarily unavailable",
+                "BlockingIOError",
+                "fork: retry",
+                "Cannot fork",
+            ])
+        {
+            return Some("process_limit");
+        }
+        if l.open_files.is_some() && failed && said(&["Too many open files"]) {
+            return Some("open_files_limit");
+        }
+        None
+    }
+}
+
+/// `name` or `uid[:gid]` → uid and gid.
+fn resolve_user(spec: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
+    if let Some((uid, gid)) = spec.split_once(':') {
+        if let (Ok(uid), Ok(gid)) = (uid.parse(), gid.parse()) {
+            return Ok((uid, gid));
+        }
+    }
+    if let Ok(uid) = spec.parse::<libc::uid_t>() {
+        return Ok((uid, uid));
+    }
+    let name = CString::new(spec)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad user name"))?;
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once, before any other call.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("run_as: no user `{spec}` on this machine"),
+        ));
+    }
+    // SAFETY: non-null pointer to a passwd entry.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok((uid, gid))
+}
+
+/// Hands the job's directories to the agent's user, so it can write its workspace and temporary files.
+pub fn give_dirs(user: (libc::uid_t, libc::gid_t), dirs: &[&std::path::Path]) -> io::Result<()> {
+    for dir in dirs {
+        std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
+    }
+    Ok(())
+}
