@@ -12,6 +12,7 @@ pub mod rate;
 pub mod records;
 pub mod routes;
 pub mod scan;
+pub mod slow;
 pub mod state;
 pub mod submit;
 pub mod tar;
@@ -76,7 +77,12 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        // Layers run bottom-up: metrics and tracing, then the IP limit, authentication, the caller's limit.
+        // Layers run bottom-up: metrics and tracing, then the IP limit, authentication, the caller's limit, the
+        // body deadline.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            slow::body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate::per_caller,

@@ -79,6 +79,8 @@ pub struct HttpConfig {
     /// Requests per second from one client IP, authenticated or not; 0: unlimited.
     pub ip_per_sec: u32,
     pub ip_burst: u32,
+    /// A request's body must have arrived this many seconds after the request began (uploads included).
+    pub body_timeout_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

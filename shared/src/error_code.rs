@@ -54,10 +54,12 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many requests from this caller or address; `Retry-After` says when to try again.
     RateLimited,
+    /// The request's body did not arrive in time.
+    RequestTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -86,6 +88,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::RateLimited,
         Self::LimitExceeded,
+        Self::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +121,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::LimitExceeded => "limit_exceeded",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 }
