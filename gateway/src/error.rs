@@ -1,7 +1,7 @@
 //! The only place errors become HTTP responses: one table from stable error code to status, and one problem
 //! body `{code, message, request_id}`. Rejections of extractors answer in the same shape.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleet_shared::ErrorCode;
@@ -148,6 +148,24 @@ impl<T: Serialize> IntoResponse for Json<T> {
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+/// `axum::Form` whose rejections are problem bodies.
+#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
+#[from_request(via(axum::Form), rejection(ApiError))]
+pub struct Form<T>(pub T);
+
+impl From<FormRejection> for ApiError {
+    fn from(r: FormRejection) -> Self {
+        let code = match &r {
+            FormRejection::InvalidFormContentType(_) => ErrorCode::UnsupportedMediaType,
+            FormRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ErrorCode::PayloadTooLarge
+            }
+            _ => ErrorCode::InvalidRequest,
+        };
+        Self::new(code, r.body_text())
+    }
+}
 
 /// `axum::extract::Path` whose rejections are problem bodies.
 #[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]

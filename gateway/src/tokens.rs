@@ -5,7 +5,6 @@
 
 use async_nats::jetstream::kv;
 use axum::extract::State;
-use axum::Form;
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::config::AuthConfig;
 use fleet_shared::ErrorCode;
@@ -15,7 +14,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json};
+use crate::error::{ApiError, Form, Json};
 use crate::state::AppState;
 
 const ACCESS: &str = "access";

@@ -102,6 +102,15 @@ async fn users_sign_in_and_refresh_tokens_rotate_with_reuse_detection() {
         assert_eq!(status, 401, "{form:?}: {body}");
         assert_eq!(body["code"], "unauthorized");
     }
+    // Not a form: a problem body like every other refusal.
+    let r = api
+        .post(
+            "/token",
+            &json!({"username": "alice", "password": "correct horse"}),
+        )
+        .await;
+    assert_eq!(r.status, 415, "{}", r.body);
+    assert_eq!(r.body["code"], "unsupported_media_type");
     let (status, signed_in) = token(
         &api,
         &[("username", "alice"), ("password", "correct horse")],

@@ -26,6 +26,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, Path, Problem, Query};
 use crate::records;
 use crate::state::AppState;
+use fleet_shared::ErrorCode;
 
 /// Follow a job: `status`, `output` (stdout/stderr text with sequence numbers), `output_limit`, `artifact`, and
 /// finally `end` with the terminal record. Send `Last-Event-ID` to resume.
@@ -60,14 +61,21 @@ pub struct WsParams {
 /// closes after `end`. `?after=ID` resumes.
 #[utoipa::path(get, path = "/v1/jobs/{id}/ws", tag = "jobs", params(("id" = Uuid, Path), WsParams),
     responses((status = 101, description = "WebSocket of JobEvent JSON frames"),
+        (status = 422, description = "Not a WebSocket upgrade request", body = Problem),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 pub async fn websocket(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(params): Query<WsParams>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|r| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("{} (connect with a WebSocket client)", r.body_text()),
+        )
+    })?;
     let mut events = job_events(&state, &caller, id, params.after).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         while let Some((seq, event)) = events.next().await {
