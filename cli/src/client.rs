@@ -459,23 +459,8 @@ impl Client {
             let mut out = tokio::fs::File::create(&target)
                 .await
                 .with_context(|| format!("creating {}", target.display()))?;
-            // A progress bar on a terminal; plain lines when piped.
-            let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
-                let bar = indicatif::ProgressBar::new(file.size);
-                bar.set_message(file.name.clone());
-                bar
-            });
-            while let Some(chunk) = r.chunk().await? {
-                tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-                if let Some(bar) = &bar {
-                    bar.inc(chunk.len() as u64);
-                }
-            }
-            // A tokio file writes in the background: wait for the bytes to land before going on (or exiting).
-            tokio::io::AsyncWriteExt::flush(&mut out).await?;
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
+            self.save(&mut r, &mut out, file.size, file.name.clone())
+                .await?;
             if !self.json {
                 eprintln!("saved {} ({} bytes)", target.display(), file.size);
             }
@@ -485,6 +470,33 @@ impl Client {
 }
 
 impl Client {
+    /// Writes a response body to `out`, with a progress bar on a terminal (plain lines when piped).
+    async fn save(
+        &self,
+        r: &mut reqwest::Response,
+        out: &mut tokio::fs::File,
+        size: u64,
+        label: String,
+    ) -> Result<()> {
+        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(size);
+            bar.set_message(label);
+            bar
+        });
+        while let Some(chunk) = r.chunk().await? {
+            tokio::io::AsyncWriteExt::write_all(out, &chunk).await?;
+            if let Some(bar) = &bar {
+                bar.inc(chunk.len() as u64);
+            }
+        }
+        // A tokio file writes in the background: wait for the bytes to land before going on (or exiting).
+        tokio::io::AsyncWriteExt::flush(out).await?;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+
     /// Streams `/artifacts.tar` into a temporary file, then unpacks exactly the files the record lists.
     async fn download_archive(&self, record: &JobRecord, dir: &Path) -> Result<()> {
         let total: u64 = record.files.iter().map(|f| f.size).sum();
@@ -492,21 +504,8 @@ impl Client {
         let mut r = self.send(self.http.get(self.url(&path))).await?;
         let spool = tempfile::tempfile().context("creating a temporary file for the archive")?;
         let mut out = tokio::fs::File::from_std(spool);
-        let bar = (!self.json && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_message(format!("{} files", record.files.len()));
-            bar
-        });
-        while let Some(chunk) = r.chunk().await? {
-            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-            if let Some(bar) = &bar {
-                bar.inc(chunk.len() as u64);
-            }
-        }
-        tokio::io::AsyncWriteExt::flush(&mut out).await?;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+        let label = format!("{} files", record.files.len());
+        self.save(&mut r, &mut out, total, label).await?;
         let spool = out.into_std().await;
         let listed: std::collections::HashMap<String, u64> = record
             .files

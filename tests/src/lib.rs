@@ -627,3 +627,24 @@ pub fn process_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Creates an API key with `fleet keys create --json ARGS` against the configuration's NATS; returns its id and
+/// the key itself.
+pub fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
+    let out = Command::new(built_binary("fleet"))
+        .args(["keys", "create", "--json"])
+        .args(args)
+        .env_clear()
+        .envs(cfg.env_for_subprocess())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run fleet keys");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let field = |k: &str| created[k].as_str().expect("key field").to_string();
+    (field("id"), field("key"))
+}

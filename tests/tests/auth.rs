@@ -19,22 +19,6 @@ fn fleet_cli(cfg: &TestConfig, args: &[&str]) -> std::process::Output {
         .expect("run fleet")
 }
 
-fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
-    let mut all = vec!["keys", "create", "--json"];
-    all.extend_from_slice(args);
-    let out = fleet_cli(cfg, &all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let created: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    (
-        created["id"].as_str().expect("id").to_string(),
-        created["key"].as_str().expect("key").to_string(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
     let nats = NatsServer::start();

@@ -5,22 +5,10 @@ use std::time::Duration;
 
 use fleet_tests::clients::NatsClient;
 use fleet_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 fn key(cfg: &TestConfig, name: &str) -> String {
-    let out = std::process::Command::new(built_binary("fleet"))
-        .args(["keys", "create", "--json", "--name", name, "--agent", "*"])
-        .env_clear()
-        .envs(cfg.env_for_subprocess())
-        .output()
-        .expect("fleet keys");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    v["key"].as_str().expect("key").to_string()
+    create_key(cfg, &["--name", name, "--agent", "*"]).1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,31 +66,17 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
         },
     )
     .await;
-    let out = std::process::Command::new(built_binary("fleet"))
-        .args([
-            "keys",
-            "create",
-            "--json",
+    let (_, key) = create_key(
+        &cfg,
+        &[
             "--name",
             "ops",
             "--agent",
             "*",
             "--configure-sharing",
             "--read-all",
-        ])
-        .env_clear()
-        .envs(cfg.env_for_subprocess())
-        .output()
-        .expect("fleet keys");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let key = serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")["key"]
-        .as_str()
-        .expect("key")
-        .to_string();
     let (_, key_secret) = key.rsplit_once('_').expect("key");
     let api = anonymous.with_key(&key);
 
