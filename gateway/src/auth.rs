@@ -78,17 +78,15 @@ impl KeyRing {
 pub enum Caller {
     /// Authentication is off (`auth.mode = none`, loopback only): everything is allowed.
     Open,
-    Key {
-        name: String,
-        scopes: Scopes,
-    },
+    /// An API key or a signed-in user: its name (recorded as jobs' owner) and scopes.
+    Authenticated { name: String, scopes: Scopes },
 }
 
 impl Caller {
     fn scopes(&self) -> std::borrow::Cow<'_, Scopes> {
         match self {
             Self::Open => std::borrow::Cow::Owned(Scopes::all()),
-            Self::Key { scopes, .. } => std::borrow::Cow::Borrowed(scopes),
+            Self::Authenticated { scopes, .. } => std::borrow::Cow::Borrowed(scopes),
         }
     }
 
@@ -96,7 +94,7 @@ impl Caller {
     pub fn owner(&self) -> Option<String> {
         match self {
             Self::Open => None,
-            Self::Key { name, .. } => Some(name.clone()),
+            Self::Authenticated { name, .. } => Some(name.clone()),
         }
     }
 
@@ -115,7 +113,7 @@ impl Caller {
     pub fn may_read(&self, record: &JobRecord) -> bool {
         match self {
             Self::Open => true,
-            Self::Key { name, scopes } => {
+            Self::Authenticated { name, scopes } => {
                 scopes.read_all || record.request.owner.as_deref() == Some(name.as_str())
             }
         }
@@ -183,48 +181,45 @@ pub async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    if !state.config.auth.required() {
-        request.extensions_mut().insert(Caller::Open);
+    let caller = if !state.config.auth.required() {
+        Caller::Open
+    } else if is_public(request.uri().path()) {
         return next.run(request).await;
+    } else {
+        match identify(&state, request.headers()).await {
+            Ok(caller) => caller,
+            Err(refusal) => return refusal,
+        }
+    };
+    if let Caller::Authenticated { name, .. } = &caller {
+        tracing::Span::current().record("caller", name.as_str());
     }
-    if is_public(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let Some(presented) = presented_key(request.headers()) else {
-        return unauthorized(
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The caller the request's credentials name: an API key, or an access token from `POST /token`.
+async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Caller, Response> {
+    let Some(presented) = presented_key(headers) else {
+        return Err(unauthorized(
             "an API key is required: `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-        );
+        ));
     };
     if !presented.starts_with("fk_") {
-        // Not an API key: an access token from POST /token, or nothing valid.
-        return match crate::tokens::caller_of(&state.config.auth, presented) {
-            Some(caller) => {
-                if let Caller::Key { name, .. } = &caller {
-                    tracing::Span::current().record("caller", name.as_str());
-                }
-                request.extensions_mut().insert(caller);
-                next.run(request).await
-            }
-            None => unauthorized("the credentials are malformed, expired or wrongly signed"),
-        };
+        return crate::tokens::caller_of(&state.config.auth, presented).ok_or_else(|| {
+            unauthorized("the credentials are malformed, expired or wrongly signed")
+        });
     }
     let Some((id, secret)) = auth::parse(presented) else {
-        return unauthorized("the API key is malformed");
+        return Err(unauthorized("the API key is malformed"));
     };
-    let stored = match state.keys.find(id).await {
-        Ok(stored) => stored,
-        Err(e) => return e.into_response(),
-    };
-    match stored {
-        Some(key) if key.accepts(secret) => {
-            tracing::Span::current().record("caller", key.name.as_str());
-            request.extensions_mut().insert(Caller::Key {
-                name: key.name,
-                scopes: key.scopes,
-            });
-            next.run(request).await
-        }
-        _ => unauthorized("the API key is unknown or revoked"),
+    match state.keys.find(id).await {
+        Ok(Some(key)) if key.accepts(secret) => Ok(Caller::Authenticated {
+            name: key.name,
+            scopes: key.scopes,
+        }),
+        Ok(_) => Err(unauthorized("the API key is unknown or revoked")),
+        Err(e) => Err(e.into_response()),
     }
 }
 

@@ -54,7 +54,7 @@ pub async fn cancel(
         let visible = match (&held, caller) {
             (Some((record, _)), _) => caller.may_read(record),
             (None, Caller::Open) => true,
-            (None, Caller::Key { .. }) => false,
+            (None, Caller::Authenticated { .. }) => false,
         };
         if !visible {
             return Err(ApiError::job_not_found(id));

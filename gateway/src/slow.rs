@@ -20,6 +20,16 @@ pub async fn body_deadline(
     request: Request,
     next: Next,
 ) -> Response {
+    // Most requests (GETs) carry no body: nothing to watch.
+    let headers = request.headers();
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if !has_body {
+        return next.run(request).await;
+    }
     let limit = fleet_shared::config::secs(state.config.http.body_timeout_secs);
     let deadline = tokio::time::Instant::now() + limit;
     let expired = Arc::new(AtomicBool::new(false));

@@ -104,7 +104,7 @@ pub fn caller_of(auth: &AuthConfig, token: &str) -> Option<Caller> {
     }
     let claims = decode_claims(auth, token, ACCESS)?;
     let user = auth.users.get(&claims.sub)?;
-    Some(Caller::Key {
+    Some(Caller::Authenticated {
         name: claims.sub,
         scopes: user.scopes(),
     })
