@@ -12,6 +12,7 @@ pub mod rate;
 pub mod records;
 pub mod routes;
 pub mod scan;
+pub mod serve;
 pub mod slow;
 pub mod state;
 pub mod submit;
@@ -126,21 +127,9 @@ pub async fn run(
     let cancels = tokio::spawn(cancel::serve_nats(state.clone()));
     let keys = tokio::spawn(follow_keys(state.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    // Responses are written as headers then body: without TCP_NODELAY, Nagle's algorithm holds the second
-    // write until the client's delayed ACK, adding ~40 ms to every small streamed response on a kept-alive
-    // connection.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
     let forget = tokio::spawn(forget_idle_callers(state.clone()));
-    let served = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let header_timeout = fleet_shared::config::secs(state.config.http.header_timeout_secs);
+    let served = serve::serve(listener, app(state), header_timeout, shutdown).await;
     cancels.abort();
     keys.abort();
     forget.abort();

@@ -86,3 +86,55 @@ async fn slow_bodies_time_out_and_huge_headers_are_refused() {
     assert_eq!(gw.api().get("/v1/agents").await.status, 200);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_lose_their_connection() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_HTTP_HEADER_TIMEOUT_SECS", "1")]);
+    let gw = start_gateway(&cfg.config).await;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+
+    // A request line, then one header line every 150 ms, never ending the head.
+    let slow = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let (mut read, mut write) = slow.into_split();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let _ = write
+            .write_all(b"GET /v1/agents HTTP/1.1\r\nHost: x\r\n")
+            .await;
+        for i in 0..60 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            if write.write_all(format!("X-{i}: y\r\n").as_bytes()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    // The server closes the connection (maybe with a 408) once the head is a second late.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(8), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let waited = started.elapsed();
+    let reply = String::from_utf8_lossy(&got).into_owned();
+    assert!(closed, "the trickling connection stayed open: {reply}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    assert!(
+        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+        "{reply}"
+    );
+    trickle.abort();
+
+    // A prompt client on a fresh connection is served as ever.
+    assert_eq!(gw.api().get("/v1/agents").await.status, 200);
+}

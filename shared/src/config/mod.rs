@@ -83,6 +83,8 @@ pub struct HttpConfig {
     pub ip_burst: u32,
     /// A request's body must have arrived this many seconds after the request began (uploads included).
     pub body_timeout_secs: f64,
+    /// A request's headers must have arrived this many seconds after its first byte (slowloris headers).
+    pub header_timeout_secs: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -97,6 +97,8 @@ impl Config {
         let positive = [
             ("http.max_wait_secs", self.http.max_wait_secs),
             ("http.generate_wait_secs", self.http.generate_wait_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
             (
                 "queue.duplicate_window_secs",
                 self.queue.duplicate_window_secs,
