@@ -2,13 +2,11 @@
 //! tool, like `nats`: whoever may reach NATS with the fleet's configuration may manage keys). A key is printed once
 //! at creation; only its SHA-256 is stored.
 
-use anyhow::{bail, Context, Result};
-use chrono::Utc;
+use anyhow::Result;
 use clap::Subcommand;
-use fleet_shared::auth::{self, Scopes, StoredKey};
-use fleet_shared::codec::{decode, to_msgpack, Format};
+use fleet_shared::auth::Scopes;
 use fleet_shared::config::Config;
-use futures::StreamExt;
+use fleet_shared::keys;
 
 #[derive(Subcommand, Clone)]
 pub enum KeysCommand {
@@ -32,6 +30,9 @@ pub enum KeysCommand {
         /// May manage keys.
         #[arg(long)]
         manage_keys: bool,
+        /// Jobs the key may have queued or running at once (default: `auth.max_queued_per_caller`).
+        #[arg(long)]
+        max_queued: Option<u32>,
     },
     /// List keys (never their secrets).
     List,
@@ -54,22 +55,17 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
             cancel,
             configure_sharing,
             manage_keys,
+            max_queued,
         } => {
-            if name.trim().is_empty() {
-                bail!("--name must not be empty");
-            }
             let scopes = Scopes {
                 agents,
                 read_all,
                 cancel,
                 configure_sharing,
                 manage_keys,
+                max_queued,
             };
-            let (stored, key) = auth::generate(name.trim(), scopes);
-            bucket
-                .create(&stored.id, to_msgpack(&stored).into())
-                .await
-                .context("storing the key")?;
+            let (stored, key) = keys::create(&bucket, &name, scopes).await?;
             client.flush().await?;
             if json {
                 println!(
@@ -85,33 +81,24 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
             }
         }
         KeysCommand::List => {
-            let mut keys = Vec::new();
-            let mut names = bucket.keys().await?;
-            while let Some(id) = names.next().await {
-                let id = id?;
-                if let Some(value) = bucket.get(&id).await? {
-                    keys.push(decode::<StoredKey>(&value, Format::MessagePack)?);
-                }
-            }
-            keys.sort_by_key(|k| k.created_at);
+            let listed: Vec<_> = keys::list(&bucket)
+                .await?
+                .iter()
+                .map(|k| k.view())
+                .collect();
             if json {
-                let view: Vec<_> = keys
-                    .iter()
-                    .map(|k| {
-                        serde_json::json!({
-                            "id": k.id, "name": k.name, "scopes": k.scopes,
-                            "created_at": k.created_at, "revoked_at": k.revoked_at,
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::Value::Array(view));
+                println!("{}", serde_json::to_string(&listed)?);
             } else {
-                for k in keys {
+                for k in listed {
                     let state = k
                         .revoked_at
                         .map_or("active".to_string(), |t| format!("revoked {t}"));
+                    let cap = k
+                        .scopes
+                        .max_queued
+                        .map_or("default".into(), |n| n.to_string());
                     println!(
-                        "{}  {:<20} agents={} read_all={} cancel={} configure_sharing={} manage_keys={}  {}",
+                        "{}  {:<20} agents={} read_all={} cancel={} configure_sharing={} manage_keys={} max_queued={}  {}",
                         k.id,
                         k.name,
                         k.scopes.agents.join(","),
@@ -119,25 +106,15 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
                         k.scopes.cancel,
                         k.scopes.configure_sharing,
                         k.scopes.manage_keys,
+                        cap,
                         state
                     );
                 }
             }
         }
         KeysCommand::Revoke { id } => {
-            let entry = bucket
-                .entry(&id)
-                .await?
-                .with_context(|| format!("no key with id {id}"))?;
-            let mut key: StoredKey = decode(&entry.value, Format::MessagePack)?;
-            if key.revoked_at.is_none() {
-                key.revoked_at = Some(Utc::now());
-                bucket
-                    .update(&id, to_msgpack(&key).into(), entry.revision)
-                    .await
-                    .context("revoking the key")?;
-                client.flush().await?;
-            }
+            let key = keys::revoke(&bucket, &id).await?;
+            client.flush().await?;
             println!("key {id} (`{}`) revoked", key.name);
         }
     }

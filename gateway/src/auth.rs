@@ -36,6 +36,10 @@ impl KeyRing {
         }
     }
 
+    pub fn bucket(&self) -> &kv::Store {
+        &self.bucket
+    }
+
     /// Follows the bucket (every key, then every change) until the watch ends or fails.
     pub async fn follow(&self) -> Result<(), async_nats::Error> {
         let mut watch = self.bucket.watch_all_from_revision(1).await?;
@@ -83,7 +87,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    fn scopes(&self) -> std::borrow::Cow<'_, Scopes> {
+    pub fn scopes(&self) -> std::borrow::Cow<'_, Scopes> {
         match self {
             Self::Open => std::borrow::Cow::Owned(Scopes::all()),
             Self::Authenticated { scopes, .. } => std::borrow::Cow::Borrowed(scopes),

@@ -34,7 +34,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub use state::AppState;
 
 pub fn app(state: AppState) -> Router {
-    use routes::{artifacts, compat, events, jobs, sharing, system};
+    use routes::{artifacts, compat, events, jobs, keys, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     Router::new()
         .route(
@@ -56,6 +56,8 @@ pub fn app(state: AppState) -> Router {
             "/download/{id}/{*filename}",
             get(artifacts::download_compat),
         )
+        .route("/v1/keys", post(keys::create).get(keys::list))
+        .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/agents", get(system::agents))
         .route("/v1/workers", get(system::workers))
         .route("/health", get(system::health))

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::routes::{artifacts, compat, events, jobs, sharing, system};
+use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,7 @@ use crate::routes::{artifacts, compat, events, jobs, sharing, system};
         system::health, system::ready, system::agents, system::workers, crate::metrics::render, crate::tokens::token,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
+        keys::create, keys::list, keys::revoke,
     ),
     modifiers(&CommonContract),
     tags(
@@ -21,6 +22,7 @@ use crate::routes::{artifacts, compat, events, jobs, sharing, system};
         (name = "compatible", description = "Endpoints of the systems the fleet replaces"),
         (name = "system", description = "Health"),
         (name = "auth", description = "Sign-in tokens for configured users"),
+        (name = "keys", description = "API keys (the `manage_keys` scope)"),
     )
 )]
 pub struct ApiDoc;

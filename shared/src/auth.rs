@@ -22,9 +22,12 @@ pub struct Scopes {
     /// Change the fleet's artifact target (`/configure-sharing`).
     #[serde(default)]
     pub configure_sharing: bool,
-    /// Create, list and revoke keys.
+    /// Create, list and revoke keys (granting at most what it holds itself).
     #[serde(default)]
     pub manage_keys: bool,
+    /// Jobs the caller may have queued or running at once; unset: `auth.max_queued_per_caller`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
 }
 
 impl Scopes {
@@ -36,11 +39,32 @@ impl Scopes {
             cancel: true,
             configure_sharing: true,
             manage_keys: true,
+            max_queued: None,
         }
     }
 
     pub fn may_run(&self, agent: &str) -> bool {
         self.agents.iter().any(|a| a == "*" || a == agent)
+    }
+
+    /// Whether these scopes include everything `other` grants, so a holder of them may hand `other` out.
+    pub fn covers(&self, other: &Scopes) -> bool {
+        let agents = other
+            .agents
+            .iter()
+            .all(|a| self.agents.iter().any(|mine| mine == "*" || mine == a));
+        let flag = |mine: bool, theirs: bool| mine || !theirs;
+        let queued = match (self.max_queued, other.max_queued) {
+            (None, _) => true,
+            (Some(mine), Some(theirs)) => theirs <= mine,
+            (Some(_), None) => false,
+        };
+        agents
+            && flag(self.read_all, other.read_all)
+            && flag(self.cancel, other.cancel)
+            && flag(self.configure_sharing, other.configure_sharing)
+            && flag(self.manage_keys, other.manage_keys)
+            && queued
     }
 }
 
@@ -56,6 +80,30 @@ pub struct StoredKey {
     pub created_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key as listed: everything but its secret's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Scopes,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl StoredKey {
+    pub fn view(&self) -> KeyView {
+        KeyView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            scopes: self.scopes.clone(),
+            created_at: self.created_at,
+            revoked_at: self.revoked_at,
+        }
+    }
 }
 
 const PREFIX: &str = "fk_";
@@ -146,5 +194,35 @@ mod tests {
         };
         assert!(s.may_run("echo") && !s.may_run("shell"));
         assert!(Scopes::all().may_run("anything"));
+    }
+
+    #[test]
+    fn a_holder_may_grant_only_what_it_holds() {
+        let mine = Scopes {
+            agents: vec!["echo".into(), "shell".into()],
+            cancel: true,
+            manage_keys: true,
+            max_queued: Some(10),
+            ..Default::default()
+        };
+        let grant = |f: &dyn Fn(&mut Scopes)| {
+            let mut s = Scopes {
+                agents: vec!["echo".into()],
+                max_queued: Some(5),
+                ..Default::default()
+            };
+            f(&mut s);
+            mine.covers(&s)
+        };
+        assert!(grant(&|_| {}));
+        assert!(grant(&|s| s.cancel = true));
+        assert!(!grant(&|s| s.agents = vec!["*".into()]));
+        assert!(!grant(&|s| s.agents.push("python".into())));
+        assert!(!grant(&|s| s.read_all = true));
+        assert!(!grant(&|s| s.configure_sharing = true));
+        assert!(!grant(&|s| s.max_queued = Some(11)));
+        assert!(!grant(&|s| s.max_queued = None));
+        assert!(Scopes::all().covers(&mine));
+        assert!(!mine.covers(&Scopes::all()));
     }
 }

@@ -56,10 +56,12 @@ pub enum ErrorCode {
     RateLimited,
     /// The request's body did not arrive in time.
     RequestTimeout,
+    /// The caller already has as many jobs queued or running as it may (`max_queued`).
+    TooManyJobs,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -89,6 +91,7 @@ impl ErrorCode {
         Self::RateLimited,
         Self::LimitExceeded,
         Self::RequestTimeout,
+        Self::TooManyJobs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +125,7 @@ impl ErrorCode {
             Self::RateLimited => "rate_limited",
             Self::LimitExceeded => "limit_exceeded",
             Self::RequestTimeout => "request_timeout",
+            Self::TooManyJobs => "too_many_jobs",
         }
     }
 }

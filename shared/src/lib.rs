@@ -7,6 +7,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod error_code;
+pub mod keys;
 pub mod metrics;
 pub mod nats;
 pub mod topology;

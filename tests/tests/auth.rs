@@ -239,3 +239,132 @@ async fn authentication_may_be_off_only_on_loopback() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_managed_over_http_granting_at_most_what_the_manager_holds() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let anonymous = gw.api();
+    let (_, manager_key) = create_key(
+        &cfg,
+        &[
+            "--name",
+            "ops",
+            "--agent",
+            "echo",
+            "--agent",
+            "fake",
+            "--cancel",
+            "--manage-keys",
+        ],
+    );
+    let (_, plain_key) = create_key(&cfg, &["--name", "plain", "--agent", "*", "--read-all"]);
+    let (manager, plain) = (
+        anonymous.with_key(&manager_key),
+        anonymous.with_key(&plain_key),
+    );
+
+    // Without `manage_keys`: no listing, creating or revoking.
+    let wanted = json!({"name": "ci", "scopes": {"agents": ["echo"]}});
+    assert_eq!(plain.get("/v1/keys").await.status, 403);
+    let r = plain.post("/v1/keys", &wanted).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(anonymous.post("/v1/keys", &wanted).await.status, 401);
+
+    // A manager grants what it holds, and nothing more.
+    let r = manager.post("/v1/keys", &wanted).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let (ci_id, ci_key) = (
+        r.body["id"].as_str().expect("id").to_string(),
+        r.body["key"].as_str().expect("key").to_string(),
+    );
+    assert_eq!(r.body["name"], "ci");
+    assert_eq!(r.body["scopes"]["agents"], json!(["echo"]));
+    for beyond in [
+        json!({"agents": ["*"]}),
+        json!({"agents": ["echo", "python"]}),
+        json!({"agents": ["echo"], "read_all": true}),
+        json!({"agents": ["echo"], "configure_sharing": true}),
+    ] {
+        let r = manager
+            .post("/v1/keys", &json!({"name": "greedy", "scopes": beyond}))
+            .await;
+        assert_eq!(r.status, 403, "{beyond}: {}", r.body);
+    }
+    for bad in [
+        json!({"name": "  "}),
+        json!({"name": "x", "scopes": {"agents": "echo"}}),
+        json!({"name": "x", "extra": 1}),
+        json!({"name": "x".repeat(201)}),
+    ] {
+        let r = manager.post("/v1/keys", &bad).await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+        assert_eq!(r.body["code"], "invalid_request", "{bad}");
+    }
+
+    // The new key works at once, for what it was granted.
+    let ci = anonymous.with_key(&ci_key);
+    eventually("the new key accepted", Duration::from_secs(5), || {
+        let ci = ci.clone();
+        async move { ci.get("/v1/jobs").await.status == 200 }
+    })
+    .await;
+    let r = ci
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "echo", "message": "made over http"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    assert_eq!(r.body["record"]["request"]["owner"], "ci");
+    let r = ci
+        .post("/v1/jobs", &json!({"agent": "fake", "message": "no"}))
+        .await;
+    assert_eq!(r.status, 403);
+
+    // Listing shows every key without secrets or their hashes.
+    let r = manager.get("/v1/keys").await;
+    assert_eq!(r.status, 200);
+    let names: Vec<&str> = r
+        .body
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|k| k["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ops", "plain", "ci"]);
+    let listed = r.body.to_string();
+    let (_, ci_secret) = ci_key.rsplit_once('_').expect("key");
+    assert!(
+        !listed.contains(ci_secret) && !listed.contains("secret_sha256"),
+        "{listed}"
+    );
+
+    // Revoking: the key stops working; again is harmless; unknown ids are 404.
+    let r = manager
+        .send(manager.request(reqwest::Method::DELETE, &format!("/v1/keys/{ci_id}")))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["revoked_at"].is_string(), "{}", r.body);
+    eventually("the revoked key refused", Duration::from_secs(5), || {
+        let ci = ci.clone();
+        async move { ci.get("/v1/jobs").await.status == 401 }
+    })
+    .await;
+    let again = manager
+        .send(manager.request(reqwest::Method::DELETE, &format!("/v1/keys/{ci_id}")))
+        .await;
+    assert_eq!(again.body["revoked_at"], r.body["revoked_at"]);
+    for unknown in ["000000000000", "..", "a%2Fb"] {
+        let r = manager
+            .send(manager.request(reqwest::Method::DELETE, &format!("/v1/keys/{unknown}")))
+            .await;
+        assert_eq!(r.status, 404, "{unknown}: {}", r.body);
+    }
+    worker.stop().await;
+}

@@ -106,7 +106,11 @@ async fn trickled_headers_lose_their_connection() {
             .await;
         for i in 0..60 {
             tokio::time::sleep(Duration::from_millis(150)).await;
-            if write.write_all(format!("X-{i}: y\r\n").as_bytes()).await.is_err() {
+            if write
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }

@@ -4,5 +4,6 @@ pub mod artifacts;
 pub mod compat;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod sharing;
 pub mod system;

@@ -110,6 +110,9 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     pub access_token_secs: f64,
     pub refresh_token_secs: f64,
+    /// Jobs one key or user may have queued or running at once, unless its own `max_queued` says otherwise;
+    /// 0: no cap.
+    pub max_queued_per_caller: u32,
     /// People who sign in at `POST /token`; set only in files (`[auth.users.NAME]`). There are no built-in users.
     #[serde(default)]
     pub users: BTreeMap<String, UserConfig>,
@@ -128,6 +131,10 @@ pub struct UserConfig {
     pub cancel: bool,
     #[serde(default)]
     pub configure_sharing: bool,
+    #[serde(default)]
+    pub manage_keys: bool,
+    #[serde(default)]
+    pub max_queued: Option<u32>,
 }
 
 impl UserConfig {
@@ -137,7 +144,8 @@ impl UserConfig {
             read_all: self.read_all,
             cancel: self.cancel,
             configure_sharing: self.configure_sharing,
-            manage_keys: false,
+            manage_keys: self.manage_keys,
+            max_queued: self.max_queued,
         }
     }
 }
