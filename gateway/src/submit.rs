@@ -12,6 +12,7 @@ use chrono::Utc;
 use fleet_shared::codec::{to_msgpack, CONTENT_TYPE_HEADER, MSGPACK};
 use fleet_shared::topology::{GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER};
 use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -98,6 +99,16 @@ pub async fn submit(
     // The record keeps input names and sizes; their content travels only in the job message.
     let record = JobRecord::queued(request.without_inline_data());
     let request_with_inputs = request;
+    if let Err(over) = within_queue_cap(state, caller).await {
+        // A repeated submission of a job that exists creates nothing, so the cap does not stand in its way.
+        return match records::get(state, &record.id).await? {
+            Some(existing) if caller.may_read(&existing) => Ok(Submitted {
+                record: existing,
+                created: false,
+            }),
+            _ => Err(over),
+        };
+    }
     let revision = match state.records.create(&key, to_msgpack(&record).into()).await {
         Ok(rev) => rev,
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
@@ -134,6 +145,47 @@ pub async fn submit(
     })
 }
 
+/// Refuses a caller that already has its `max_queued` jobs waiting or running. Counted from the jobs stream,
+/// where every job of an owner sits under the owner's subject until its run ends; so the count is shared by all
+/// gateways and survives crashes (simultaneous submissions may overshoot by the number racing).
+async fn within_queue_cap(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(owner) = caller.owner() else {
+        return Ok(());
+    };
+    let cap = caller
+        .scopes()
+        .max_queued
+        .unwrap_or(state.config.auth.max_queued_per_caller);
+    if cap == 0 {
+        return Ok(());
+    }
+    let counting = async {
+        let mut subjects = state
+            .jobs
+            .info_with_subjects(state.topology.owner_jobs_filter(&owner))
+            .await?;
+        let mut unfinished = 0usize;
+        while let Some((_, count)) = subjects.try_next().await? {
+            unfinished += count;
+        }
+        Ok::<_, async_nats::Error>(unfinished)
+    };
+    let unfinished = counting
+        .await
+        .map_err(|e| ApiError::unavailable("counting the caller's jobs failed", e))?;
+    if unfinished >= cap as usize {
+        return Err(ApiError::new(
+            ErrorCode::TooManyJobs,
+            format!(
+                "`{owner}` already has {unfinished} jobs waiting or running, its limit (max_queued {cap}); \
+                 retry when some have ended"
+            ),
+        )
+        .retry_after(5));
+    }
+    Ok(())
+}
+
 /// Publishes run `generation` of `request` (inline inputs included) for its `queued` record at `revision`.
 async fn publish(
     state: &AppState,
@@ -153,7 +205,10 @@ async fn publish(
         headers.insert(GENERATION_HEADER, generation.to_string().as_str());
     }
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
-    let subject = state.topology.jobs_subject(&request.agent);
+    let subject = match &request.owner {
+        Some(owner) => state.topology.owned_jobs_subject(&request.agent, owner),
+        None => state.topology.jobs_subject(&request.agent),
+    };
     let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
     let payload: Bytes = to_msgpack(request).into();
     let publishing = async {
@@ -221,6 +276,9 @@ pub async fn retry(state: &AppState, caller: &Caller, id: &Uuid) -> Result<JobRe
                 ErrorCode::NotRetryable,
                 "the job had inline input files, which are not kept; submit it again",
             ));
+        }
+        if ended.request.owner.is_some() && ended.request.owner == caller.owner() {
+            within_queue_cap(state, caller).await?;
         }
         let next = ended.retried();
         match state

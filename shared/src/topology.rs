@@ -48,16 +48,30 @@ impl Topology {
         format!("{}.jobs.{agent}", self.prefix)
     }
 
+    /// The subject of a job submitted by an authenticated caller: the agent's subject plus a token of the owner,
+    /// so the jobs stream itself counts each owner's unfinished jobs (`owner_jobs_filter`) for its queue cap.
+    pub fn owned_jobs_subject(&self, agent: &str, owner: &str) -> String {
+        format!("{}.jobs.{agent}.{}", self.prefix, owner_token(owner))
+    }
+
+    /// Every jobs subject of one owner, whatever the agent.
+    pub fn owner_jobs_filter(&self, owner: &str) -> String {
+        format!("{}.jobs.*.{}", self.prefix, owner_token(owner))
+    }
+
+    /// Every jobs subject: `<prefix>.jobs.<agent>` and `<prefix>.jobs.<agent>.<owner token>`.
     pub fn jobs_subject_wildcard(&self) -> String {
-        format!("{}.jobs.*", self.prefix)
+        format!("{}.jobs.>", self.prefix)
     }
 
     /// The agent named by a jobs subject, if the subject is one.
     pub fn agent_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject
-            .strip_prefix(&self.prefix)?
-            .strip_prefix(".jobs.")
-            .filter(|a| !a.contains('.'))
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".jobs.")?;
+        match rest.split_once('.') {
+            None => Some(rest),
+            Some((agent, owner)) if !owner.contains('.') => Some(agent),
+            Some(_) => None,
+        }
     }
 
     pub fn agent_consumer(&self, agent: &str) -> String {
@@ -185,6 +199,12 @@ impl Topology {
         }
     }
 
+    /// What an agent's consumer takes: jobs published to the agent with or without an owner token.
+    pub fn agent_filter_subjects(&self, agent: &str) -> Vec<String> {
+        let subject = self.jobs_subject(agent);
+        vec![format!("{subject}.*"), subject]
+    }
+
     pub fn agent_consumer_config(
         &self,
         agent: &str,
@@ -194,7 +214,7 @@ impl Topology {
         consumer::pull::Config {
             durable_name: Some(self.agent_consumer(agent)),
             description: Some(format!("workers running agent {agent}")),
-            filter_subject: self.jobs_subject(agent),
+            filter_subjects: self.agent_filter_subjects(agent),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: q.ack_wait(),
             // Attempts are bounded by the record's attempt counter, not here: a message dropped by max-deliver
@@ -310,10 +330,26 @@ async fn get_or_create_stream(
     js: &jetstream::Context,
     wanted: stream::Config,
 ) -> Result<stream::Stream, TopologyError> {
-    let stream = js
+    let mut stream = js
         .get_or_create_stream(wanted.clone())
         .await
         .map_err(TopologyError::stream)?;
+    let existing = &stream.cached_info().config;
+    if existing.subjects != wanted.subjects {
+        // Subjects only ever widen between versions (jobs gained owner tokens): adopting ours loses nothing.
+        tracing::info!(stream = %wanted.name, from = ?existing.subjects, to = ?wanted.subjects, "updating the stream's subjects");
+        let config = stream::Config {
+            subjects: wanted.subjects.clone(),
+            ..existing.clone()
+        };
+        js.update_stream(config)
+            .await
+            .map_err(TopologyError::stream)?;
+        stream = js
+            .get_stream(&wanted.name)
+            .await
+            .map_err(TopologyError::stream)?;
+    }
     check_drift(
         &wanted.name,
         &wanted.name,
@@ -494,6 +530,15 @@ impl TopologyError {
 }
 
 /// Keeps a duration expressible to JetStream (nanoseconds in an i64).
+/// A subject token standing for an owner (key and user names may hold any character): 64 bits of its SHA-256.
+fn owner_token(owner: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(owner.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 pub fn clamp_duration(d: Duration) -> Duration {
     d.min(Duration::from_secs(100 * 365 * 24 * 3600))
 }
@@ -509,6 +554,18 @@ mod tests {
         assert_eq!(t.jobs_subject("echo"), "fleet.jobs.echo");
         assert_eq!(t.agent_of_subject("fleet.jobs.echo"), Some("echo"));
         assert_eq!(t.agent_of_subject("other.jobs.echo"), None);
+        let owned = t.owned_jobs_subject("echo", "alice smith.*>");
+        assert!(
+            owned.starts_with("fleet.jobs.echo.") && owned.split('.').count() == 4,
+            "{owned}"
+        );
+        assert_eq!(t.agent_of_subject(&owned), Some("echo"));
+        assert_eq!(t.agent_of_subject("fleet.jobs.echo.a.b"), None);
+        assert_ne!(owned, t.owned_jobs_subject("echo", "bob"));
+        assert_eq!(
+            t.owner_jobs_filter("alice smith.*>").rsplit('.').next(),
+            owned.rsplit('.').next()
+        );
         assert_eq!(t.agent_of_consumer(&t.agent_consumer("py")), Some("py"));
         assert_eq!(t.jobs_bucket(), "fleet_jobs");
     }

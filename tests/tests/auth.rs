@@ -368,3 +368,98 @@ async fn keys_are_managed_over_http_granting_at_most_what_the_manager_holds() {
     }
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_may_have_only_so_many_jobs_unfinished() {
+    let nats = NatsServer::start();
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_AUTH_MAX_QUEUED_PER_CALLER", "3"),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let probe = NatsClient::connect(&nats.url()).await;
+    let (_, capped_key) = create_key(
+        &cfg,
+        &[
+            "--name",
+            "capped",
+            "--agent",
+            "fake",
+            "--agent",
+            "echo",
+            "--cancel",
+            "--max-queued",
+            "2",
+        ],
+    );
+    let (_, default_key) = create_key(&cfg, &["--name", "defaulted", "--agent", "fake"]);
+    let (capped, defaulted) = (
+        gw.api().with_key(&capped_key),
+        gw.api().with_key(&default_key),
+    );
+    let slow = json!({"agent": "fake", "message": "sleep:30"});
+
+    // Two unfinished jobs (running or waiting alike) fill the capped key's allowance.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let r = capped.post("/v1/jobs", &slow).await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        held.push(r.body["job_id"].as_str().expect("id").to_string());
+    }
+    let queued = probe.queued_messages().await;
+    let r = capped
+        .post("/v1/jobs", &json!({"agent": "echo", "message": "one more"}))
+        .await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["code"], "too_many_jobs");
+    assert_eq!(r.retry_after.as_deref(), Some("5"));
+    assert_eq!(probe.queued_messages().await, queued, "nothing queued");
+    // Submitting a job that exists again creates nothing, so the cap does not refuse it.
+    let again = capped
+        .post(
+            "/v1/jobs",
+            &json!({"id": held[0], "agent": "fake", "message": "sleep:30"}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["job_id"], held[0].as_str());
+
+    // Other callers have their own allowance: the configured default, 3.
+    for _ in 0..3 {
+        assert_eq!(defaulted.post("/v1/jobs", &slow).await.status, 202);
+    }
+    let r = defaulted.post("/v1/jobs", &slow).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (429, Some("too_many_jobs"))
+    );
+
+    // A job that ends gives its place back.
+    let r = capped
+        .post(&format!("/v1/jobs/{}/cancel?wait=20", held[0]), &json!({}))
+        .await;
+    assert_eq!(r.body["status"], "cancelled", "{}", r.body);
+    eventually(
+        "the cancelled job's place given back",
+        Duration::from_secs(10),
+        || {
+            let capped = capped.clone();
+            async move {
+                capped
+                    .post(
+                        "/v1/jobs?wait=20",
+                        &json!({"agent": "echo", "message": "fits again"}),
+                    )
+                    .await
+                    .body["status"]
+                    == "completed"
+            }
+        },
+    )
+    .await;
+    worker.stop().await;
+}

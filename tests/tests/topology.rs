@@ -87,3 +87,60 @@ async fn differing_settings_are_refused_with_the_setting_named() {
     assert_eq!(r.body["status"], "completed", "{}", r.body);
     worker.stop().await;
 }
+
+/// A fleet upgraded in place: the jobs stream and an agent consumer as the version before owner subjects made
+/// them, with a job waiting. The new processes widen both, and old and new jobs all run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_and_consumers_of_the_previous_version_are_upgraded() {
+    use async_nats::jetstream::{consumer, stream};
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let client = fleet_shared::nats::connect(&cfg.config.nats, "topology-test")
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let topology = fleet_shared::Topology::new("fleet");
+    let old_stream = stream::Config {
+        subjects: vec!["fleet.jobs.*".into()],
+        ..topology.jobs_stream_config(&cfg.config.queue)
+    };
+    let jobs = js.create_stream(old_stream).await.expect("old stream");
+    jobs.create_consumer(consumer::pull::Config {
+        filter_subject: "fleet.jobs.echo".into(),
+        filter_subjects: Vec::new(),
+        ..topology.agent_consumer_config("echo", &cfg.config.queue, Default::default())
+    })
+    .await
+    .expect("old consumer");
+    let probe = fleet_tests::clients::NatsClient::connect(&nats.url()).await;
+    let waiting = uuid::Uuid::now_v7();
+    probe
+        .publish_job(
+            "echo",
+            &serde_json::json!({"id": waiting, "agent": "echo", "message": "from before"}),
+        )
+        .await;
+
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let record = probe
+        .wait_record(waiting, "the waiting job's end", |r| r.status.is_terminal())
+        .await;
+    assert_eq!(record.status, fleet_shared::JobStatus::Completed);
+    let mut jobs = js.get_stream("FLEET_JOBS").await.expect("stream");
+    assert_eq!(
+        jobs.info().await.expect("info").config.subjects,
+        ["fleet.jobs.>"]
+    );
+    let (_, key) = create_key(&cfg, &["--name", "after", "--agent", "echo"]);
+    let r = gw
+        .api()
+        .with_key(&key)
+        .post(
+            "/v1/jobs?wait=20",
+            &serde_json::json!({"agent": "echo", "message": "owned"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    worker.stop().await;
+}

@@ -134,14 +134,26 @@ pub async fn run(
             metadata.insert("timeout_secs".to_string(), t.to_string());
         }
         let cfg = topology.agent_consumer_config(&agent_name, &config.queue, metadata);
-        let consumer = handles
+        let consumer_error = |e: async_nats::Error| WorkerError::Consumer {
+            agent: agent_name.clone(),
+            source: e,
+        };
+        let mut consumer: jetstream::consumer::PullConsumer = handles
             .jobs
-            .get_or_create_consumer(&topology.agent_consumer(&agent_name), cfg)
+            .get_or_create_consumer(&topology.agent_consumer(&agent_name), cfg.clone())
             .await
-            .map_err(|e| WorkerError::Consumer {
-                agent: agent_name.clone(),
-                source: e.into(),
-            })?;
+            .map_err(|e| consumer_error(e.into()))?;
+        let existing = &consumer.cached_info().config;
+        if existing.filter_subjects != cfg.filter_subjects || !existing.filter_subject.is_empty() {
+            // A consumer made by an earlier version filters on the agent's subject alone and would never see
+            // jobs carrying an owner token.
+            tracing::info!(agent = %agent_name, "updating the agent consumer's subjects");
+            consumer = handles
+                .jobs
+                .update_consumer(cfg)
+                .await
+                .map_err(|e| consumer_error(e.into()))?;
+        }
         consumers.push((agent_name, consumer));
     }
 
