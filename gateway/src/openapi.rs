@@ -1,5 +1,7 @@
 //! The OpenAPI document, generated from the handlers and types themselves so it cannot drift from them.
 
+use fleet_shared::config::Config;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
@@ -26,6 +28,86 @@ use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
     )
 )]
 pub struct ApiDoc;
+
+/// The document served at `/openapi.json`: the generated one, plus what only the configuration knows (the
+/// languages of `/execute`, the artifact targets a job may name) and what the generator cannot express (the shape
+/// of each server-sent event, the headers of a WebSocket upgrade).
+pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    let schemas = "/components/schemas";
+    let languages: Vec<&String> = config.execute.keys().collect();
+    patch(
+        &mut doc,
+        &format!("{schemas}/ExecuteRequest/properties/language"),
+        json!({"type": "string", "enum": languages, "description": "Case does not matter."}),
+    );
+    let mut targets = vec![Value::from("default")];
+    targets.extend(
+        config
+            .artifacts
+            .targets
+            .keys()
+            .map(|k| Value::from(k.as_str())),
+    );
+    targets.push(Value::Null);
+    if let Some(target) =
+        doc.pointer_mut(&format!("{schemas}/SubmitJob/properties/artifact_target"))
+    {
+        target["enum"] = Value::Array(targets);
+    }
+    // On OpenAPI 3.1, the schema of a text/event-stream response describes one event.
+    let event_names: Vec<&str> = [
+        "status",
+        "output",
+        "output_limit",
+        "artifact",
+        "behind",
+        "end",
+    ]
+    .to_vec();
+    patch(
+        &mut doc,
+        "/paths/~1v1~1jobs~1{id}~1events/get/responses/200/content/text~1event-stream/schema",
+        json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": event_names},
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/JobEvent"}
+                }
+            }
+        }),
+    );
+    let header = |name: &str, schema: Value| json!({"name": name, "in": "header", "required": true, "schema": schema});
+    if let Some(Value::Array(params)) =
+        doc.pointer_mut("/paths/~1v1~1jobs~1{id}~1ws/get/parameters")
+    {
+        params.extend([
+            header("Connection", json!({"type": "string", "enum": ["Upgrade"]})),
+            header("Upgrade", json!({"type": "string", "enum": ["websocket"]})),
+            header(
+                "Sec-WebSocket-Version",
+                json!({"type": "string", "enum": ["13"]}),
+            ),
+            header(
+                "Sec-WebSocket-Key",
+                json!({"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}),
+            ),
+        ]);
+    }
+    serde_json::from_value(doc).expect("still an OpenAPI document")
+}
+
+fn patch(doc: &mut Value, pointer: &str, value: Value) {
+    match doc.pointer_mut(pointer) {
+        Some(slot) => *slot = value,
+        None => debug_assert!(false, "no {pointer} in the generated document"),
+    }
+}
 
 /// What every operation may answer besides its own responses, and how callers authenticate: added to the
 /// generated document so clients (and schema-driven testers) see the whole contract.
@@ -91,6 +173,10 @@ impl utoipa::Modify for CommonContract {
                         "Missing, malformed, unknown, expired or revoked credentials",
                     );
                     add("403", "The credentials lack the scope this request needs");
+                }
+                if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    add("400", "A parameter is malformed");
+                    add("422", "A parameter is well-formed but out of range");
                 }
                 if operation.request_body.is_some() {
                     add("400", "The body is malformed");

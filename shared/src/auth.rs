@@ -27,6 +27,10 @@ pub struct Scopes {
     pub manage_keys: bool,
     /// Jobs the caller may have queued or running at once; unset: `auth.max_queued_per_caller`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)
+    )]
     pub max_queued: Option<u32>,
 }
 

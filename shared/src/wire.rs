@@ -60,13 +60,25 @@ fn default_true() -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InputFile {
     /// Relative path in the workspace, e.g. `data/input.csv`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)(?:/(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+))*$",
+            max_length = 1024
+        )
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+    )]
     pub data_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<StoredFileRef>,
     /// Bytes of inline content, filled in when the job is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(read_only))]
     pub size: Option<u64>,
 }
 
@@ -75,6 +87,13 @@ pub struct InputFile {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredFileRef {
     pub job_id: Uuid,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)(?:/(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+))*$",
+            max_length = 1024
+        )
+    )]
     pub name: String,
 }
 

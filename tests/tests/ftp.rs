@@ -184,7 +184,10 @@ async fn fetch(api: &Api, path: &str) -> Vec<u8> {
 async fn configure_sharing_moves_new_jobs_to_ftp_at_run_time_and_old_files_stay_readable() {
     let nats = NatsServer::start();
     let ftp = FtpServer::start(false);
-    let cfg = test_config(&nats.url(), &[]);
+    let cfg = test_config(
+        &nats.url(),
+        &[("FLEET_ARTIFACTS_SHARING_HOSTS", "127.0.0.1, localhost")],
+    );
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let api = gw.api();
@@ -227,6 +230,36 @@ async fn configure_sharing_moves_new_jobs_to_ftp_at_run_time_and_old_files_stay_
         .post("/configure-sharing", &json!({"method": "floppy"}))
         .await;
     assert_eq!(r.status, 422, "{}", r.body);
+    // Only the listed hosts (artifacts.sharing_hosts), checked before any connection is made; and no value may
+    // smuggle a line break into an FTP command or a control character into a signed header.
+    for elsewhere in [
+        json!({"method": "ftp", "ftp_host": "ftp.example.com"}),
+        json!({"method": "s3", "s3_bucket": "b"}),
+        json!({"method": "s3", "s3_bucket": "b", "s3_endpoint": "http://user@169.254.169.254:80/"}),
+    ] {
+        let r = api.post("/configure-sharing", &elsewhere).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (403, Some("forbidden")),
+            "{elsewhere}: {}",
+            r.body
+        );
+    }
+    for smuggling in [
+        json!({"method": "ftp", "ftp_host": "127.0.0.1", "ftp_port": ftp.port, "ftp_user": "fleet",
+            "ftp_pass": "x\r\nDELE /ai_results/a.txt"}),
+        json!({"method": "s3", "s3_bucket": "b", "s3_endpoint": "http://127.0.0.1:1",
+            "s3_access_key_id": "AKIA\u{1}"}),
+        json!({"method": "s3", "s3_bucket": "<b>", "s3_endpoint": "http://127.0.0.1:1"}),
+    ] {
+        let r = api.post("/configure-sharing", &smuggling).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some("invalid_request")),
+            "{smuggling}: {}",
+            r.body
+        );
+    }
     assert_eq!(
         api.get("/configure-sharing").await.body["method"],
         "default"

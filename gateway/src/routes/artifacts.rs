@@ -131,8 +131,10 @@ pub async fn archive(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadParams {
     /// Instead of the file, answer with a URL straight to the store valid this many seconds (S3 stores).
+    #[param(minimum = 1, maximum = 604800)]
     pub presign: Option<f64>,
 }
 

@@ -22,9 +22,12 @@ use crate::submit::{submit, Submission};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InteractRequest {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub agent: String,
+    #[schema(pattern = r"^[^\x00]*$")]
     pub message: String,
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00]*$")]
     pub context: Option<String>,
     #[serde(default = "yes")]
     pub return_files: bool,
@@ -112,6 +115,7 @@ pub async fn results(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ExecuteRequest {
+    #[schema(pattern = r"^[^\x00]*$")]
     pub code: String,
     #[serde(default = "python")]
     pub language: String,
@@ -119,6 +123,7 @@ pub struct ExecuteRequest {
     pub capture_files: bool,
     /// Seconds.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub timeout: Option<f64>,
 }
 
@@ -247,10 +252,12 @@ pub async fn job_results(
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct GenerateRequest {
+    #[schema(pattern = r"^[^\x00]*$")]
     pub prompt: String,
     /// Accepted for compatibility; agents decide their own output length.
     #[serde(default)]
-    pub max_gen: Option<u64>,
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
+    pub max_gen: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

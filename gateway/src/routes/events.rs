@@ -31,7 +31,8 @@ use fleet_shared::ErrorCode;
 /// Follow a job: `status`, `output` (stdout/stderr text with sequence numbers), `output_limit`, `artifact`, and
 /// finally `end` with the terminal record. Send `Last-Event-ID` to resume.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = Uuid, Path), ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event")),
+    params(("id" = Uuid, Path), ("Last-Event-ID" = Option<String>, Header,
+        description = "Resume after this event (an `id` of this stream; any other value replays from the start)")),
     responses((status = 200, description = "text/event-stream of JobEvent (JSON)", body = JobEvent,
         content_type = "text/event-stream"),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
@@ -52,9 +53,11 @@ pub async fn events(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WsParams {
     /// Resume after this event id.
-    pub after: Option<u64>,
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
 }
 
 /// The same events over a WebSocket: one JSON text frame per event, the event with its `id` added; the server
@@ -76,7 +79,16 @@ pub async fn websocket(
             format!("{} (connect with a WebSocket client)", r.body_text()),
         )
     })?;
-    let mut events = job_events(&state, &caller, id, params.after).await?;
+    let after = match params.after {
+        Some(after) => Some(u64::try_from(after).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`after` must be an event id (0 or more)",
+            )
+        })?),
+        None => None,
+    };
+    let mut events = job_events(&state, &caller, id, after).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         while let Some((seq, event)) = events.next().await {
             let mut frame = serde_json::to_value(&event).unwrap_or_default();

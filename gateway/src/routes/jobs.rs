@@ -27,12 +27,16 @@ pub struct SubmitJob {
     /// Your own UUID for the job, making the submission safe to retry.
     #[serde(default)]
     pub id: Option<Uuid>,
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub agent: String,
+    #[schema(pattern = r"^[^\x00]*$")]
     pub message: String,
     #[serde(default)]
+    #[schema(pattern = r"^[^\x00]*$")]
     pub context: Option<String>,
     /// Seconds.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0)]
     pub timeout: Option<f64>,
     #[serde(default = "yes")]
     pub return_files: bool,
@@ -54,8 +58,10 @@ fn yes() -> bool {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitParams {
-    /// Wait up to this many seconds for the job to end before answering.
+    /// Wait up to this many seconds for the job to end before answering (at most `http.max_wait_secs`).
+    #[param(minimum = 0)]
     pub wait: Option<f64>,
 }
 
@@ -179,12 +185,14 @@ pub async fn get_job(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     pub agent: Option<String>,
     /// queued, running, completed, failed, timeout or cancelled.
-    pub status: Option<String>,
-    /// At most this many jobs, newest first (default 50, at most 1000).
-    pub limit: Option<usize>,
+    pub status: Option<JobStatus>,
+    /// At most this many jobs, newest first (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -201,13 +209,17 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidRequest, format!("unknown status `{s}`"))
-        })?),
+    let status = params.status;
+    let limit = match params.limit {
+        None => 50,
+        Some(n @ 1..=1000) => n as usize,
+        Some(n) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("limit must be 1 to 1000, not {n}"),
+            ))
+        }
     };
-    let limit = params.limit.unwrap_or(50).clamp(1, 1000);
     let mut jobs = Vec::new();
     scan::each_record(&state, |r| {
         if caller.may_read(&r)
@@ -228,8 +240,10 @@ pub async fn list_jobs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CancelParams {
     /// Seconds to wait for a running job to stop (default: the kill grace period plus 5 s).
+    #[param(minimum = 0)]
     pub wait: Option<f64>,
 }
 

@@ -57,7 +57,7 @@ pub async fn create(
     Json(body): Json<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
     may_manage(&caller)?;
-    if body.name.trim().chars().count() > 200 {
+    if body.name.chars().count() > 200 {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
             "`name` is longer than 200 characters",

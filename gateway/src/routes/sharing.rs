@@ -19,10 +19,9 @@ use crate::state::AppState;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharingRequest {
-    /// `ftp`, `s3`, `local` (the gateway's and workers' `artifacts.local_dir`), or `default` (back to the
-    /// configured `[artifacts]` target).
-    pub method: String,
+    pub method: SharingMethod,
     pub ftp_host: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub ftp_port: Option<u16>,
     pub ftp_user: Option<String>,
     pub ftp_pass: Option<String>,
@@ -37,6 +36,29 @@ pub struct SharingRequest {
     pub s3_path_style: Option<bool>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
+}
+
+/// `ftp`, `s3`, `local` (the gateway's and workers' `artifacts.local_dir`), or `default` (back to the configured
+/// `[artifacts]` target).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SharingMethod {
+    Ftp,
+    S3,
+    Local,
+    #[default]
+    Default,
+}
+
+impl SharingMethod {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ftp => "ftp",
+            Self::S3 => "s3",
+            Self::Local => "local",
+            Self::Default => "default",
+        }
+    }
 }
 
 /// Where new jobs' files go, secrets masked.
@@ -55,7 +77,7 @@ pub struct SharingView {
 impl SharingRequest {
     fn into_target(self, state: &AppState) -> Result<TargetConfig, ApiError> {
         let mut t = TargetConfig {
-            backend: self.method.clone(),
+            backend: self.method.as_str().to_string(),
             local_dir: state.config.artifacts.local_dir.clone(),
             ..TargetConfig::default()
         };
@@ -77,16 +99,88 @@ impl SharingRequest {
         t.ftp_passive = self.ftp_passive.unwrap_or(t.ftp_passive);
         t.ftp_tls = self.ftp_tls.unwrap_or(t.ftp_tls);
         t.s3_path_style = self.s3_path_style.unwrap_or(t.s3_path_style);
-        if t.backend == "memory" {
-            // Memory is per process: workers and gateways would each see a different, empty store.
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                "method must be ftp, s3, local or default",
-            ));
-        }
         t.validate("")
             .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+        let host = match self.method {
+            SharingMethod::Ftp => Some(t.ftp_host.as_str()),
+            SharingMethod::S3 => Some(endpoint_host(&t.s3_endpoint)),
+            SharingMethod::Local | SharingMethod::Default => None,
+        };
+        if let Some(host) = host {
+            if !host_allowed(host, &state.config.artifacts.sharing_hosts) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "`{host}` is not among the hosts sharing may use (artifacts.sharing_hosts)"
+                    ),
+                ));
+            }
+        }
         Ok(t)
+    }
+}
+
+/// The host an S3 endpoint URL names; AWS itself when there is none.
+fn endpoint_host(endpoint: &str) -> &str {
+    if endpoint.is_empty() {
+        return "s3.amazonaws.com";
+    }
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.split(':').next().unwrap_or(authority),
+    }
+}
+
+/// Whether `allowed` (comma-separated hosts, `*.domain` for subdomains; empty: any) lets sharing use `host`.
+fn host_allowed(host: &str, allowed: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut patterns = allowed
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    if patterns.peek().is_none() {
+        return true;
+    }
+    patterns.any(|p| match p.strip_prefix("*.") {
+        Some(domain) => host
+            .to_ascii_lowercase()
+            .strip_suffix(&domain.to_ascii_lowercase())
+            .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+        None => host.eq_ignore_ascii_case(p),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharing_hosts_are_matched_exactly_or_by_domain() {
+        assert!(host_allowed("anything", ""));
+        assert!(host_allowed("127.0.0.1", "127.0.0.1, localhost"));
+        assert!(host_allowed("LocalHost", "127.0.0.1,localhost"));
+        assert!(!host_allowed("127.0.0.2", "127.0.0.1"));
+        assert!(host_allowed("ftp.example.com", "*.example.com"));
+        assert!(!host_allowed("example.com", "*.example.com"));
+        assert!(!host_allowed("badexample.com", "*.example.com"));
+        assert!(host_allowed("::1", "::1"));
+    }
+
+    #[test]
+    fn endpoint_hosts_come_from_the_url() {
+        assert_eq!(endpoint_host(""), "s3.amazonaws.com");
+        assert_eq!(endpoint_host("http://127.0.0.1:9000"), "127.0.0.1");
+        assert_eq!(
+            endpoint_host("https://minio.internal/base"),
+            "minio.internal"
+        );
+        assert_eq!(endpoint_host("http://user:pw@evil.com:80/"), "evil.com");
+        assert_eq!(endpoint_host("http://[::1]:9000"), "::1");
+        assert_eq!(endpoint_host("127.0.0.1:9000"), "127.0.0.1");
     }
 }
 
@@ -101,7 +195,7 @@ pub async fn configure(
     Json(body): Json<SharingRequest>,
 ) -> Result<Json<SharingView>, ApiError> {
     caller.require(|s| s.configure_sharing, "configure sharing")?;
-    if body.method == "default" {
+    if body.method == SharingMethod::Default {
         state
             .config_bucket
             .delete(SHARING_KEY)
@@ -109,7 +203,7 @@ pub async fn configure(
             .map_err(|e| ApiError::unavailable("resetting the sharing target failed", e))?;
         return Ok(Json(default_view(&state)));
     }
-    let method = body.method.clone();
+    let method = body.method.as_str();
     let target = body.into_target(&state)?;
     let store = ArtifactStore::new(&target, &state.config.artifacts.prefix)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
@@ -118,7 +212,7 @@ pub async fn configure(
         .check()
         .await
         .map_err(|e| ApiError::new(ErrorCode::TargetUnreachable, e.to_string()))?;
-    let setting = SharingSetting::new(&method, target);
+    let setting = SharingSetting::new(method, target);
     let bytes = to_msgpack(&setting);
     // The target first, then the pointer to it: a record can always resolve the target it names.
     state

@@ -189,6 +189,8 @@ pub struct ArtifactsConfig {
     pub max_job_bytes: u64,
     pub max_files: usize,
     pub sweep_interval_secs: f64,
+    /// Hosts a run-time sharing target may name, comma-separated (`*.` prefixes match subdomains); empty: any.
+    pub sharing_hosts: String,
     pub s3_bucket: String,
     pub s3_region: String,
     pub s3_endpoint: String,
@@ -254,6 +256,7 @@ impl Default for TargetConfig {
 impl TargetConfig {
     /// Checks the settings the backend needs; the error names the field (prefixed with `key`).
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        self.check_characters(key)?;
         match self.backend.as_str() {
             "local" | "memory" => Ok(()),
             "s3" if self.s3_bucket.is_empty() => Err(invalid(
@@ -272,6 +275,47 @@ impl TargetConfig {
                 format!("`{other}` is not one of local, s3, ftp, memory"),
             )),
         }
+    }
+
+    /// Values that end up in HTTP headers, URLs or FTP command lines must not be able to break out of them: an
+    /// FTP password holding CR LF would send commands of its own, a control character in an S3 key id cannot be
+    /// signed into a header.
+    fn check_characters(&self, key: &str) -> Result<(), ConfigError> {
+        let printable = |s: &str| s.chars().all(|c| !c.is_control());
+        let token = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
+        let fields = [
+            ("s3_access_key_id", token(&self.s3_access_key_id)),
+            ("s3_region", token(&self.s3_region)),
+            ("s3_endpoint", token(&self.s3_endpoint)),
+            (
+                "s3_secret_access_key",
+                printable(&self.s3_secret_access_key),
+            ),
+            ("ftp_host", token(&self.ftp_host)),
+            ("ftp_user", printable(&self.ftp_user)),
+            ("ftp_password", printable(&self.ftp_password)),
+            ("ftp_base_path", printable(&self.ftp_base_path)),
+        ];
+        for (field, ok) in fields {
+            if !ok {
+                return Err(invalid(
+                    format!("{key}{field}"),
+                    "holds control characters or spaces where none may be",
+                ));
+            }
+        }
+        let bucket_ok = self.s3_bucket.len() <= 255
+            && self
+                .s3_bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !bucket_ok {
+            return Err(invalid(
+                format!("{key}s3_bucket"),
+                "a bucket name is letters, digits, '.', '-' and '_'",
+            ));
+        }
+        Ok(())
     }
 
     /// The same settings with every secret replaced by `***` (empty secrets stay empty).
