@@ -254,6 +254,18 @@ async fn first_runs_are_claimed_only_when_they_outlive_the_claim_delay() {
         status_history(&nats, slow).await,
         [JobStatus::Running, JobStatus::Completed]
     );
+    // The claim comes a delay after the start; the record still says when the agent started, in the running
+    // record and the terminal one alike.
+    assert_eq!(running.started_at, r.started_at);
+    let (started, finished) = (
+        r.started_at.expect("started"),
+        r.finished_at.expect("finished"),
+    );
+    let wall = r.resources.as_ref().expect("resources").wall_ms as i64;
+    assert!(
+        (finished - started).num_milliseconds() >= wall,
+        "started {started}, finished {finished}, yet the agent ran {wall} ms"
+    );
     worker.stop().await;
 
     // With no delay every job is claimed before it runs.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -23,6 +23,8 @@ use crate::supervisor::RunOutcome;
 
 /// Upload attempts per file before the job is failed with `artifact_upload_failed`.
 const UPLOAD_ATTEMPTS: u32 = 3;
+/// Files of one job uploaded at once.
+const UPLOADS_IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Default)]
 pub struct Collected {
@@ -143,6 +145,7 @@ pub async fn collect(
             .unwrap_or_default();
         collected.skipped = unreadable;
         let mut total = 0u64;
+        let mut accepted = Vec::new();
         for f in found
             .into_iter()
             .filter(|f| !inputs.unchanged(&f.name, &f.path))
@@ -152,7 +155,7 @@ pub async fn collect(
                     "larger than the per-file limit of {} bytes",
                     limits.max_file_bytes
                 ))
-            } else if collected.files.len() >= limits.max_files {
+            } else if accepted.len() >= limits.max_files {
                 Some(format!(
                     "over the limit of {} files per job",
                     limits.max_files
@@ -174,10 +177,18 @@ pub async fn collect(
                 continue;
             }
             total += f.size;
-            collected
-                .files
-                .push(store_one(store, record, &f.name, &f.path).await?);
+            accepted.push(f);
         }
+        // Several uploads at a time: a job's many small files would otherwise pay one store round trip each,
+        // back to back. `buffered` keeps the record's files in name order.
+        let uploads: Vec<_> = accepted
+            .iter()
+            .map(|f| store_one(store, record, &f.name, &f.path))
+            .collect();
+        collected.files = futures::stream::iter(uploads)
+            .buffered(UPLOADS_IN_FLIGHT)
+            .try_collect()
+            .await?;
     }
     for (captured, path, name) in [
         (&outcome.stdout, &dirs.stdout_log, "stdout.log"),

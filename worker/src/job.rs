@@ -138,7 +138,7 @@ async fn run_job(
     let mut held = if deferred {
         records::unclaimed(queued.clone(), queued_revision, &shared.worker_id)
     } else {
-        match claim(shared, &key, &queued, queued_revision).await {
+        match claim(shared, &key, &queued, queued_revision, Utc::now()).await {
             Ok(Claim::Claimed(held)) => held,
             Ok(Claim::AlreadyTerminal) => {
                 tracing::info!("job already has a terminal record; skipping");
@@ -347,6 +347,7 @@ async fn claim(
     key: &str,
     queued: &JobRecord,
     queued_revision: Option<u64>,
+    started_at: chrono::DateTime<Utc>,
 ) -> Result<Claim, records::RecordError> {
     let claim = records::claim(
         &shared.records,
@@ -355,6 +356,7 @@ async fn claim(
         queued_revision,
         &shared.worker_id,
         shared.config.queue.max_attempts,
+        started_at,
     )
     .instrument(tracing::info_span!("claim"))
     .await;
@@ -408,7 +410,9 @@ async fn supervise<T>(
             _ = &mut claim_at, if !*claimed => {
                 *claimed = true;
                 watch.events.go_live().await;
-                match claim(shared, watch.key, watch.queued, held.revision).await {
+                // The agent started when the run did, not now: the record keeps that time.
+                let started_at = held.record.started_at.unwrap_or_else(Utc::now);
+                match claim(shared, watch.key, watch.queued, held.revision, started_at).await {
                     Ok(Claim::Claimed(h)) => *held = h,
                     Ok(Claim::AlreadyTerminal) => {
                         *superseded = true;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::{JobRecord, JobStatus};
 
@@ -81,13 +81,13 @@ fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
     }
 }
 
-fn running(mut record: JobRecord, worker: &str) -> JobRecord {
-    let now = Utc::now();
+/// The record of attempt N+1 by `worker`, which started the agent at `started_at`.
+fn running(mut record: JobRecord, worker: &str, started_at: DateTime<Utc>) -> JobRecord {
     record.status = JobStatus::Running;
     record.attempt += 1;
     record.worker = Some(worker.to_string());
-    record.started_at = Some(now);
-    record.updated_at = now;
+    record.started_at = Some(started_at);
+    record.updated_at = Utc::now();
     record
 }
 
@@ -101,8 +101,9 @@ pub async fn claim(
     queued_revision: Option<u64>,
     worker: &str,
     max_attempts: u32,
+    started_at: DateTime<Utc>,
 ) -> Result<Claim, RecordError> {
-    let record = running(queued.clone(), worker);
+    let record = running(queued.clone(), worker, started_at);
     let payload: bytes::Bytes = to_msgpack(&record).into();
     let fast = match queued_revision {
         Some(rev) => store
@@ -129,7 +130,7 @@ pub async fn claim(
         match current(store, key).await? {
             // A stored record always has a revision; the second pattern only satisfies the type.
             None | Some(Held { revision: None, .. }) => {
-                let record = running(queued.clone(), worker);
+                let record = running(queued.clone(), worker, started_at);
                 match store.create(key, to_msgpack(&record).into()).await {
                     Ok(revision) => {
                         return Ok(Claim::Claimed(Held {
@@ -152,7 +153,7 @@ pub async fn claim(
                 record,
                 revision: Some(revision),
             }) => {
-                let record = running(record, worker);
+                let record = running(record, worker, started_at);
                 match store
                     .update(key, to_msgpack(&record).into(), revision)
                     .await
@@ -176,7 +177,7 @@ pub async fn claim(
 /// its revision is the one the claim — or, for a short job, the terminal write — must expect.
 pub fn unclaimed(queued: JobRecord, queued_revision: Option<u64>, worker: &str) -> Held {
     Held {
-        record: running(queued, worker),
+        record: running(queued, worker, Utc::now()),
         revision: queued_revision,
     }
 }

@@ -211,12 +211,20 @@ impl ArtifactStore {
             path: path.display().to_string(),
             source,
         };
+        if let Backend::Object {
+            local: Some(local), ..
+        } = &self.backend
+        {
+            let (size, sha256) = self.copy_local(local, key, path).await?;
+            return Ok(Uploaded {
+                size,
+                sha256,
+                location: self.location(key),
+            });
+        }
         let size = tokio::fs::metadata(path).await.map_err(read_err)?.len();
         let sha256 = match &self.backend {
             Backend::Ftp(ftp) => ftp.upload_file(key, path).await?,
-            Backend::Object {
-                local: Some(local), ..
-            } => self.copy_local(local, key, path).await?,
             Backend::Object { inner, .. } if size <= PART as u64 => {
                 let data = tokio::fs::read(path).await.map_err(read_err)?;
                 let sha = hex_digest(Sha256::new_with_prefix(&data));
@@ -235,33 +243,31 @@ impl ArtifactStore {
         })
     }
 
+    /// Copies a file into a local store in one blocking step (each `tokio::fs` call is a trip to the blocking
+    /// pool, and a small file used to take seven): its size and SHA-256.
     async fn copy_local(
         &self,
         local: &object_store::local::LocalFileSystem,
         key: &StorePath,
         path: &Path,
-    ) -> Result<String, StoreError> {
-        let write_err = |e: std::io::Error| StoreError::Read {
-            store: self.base_url.clone(),
-            path: key.to_string(),
-            source: e,
-        };
+    ) -> Result<(u64, String), StoreError> {
         let target = local.path_to_filesystem(key).map_err(|e| self.err(e))?;
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(write_err)?;
-        }
-        let sha256 = hash_file(path).await.map_err(|e| StoreError::Read {
-            store: self.base_url.clone(),
-            path: path.display().to_string(),
-            source: e,
-        })?;
-        // Copy under a temporary name and rename, so a crash never leaves a partial file under the real name.
-        let partial = target.with_file_name(format!(".{}.partial", uuid::Uuid::now_v7()));
-        tokio::fs::copy(path, &partial).await.map_err(write_err)?;
-        tokio::fs::rename(&partial, &target)
+        let source = path.to_path_buf();
+        let copied = tokio::task::spawn_blocking(move || copy_and_hash(&source, &target))
             .await
-            .map_err(write_err)?;
-        Ok(sha256)
+            .unwrap_or_else(|e| Err(LocalCopyError::Target(std::io::Error::other(e))));
+        copied.map_err(|e| match e {
+            LocalCopyError::Source(source) => StoreError::Read {
+                store: self.base_url.clone(),
+                path: path.display().to_string(),
+                source,
+            },
+            LocalCopyError::Target(source) => StoreError::Read {
+                store: self.base_url.clone(),
+                path: key.to_string(),
+                source,
+            },
+        })
     }
 
     async fn put_in_parts(
@@ -471,17 +477,50 @@ pub(crate) fn clamp(range: Option<Range<u64>>, size: u64) -> Range<u64> {
     }
 }
 
-async fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(hex_digest(hasher));
-        }
-        hasher.update(&buf[..n]);
+enum LocalCopyError {
+    Source(std::io::Error),
+    Target(std::io::Error),
+}
+
+/// Files up to this size are read once into memory, hashed and written; larger ones are hashed in a read pass and
+/// copied by the kernel.
+const IN_MEMORY_COPY: u64 = 1024 * 1024;
+
+/// Copies `source` to `target` under a temporary name and renames it, so a crash never leaves a partial file under
+/// the real name. Returns the size and SHA-256 of what was copied.
+fn copy_and_hash(source: &Path, target: &Path) -> Result<(u64, String), LocalCopyError> {
+    use std::io::Read;
+    use LocalCopyError::{Source, Target};
+    let mut file = std::fs::File::open(source).map_err(Source)?;
+    let mut size = file.metadata().map_err(Source)?.len();
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(Target)?;
     }
+    let partial = target.with_file_name(format!(".{}.partial", Uuid::now_v7()));
+    let sha256 = if size <= IN_MEMORY_COPY {
+        let mut data = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut data).map_err(Source)?;
+        std::fs::write(&partial, &data).map_err(Target)?;
+        size = data.len() as u64;
+        hex_digest(Sha256::new_with_prefix(&data))
+    } else {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; LOCAL_READ_CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(Source)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        std::fs::copy(source, &partial).map_err(Target)?;
+        hex_digest(hasher)
+    };
+    if let Err(e) = std::fs::rename(&partial, target) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Target(e));
+    }
+    Ok((size, sha256))
 }
 
 pub(crate) fn hex_digest(h: Sha256) -> String {
