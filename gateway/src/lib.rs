@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod auth;
 pub mod cancel;
+pub mod completed;
 pub mod error;
 pub mod live;
 pub mod metrics;

@@ -13,14 +13,46 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub async fn get(state: &AppState, id: &Uuid) -> Result<Option<JobRecord>, ApiError> {
+    Ok(read(state, id).await?.map(|(record, _)| record))
+}
+
+/// The record and its encoded size.
+async fn read(state: &AppState, id: &Uuid) -> Result<Option<(JobRecord, usize)>, ApiError> {
     let entry = state
         .records
         .entry(state.topology.record_key(id))
         .await
         .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
-    Ok(entry
-        .filter(|e| e.operation == Operation::Put)
-        .and_then(|e| decode(&e.value, Format::MessagePack).ok()))
+    Ok(entry.filter(|e| e.operation == Operation::Put).and_then(|e| {
+        decode(&e.value, Format::MessagePack)
+            .ok()
+            .map(|r| (r, e.value.len()))
+    }))
+}
+
+/// [`get_or_404`] for the file routes, which may use a completed record this gateway read lately: a job's files
+/// are often fetched one request each, and each would otherwise read the whole record listing them all.
+pub async fn get_for_files(
+    state: &AppState,
+    caller: &Caller,
+    id: &Uuid,
+) -> Result<std::sync::Arc<JobRecord>, ApiError> {
+    let record = match state.completed.get(id) {
+        Some(record) => record,
+        None => {
+            let (record, bytes) = read(state, id)
+                .await?
+                .ok_or_else(|| ApiError::job_not_found(id))?;
+            let record = std::sync::Arc::new(record);
+            state.completed.offer(&record, bytes);
+            record
+        }
+    };
+    if caller.may_read(&record) {
+        Ok(record)
+    } else {
+        Err(ApiError::job_not_found(id))
+    }
 }
 
 /// The job's record, if it exists and the caller may see it: others' jobs are not found, not forbidden, so ids

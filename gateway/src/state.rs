@@ -1,5 +1,5 @@
-//! What every handler shares. Only handles on NATS objects and immutable configuration: the gateway keeps no
-//! state of its own, so any replica answers for any job.
+//! What every handler shares. Only handles on NATS objects, immutable configuration and copies of records that
+//! can no longer change: the gateway keeps no state of its own, so any replica answers for any job.
 
 use std::sync::Arc;
 
@@ -38,6 +38,8 @@ pub struct Inner {
     pub rate: crate::rate::RateLimits,
     /// Refresh-token families of `POST /token`.
     pub tokens: kv::Store,
+    /// Completed records read lately, for the file routes.
+    pub completed: crate::completed::CompletedRecords,
 }
 
 impl std::ops::Deref for AppState {
@@ -85,6 +87,7 @@ impl AppState {
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
             tokens: handles.tokens.clone(),
+            completed: Default::default(),
         })))
     }
 }

@@ -42,12 +42,12 @@ pub async fn list(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ArtifactList>, ApiError> {
-    let r = records::get_or_404(&state, &caller, &id).await?;
+    let r = records::get_for_files(&state, &caller, &id).await?;
     Ok(Json(ArtifactList {
         job_id: r.id,
-        files: r.files,
-        skipped_files: r.skipped_files,
-        logs: r.logs,
+        files: r.files.clone(),
+        skipped_files: r.skipped_files.clone(),
+        logs: r.logs.clone(),
     }))
 }
 
@@ -65,7 +65,7 @@ pub async fn archive(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let record = records::get_or_404(&state, &caller, &id).await?;
+    let record = records::get_for_files(&state, &caller, &id).await?;
     let store = holder(&state, &record).await?;
     let mtime = record
         .finished_at
@@ -205,7 +205,7 @@ async fn listed_file(
             "artifact names are relative paths without `.` or `..` parts",
         ));
     }
-    let record = records::get_or_404(state, caller, &id).await?;
+    let record = records::get_for_files(state, caller, &id).await?;
     let entry = record.stored_file(name).cloned().ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,
