@@ -298,6 +298,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             args.artifact_big_mb,
             args.artifact_small_count,
             args.flat_memory_gb,
+            args.rounds,
         )
         .await?;
     }

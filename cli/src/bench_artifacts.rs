@@ -95,6 +95,7 @@ pub async fn run(
     big_mb: usize,
     small_count: usize,
     flat_gb: usize,
+    rounds: usize,
 ) -> Result<()> {
     let cases = [
         Case {
@@ -119,13 +120,19 @@ pub async fn run(
             "ratio"
         );
         for (i, case) in cases.iter().enumerate() {
-            for (what, f, d) in measure_case(fleet, target, i, case).await? {
+            for (what, f, d) in measure_case(fleet, target, i, case, rounds).await? {
                 let what = format!("{} {what}", case.name);
                 println!("{what:<44} {f:>10.1} {d:>10.1} {:>7.2}×", f / d);
                 ratios.push((format!("{}: {what}", target.label), f / d));
             }
         }
     }
+
+    let floor = round_trip_floor(fleet, small_count.max(100)).await?;
+    println!(
+        "\nan empty request (GET /health), one at a time: {:.0} µs each — the floor under a request per file",
+        floor.as_secs_f64() * 1e6
+    );
 
     let mut peak_kb = 0;
     if flat_gb > 0 {
@@ -161,12 +168,14 @@ pub async fn run(
 }
 
 /// One case on one target: (what, fleet MB/s, direct MB/s) for upload, per-file download and, for many files, the
-/// tar download.
+/// tar download. Downloads are measured in `rounds` rounds alternating the direct reads with the gateway's, so a
+/// drift in machine speed hits both sides; medians are reported.
 async fn measure_case(
     fleet: &Fleet<'_>,
     target: &Target,
     i: usize,
     case: &Case,
+    rounds: usize,
 ) -> Result<Vec<(&'static str, f64, f64)>> {
     let src = fleet.scratch.join(format!("src-{i}"));
     let bytes = write_sources(&src, &case.files)?;
@@ -195,38 +204,61 @@ async fn measure_case(
     }
     let fleet_up = mb / storing_secs(&record);
 
-    let started = Instant::now();
-    for (name, _) in &case.files {
-        let got = target.direct.get(&direct_key(name)).await?;
-        let mut body = got.into_stream();
-        while let Some(chunk) = body.next().await {
-            chunk?;
+    let (mut direct_down, mut fleet_down, mut tar_down) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        for (name, _) in &case.files {
+            let got = target.direct.get(&direct_key(name)).await?;
+            let mut body = got.into_stream();
+            while let Some(chunk) = body.next().await {
+                chunk?;
+            }
+        }
+        direct_down.push(mb / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
+        for (name, _) in &case.files {
+            gateway_download(fleet, &format!("{}/{name}", record.id)).await?;
+        }
+        fleet_down.push(mb / started.elapsed().as_secs_f64());
+
+        if case.files.len() > 1 {
+            let started = Instant::now();
+            let got =
+                gateway_get(fleet, &format!("/v1/jobs/{}/artifacts.tar", record.id)).await?;
+            if got < bytes {
+                bail!("the archive held {got} bytes for {bytes} bytes of files");
+            }
+            tar_down.push(mb / started.elapsed().as_secs_f64());
         }
     }
-    let direct_down = mb / started.elapsed().as_secs_f64();
-
-    let started = Instant::now();
-    for (name, _) in &case.files {
-        gateway_download(fleet, &format!("{}/{name}", record.id)).await?;
-    }
-    let fleet_down = mb / started.elapsed().as_secs_f64();
+    let direct_down = median(direct_down);
     let mut rates = vec![
         ("upload", fleet_up, direct_up),
-        ("download via gateway", fleet_down, direct_down),
+        ("download via gateway", median(fleet_down), direct_down),
     ];
-    if case.files.len() > 1 {
-        let started = Instant::now();
-        let got = gateway_get(fleet, &format!("/v1/jobs/{}/artifacts.tar", record.id)).await?;
-        if got < bytes {
-            bail!("the archive held {got} bytes for {bytes} bytes of files");
-        }
+    if !tar_down.is_empty() {
         rates.push((
             "download via gateway, one .tar",
-            mb / started.elapsed().as_secs_f64(),
+            median(tar_down),
             direct_down,
         ));
     }
     Ok(rates)
+}
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// The time of one empty request through the gateway (`GET /health`), requests made one after another.
+async fn round_trip_floor(fleet: &Fleet<'_>, count: usize) -> Result<Duration> {
+    let started = Instant::now();
+    for _ in 0..count {
+        gateway_get(fleet, "/health").await?;
+    }
+    Ok(started.elapsed() / count as u32)
 }
 
 /// Writes the files (a byte pattern) under `dir`; returns their total size.

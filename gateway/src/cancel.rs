@@ -60,6 +60,11 @@ pub async fn cancel(
             return Err(ApiError::job_not_found(id));
         }
         if let Some((record, _)) = &held {
+            // Ended since this call stored its request (a worker claimed the job and stopped it between our look
+            // and our compare-and-set): that is this cancel's outcome, not a refusal.
+            if record.status.is_terminal() && requested {
+                return Ok(Outcome::Ended(Box::new(record.clone())));
+            }
             if record.status.is_terminal() {
                 return Err(ApiError::new(
                     ErrorCode::JobFinished,

@@ -126,6 +126,29 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
         let r = bob.get(&path).await;
         assert_eq!(r.status, 404, "{path}: {}", r.body);
     }
+    // A finished job's files stay its owner's, also while the gateway keeps the record from the owner's own
+    // download a moment ago.
+    let r = bob
+        .post(
+            "/v1/jobs?wait=20",
+            &json!({"agent": "fake", "message": "write:c.txt=4"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let finished = r.body["job_id"].as_str().expect("id").to_string();
+    let file = format!("/v1/jobs/{finished}/artifacts/c.txt");
+    assert_eq!(bob.get(&file).await.status, 200);
+    for path in [
+        file.clone(),
+        format!("/v1/jobs/{finished}/artifacts"),
+        format!("/v1/jobs/{finished}/artifacts.tar"),
+        format!("/download/{finished}/c.txt"),
+    ] {
+        let r = alice.get(&path).await;
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_eq!(r.body["code"], "job_not_found", "{path}");
+    }
+    assert_eq!(admin.get(&file).await.status, 200);
     let ids = |list: &Value| -> Vec<String> {
         list["jobs"]
             .as_array()
@@ -134,7 +157,11 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
             .map(|j| j["id"].as_str().expect("id").to_string())
             .collect()
     };
-    assert_eq!(ids(&bob.get("/v1/jobs").await.body), vec![bobs.clone()]);
+    let mut bobs_list = ids(&bob.get("/v1/jobs").await.body);
+    bobs_list.sort();
+    let mut expected = vec![bobs.clone(), finished.clone()];
+    expected.sort();
+    assert_eq!(bobs_list, expected);
     assert_eq!(ids(&alice.get("/v1/jobs").await.body), vec![alices.clone()]);
     let everything = ids(&admin.get("/v1/jobs").await.body);
     assert!(
