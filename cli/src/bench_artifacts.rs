@@ -224,8 +224,7 @@ async fn measure_case(
 
         if case.files.len() > 1 {
             let started = Instant::now();
-            let got =
-                gateway_get(fleet, &format!("/v1/jobs/{}/artifacts.tar", record.id)).await?;
+            let got = gateway_get(fleet, &format!("/v1/jobs/{}/artifacts.tar", record.id)).await?;
             if got < bytes {
                 bail!("the archive held {got} bytes for {bytes} bytes of files");
             }

@@ -23,11 +23,13 @@ async fn read(state: &AppState, id: &Uuid) -> Result<Option<(JobRecord, usize)>,
         .entry(state.topology.record_key(id))
         .await
         .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
-    Ok(entry.filter(|e| e.operation == Operation::Put).and_then(|e| {
-        decode(&e.value, Format::MessagePack)
-            .ok()
-            .map(|r| (r, e.value.len()))
-    }))
+    Ok(entry
+        .filter(|e| e.operation == Operation::Put)
+        .and_then(|e| {
+            decode(&e.value, Format::MessagePack)
+                .ok()
+                .map(|r| (r, e.value.len()))
+        }))
 }
 
 /// [`get_or_404`] for the file routes, which may use a completed record this gateway read lately: a job's files
