@@ -69,8 +69,11 @@ async fn output_flood_is_capped_in_the_record_with_flat_worker_memory() {
     assert_eq!(record.stdout.len(), 1000);
     assert_eq!(record.stdout_truncated_bytes, flood - 1000);
     let after = worker.peak_rss_kb();
+    // The first job with full logs costs a fixed 3.5–3.7 MiB here (blocking-pool threads, the log writer's buffer,
+    // the upload's hash buffer), the same for 10 MB of output as for 100 MB; a 4 MiB bound failed under load.
+    // Output held in memory would show as its full 100 MB.
     assert!(
-        after < before + 4 * 1024,
+        after < before + 8 * 1024,
         "worker peak RSS grew from {before} KiB to {after} KiB on 100 MB of output"
     );
 }
