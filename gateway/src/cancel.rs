@@ -59,18 +59,16 @@ pub async fn cancel(
         if !visible {
             return Err(ApiError::job_not_found(id));
         }
-        if let Some((record, _)) = &held {
+        if let Some((record, _)) = held.as_ref().filter(|(r, _)| r.status.is_terminal()) {
             // Ended since this call stored its request (a worker claimed the job and stopped it between our look
             // and our compare-and-set): that is this cancel's outcome, not a refusal.
-            if record.status.is_terminal() && requested {
+            if requested {
                 return Ok(Outcome::Ended(Box::new(record.clone())));
             }
-            if record.status.is_terminal() {
-                return Err(ApiError::new(
-                    ErrorCode::JobFinished,
-                    format!("job {id} already ended: {}", record.status.as_str()),
-                ));
-            }
+            return Err(ApiError::new(
+                ErrorCode::JobFinished,
+                format!("job {id} already ended: {}", record.status.as_str()),
+            ));
         }
         if !requested {
             let request = CancelRequest {

@@ -50,11 +50,9 @@ pub async fn get_for_files(
             record
         }
     };
-    if caller.may_read(&record) {
-        Ok(record)
-    } else {
-        Err(ApiError::job_not_found(id))
-    }
+    Some(record)
+        .filter(|r| caller.may_read(r))
+        .ok_or_else(|| ApiError::job_not_found(id))
 }
 
 /// The job's record, if it exists and the caller may see it: others' jobs are not found, not forbidden, so ids
