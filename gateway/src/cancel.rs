@@ -34,7 +34,7 @@ pub async fn cancel(
 ) -> Result<Outcome, ApiError> {
     caller.require(|s| s.cancel, "cancel or retry jobs")?;
     let key = state.topology.record_key(&id);
-    let done = records::listen_done(state, &id).await?;
+    let watch = records::watch_end(state, &id).await?;
     let mut requested = false;
     loop {
         let entry = state
@@ -120,12 +120,12 @@ pub async fn cancel(
             }
             // Running: its worker stops it and records the end.
             Some(_) => {
-                let mut done = done;
-                return match tokio::time::timeout(wait, done.next()).await {
-                    Ok(Some(_)) => Ok(Outcome::Ended(Box::new(
+                let mut watch = watch;
+                return match tokio::time::timeout(wait, watch.next()).await {
+                    Ok(_) => Ok(Outcome::Ended(Box::new(
                         records::get_or_404(state, caller, &id).await?,
                     ))),
-                    _ => Ok(Outcome::Pending),
+                    Err(_) => Ok(Outcome::Pending),
                 };
             }
         }

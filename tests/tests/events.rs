@@ -389,3 +389,101 @@ async fn a_listener_too_slow_for_the_live_tail_is_dropped_with_word_and_resumes_
     assert_eq!(record["status"], "completed");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_end_was_never_announced_still_ends_its_waiters_and_listeners() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    declare_agents_without_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let nc = NatsClient::connect(&nats.url()).await;
+
+    // Two queued jobs no worker takes: `quiet` ends before its events go live, `live` after one output event. Their
+    // terminal records are then written with no done notice and no `end` event, as when the server carrying those
+    // core-NATS publishes died.
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = api
+            .post("/v1/jobs", &json!({"agent": "fake", "message": "print:x"}))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        ids.push(
+            r.body["job_id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
+    }
+    let (quiet, live) = (ids[0], ids[1]);
+    let partial = JobEvent::Output {
+        stream: fleet_shared::wire::OutputStream::Stdout,
+        attempt: 1,
+        seq: 1,
+        text: "partial\n".into(),
+    };
+    nc.js
+        .publish(
+            format!("fleet.events.{live}"),
+            fleet_shared::codec::to_msgpack(&partial).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let mut quiet_events = SseReader::open(&api, &format!("/v1/jobs/{quiet}/events"), None).await;
+    let mut live_events = SseReader::open(&api, &format!("/v1/jobs/{live}/events"), None).await;
+    let waiter = {
+        let api = api.clone();
+        tokio::spawn(async move { api.get(&format!("/v1/jobs/{quiet}?wait=60")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    for (id, stdout) in [(quiet, "by hand\n"), (live, "partial\n")] {
+        let mut record = nc.record(id).await.expect("a record");
+        assert_eq!(record.status, fleet_shared::JobStatus::Queued);
+        record.status = fleet_shared::JobStatus::Completed;
+        record.exit_code = Some(0);
+        record.stdout = stdout.into();
+        nc.records
+            .put(
+                id.to_string(),
+                fleet_shared::codec::to_msgpack(&record).into(),
+            )
+            .await
+            .expect("put");
+    }
+
+    // The waiter re-reads the record: seconds, not the minute it asked to wait.
+    let r = waiter.await.expect("waiter");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["status"], &r.body["stdout"]),
+        (&json!("completed"), &json!("by hand\n"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the waiter took {:?}",
+        started.elapsed()
+    );
+
+    // Listeners end too: the quiet job's output comes from its record, the live job's from its one event.
+    let (text, _, _, record) = read_to_end(&mut quiet_events).await;
+    assert_eq!(
+        (text.as_str(), &record["status"]),
+        ("by hand\n", &json!("completed"))
+    );
+    let (text, seqs, _, record) = read_to_end(&mut live_events).await;
+    assert_eq!(
+        (text.as_str(), &record["status"]),
+        ("partial\n", &json!("completed"))
+    );
+    assert_eq!(seqs, vec![1]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the listeners took {:?}",
+        started.elapsed()
+    );
+}

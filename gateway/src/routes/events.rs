@@ -13,7 +13,6 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Response;
 use fleet_shared::codec::{decode, Format};
-use fleet_shared::topology::OUTPUT_EVENTS_HEADER;
 use fleet_shared::wire::{JobEvent, OutputStream};
 use fleet_shared::JobRecord;
 use futures::stream::BoxStream;
@@ -115,7 +114,7 @@ async fn job_events(
     after: Option<u64>,
 ) -> Result<BoxStream<'static, (Option<u64>, JobEvent)>, ApiError> {
     // Subscribed before the record is read, so a job ending meanwhile cannot slip by.
-    let done = records::listen_done(state, &id).await?;
+    let watch = records::watch_end(state, &id).await?;
     let record = records::get_or_404(state, caller, &id).await?;
     let terminal = record.status.is_terminal().then_some(record);
     // A job that ended before its events went live has none: its record is the whole story.
@@ -141,16 +140,11 @@ async fn job_events(
             replay.chain(live(receiver, stored_to.max(seen))).boxed()
         }
     };
-    let done = done
-        .filter_map(|m| async move {
-            let live = m
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(OUTPUT_EVENTS_HEADER).is_some());
-            let record = decode::<JobRecord>(&m.payload, Format::MessagePack).ok()?;
-            Some((record, live))
-        })
-        .boxed();
+    let done = futures::stream::unfold(watch, |mut watch| async move {
+        let end = watch.next().await;
+        Some((end, watch))
+    })
+    .boxed();
     Ok(futures::stream::unfold(
         Follow {
             messages,
@@ -264,8 +258,8 @@ async fn follow(
 
 struct Follow {
     messages: BoxStream<'static, Feed>,
-    /// Done notices: the terminal record, and whether the job's events went live (then its `end` is in the stream).
-    done: BoxStream<'static, (JobRecord, bool)>,
+    /// The job's end as this gateway learns it (its done notice, or its record re-read when no notice came).
+    done: BoxStream<'static, records::JobEnd>,
     /// The terminal record when the job had already ended at connect time.
     terminal: Option<JobRecord>,
     /// The client resumed after an event id, so it saw earlier events on another connection.
@@ -310,14 +304,15 @@ impl Follow {
                     // The events consumer ended (NATS trouble): the done notice still ends the stream.
                     None => self.messages = futures::stream::pending().boxed(),
                 },
-                notice = self.done.next() => match notice {
+                end = self.done.next() => match end {
                     // Never went live: no events will come; the record holds its output.
-                    Some((record, false)) => {
+                    Some(records::JobEnd { record, events_live: Some(false) }) => {
                         let send_output = !self.saw_output && !self.resumed;
                         self.finish(None, record, send_output);
                     }
-                    // Went live: its `end` follows in the stream.
-                    Some((_, true)) => {}
+                    // Went live, or unknown: its `end` should follow in the stream, but it is a core-NATS publish
+                    // and may be lost; drained as for a job that ended before the listener came.
+                    Some(end) => self.terminal = Some(end.record),
                     None => self.done = futures::stream::pending().boxed(),
                 },
             }

@@ -157,13 +157,13 @@ pub async fn submit_and_wait(
     // Subscribing needs the id before the job exists.
     let mut sub = sub;
     let id = *sub.id.get_or_insert_with(fleet_shared::wire::new_job_id);
-    let done = records::listen_done(state, &id).await?;
+    let watch = records::watch_end(state, &id).await?;
     let submitted = submit(state, caller, sub).await?;
     let id = submitted.record.id;
     let record = if submitted.created {
-        records::wait_terminal(state, caller, done, &id, limit).await?
+        records::wait_terminal(state, caller, watch, &id, limit).await?
     } else {
-        drop(done);
+        drop(watch);
         records::wait_existing(state, caller, &id, limit).await?
     };
     Ok((record, submitted.created))
