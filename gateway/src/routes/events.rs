@@ -150,6 +150,7 @@ async fn job_events(
             messages,
             done,
             terminal,
+            ended: None,
             resumed: after.is_some(),
             saw_output: false,
             queue: VecDeque::new(),
@@ -256,12 +257,18 @@ async fn follow(
         .boxed())
 }
 
+/// How long a listener whose job has ended waits, with no event arriving, for the job's `end` event before the
+/// record stands in for it.
+const END_GRACE: Duration = Duration::from_secs(2);
+
 struct Follow {
     messages: BoxStream<'static, Feed>,
     /// The job's end as this gateway learns it (its done notice, or its record re-read when no notice came).
     done: BoxStream<'static, records::JobEnd>,
     /// The terminal record when the job had already ended at connect time.
     terminal: Option<JobRecord>,
+    /// The terminal record when the job ended while followed live: its `end` event should follow in the stream.
+    ended: Option<JobRecord>,
     /// The client resumed after an event id, so it saw earlier events on another connection.
     resumed: bool,
     saw_output: bool,
@@ -298,23 +305,31 @@ impl Follow {
                 }
                 continue;
             }
+            let awaiting_end = self.ended.is_some();
             tokio::select! {
                 item = self.messages.next() => match item {
                     Some(item) => return self.event(item),
                     // The events consumer ended (NATS trouble): the done notice still ends the stream.
                     None => self.messages = futures::stream::pending().boxed(),
                 },
-                end = self.done.next() => match end {
+                end = self.done.next(), if !awaiting_end => match end {
                     // Never went live: no events will come; the record holds its output.
                     Some(records::JobEnd { record, events_live: Some(false) }) => {
                         let send_output = !self.saw_output && !self.resumed;
                         self.finish(None, record, send_output);
                     }
-                    // Went live, or unknown: its `end` should follow in the stream, but it is a core-NATS publish
-                    // and may be lost; drained as for a job that ended before the listener came.
-                    Some(end) => self.terminal = Some(end.record),
+                    // Went live, or unknown: its `end` should follow in the stream with any output still in
+                    // flight, but it is a core-NATS publish and may be lost, so events keep flowing until it comes
+                    // or the stream has been quiet for END_GRACE.
+                    Some(end) => self.ended = Some(end.record),
                     None => self.done = futures::stream::pending().boxed(),
                 },
+                // Re-armed on every pass, so each event forwarded restarts the quiet period.
+                _ = tokio::time::sleep(END_GRACE), if awaiting_end => {
+                    let record = self.ended.take()?;
+                    let send_output = !self.saw_output && !self.resumed;
+                    self.finish(None, record, send_output);
+                }
             }
         }
     }
