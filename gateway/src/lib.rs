@@ -76,7 +76,8 @@ pub fn app(state: AppState) -> Router {
             "/configure-sharing",
             post(sharing::configure).get(sharing::current),
         )
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&state.config)))
+        .route("/openapi.json", get(openapi::serve))
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,10 +1,15 @@
 //! The OpenAPI document, generated from the handlers and types themselves so it cannot drift from them.
 
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use fleet_shared::config::Config;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,10 +34,26 @@ use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
 )]
 pub struct ApiDoc;
 
+/// `GET /openapi.json`. Built on the first request and kept as bytes: building it runs a large body of code an
+/// idle gateway would otherwise keep resident for nothing.
+pub async fn serve(State(state): State<AppState>) -> Response {
+    let body = state.openapi.get_or_init(|| {
+        Bytes::from(serde_json::to_vec(&document(&state.config)).expect("the document serializes"))
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.clone(),
+    )
+        .into_response()
+}
+
 /// The document served at `/openapi.json`: the generated one, plus what only the configuration knows (the
 /// languages of `/execute`, the artifact targets a job may name) and what the generator cannot express (the shape
 /// of each server-sent event, the headers of a WebSocket upgrade).
-pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
+pub fn document(config: &Config) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
     let schemas = "/components/schemas";
     let languages: Vec<&String> = config.execute.keys().collect();
@@ -99,7 +120,7 @@ pub fn document(config: &Config) -> utoipa::openapi::OpenApi {
             ),
         ]);
     }
-    serde_json::from_value(doc).expect("still an OpenAPI document")
+    doc
 }
 
 fn patch(doc: &mut Value, pointer: &str, value: Value) {

@@ -40,6 +40,8 @@ pub struct Inner {
     pub tokens: kv::Store,
     /// Completed records read lately, for the file routes.
     pub completed: crate::completed::CompletedRecords,
+    /// The OpenAPI document, serialized on its first request.
+    pub openapi: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl std::ops::Deref for AppState {
@@ -88,6 +90,7 @@ impl AppState {
             rate,
             tokens: handles.tokens.clone(),
             completed: Default::default(),
+            openapi: Default::default(),
         })))
     }
 }

@@ -135,6 +135,18 @@ async fn jobs_run_through_native_and_compatible_endpoints() {
         .unwrap();
     assert_eq!(docs.status().as_u16(), 200);
     assert!(docs.text().await.unwrap().contains("swagger"));
+    // The docs page loads the document the gateway serves.
+    let init = api
+        .request(reqwest::Method::GET, "/docs/swagger-initializer.js")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status().as_u16(), 200);
+    assert!(init
+        .text()
+        .await
+        .unwrap()
+        .contains(r#""url": "/openapi.json""#));
     worker.stop().await;
 }
 
