@@ -299,7 +299,7 @@ impl Follow {
                     Some(item) => return self.event(item),
                     None => {
                         let record = self.terminal.take()?;
-                        let send_output = !self.saw_output && !self.resumed;
+                        let send_output = self.output_unseen();
                         self.finish(None, record, send_output);
                     }
                 }
@@ -315,7 +315,7 @@ impl Follow {
                 end = self.done.next(), if !awaiting_end => match end {
                     // Never went live: no events will come; the record holds its output.
                     Some(records::JobEnd { record, events_live: Some(false) }) => {
-                        let send_output = !self.saw_output && !self.resumed;
+                        let send_output = self.output_unseen();
                         self.finish(None, record, send_output);
                     }
                     // Went live, or unknown: its `end` should follow in the stream with any output still in
@@ -327,7 +327,7 @@ impl Follow {
                 // Re-armed on every pass, so each event forwarded restarts the quiet period.
                 _ = tokio::time::sleep(END_GRACE), if awaiting_end => {
                     let record = self.ended.take()?;
-                    let send_output = !self.saw_output && !self.resumed;
+                    let send_output = self.output_unseen();
                     self.finish(None, record, send_output);
                 }
             }
@@ -356,7 +356,7 @@ impl Follow {
         if pending == 0 {
             if let Some(record) = self.terminal.take() {
                 // Replayed to the end without an `end`: this event, then the record's.
-                let send_output = !self.saw_output && !self.resumed;
+                let send_output = self.output_unseen();
                 self.queue.push_back((seq, event));
                 self.finish(None, record, send_output);
                 let item = self.queue.pop_front()?;
@@ -364,6 +364,11 @@ impl Follow {
             }
         }
         Some(((seq, event), self))
+    }
+
+    /// The client has seen none of the job's output as events, here or on an earlier connection.
+    fn output_unseen(&self) -> bool {
+        !self.saw_output && !self.resumed
     }
 
     /// Queues the end: first the record's output as `output` events when it never went out as events (jobs that
