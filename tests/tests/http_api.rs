@@ -128,25 +128,21 @@ async fn jobs_run_through_native_and_compatible_endpoints() {
     let spec = api.get("/openapi.json").await.body;
     assert!(spec["paths"]["/v1/jobs"]["post"].is_object());
     assert!(spec["paths"]["/results/{id}"]["get"].is_object());
-    let docs = api
-        .request(reqwest::Method::GET, "/docs/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(docs.status().as_u16(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"));
+    // A non-JSON page: its status and text.
+    let page = |path: &'static str| {
+        let request = api.request(reqwest::Method::GET, path);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, docs) = page("/docs/").await;
+    assert_eq!(status, 200);
+    assert!(docs.contains("swagger"));
     // The docs page loads the document the gateway serves.
-    let init = api
-        .request(reqwest::Method::GET, "/docs/swagger-initializer.js")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(init.status().as_u16(), 200);
-    assert!(init
-        .text()
-        .await
-        .unwrap()
-        .contains(r#""url": "/openapi.json""#));
+    let (status, init) = page("/docs/swagger-initializer.js").await;
+    assert_eq!(status, 200);
+    assert!(init.contains(r#""url": "/openapi.json""#));
     worker.stop().await;
 }
 
