@@ -367,6 +367,16 @@ async fn wait_until_agent_known(http: &reqwest::Client, base: &str) -> Result<()
     bail!("the fleet did not come up")
 }
 
+fn log_target(scratch: &Path, name: &str) -> fleet_worker::output::LogTarget {
+    let path = scratch.join(name);
+    // Logs are created where nothing exists yet; an earlier round's log would refuse the next.
+    let _ = std::fs::remove_file(&path);
+    fleet_worker::output::LogTarget {
+        path,
+        max_bytes: u64::MAX,
+    }
+}
+
 /// The command run by the worker's own supervisor (process group, pidfd, output capture, full logs), without
 /// NATS: the part of a job's latency that is process handling.
 async fn supervised_spawn(scratch: &Path) -> Result<()> {
@@ -382,11 +392,12 @@ async fn supervised_spawn(scratch: &Path) -> Result<()> {
         timeout: Duration::from_secs(30),
         kill_grace: Duration::from_secs(1),
         output_cap: 65536,
-        stdout_log: Some(scratch.join("stdout.log")),
-        stderr_log: Some(scratch.join("stderr.log")),
+        agent_dirs: Vec::new(),
+        stdout_log: Some(log_target(scratch, "stdout.log")),
+        stderr_log: Some(log_target(scratch, "stderr.log")),
     };
-    let out =
-        fleet_worker::supervisor::run(spec, tokio_util::sync::CancellationToken::new()).await?;
+    let out = fleet_worker::supervisor::run(spec, tokio_util::sync::CancellationToken::new(), None)
+        .await?;
     if out.stdout.head != b"hi\n" {
         bail!("supervised run printed {:?}", out.stdout.head);
     }

@@ -73,8 +73,9 @@ pub async fn submit(
         traceparent: None,
         owner: caller.owner(),
     };
-    request
-        .validate()
+    state
+        .topology
+        .validate_request(&request)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     if let Some(target) = &request.artifact_target {
         if !state.stores.is_known_name(target) {

@@ -64,14 +64,38 @@ impl Topology {
         format!("{}.jobs.>", self.prefix)
     }
 
-    /// The agent named by a jobs subject, if the subject is one.
+    /// The agent named by a jobs subject, if the subject is exactly one the fleet publishes: a valid agent name,
+    /// optionally followed by an owner token. Anything else (wildcard tokens, extra tokens) is not a job.
     pub fn agent_of_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".jobs.")?;
-        match rest.split_once('.') {
-            None => Some(rest),
-            Some((agent, owner)) if !owner.contains('.') => Some(agent),
-            Some(_) => None,
+        let agent = match rest.split_once('.') {
+            None => rest,
+            Some((agent, owner)) if is_owner_token(owner) => agent,
+            Some(_) => return None,
+        };
+        crate::wire::is_valid_agent_name(agent).then_some(agent)
+    }
+
+    /// Everything `JobRequest::validate` checks, and a reply subject outside the fleet's own names.
+    pub fn validate_request(
+        &self,
+        request: &crate::JobRequest,
+    ) -> Result<(), crate::wire::RequestInvalid> {
+        request.validate()?;
+        match &request.reply_to {
+            Some(r) if !self.is_foreign_reply_subject(r) => {
+                Err(crate::wire::RequestInvalid::ReplyToReserved)
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Whether a job may name `subject` as its reply subject: a literal subject outside the fleet's own
+    /// namespace and the server's (`$JS`, `$KV`, `$SYS`, ...), so no job can make a worker publish a job, a
+    /// done notice, an event or an API request in its name.
+    pub fn is_foreign_reply_subject(&self, subject: &str) -> bool {
+        let own = subject == self.prefix || subject.starts_with(&format!("{}.", self.prefix));
+        !own && !subject.starts_with('$')
     }
 
     pub fn agent_consumer(&self, agent: &str) -> String {
@@ -531,6 +555,10 @@ impl TopologyError {
 
 /// Keeps a duration expressible to JetStream (nanoseconds in an i64).
 /// A subject token standing for an owner (key and user names may hold any character): 64 bits of its SHA-256.
+fn is_owner_token(token: &str) -> bool {
+    token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn owner_token(owner: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(owner.as_bytes())[..8]

@@ -118,6 +118,8 @@ pub enum RequestInvalid {
     NulInMessage,
     #[error("reply_to is not a valid NATS subject")]
     ReplyTo,
+    #[error("reply_to names one of the fleet's own subjects or a server subject (`$...`)")]
+    ReplyToReserved,
     #[error("input file `{0}`: {1}")]
     InputFile(String, &'static str),
 }
@@ -149,6 +151,12 @@ impl JobRequest {
             if !crate::artifacts::is_safe_name(&f.name) {
                 return bad("names are relative paths without `.` or `..` parts");
             }
+            if crate::artifacts::is_reserved_name(&f.name) {
+                return bad("`_logs/` is reserved for the job's logs");
+            }
+            if f.name.split('/').any(|part| part.len() > MAX_NAME_PART) {
+                return bad("each part of a name may be at most 255 bytes");
+            }
             if !names.insert(f.name.as_str()) {
                 return bad("given twice");
             }
@@ -179,12 +187,19 @@ impl JobRequest {
     }
 }
 
+/// Longest part of a file name: what file systems take.
+const MAX_NAME_PART: usize = 255;
+
 pub fn is_valid_agent_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_AGENT_NAME
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_valid_publish_subject(s: &str) -> bool {
@@ -306,6 +321,10 @@ pub struct FileEntry {
     pub sha256: String,
     pub content_type: String,
     pub location: String,
+    /// The stored file stops short of what the job wrote (a full log over the per-file limit, ending in a line
+    /// that says so).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// A file the job produced that was not stored.
@@ -358,6 +377,10 @@ pub struct JobRecord {
     /// Files the job produced that were not stored (over a size or count cap), with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_files: Vec<SkippedFile>,
+    /// Entries left out of `skipped_files` so the record stays within NATS's message size; the stored manifest
+    /// (`_logs/manifest.json`) lists them all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_files_omitted: u64,
     /// Full stdout/stderr logs, stored when the record's copies are not the exact output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<FileEntry>,
@@ -426,6 +449,7 @@ impl JobRecord {
             stderr_truncated_bytes: 0,
             files: Vec::new(),
             skipped_files: Vec::new(),
+            skipped_files_omitted: 0,
             logs: Vec::new(),
             artifact_store: None,
             history: Vec::new(),

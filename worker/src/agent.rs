@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use fleet_shared::config::{secs, AgentConfig, WorkerConfig};
+use fleet_shared::config::{secs, AgentConfig, ArtifactsConfig, WorkerConfig};
 use fleet_shared::JobRecord;
 
 use crate::dirs::JobDirs;
+use crate::output::LogTarget;
 use crate::supervisor::RunSpec;
 use crate::template::{render, Vars};
 
@@ -23,9 +24,14 @@ pub fn run_spec(
     record: &JobRecord,
     agent: &AgentConfig,
     worker: &WorkerConfig,
+    artifacts: &ArtifactsConfig,
     dirs: &JobDirs,
     sandbox: crate::sandbox::Sandbox,
 ) -> RunSpec {
+    let log = |path: &std::path::Path| LogTarget {
+        path: path.to_path_buf(),
+        max_bytes: artifacts.max_file_bytes,
+    };
     let job_id = record.id.to_string();
     let workspace = dirs.workspace.to_string_lossy().into_owned();
     let vars = Vars {
@@ -42,7 +48,7 @@ pub fn run_spec(
         ("HOME".to_string(), workspace.clone()),
         (
             "TMPDIR".to_string(),
-            dirs.root.to_string_lossy().into_owned(),
+            dirs.tmp.to_string_lossy().into_owned(),
         ),
         ("LANG".to_string(), "C.UTF-8".to_string()),
         ("FLEET_JOB_ID".to_string(), job_id.clone()),
@@ -62,10 +68,11 @@ pub fn run_spec(
         stdin,
         env,
         cwd: dirs.workspace.clone(),
+        agent_dirs: dirs.agent_owned(),
         timeout: timeout(record, agent, worker),
         kill_grace: worker.kill_grace(),
         output_cap: worker.output_cap_bytes,
-        stdout_log: Some(dirs.stdout_log.clone()),
-        stderr_log: Some(dirs.stderr_log.clone()),
+        stdout_log: Some(log(&dirs.stdout_log)),
+        stderr_log: Some(log(&dirs.stderr_log)),
     }
 }

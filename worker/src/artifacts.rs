@@ -4,20 +4,22 @@
 //! exact output. Nothing is reported stored unless its upload succeeded.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use async_nats::jetstream::kv;
 use fleet_shared::artifacts::targets::Stores;
-use fleet_shared::artifacts::{content_type, ArtifactStore, StoreError, LOGS_DIR};
+use fleet_shared::artifacts::{content_type, ArtifactStore, Source, StoreError, LOGS_DIR};
 use fleet_shared::config::ArtifactsConfig;
 use fleet_shared::wire::{FileEntry, InputFile, SkippedFile};
 use fleet_shared::JobRecord;
 
+use crate::beneath::{self, Dir, Kind};
 use crate::dirs::JobDirs;
 use crate::supervisor::RunOutcome;
 
@@ -36,8 +38,8 @@ pub struct Collected {
 /// A file found in the workspace.
 struct Found {
     name: String,
-    path: PathBuf,
     size: u64,
+    modified: Option<SystemTime>,
 }
 
 /// Size and modification time of each input file as written, to tell inputs the job left alone (not
@@ -46,11 +48,8 @@ struct Found {
 pub struct Inputs(HashMap<String, (u64, Option<SystemTime>)>);
 
 impl Inputs {
-    fn unchanged(&self, name: &str, path: &Path) -> bool {
-        let Some(written) = self.0.get(name) else {
-            return false;
-        };
-        std::fs::metadata(path).is_ok_and(|m| (m.len(), m.modified().ok()) == *written)
+    fn unchanged(&self, f: &Found) -> bool {
+        self.0.get(&f.name) == Some(&(f.size, f.modified))
     }
 }
 
@@ -139,82 +138,148 @@ pub async fn collect(
 ) -> Result<Collected, StoreError> {
     let mut collected = Collected::default();
     if record.request.return_files {
-        let workspace = dirs.workspace.clone();
-        let (found, unreadable) = tokio::task::spawn_blocking(move || walk(&workspace))
-            .await
-            .unwrap_or_default();
+        let path = dirs.workspace.clone();
+        let walked = tokio::task::spawn_blocking(move || {
+            let workspace = Dir::open(&path)?;
+            let (found, skipped) = walk(&workspace);
+            Ok::<_, std::io::Error>((Arc::new(workspace), found, skipped))
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let (workspace, found, unreadable) = walked.map_err(|e| StoreError::Read {
+            store: store.name().to_string(),
+            path: dirs.workspace.display().to_string(),
+            source: e,
+        })?;
         collected.skipped = unreadable;
-        let mut total = 0u64;
-        let mut accepted = Vec::new();
-        for f in found
-            .into_iter()
-            .filter(|f| !inputs.unchanged(&f.name, &f.path))
-        {
-            let reason = if f.size > limits.max_file_bytes {
-                Some(format!(
-                    "larger than the per-file limit of {} bytes",
-                    limits.max_file_bytes
-                ))
-            } else if accepted.len() >= limits.max_files {
-                Some(format!(
-                    "over the limit of {} files per job",
-                    limits.max_files
-                ))
-            } else if total + f.size > limits.max_job_bytes {
-                Some(format!(
-                    "over the per-job limit of {} bytes",
-                    limits.max_job_bytes
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                collected.skipped.push(SkippedFile {
-                    name: f.name,
-                    size: f.size,
-                    reason,
-                });
-                continue;
-            }
-            total += f.size;
-            accepted.push(f);
-        }
+        let accepted = within_caps(limits, found, inputs, &mut collected.skipped);
         // Several uploads at a time: a job's many small files would otherwise pay one store round trip each,
         // back to back. `buffered` keeps the record's files in name order.
         let uploads: Vec<_> = accepted
             .iter()
-            .map(|f| store_one(store, record, &f.name, &f.path))
+            .map(|f| store_found(store, record, &workspace, f))
             .collect();
-        collected.files = futures::stream::iter(uploads)
+        let results: Vec<_> = futures::stream::iter(uploads)
             .buffered(UPLOADS_IN_FLIGHT)
-            .try_collect()
-            .await?;
-    }
-    for (captured, path, name) in [
-        (&outcome.stdout, &dirs.stdout_log, "stdout.log"),
-        (&outcome.stderr, &dirs.stderr_log, "stderr.log"),
-    ] {
-        if captured.logged && path.exists() {
-            let name = format!("{LOGS_DIR}/{name}");
-            collected
-                .logs
-                .push(store_one(store, record, &name, path).await?);
+            .collect()
+            .await;
+        for result in results {
+            match result? {
+                Stored::File(entry) => collected.files.push(entry),
+                Stored::Gone(skipped) => collected.skipped.push(skipped),
+            }
         }
     }
+    for (captured, name) in [
+        (&outcome.stdout, "stdout.log"),
+        (&outcome.stderr, "stderr.log"),
+    ] {
+        let (true, Some(log)) = (captured.logged, &captured.log) else {
+            continue;
+        };
+        let name = format!("{LOGS_DIR}/{name}");
+        let source = log
+            .try_clone()
+            .and_then(|f| Ok((f.metadata()?.len(), f)))
+            .map(|(size, f)| Source::new(f, size, name.clone()))
+            .map_err(|e| StoreError::Read {
+                store: store.name().to_string(),
+                path: name.clone(),
+                source: e,
+            })?;
+        let mut entry = store_one(store, record, &name, &source).await?;
+        entry.truncated = captured.log_truncated;
+        collected.logs.push(entry);
+    }
     Ok(collected)
+}
+
+/// The files within the size and count caps, in name order; the others go to `skipped` with the reason.
+fn within_caps(
+    limits: &ArtifactsConfig,
+    found: Vec<Found>,
+    inputs: &Inputs,
+    skipped: &mut Vec<SkippedFile>,
+) -> Vec<Found> {
+    let mut total = 0u64;
+    let mut accepted = Vec::new();
+    for f in found.into_iter().filter(|f| !inputs.unchanged(f)) {
+        let reason = if f.size > limits.max_file_bytes {
+            Some(format!(
+                "larger than the per-file limit of {} bytes",
+                limits.max_file_bytes
+            ))
+        } else if accepted.len() >= limits.max_files {
+            Some(format!(
+                "over the limit of {} files per job",
+                limits.max_files
+            ))
+        } else if total + f.size > limits.max_job_bytes {
+            Some(format!(
+                "over the per-job limit of {} bytes",
+                limits.max_job_bytes
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => skipped.push(SkippedFile {
+                name: f.name,
+                size: f.size,
+                reason,
+            }),
+            None => {
+                total += f.size;
+                accepted.push(f);
+            }
+        }
+    }
+    accepted
+}
+
+enum Stored {
+    File(FileEntry),
+    /// The file was no longer a regular file in the workspace when it was opened for storing.
+    Gone(SkippedFile),
+}
+
+/// Opens a found file again beneath the workspace (nothing followed) and stores at most the size the caps saw.
+async fn store_found(
+    store: &ArtifactStore,
+    record: &JobRecord,
+    workspace: &Arc<Dir>,
+    found: &Found,
+) -> Result<Stored, StoreError> {
+    let (dir, name, cap) = (workspace.clone(), found.name.clone(), found.size);
+    let opened = tokio::task::spawn_blocking(move || beneath::open_file(&dir, &name))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let source = match opened {
+        Ok((file, size)) => Source::new(file, size.min(cap), found.name.clone()),
+        Err(e) => {
+            return Ok(Stored::Gone(SkippedFile {
+                name: found.name.clone(),
+                size: found.size,
+                reason: format!("changed while being stored ({e})"),
+            }))
+        }
+    };
+    store_one(store, record, &found.name, &source)
+        .await
+        .map(Stored::File)
 }
 
 async fn store_one(
     store: &ArtifactStore,
     record: &JobRecord,
     name: &str,
-    path: &Path,
+    source: &Source,
 ) -> Result<FileEntry, StoreError> {
     let key = store.key(&record.id, name);
     let mut delay = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match store.upload_file(&key, path).await {
+        match store.upload(&key, source).await {
             Ok(up) => {
                 return Ok(FileEntry {
                     name: name.to_string(),
@@ -222,6 +287,7 @@ async fn store_one(
                     sha256: up.sha256,
                     content_type: content_type(name),
                     location: up.location,
+                    truncated: false,
                 })
             }
             Err(e) if attempt < UPLOAD_ATTEMPTS => {
@@ -236,51 +302,54 @@ async fn store_one(
 }
 
 /// Regular files under `root`, by relative name, sorted; and what could not be taken (links, special files,
-/// names that are not UTF-8).
-fn walk(root: &Path) -> (Vec<Found>, Vec<SkippedFile>) {
+/// names that are not UTF-8, the names the fleet keeps for itself). Nothing is followed: each directory is
+/// opened beneath its parent.
+fn walk(root: &Dir) -> (Vec<Found>, Vec<SkippedFile>) {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
-    let mut pending = vec![(root.to_path_buf(), String::new())];
+    let skip = |skipped: &mut Vec<SkippedFile>, name: String, reason: &str| {
+        skipped.push(SkippedFile {
+            name,
+            size: 0,
+            reason: reason.into(),
+        })
+    };
+    let mut pending: Vec<(Option<Dir>, String)> = vec![(None, String::new())];
     while let Some((dir, prefix)) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let here = dir.as_ref().unwrap_or(root);
+        let Ok(entries) = here.entries() else {
             continue;
         };
-        for entry in entries.flatten() {
-            let raw_name = entry.file_name();
+        for (raw_name, kind) in entries {
             let Some(part) = raw_name.to_str() else {
                 let name = format!("{prefix}{}", raw_name.to_string_lossy());
-                skipped.push(SkippedFile {
-                    name,
-                    size: 0,
-                    reason: "file name is not UTF-8".into(),
-                });
+                skip(&mut skipped, name, "file name is not UTF-8");
                 continue;
             };
             let name = format!("{prefix}{part}");
-            // symlink_metadata: a link is reported as a link, never followed out of the workspace.
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            if prefix.is_empty() && part == LOGS_DIR {
+                skip(
+                    &mut skipped,
+                    name,
+                    "reserved name: the fleet stores the job's logs under `_logs/`",
+                );
                 continue;
-            };
-            let kind = meta.file_type();
-            if kind.is_dir() {
-                pending.push((entry.path(), format!("{name}/")));
-            } else if kind.is_file() {
-                found.push(Found {
-                    name,
-                    path: entry.path(),
-                    size: meta.len(),
-                });
-            } else {
-                let reason = if kind.is_symlink() {
-                    "symbolic link (not followed)"
-                } else {
-                    "not a regular file"
-                };
-                skipped.push(SkippedFile {
-                    name,
-                    size: 0,
-                    reason: reason.into(),
-                });
+            }
+            match kind {
+                Kind::Dir => match here.dir(part.as_bytes()) {
+                    Ok(sub) => pending.push((Some(sub), format!("{name}/"))),
+                    Err(_) => skip(&mut skipped, name, "directory changed while being read"),
+                },
+                Kind::File => match here.file(part.as_bytes()) {
+                    Ok((file, size)) => found.push(Found {
+                        name,
+                        size,
+                        modified: file.metadata().and_then(|m| m.modified()).ok(),
+                    }),
+                    Err(_) => skip(&mut skipped, name, "not a regular file"),
+                },
+                Kind::Link => skip(&mut skipped, name, "symbolic link (not followed)"),
+                Kind::Other => skip(&mut skipped, name, "not a regular file"),
             }
         }
     }
@@ -297,13 +366,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("out/deep")).unwrap();
+        std::fs::create_dir_all(root.join("_logs")).unwrap();
+        std::fs::write(root.join("_logs/stdout.log"), b"forged").unwrap();
         std::fs::write(root.join("a b.txt"), b"1").unwrap();
         std::fs::write(root.join("out/deep/ü.csv"), b"22").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
-        let (found, skipped) = walk(root);
+        std::os::unix::fs::symlink("/etc", root.join("out/etc")).unwrap();
+        let (found, mut skipped) = walk(&Dir::open(root).unwrap());
         let names: Vec<_> = found.iter().map(|f| (f.name.as_str(), f.size)).collect();
         assert_eq!(names, [("a b.txt", 1), ("out/deep/ü.csv", 2)]);
-        assert_eq!(skipped.len(), 1);
-        assert_eq!(skipped[0].name, "escape");
+        skipped.sort_by(|a, b| a.name.cmp(&b.name));
+        let skipped: Vec<_> = skipped.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(skipped, ["_logs", "escape", "out/etc"]);
     }
 }

@@ -1,5 +1,7 @@
-//! Job directories: each job runs in an empty workspace, inside a root that holds its full logs and serves as
-//! its TMPDIR (neither collected as an artifact). Creating and deleting directories for every job costs more on
+//! Job directories: each job runs in an empty workspace, with an empty TMPDIR beside it, inside a root that holds
+//! its full logs (none of it but the workspace collected as artifacts). The root stays the worker's: an agent
+//! running as another user is handed only the workspace and TMPDIR, so it cannot plant anything where the worker
+//! writes its logs. Creating and deleting directories for every job costs more on
 //! ext4 than all the rest of the worker's per-job work, so clean roots are kept and reused: a root goes back to
 //! the pool only if it holds nothing but an empty workspace, and is checked again when taken.
 
@@ -11,10 +13,13 @@ use std::sync::Mutex;
 use fleet_shared::JobRecord;
 
 const WORKSPACE: &str = "workspace";
+const TMP: &str = "tmp";
 
 pub struct JobDirs {
     pub root: PathBuf,
     pub workspace: PathBuf,
+    /// The agent's TMPDIR.
+    pub tmp: PathBuf,
     pub stdout_log: PathBuf,
     pub stderr_log: PathBuf,
     /// Named after the job and kept afterwards, for inspection (`worker.keep_workspaces`).
@@ -27,12 +32,26 @@ impl JobDirs {
     fn at(root: PathBuf, kept: bool) -> Self {
         Self {
             workspace: root.join(WORKSPACE),
+            tmp: root.join(TMP),
             stdout_log: root.join("stdout.log"),
             stderr_log: root.join("stderr.log"),
             root,
             kept,
             dirty: false,
         }
+    }
+
+    fn create(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.workspace)?;
+        std::fs::create_dir(&self.tmp).or_else(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+    }
+
+    /// The directories an agent running as another user is given.
+    pub fn agent_owned(&self) -> Vec<PathBuf> {
+        vec![self.workspace.clone(), self.tmp.clone()]
     }
 
     /// Records that the run left files beside the workspace, so these directories are discarded, not reused.
@@ -65,12 +84,12 @@ impl DirPool {
                 self.base.join(format!("{}-{}", record.id, record.attempt)),
                 true,
             );
-            std::fs::create_dir_all(&dirs.workspace)?;
+            dirs.create()?;
             return Ok(dirs);
         }
         while let Some(root) = self.free.lock().ok().and_then(|mut f| f.pop()) {
-            // Checked fully when given back; here only that nothing appeared in the workspace since.
-            if is_empty_dir(&root.join(WORKSPACE)) {
+            // Checked fully when given back; here only that nothing appeared in the agent's directories since.
+            if is_empty_dir(&root.join(WORKSPACE)) && is_empty_dir(&root.join(TMP)) {
                 return Ok(JobDirs::at(root, false));
             }
             discard(root);
@@ -80,7 +99,7 @@ impl DirPool {
             .base
             .join(format!("slot-{}-{slot}", std::process::id()));
         let dirs = JobDirs::at(root, false);
-        std::fs::create_dir_all(&dirs.workspace)?;
+        dirs.create()?;
         Ok(dirs)
     }
 
@@ -99,13 +118,16 @@ impl DirPool {
     }
 }
 
-/// The root holds exactly an empty workspace directory.
+/// The root holds exactly an empty workspace and an empty TMPDIR.
 fn is_clean(root: &Path) -> bool {
-    let only_workspace = std::fs::read_dir(root).is_ok_and(|mut entries| {
-        matches!(entries.next(), Some(Ok(e)) if e.file_name() == WORKSPACE)
-            && entries.next().is_none()
-    });
-    only_workspace && is_empty_dir(&root.join(WORKSPACE))
+    let mut names: Vec<_> = match std::fs::read_dir(root) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
+        Err(_) => return false,
+    };
+    names.sort();
+    names == [TMP, WORKSPACE]
+        && is_empty_dir(&root.join(WORKSPACE))
+        && is_empty_dir(&root.join(TMP))
 }
 
 fn is_empty_dir(dir: &Path) -> bool {
@@ -153,7 +175,7 @@ mod tests {
         let again = pool.take(&record()).unwrap();
         assert_eq!(again.root, root, "a clean root is reused");
 
-        std::fs::write(again.workspace.join("left-behind"), b"x").unwrap();
+        std::fs::write(again.tmp.join("left-behind"), b"x").unwrap();
         pool.give_back(again);
         let fresh = pool.take(&record()).unwrap();
         assert_ne!(fresh.root, root, "a dirty root is not reused");

@@ -97,7 +97,7 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
             intake.request.agent
         );
         intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, reason));
-    } else if let Err(e) = intake.request.validate() {
+    } else if let Err(e) = topology.validate_request(&intake.request) {
         intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, e.to_string()));
     }
     intake

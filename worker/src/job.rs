@@ -192,7 +192,15 @@ async fn run_job(
                     });
                 }
             };
-            let mut spec = run_spec(&held.record, agent, &shared.config.worker, &dirs, sandbox);
+            let config = &shared.config;
+            let mut spec = run_spec(
+                &held.record,
+                agent,
+                &config.worker,
+                &config.artifacts,
+                &dirs,
+                sandbox,
+            );
             spec.cancel = registration.token.clone();
             let job_events = Events::new(
                 &shared.client,
@@ -209,7 +217,15 @@ async fn run_job(
             }
             spec.events = Some(job_events.clone());
             shared.metrics.run_started(&held.record);
-            let run = supervisor::run(spec, stop.clone()).instrument(tracing::info_span!("run"));
+            let cgroup = match shared.cgroups.as_ref().map(|c| c.lease()).transpose() {
+                Ok(cgroup) => cgroup,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one");
+                    None
+                }
+            };
+            let run = supervisor::run(spec, stop.clone(), cgroup.as_ref())
+                .instrument(tracing::info_span!("run"));
             let watch = Watch {
                 msg,
                 key: &key,

@@ -7,7 +7,9 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod beneath;
 pub mod cancels;
+pub mod cgroup;
 pub mod delivery;
 pub mod dirs;
 pub mod discovery;
@@ -57,6 +59,8 @@ pub struct Shared {
     /// Cancelled when running jobs must end now (shutdown grace exhausted).
     pub kill_running: CancellationToken,
     pub metrics: metrics::WorkerMetrics,
+    /// A cgroup per running job, where the machine offers them.
+    pub cgroups: Option<cgroup::Cgroups>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +81,17 @@ pub enum WorkerError {
     },
     #[error("cannot create the work directory {dir}: {source}")]
     WorkDir { dir: String, source: std::io::Error },
+}
+
+fn job_cgroups() -> Option<cgroup::Cgroups> {
+    let found = cgroup::Cgroups::find();
+    match &found {
+        Some(c) => tracing::info!(cgroups = %c.path().display(), "each job runs in a cgroup of its own"),
+        None => tracing::warn!(
+            "no writable cgroup v2 hierarchy with cgroup.kill: a job's processes that leave its process group can outlive it"
+        ),
+    }
+    found
 }
 
 /// A worker's identity when the configuration names none: host, pid and a random suffix.
@@ -174,6 +189,7 @@ pub async fn run(
         stop_pulling: shutdown.child_token(),
         kill_running: CancellationToken::new(),
         metrics: metrics::WorkerMetrics::new(config.worker.max_concurrent),
+        cgroups: job_cgroups(),
     });
     tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 

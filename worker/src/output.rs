@@ -5,7 +5,9 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -22,6 +24,10 @@ pub struct Captured {
     pub total: u64,
     /// A full log file was written for this stream.
     pub logged: bool,
+    /// The full log, kept open: it is stored from this descriptor, never reopened by path.
+    pub log: Option<Arc<File>>,
+    /// The full log stopped at its size limit (it ends with a line saying so).
+    pub log_truncated: bool,
 }
 
 impl Captured {
@@ -44,32 +50,84 @@ impl Captured {
     }
 }
 
+/// Where a stream's full log goes and how large it may grow.
+#[derive(Debug, Clone)]
+pub struct LogTarget {
+    pub path: PathBuf,
+    /// The per-file artifact limit: a log is a stored file like any other.
+    pub max_bytes: u64,
+}
+
 /// The full log of one stream, opened only once it is needed.
 struct LazyLog {
-    path: Option<PathBuf>,
-    file: Option<File>,
+    target: Option<LogTarget>,
+    file: Option<Arc<File>>,
+    written: u64,
     /// Writing failed (disk full): the record keeps its capped copy, logging stops.
     broken: bool,
+    /// The limit was reached and the marker written.
+    truncated: bool,
+}
+
+/// Creates the log where nothing may exist yet: a link, FIFO or file planted under its name fails the open
+/// rather than being followed, blocked on or overwritten.
+fn create_log(path: &std::path::Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
 }
 
 impl LazyLog {
+    fn new(target: Option<LogTarget>) -> Self {
+        Self {
+            target,
+            file: None,
+            written: 0,
+            broken: false,
+            truncated: false,
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) {
-        if self.broken {
+        if self.broken || self.truncated {
             return;
         }
+        let Some(target) = &self.target else { return };
         if self.file.is_none() {
-            let Some(path) = &self.path else { return };
-            match File::create(path) {
-                Ok(f) => self.file = Some(f),
+            match create_log(&target.path) {
+                Ok(f) => self.file = Some(Arc::new(f)),
                 Err(e) => {
-                    tracing::warn!(error = %e, path = %path.display(), "cannot create the full log");
+                    tracing::warn!(error = %e, path = %target.path.display(), "cannot create the full log");
                     self.broken = true;
                     return;
                 }
             }
         }
-        // Page-cache writes of one chunk are short; a blocking call here is cheaper than a thread hop.
-        if let Some(Err(e)) = self.file.as_mut().map(|f| f.write_all(bytes)) {
+        let room = target.max_bytes.saturating_sub(self.written);
+        let kept = &bytes[..bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX))];
+        let marker = (kept.len() < bytes.len()).then(|| {
+            format!(
+                "\n[fleet: the log stops here, at the per-file limit of {} bytes]\n",
+                target.max_bytes
+            )
+        });
+        // Page-cache writes of one chunk to a regular file the worker just created are short; a blocking call
+        // here is cheaper than a thread hop.
+        let Some(mut file) = self.file.as_deref() else {
+            return;
+        };
+        let wrote = file.write_all(kept).and_then(|()| {
+            marker
+                .as_ref()
+                .map_or(Ok(()), |m| file.write_all(m.as_bytes()))
+        });
+        self.written += kept.len() as u64;
+        self.truncated = marker.is_some();
+        if let Err(e) = wrote {
             tracing::warn!(error = %e, "writing the full log failed; the record keeps the capped copy");
             self.broken = true;
         }
@@ -77,6 +135,17 @@ impl LazyLog {
 
     fn is_open(&self) -> bool {
         self.file.is_some() || self.broken
+    }
+
+    /// Keeps `captured` current after every write, so what was logged is known even if the capture is cut off.
+    fn note_in(&self, captured: &mut Captured) {
+        captured.log_truncated = self.truncated;
+        if captured.log.is_none() && !self.broken {
+            captured.log = self.file.clone();
+        }
+        if self.broken {
+            captured.log = None;
+        }
     }
 }
 
@@ -99,16 +168,12 @@ impl OutputSink for NoSink {
 /// early. Log write failures never stop the reading, so the agent is never blocked on a full pipe.
 pub async fn capture(
     mut source: impl AsyncRead + Unpin,
-    log_path: Option<PathBuf>,
+    log_target: Option<LogTarget>,
     cap: usize,
     captured: &mut Captured,
     sink: &mut impl OutputSink,
 ) {
-    let mut log = LazyLog {
-        path: log_path,
-        file: None,
-        broken: false,
-    };
+    let mut log = LazyLog::new(log_target);
     let mut buf = vec![0u8; FIRST_CHUNK];
     loop {
         let n = match source.read(&mut buf).await {
@@ -139,6 +204,7 @@ pub async fn capture(
                 log.write(&chunk[..kept]);
             }
             log.write(&chunk[kept..]);
+            log.note_in(captured);
         }
         sink.chunk(chunk).await;
     }
@@ -146,6 +212,7 @@ pub async fn capture(
     if !log.is_open() && std::str::from_utf8(&captured.head).is_err() {
         captured.logged = true;
         log.write(&captured.head);
+        log.note_in(captured);
     }
 }
 
@@ -159,7 +226,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut c = Captured::default();
-        capture(&data[..], Some(path.clone()), 1000, &mut c, &mut NoSink).await;
+        capture(
+            &data[..],
+            Some(LogTarget {
+                path: path.clone(),
+                max_bytes: 1 << 30,
+            }),
+            1000,
+            &mut c,
+            &mut NoSink,
+        )
+        .await;
         assert!(c.logged);
         assert_eq!(c.total, 200_000);
         assert_eq!(c.head, &data[..1000]);
@@ -174,7 +251,10 @@ mod tests {
         let mut c = Captured::default();
         capture(
             &b"hello\n"[..],
-            Some(path.clone()),
+            Some(LogTarget {
+                path: path.clone(),
+                max_bytes: 1 << 30,
+            }),
             1000,
             &mut c,
             &mut NoSink,
@@ -184,7 +264,17 @@ mod tests {
         assert!(!path.exists() && !c.logged);
         let raw = b"ok \xff\n";
         let mut c = Captured::default();
-        capture(&raw[..], Some(path.clone()), 1000, &mut c, &mut NoSink).await;
+        capture(
+            &raw[..],
+            Some(LogTarget {
+                path: path.clone(),
+                max_bytes: 1 << 30,
+            }),
+            1000,
+            &mut c,
+            &mut NoSink,
+        )
+        .await;
         assert!(c.logged);
         assert_eq!(c.head, raw);
         assert_eq!(std::fs::read(&path).unwrap(), raw);
@@ -195,14 +285,14 @@ mod tests {
         let c = Captured {
             head: b"ok\xffok".to_vec(),
             total: 5,
-            logged: false,
+            ..Default::default()
         };
         assert_eq!(c.lossy_text(), "ok\u{fffd}ok");
         // "é" is two bytes; the cap kept only the first.
         let c = Captured {
             head: b"ab\xc3".to_vec(),
             total: 4,
-            logged: false,
+            ..Default::default()
         };
         assert_eq!(c.lossy_text(), "ab");
     }

@@ -168,7 +168,7 @@ fn resolve_user(spec: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
 }
 
 /// Hands the job's directories to the agent's user, so it can write its workspace and temporary files.
-pub fn give_dirs(user: (libc::uid_t, libc::gid_t), dirs: &[&std::path::Path]) -> io::Result<()> {
+pub fn give_dirs(user: (libc::uid_t, libc::gid_t), dirs: &[std::path::PathBuf]) -> io::Result<()> {
     for dir in dirs {
         std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
     }

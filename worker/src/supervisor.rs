@@ -15,7 +15,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::output::{capture, Captured};
+use crate::cgroup::JobCgroup;
+use crate::output::{capture, Captured, LogTarget};
 
 /// How long output pipes may stay open after the process group is gone (a process that left the group with
 /// `setsid` could hold them forever).
@@ -29,13 +30,15 @@ pub struct RunSpec {
     /// The complete environment of the child; nothing is inherited from the worker.
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    /// Directories handed to the agent's user when it runs as another one (its workspace and TMPDIR).
+    pub agent_dirs: Vec<PathBuf>,
     pub timeout: Duration,
     pub kill_grace: Duration,
     pub output_cap: usize,
     /// Where the full stdout and stderr logs are written (outside the workspace) when the record's capped copy
     /// is not the exact output.
-    pub stdout_log: Option<PathBuf>,
-    pub stderr_log: Option<PathBuf>,
+    pub stdout_log: Option<LogTarget>,
+    pub stderr_log: Option<LogTarget>,
     /// Cancelled when the job is cancelled: the process group is ended as for a timeout.
     pub cancel: CancellationToken,
     /// Stdout and stderr on a pseudo-terminal (merged) instead of pipes.
@@ -88,8 +91,13 @@ pub enum SpawnError {
     Input(String),
 }
 
-/// Runs the agent to its end. `stop` asks for the process group to be terminated early.
-pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, SpawnError> {
+/// Runs the agent to its end. `stop` asks for the process group to be terminated early. With a `cgroup`, every
+/// process the agent starts is in it, and all of them are gone when this returns.
+pub async fn run(
+    spec: RunSpec,
+    stop: CancellationToken,
+    cgroup: Option<&JobCgroup<'_>>,
+) -> Result<RunOutcome, SpawnError> {
     let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
     let (stdout_log, stderr_log) = (spec.stdout_log.clone(), spec.stderr_log.clone());
     let events = spec.events.clone();
@@ -109,16 +117,25 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
     let sandbox = spec.sandbox;
     if !sandbox.is_empty() {
         if let Some(user) = sandbox.user {
-            let mut dirs = vec![spec.cwd.as_path()];
-            dirs.extend(spec.cwd.parent());
-            crate::sandbox::give_dirs(user, &dirs).map_err(|source| SpawnError::Start {
-                program: program.clone(),
-                source,
+            crate::sandbox::give_dirs(user, &spec.agent_dirs).map_err(|source| {
+                SpawnError::Start {
+                    program: program.clone(),
+                    source,
+                }
             })?;
         }
+        let join_fd = cgroup.map(JobCgroup::procs_fd);
         // SAFETY: the closure only makes async-signal-safe system calls on values copied before the fork.
         unsafe {
-            cmd.pre_exec(move || sandbox.apply_in_child());
+            cmd.pre_exec(move || {
+                // Into the job's cgroup first, before anything of the agent runs.
+                if let Some(fd) = join_fd {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                sandbox.apply_in_child()
+            });
         }
     }
     let start_err = |source| SpawnError::Start {
@@ -141,6 +158,12 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
     drop(cmd);
     let mut child = spawned?;
     let pid = child.id() as libc::pid_t;
+    if let (true, Some(cgroup)) = (sandbox.is_empty(), cgroup) {
+        // The cheap spawn path has no hook in the child: move it in now, before its program has loaded.
+        if let Err(e) = cgroup.add(pid) {
+            tracing::warn!(error = %e, "cannot move the agent into its cgroup");
+        }
+    }
     // From here the child exists: every path below must reap it.
     let exit = match PidFd::open(pid) {
         Ok(fd) => fd,
@@ -190,8 +213,14 @@ pub async fn run(spec: RunSpec, stop: CancellationToken) -> Result<RunOutcome, S
                 exit.exited().await;
             }
         }
-        // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left.
+        // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left,
+        // and with a cgroup also whatever left the group.
         signal_group(pid, libc::SIGKILL);
+        if let Some(cgroup) = cgroup {
+            if let Err(e) = cgroup.kill_all().await {
+                tracing::warn!(error = %e, "cannot end every process of the job's cgroup");
+            }
+        }
         let (ending, mut resources) = reap(pid);
         resources.wall_ms = started.elapsed().as_millis() as u64;
         (ending, resources, killed)
@@ -261,7 +290,7 @@ async fn feed(pipe: Option<tokio::process::ChildStdin>, bytes: Option<Vec<u8>>) 
 
 async fn capture_into(
     pipe: Option<impl tokio::io::AsyncRead + Unpin>,
-    log: Option<PathBuf>,
+    log: Option<LogTarget>,
     cap: usize,
     into: &mut Captured,
     events: Option<&crate::events::Events>,
@@ -383,6 +412,7 @@ mod tests {
             stdin: None,
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: std::env::temp_dir(),
+            agent_dirs: Vec::new(),
             timeout: Duration::from_secs(10),
             kill_grace: Duration::from_millis(300),
             output_cap: 1024,
@@ -395,7 +425,7 @@ mod tests {
     async fn exit_code_output_and_stdin_are_captured() {
         let mut s = spec(&["sh", "-c", "cat; echo err >&2; exit 3"]);
         s.stdin = Some(b"from stdin".to_vec());
-        let out = run(s, CancellationToken::new()).await.unwrap();
+        let out = run(s, CancellationToken::new(), None).await.unwrap();
         assert_eq!(out.ending, Ending::Exited(3));
         assert_eq!(out.stdout.head, b"from stdin");
         assert_eq!(out.stderr.head, b"err\n");
@@ -404,7 +434,9 @@ mod tests {
 
     #[tokio::test]
     async fn environment_is_only_what_the_spec_gives() {
-        let out = run(spec(&["env"]), CancellationToken::new()).await.unwrap();
+        let out = run(spec(&["env"]), CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout.head),
             "PATH=/usr/bin:/bin\n"
@@ -413,9 +445,13 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error() {
-        let err = run(spec(&["/nonexistent/agent"]), CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = run(
+            spec(&["/nonexistent/agent"]),
+            CancellationToken::new(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, SpawnError::Start { .. }), "{err}");
     }
 
@@ -424,7 +460,7 @@ mod tests {
         let mut s = spec(&["sh", "-c", "trap '' TERM; sleep 30"]);
         s.timeout = Duration::from_millis(200);
         let t = Instant::now();
-        let out = run(s, CancellationToken::new()).await.unwrap();
+        let out = run(s, CancellationToken::new(), None).await.unwrap();
         assert_eq!(out.killed, Some(KillReason::Timeout));
         assert_eq!(out.ending, Ending::Signaled(libc::SIGKILL));
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
@@ -437,14 +473,16 @@ mod tests {
             "-c",
             "if test -t 1; then echo tty; else echo pipe; fi; echo err >&2",
         ];
-        let out = run(spec(&probe), CancellationToken::new()).await.unwrap();
+        let out = run(spec(&probe), CancellationToken::new(), None)
+            .await
+            .unwrap();
         assert_eq!(
             (out.stdout.head.as_slice(), out.stderr.head.as_slice()),
             (&b"pipe\n"[..], &b"err\n"[..])
         );
         let mut on_tty = spec(&probe);
         on_tty.pty = true;
-        let out = run(on_tty, CancellationToken::new()).await.unwrap();
+        let out = run(on_tty, CancellationToken::new(), None).await.unwrap();
         assert_eq!(out.stdout.head, b"tty\nerr\n");
         assert_eq!(out.ending, Ending::Exited(0));
     }
@@ -457,7 +495,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             s.cancel();
         });
-        let out = run(spec(&["sleep", "30"]), stop).await.unwrap();
+        let out = run(spec(&["sleep", "30"]), stop, None).await.unwrap();
         assert_eq!(out.killed, Some(KillReason::Requested));
         assert_eq!(out.ending, Ending::Signaled(libc::SIGTERM));
     }
@@ -467,13 +505,52 @@ mod tests {
         // `setsid` leaves the process group, so the group kill misses it and it keeps the pipe open.
         let s = spec(&["sh", "-c", "setsid sleep 4 & sleep 0.3; echo before"]);
         let t = Instant::now();
-        let out = run(s, CancellationToken::new()).await.unwrap();
+        let out = run(s, CancellationToken::new(), None).await.unwrap();
         assert_eq!(out.ending, Ending::Exited(0));
         assert_eq!(out.stdout.head, b"before\n");
         assert!(
             t.elapsed() < DRAIN_DEADLINE + Duration::from_secs(2),
             "{:?}",
             t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_escaped_daemon_ends_with_the_run_when_it_has_a_cgroup() {
+        let Some(cgroups) = crate::cgroup::Cgroups::find() else {
+            // Only where a writable cgroup v2 hierarchy exists (CI runs as root and has one).
+            assert_ne!(
+                unsafe { libc::geteuid() },
+                0,
+                "root without a usable cgroup v2 hierarchy"
+            );
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("daemon.pid");
+        let script = format!(
+            "(setsid sh -c 'echo $$ > {}; exec sleep 60' &) ; sleep 0.2",
+            pidfile.display()
+        );
+        let cgroup = cgroups.lease().unwrap();
+        // Confined (here by a limit), so the child joins the cgroup itself before exec.
+        let mut confined = spec(&["sh", "-c", &script]);
+        confined.sandbox.limits.open_files = Some(1024);
+        let out = run(confined, CancellationToken::new(), Some(&cgroup))
+            .await
+            .unwrap();
+        assert_eq!(out.ending, Ending::Exited(0));
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Gone, or a zombie its new parent has not reaped yet.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = state.rsplit(") ").next().and_then(|s| s.chars().next());
+        assert!(
+            matches!(state, None | Some('Z' | 'X')),
+            "the daemon {pid} outlived its job: {state:?}"
         );
     }
 
@@ -486,6 +563,7 @@ mod tests {
                 "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
             ]),
             CancellationToken::new(),
+            None,
         )
         .await
         .unwrap();

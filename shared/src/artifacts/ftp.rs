@@ -3,7 +3,6 @@
 //! temporary name and are renamed into place, so a crash mid-upload never leaves a partial file under the real name.
 
 use std::ops::Range;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -142,21 +141,22 @@ impl FtpStore {
         }
     }
 
-    pub(super) async fn upload_file(
+    /// Stores `source` under `key`: its size and SHA-256.
+    pub(super) async fn upload(
         &self,
         key: &StoreKey,
-        path: &Path,
-    ) -> Result<String, StoreError> {
-        let read_err = |source| StoreError::Read {
+        source: &super::Source,
+    ) -> Result<(u64, String), StoreError> {
+        let read_err = |e| StoreError::Read {
             store: self.url.clone(),
-            path: path.display().to_string(),
-            source,
+            path: source.label().to_string(),
+            source: e,
         };
         let target = self.path(key);
         let dir = target.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
         let partial = format!("{dir}/.{}.partial", uuid::Uuid::now_v7());
         let mut conn = self.checkout().await?;
-        let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+        let mut file = source.async_reader().await.map_err(read_err)?;
         let mut transfer = match conn.put_with_stream(&partial).await {
             Ok(t) => t,
             // The job's directory does not exist yet: create it and try once more.
@@ -169,6 +169,7 @@ impl FtpStore {
             Err(e) => return Err(self.err(e)),
         };
         let mut hasher = Sha256::new();
+        let mut size = 0u64;
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let n = file.read(&mut buf).await.map_err(read_err)?;
@@ -176,6 +177,7 @@ impl FtpStore {
                 break;
             }
             hasher.update(&buf[..n]);
+            size += n as u64;
             transfer
                 .write_all(&buf[..n])
                 .await
@@ -187,7 +189,7 @@ impl FtpStore {
             return Err(self.err(e));
         }
         self.checkin(conn);
-        Ok(hex_digest(hasher))
+        Ok((size, hex_digest(hasher)))
     }
 
     /// `MKD` for every level of `dir`, the base path included; levels that already exist answer 550, which is

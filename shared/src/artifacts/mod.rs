@@ -3,7 +3,10 @@
 //! under `<prefix>/<job_id>/_logs/`.
 
 mod ftp;
+mod source;
 pub mod targets;
+
+pub use source::Source;
 
 use std::ops::Range;
 use std::path::Path;
@@ -203,38 +206,54 @@ impl ArtifactStore {
         }
     }
 
-    /// Stores the file at `path` under `key` and returns its size and SHA-256. Memory stays bounded whatever the
-    /// file's size: a local store gets a kernel copy, a remote one a multipart upload with few parts in flight.
+    /// Stores the file at `path` (one of the fleet's own, such as a spooled upload) under `key`.
     pub async fn upload_file(&self, key: &StorePath, path: &Path) -> Result<Uploaded, StoreError> {
-        let read_err = |source| StoreError::Read {
+        let opening = path.to_path_buf();
+        let source = tokio::task::spawn_blocking(move || Source::open(&opening))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| StoreError::Read {
+                store: self.base_url.clone(),
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.upload(key, &source).await
+    }
+
+    /// Stores `source` under `key` and returns its size and SHA-256. Memory stays bounded whatever the file's
+    /// size: a local store gets one blocking copy, a remote one a multipart upload with few parts in flight.
+    pub async fn upload(&self, key: &StorePath, source: &Source) -> Result<Uploaded, StoreError> {
+        let read_err = |e| StoreError::Read {
             store: self.base_url.clone(),
-            path: path.display().to_string(),
-            source,
+            path: source.label().to_string(),
+            source: e,
         };
         if let Backend::Object {
             local: Some(local), ..
         } = &self.backend
         {
-            let (size, sha256) = self.copy_local(local, key, path).await?;
+            let (size, sha256) = self.copy_local(local, key, source).await?;
             return Ok(Uploaded {
                 size,
                 sha256,
                 location: self.location(key),
             });
         }
-        let size = tokio::fs::metadata(path).await.map_err(read_err)?.len();
-        let sha256 = match &self.backend {
-            Backend::Ftp(ftp) => ftp.upload_file(key, path).await?,
-            Backend::Object { inner, .. } if size <= PART as u64 => {
-                let data = tokio::fs::read(path).await.map_err(read_err)?;
+        let (size, sha256) = match &self.backend {
+            Backend::Ftp(ftp) => ftp.upload(key, source).await?,
+            Backend::Object { inner, .. } if source.size() <= PART as u64 => {
+                let mut data = Vec::with_capacity(source.size() as usize);
+                let mut reader = source.async_reader().await.map_err(read_err)?;
+                reader.read_to_end(&mut data).await.map_err(read_err)?;
                 let sha = hex_digest(Sha256::new_with_prefix(&data));
+                let size = data.len() as u64;
                 inner
                     .put(key, PutPayload::from(data))
                     .await
                     .map_err(|e| self.err(e))?;
-                sha
+                (size, sha)
             }
-            Backend::Object { inner, .. } => self.put_in_parts(inner, key, path).await?,
+            Backend::Object { inner, .. } => self.put_in_parts(inner, key, source).await?,
         };
         Ok(Uploaded {
             size,
@@ -249,23 +268,23 @@ impl ArtifactStore {
         &self,
         local: &object_store::local::LocalFileSystem,
         key: &StorePath,
-        path: &Path,
+        source: &Source,
     ) -> Result<(u64, String), StoreError> {
         let target = local.path_to_filesystem(key).map_err(|e| self.err(e))?;
-        let source = path.to_path_buf();
-        let copied = tokio::task::spawn_blocking(move || copy_and_hash(&source, &target))
+        let from = source.clone();
+        let copied = tokio::task::spawn_blocking(move || copy_and_hash(&from, &target))
             .await
             .unwrap_or_else(|e| Err(LocalCopyError::Target(std::io::Error::other(e))));
         copied.map_err(|e| match e {
-            LocalCopyError::Source(source) => StoreError::Read {
+            LocalCopyError::Source(e) => StoreError::Read {
                 store: self.base_url.clone(),
-                path: path.display().to_string(),
-                source,
+                path: source.label().to_string(),
+                source: e,
             },
-            LocalCopyError::Target(source) => StoreError::Read {
+            LocalCopyError::Target(e) => StoreError::Read {
                 store: self.base_url.clone(),
                 path: key.to_string(),
-                source,
+                source: e,
             },
         })
     }
@@ -274,35 +293,38 @@ impl ArtifactStore {
         &self,
         inner: &Arc<dyn ObjectStore>,
         key: &StorePath,
-        path: &Path,
-    ) -> Result<String, StoreError> {
-        let read_err = |source| StoreError::Read {
+        source: &Source,
+    ) -> Result<(u64, String), StoreError> {
+        let read_err = |e| StoreError::Read {
             store: self.base_url.clone(),
-            path: path.display().to_string(),
-            source,
+            path: source.label().to_string(),
+            source: e,
         };
-        let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+        let mut file = source.async_reader().await.map_err(read_err)?;
         let upload = inner.put_multipart(key).await.map_err(|e| self.err(e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let mut hasher = Sha256::new();
+        let mut size = 0u64;
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             let n = match file.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
+                    // The read error is the one to report; a failed abort only leaves parts the store expires.
                     let _ = writer.abort().await;
                     return Err(read_err(e));
                 }
             };
             hasher.update(&buf[..n]);
+            size += n as u64;
             if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
                 return Err(self.err(e));
             }
             writer.write(&buf[..n]);
         }
         writer.finish().await.map_err(|e| self.err(e))?;
-        Ok(hex_digest(hasher))
+        Ok((size, hex_digest(hasher)))
     }
 
     /// Reads `key`, or the byte range of it given (`start..end`, end exclusive, clamped to the object).
@@ -501,45 +523,40 @@ enum LocalCopyError {
     Target(std::io::Error),
 }
 
-/// Files up to this size are read once into memory, hashed and written; larger ones are hashed in a read pass and
-/// copied by the kernel.
-const IN_MEMORY_COPY: u64 = 1024 * 1024;
-
 /// Copies `source` to `target` under a temporary name and renames it, so a crash never leaves a partial file under
-/// the real name. Returns the size and SHA-256 of what was copied.
-fn copy_and_hash(source: &Path, target: &Path) -> Result<(u64, String), LocalCopyError> {
-    use std::io::Read;
-    use LocalCopyError::{Source, Target};
-    let mut file = std::fs::File::open(source).map_err(Source)?;
-    let mut size = file.metadata().map_err(Source)?.len();
+/// the real name. Returns the size and SHA-256 of what was copied (read once, hashed as it is written).
+fn copy_and_hash(source: &Source, target: &Path) -> Result<(u64, String), LocalCopyError> {
+    use std::io::{Read, Write};
+    use LocalCopyError::{Source as Src, Target};
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(Target)?;
     }
     let partial = target.with_file_name(format!(".{}.partial", Uuid::now_v7()));
-    let sha256 = if size <= IN_MEMORY_COPY {
-        let mut data = Vec::with_capacity(size as usize);
-        file.read_to_end(&mut data).map_err(Source)?;
-        std::fs::write(&partial, &data).map_err(Target)?;
-        size = data.len() as u64;
-        hex_digest(Sha256::new_with_prefix(&data))
-    } else {
+    let copied = (|| {
+        let mut reader = source.reader();
+        let mut out = std::fs::File::create(&partial).map_err(Target)?;
         let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; LOCAL_READ_CHUNK];
+        let mut size = 0u64;
+        let mut buf = vec![0u8; LOCAL_READ_CHUNK.min(source.size() as usize).max(1)];
         loop {
-            let n = file.read(&mut buf).map_err(Source)?;
-            if n == 0 {
-                break;
-            }
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Src(e)),
+            };
             hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(Target)?;
+            size += n as u64;
         }
-        std::fs::copy(source, &partial).map_err(Target)?;
-        hex_digest(hasher)
-    };
-    if let Err(e) = std::fs::rename(&partial, target) {
+        std::fs::rename(&partial, target).map_err(Target)?;
+        Ok((size, hex_digest(hasher)))
+    })();
+    if copied.is_err() {
+        // The copy's own error is the one to report; the partial file may not even exist.
         let _ = std::fs::remove_file(&partial);
-        return Err(Target(e));
     }
-    Ok((size, sha256))
+    copied
 }
 
 pub(crate) fn hex_digest(h: Sha256) -> String {
@@ -556,6 +573,12 @@ pub fn content_type(name: &str) -> String {
 
 /// Is `name` a safe relative artifact name: non-empty `/`-separated parts, none empty, `.` or `..`, no NUL or
 /// backslash, not absolute?
+/// Names the fleet uses for itself beside a job's files (its logs, its manifest): never an input, never an
+/// output of the job.
+pub fn is_reserved_name(name: &str) -> bool {
+    name == LOGS_DIR || name.starts_with(&format!("{LOGS_DIR}/"))
+}
+
 pub fn is_safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 1024
