@@ -336,6 +336,14 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
+/// `_logs/manifest.json`, stored beside a job's files when they are many: every stored and every skipped file,
+/// including those a record trimmed to fit NATS's message size leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest<'a> {
+    pub files: std::borrow::Cow<'a, [FileEntry]>,
+    pub skipped_files: std::borrow::Cow<'a, [SkippedFile]>,
+}
+
 /// The job's record in the `jobs` KV bucket, and the payload of its reply. Exactly one terminal version of it is
 /// ever written per job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -374,6 +382,10 @@ pub struct JobRecord {
     pub stderr_truncated_bytes: u64,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Stored files left out of `files` so the record stays within NATS's message size; the stored manifest
+    /// (`_logs/manifest.json`) lists them all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_omitted: u64,
     /// Files the job produced that were not stored (over a size or count cap), with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped_files: Vec<SkippedFile>,
@@ -448,6 +460,7 @@ impl JobRecord {
             stdout_truncated_bytes: 0,
             stderr_truncated_bytes: 0,
             files: Vec::new(),
+            files_omitted: 0,
             skipped_files: Vec::new(),
             skipped_files_omitted: 0,
             logs: Vec::new(),

@@ -16,7 +16,7 @@ use async_nats::jetstream::kv;
 use fleet_shared::artifacts::targets::Stores;
 use fleet_shared::artifacts::{content_type, ArtifactStore, Source, StoreError, LOGS_DIR};
 use fleet_shared::config::ArtifactsConfig;
-use fleet_shared::wire::{FileEntry, InputFile, SkippedFile};
+use fleet_shared::wire::{FileEntry, InputFile, Manifest, SkippedFile};
 use fleet_shared::JobRecord;
 
 use crate::beneath::{self, Dir, Kind};
@@ -28,10 +28,18 @@ const UPLOAD_ATTEMPTS: u32 = 3;
 /// Files of one job uploaded at once.
 const UPLOADS_IN_FLIGHT: usize = 8;
 
+/// Entries of `skipped_files` a record lists at most; the manifest lists them all.
+const SKIPPED_LISTED: usize = 100;
+/// Past this many files and skipped entries in all, a manifest listing them is stored beside the logs, so a
+/// record trimmed to fit NATS's message size still points at everything.
+const MANIFEST_OVER: usize = 200;
+
 #[derive(Debug, Default)]
 pub struct Collected {
     pub files: Vec<FileEntry>,
     pub skipped: Vec<SkippedFile>,
+    /// Skipped entries left out of `skipped` (listed in the manifest).
+    pub skipped_omitted: u64,
     pub logs: Vec<FileEntry>,
 }
 
@@ -191,7 +199,52 @@ pub async fn collect(
         entry.truncated = captured.log_truncated;
         collected.logs.push(entry);
     }
+    if collected.files.len() + collected.skipped.len() > MANIFEST_OVER {
+        let manifest = store_manifest(store, record, dirs, &collected).await?;
+        collected.logs.push(manifest);
+    }
+    if collected.skipped.len() > SKIPPED_LISTED {
+        collected.skipped_omitted = (collected.skipped.len() - SKIPPED_LISTED) as u64;
+        collected.skipped.truncate(SKIPPED_LISTED);
+    }
     Ok(collected)
+}
+
+/// `_logs/manifest.json`: every stored and every skipped file, written where only the worker writes.
+async fn store_manifest(
+    store: &ArtifactStore,
+    record: &JobRecord,
+    dirs: &JobDirs,
+    collected: &Collected,
+) -> Result<FileEntry, StoreError> {
+    let name = format!("{LOGS_DIR}/manifest.json");
+    let body = serde_json::to_vec(&Manifest {
+        files: collected.files.as_slice().into(),
+        skipped_files: collected.skipped.as_slice().into(),
+    })
+    .map_err(|e| StoreError::Read {
+        store: store.name().to_string(),
+        path: name.clone(),
+        source: e.into(),
+    })?;
+    let path = dirs.root.join("manifest.json");
+    let label = name.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = crate::output::create_log(&path)?;
+        file.write_all(&body)?;
+        file.flush()?;
+        let size = file.metadata()?.len();
+        Ok::<_, std::io::Error>(Source::new(file, size, label))
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let source = written.map_err(|e| StoreError::Read {
+        store: store.name().to_string(),
+        path: name.clone(),
+        source: e,
+    })?;
+    store_one(store, record, &name, &source).await
 }
 
 /// The files within the size and count caps, in name order; the others go to `skipped` with the reason.

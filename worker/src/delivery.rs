@@ -14,6 +14,13 @@ pub async fn announce(
     format: Format,
     output_sent: bool,
 ) {
+    reply(client, record, format).await;
+    done(client, topology, record, output_sent).await;
+}
+
+/// Sends `record` to its reply subject only: for an answer that is not the job's record (a message refused
+/// without touching the job it names), which must not reach that job's waiters.
+pub async fn reply(client: &async_nats::Client, record: &JobRecord, format: Format) {
     if let Some(reply_to) = &record.request.reply_to {
         match encode(record, format) {
             Ok(payload) => {
@@ -31,6 +38,14 @@ pub async fn announce(
             Err(e) => tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed"),
         }
     }
+}
+
+async fn done(
+    client: &async_nats::Client,
+    topology: &Topology,
+    record: &JobRecord,
+    output_sent: bool,
+) {
     // A job whose events never went live publishes no `end` event: listeners take its end from the done notice.
     let mut headers = HeaderMap::new();
     if output_sent {

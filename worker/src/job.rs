@@ -87,15 +87,8 @@ async fn run_job(
     let key = shared.topology.record_key(&intake.request.id);
     if let Some(error) = intake.rejected {
         tracing::info!(code = %error.code, reason = %error.message, "rejecting job");
-        return write_and_announce(
-            shared,
-            &key,
-            JobRecord::failed_without_run(intake.request, error),
-            None,
-            intake.format,
-            false,
-        )
-        .await;
+        let record = JobRecord::failed_without_run(intake.request, error);
+        return refuse(shared, &key, record, intake.format).await;
     }
     let Some(agent) = shared.config.agents.get(&intake.request.agent) else {
         // This worker pulls only for agents it has configured; a mismatch means a stale consumer.
@@ -126,6 +119,11 @@ async fn run_job(
                 tracing::warn!(error = %e, "reading the retried job's record failed; retrying later");
                 return Settle::Retry(Some(Duration::from_millis(500)));
             }
+        }
+    }
+    if intake.queued_revision.is_none() && intake.generation == 0 {
+        if let Some(settle) = check_direct_publish(shared, &key, &queued, intake.format).await {
+            return settle;
         }
     }
     if shared.cancels.is_requested(&queued.id, intake.generation) {
@@ -202,6 +200,8 @@ async fn run_job(
                 sandbox,
             );
             spec.cancel = registration.token.clone();
+            spec.output_cap =
+                crate::fit::output_cap(&held.record, spec.output_cap, record_limit(shared));
             let job_events = Events::new(
                 &shared.client,
                 &shared.topology,
@@ -293,6 +293,7 @@ async fn run_job(
                     }
                     record.files = c.files;
                     record.skipped_files = c.skipped;
+                    record.skipped_files_omitted = c.skipped_omitted;
                     record.logs = c.logs;
                 }
                 Some(Err(e)) => {
@@ -327,6 +328,64 @@ async fn run_job(
             write_and_announce(shared, &key, record, held.revision, intake.format, false).await
         }
     }
+}
+
+/// Records a message the fleet refuses (it cannot be read as a job) under the id it names, only if no job has
+/// that id: a refused message never ends someone else's job. Its publisher is answered either way.
+async fn refuse(shared: &Shared, key: &str, record: JobRecord, format: Format) -> Settle {
+    match records::create_only(&shared.records, key, &record).await {
+        Ok(true) => {
+            shared.metrics.ended(&record);
+            crate::delivery::announce(&shared.client, &shared.topology, &record, format, false)
+                .await;
+            Settle::Ack
+        }
+        Ok(false) => {
+            tracing::warn!("a refused message names an existing job; that job is left alone");
+            crate::delivery::reply(&shared.client, &record, format).await;
+            Settle::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "recording the refused job failed; retrying later");
+            Settle::Retry(Some(Duration::from_millis(500)))
+        }
+    }
+}
+
+/// A message published straight to NATS (no `queued` record of the gateway's) whose id already has a record:
+/// the same job delivered again runs on as usual; a record of another request, or one that has ended, is never
+/// run again or touched (only `retry` reruns a job), and the publisher is told. `None`: go on and run it.
+async fn check_direct_publish(
+    shared: &Shared,
+    key: &str,
+    queued: &JobRecord,
+    format: Format,
+) -> Option<Settle> {
+    let held = match records::current(&shared.records, key).await {
+        Ok(held) => held?,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the job's record failed; retrying later");
+            return Some(Settle::Retry(Some(Duration::from_millis(500))));
+        }
+    };
+    let why = if held.record.request != queued.request {
+        "the id belongs to another job"
+    } else if held.record.status.is_terminal() {
+        "the job has already ended; only a retry runs it again"
+    } else {
+        return None;
+    };
+    tracing::warn!(
+        reason = why,
+        "a published message reuses an existing job id; not run"
+    );
+    let error = JobError::new(
+        ErrorCode::InvalidJob,
+        format!("job id {} is taken: {why}", queued.id),
+    );
+    let answer = JobRecord::failed_without_run(queued.request.clone(), error);
+    crate::delivery::reply(&shared.client, &answer, format).await;
+    Some(Settle::Ack)
 }
 
 /// A job cancelled before it started here: record it `cancelled` unless it already has a terminal record (the
@@ -555,6 +614,15 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     record
 }
 
+/// The largest record NATS takes (its message size, less room for headers).
+fn record_limit(shared: &Shared) -> usize {
+    shared
+        .client
+        .server_info()
+        .max_payload
+        .saturating_sub(crate::fit::HEADER_ROOM)
+}
+
 /// Writes the terminal record unless the job already has one (`expected`: the revision last seen, if any),
 /// and announces it only when ours is the job's terminal record.
 async fn write_and_announce(
@@ -565,6 +633,8 @@ async fn write_and_announce(
     format: Format,
     output_sent: bool,
 ) -> Settle {
+    let mut record = record;
+    crate::fit::fit(&mut record, record_limit(shared));
     let recording = records::finish(
         &shared.records,
         key,

@@ -14,6 +14,7 @@ pub mod delivery;
 pub mod dirs;
 pub mod discovery;
 pub mod events;
+pub mod fit;
 pub mod http;
 pub mod intake;
 pub mod janitor;

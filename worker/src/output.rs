@@ -71,7 +71,7 @@ struct LazyLog {
 
 /// Creates the log where nothing may exist yet: a link, FIFO or file planted under its name fails the open
 /// rather than being followed, blocked on or overwritten.
-fn create_log(path: &std::path::Path) -> std::io::Result<File> {
+pub fn create_log(path: &std::path::Path) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .write(true)
         .read(true)

@@ -240,6 +240,20 @@ pub async fn finish(
     }
 }
 
+/// Writes `record` only if the job has no record at all: for messages the fleet refuses, which must never end
+/// a job someone else submitted under the same id. `false`: a record was there and is left alone.
+pub async fn create_only(
+    store: &kv::Store,
+    key: &str,
+    record: &JobRecord,
+) -> Result<bool, RecordError> {
+    match store.create(key, to_msgpack(record).into()).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(store_err(e)),
+    }
+}
+
 /// Hands a job this worker could not finish back to the queue (worker shutdown). Leaves the record alone if
 /// another writer moved it meanwhile.
 pub async fn requeue(store: &kv::Store, key: &str, held: &Held) -> Result<(), RecordError> {
