@@ -90,6 +90,11 @@ impl Topology {
         }
     }
 
+    /// A subject a worker may publish a job's answer to: literal, well formed, and not one of the fleet's own.
+    pub fn is_allowed_reply_subject(&self, subject: &str) -> bool {
+        crate::wire::is_valid_publish_subject(subject) && self.is_foreign_reply_subject(subject)
+    }
+
     /// Whether a job may name `subject` as its reply subject: a literal subject outside the fleet's own
     /// namespace and the server's (`$JS`, `$KV`, `$SYS`, ...), so no job can make a worker publish a job, a
     /// done notice, an event or an API request in its name.

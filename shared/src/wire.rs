@@ -202,7 +202,7 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-fn is_valid_publish_subject(s: &str) -> bool {
+pub fn is_valid_publish_subject(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
         && s.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")

@@ -45,7 +45,10 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     let fallback_id = header(msg.headers, MSG_ID_HEADER)
         .and_then(|v| v.split('.').next()?.parse::<Uuid>().ok())
         .unwrap_or_else(|| job_id_for_message(msg.published, msg.stream_sequence));
-    let header_reply = header(msg.headers, REPLY_TO_HEADER).map(str::to_string);
+    // A reply subject is data from the publisher: one the fleet may not publish to is never used.
+    let header_reply = header(msg.headers, REPLY_TO_HEADER)
+        .filter(|r| topology.is_allowed_reply_subject(r))
+        .map(str::to_string);
     let queued_revision = header(msg.headers, RECORD_REVISION_HEADER).and_then(|v| v.parse().ok());
     let generation = header(msg.headers, GENERATION_HEADER)
         .and_then(|v| v.parse().ok())
@@ -100,6 +103,15 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     } else if let Err(e) = topology.validate_request(&intake.request) {
         intake.rejected = Some(JobError::new(ErrorCode::InvalidJob, e.to_string()));
     }
+    if intake.rejected.is_some()
+        && !intake
+            .request
+            .reply_to
+            .as_deref()
+            .is_some_and(|r| topology.is_allowed_reply_subject(r))
+    {
+        intake.request.reply_to = header_reply;
+    }
     intake
 }
 
@@ -144,6 +156,39 @@ mod tests {
         let intake = read(&t, &incoming(&payload, Some(&headers)));
         assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
         assert_eq!(intake.request.reply_to.as_deref(), Some("answers.here"));
+    }
+
+    #[test]
+    fn a_reply_subject_of_the_fleet_itself_is_refused_and_never_answered() {
+        let t = Topology::new("fleet");
+        let payload = Bytes::from_static(br#"{"message":"hi","reply_to":"fleet.jobs.echo"}"#);
+        let mut headers = HeaderMap::new();
+        headers.insert(REPLY_TO_HEADER, "$JS.API.STREAM.DELETE.FLEET_JOBS");
+        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
+        assert_eq!(intake.request.reply_to, None);
+        let mut headers = HeaderMap::new();
+        headers.insert(REPLY_TO_HEADER, "_INBOX.answers");
+        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        assert_eq!(intake.request.reply_to.as_deref(), Some("_INBOX.answers"));
+    }
+
+    #[test]
+    fn subjects_with_wildcards_or_extra_tokens_name_no_agent() {
+        let t = Topology::new("fleet");
+        for subject in [
+            "fleet.jobs.>",
+            "fleet.jobs.*",
+            "fleet.jobs.echo.>",
+            "fleet.jobs.echo.a.b",
+        ] {
+            assert_eq!(t.agent_of_subject(subject), None, "{subject}");
+        }
+        assert_eq!(t.agent_of_subject("fleet.jobs.echo"), Some("echo"));
+        assert_eq!(
+            t.agent_of_subject("fleet.jobs.echo.0123456789abcdef"),
+            Some("echo")
+        );
     }
 
     #[test]

@@ -56,6 +56,42 @@ const SMALL_FILE: u64 = 256 * 1024;
 /// Files of a tar archive being opened or read ahead of the one being sent (memory: at most this many small files).
 const PREFETCH: usize = 8;
 
+/// `body` made exactly `size` bytes long: cut if the stored object is longer than the record says, padded with
+/// zeros (and logged) if shorter, so an archive's headers and bytes always agree.
+fn exactly(
+    body: futures::stream::BoxStream<'static, Result<Bytes, StoreError>>,
+    size: u64,
+    key: String,
+) -> futures::stream::BoxStream<'static, Result<Bytes, StoreError>> {
+    futures::stream::unfold(
+        (body, size, false),
+        move |(mut body, left, ended)| {
+            let key = key.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(mut chunk)) if left > 0 => {
+                        chunk.truncate(usize::try_from(left).unwrap_or(usize::MAX));
+                        let left = left - chunk.len() as u64;
+                        Some((Ok(chunk), (body, left, false)))
+                    }
+                    Some(Ok(_)) => Some((Ok(Bytes::new()), (body, 0, true))),
+                    Some(Err(e)) => Some((Err(e), (body, left, true))),
+                    None if left > 0 => {
+                        tracing::error!(key, missing = left, "a stored file is shorter than its record says; the archive pads it with zeros");
+                        let zeros = Bytes::from(vec![0u8; usize::try_from(left).unwrap_or(0)]);
+                        Some((Ok(zeros), (body, 0, true)))
+                    }
+                    None => None,
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
 /// All of a job's files as one tar archive, streamed (`curl -o out.tar`, then `tar -xf out.tar`).
 #[utoipa::path(get, path = "/v1/jobs/{id}/artifacts.tar", tag = "jobs", params(("id" = Uuid, Path)),
     responses((status = 200, description = "A POSIX tar archive of the job's files", content_type = "application/x-tar"),
@@ -89,19 +125,21 @@ pub async fn archive(
                     futures::stream::once(
                         async move { Ok(Bytes::from(vec![0u8; tar::padding(size)])) },
                     );
-                let download = match store.download(&key, None).await {
+                // Never more than the header declares, whatever the store now holds.
+                let download = match store.download(&key, Some(0..size)).await {
                     Ok(d) => d,
                     Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
                 };
+                let body = exactly(download.body, size, key.to_string());
                 if size > SMALL_FILE {
-                    return head.chain(download.body).chain(tail).boxed();
+                    return head.chain(body).chain(tail).boxed();
                 }
                 // A small file goes out as one chunk with its header and padding: a chunk per piece made
                 // archives of many small files several times slower.
                 futures::stream::once(async move {
                     let mut one = BytesMut::with_capacity(header.len() + size as usize + 512);
                     one.extend_from_slice(&header);
-                    let mut body = download.body;
+                    let mut body = body;
                     while let Some(chunk) = body.next().await {
                         one.extend_from_slice(&chunk?);
                     }
