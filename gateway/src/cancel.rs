@@ -26,11 +26,36 @@ pub enum Outcome {
     Pending,
 }
 
+/// Whether a cancel may name a job that has no record yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unrecorded {
+    /// Over HTTP: a job is what has a record, as for every other route (so nobody fills the cancels bucket with
+    /// made-up ids).
+    NotFound,
+    /// On NATS, whose clients may publish jobs straight to the queue: a job published moments ago has no record
+    /// until a worker takes it. Only ids whose time (UUID v7) is not in the future are taken, so no job can be
+    /// cancelled before it exists; the requests expire with the bucket's retention.
+    IfPublished,
+}
+
+/// How far ahead of this gateway's clock a publisher's clock may be.
+const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
+
+fn may_be_published(id: &Uuid) -> bool {
+    let Some(ts) = id.get_timestamp() else {
+        return false;
+    };
+    let (secs, nanos) = ts.to_unix();
+    chrono::DateTime::from_timestamp(secs as i64, nanos)
+        .is_some_and(|t| t <= Utc::now() + CLOCK_SKEW)
+}
+
 pub async fn cancel(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
     wait: Duration,
+    unrecorded: Unrecorded,
 ) -> Result<Outcome, ApiError> {
     caller.require(|s| s.cancel, "cancel or retry jobs")?;
     let key = state.topology.record_key(&id);
@@ -53,7 +78,9 @@ pub async fn cancel(
         // A key holder cancels only jobs it can see; a job with no record yet cannot be shown to be its own.
         let visible = match (&held, caller) {
             (Some((record, _)), _) => caller.may_read(record),
-            (None, Caller::Open) => true,
+            (None, Caller::Open) => {
+                unrecorded == Unrecorded::IfPublished && (requested || may_be_published(&id))
+            }
             (None, Caller::Authenticated { .. }) => false,
         };
         if !visible {
@@ -161,7 +188,15 @@ pub async fn serve_nats(state: AppState) {
             let answer = match id {
                 None => serde_json::json!({"error": {"code": ErrorCode::InvalidRequest,
                     "message": "the subject's last token must be a job id"}}),
-                Some(id) => match cancel(&state, &Caller::Open, id, Duration::ZERO).await {
+                Some(id) => match cancel(
+                    &state,
+                    &Caller::Open,
+                    id,
+                    Duration::ZERO,
+                    Unrecorded::IfPublished,
+                )
+                .await
+                {
                     Ok(Outcome::Ended(r)) => serde_json::json!({"job_id": id, "status": r.status}),
                     Ok(Outcome::Pending) => {
                         serde_json::json!({"job_id": id, "status": "cancelling"})

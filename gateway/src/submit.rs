@@ -99,6 +99,8 @@ pub async fn submit(
     let key = state.topology.record_key(&request.id);
     // The record keeps input names and sizes; their content travels only in the job message.
     let record = JobRecord::queued(request.without_inline_data());
+    fits_in_a_message(state, to_msgpack(&record).len())?;
+    fits_in_a_message(state, to_msgpack(&request).len())?;
     let request_with_inputs = request;
     if let Err(over) = within_queue_cap(state, caller).await {
         // A repeated submission of a job that exists creates nothing, so the cap does not stand in its way.
@@ -187,6 +189,27 @@ async fn within_queue_cap(state: &AppState, caller: &Caller) -> Result<(), ApiEr
     Ok(())
 }
 
+/// Room kept for a job message's headers below NATS's message size.
+const HEADER_ROOM: usize = 4096;
+
+/// NATS refuses a message (a job, a record) over its size limit, and no retry would change that: 413, not 503.
+fn fits_in_a_message(state: &AppState, encoded: usize) -> Result<(), ApiError> {
+    let limit = state
+        .client
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADER_ROOM);
+    if encoded <= limit {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the job is {encoded} bytes as queued and NATS takes at most {limit}; send large content as input files (multipart/form-data)"
+        ),
+    ))
+}
+
 /// Publishes run `generation` of `request` (inline inputs included) for its `queued` record at `revision`.
 async fn publish(
     state: &AppState,
@@ -212,6 +235,7 @@ async fn publish(
     };
     let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
     let payload: Bytes = to_msgpack(request).into();
+    fits_in_a_message(state, payload.len())?;
     let publishing = async {
         // The worker's spans join the trace this message carries.
         fleet_shared::trace_context::inject(&mut headers);

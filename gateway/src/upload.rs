@@ -6,7 +6,7 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header;
-use fleet_shared::artifacts::is_safe_name;
+use fleet_shared::artifacts::{is_reserved_name, is_safe_name, stored_name_problem};
 use fleet_shared::wire::{InputFile, StoredFileRef};
 use fleet_shared::ErrorCode;
 use sha2::{Digest, Sha256};
@@ -64,18 +64,26 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, A
     let mut job_json: Option<serde_json::Value> = None;
     let mut uploads = Vec::new();
     let mut total = 0u64;
+    // Every text field together stays within the JSON body limit: they are held in memory.
+    let mut text_room = state.config.http.max_body_bytes;
     while let Some(mut field) = form
         .next_field()
         .await
         .map_err(|e| bad(format!("unreadable multipart body: {e}")))?
     {
         let name = field.name().unwrap_or("").to_string();
+        if name.len() > MAX_FIELD_NAME {
+            return Err(bad(format!(
+                "a field name is {} bytes; field names are at most {MAX_FIELD_NAME}",
+                name.len()
+            )));
+        }
         if FILE_FIELDS.contains(&name.as_str()) {
             let file_name = field.file_name().unwrap_or("").to_string();
-            if !is_safe_name(&file_name) {
+            if let Some(why) = input_name_problem(&file_name) {
                 return Err(ApiError::new(
                     ErrorCode::InvalidName,
-                    format!("input file name `{file_name}` is not a safe relative path"),
+                    format!("input file name `{}`: {why}", shown(&file_name)),
                 ));
             }
             if uploads.len() >= limits.max_files {
@@ -95,7 +103,7 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, A
             uploads.push((file_name, spooled));
             continue;
         }
-        let text = field_text(&mut field, state.config.http.max_body_bytes).await?;
+        let text = field_text(&mut field, &mut text_room).await?;
         let value = match name.as_str() {
             "job" => {
                 let v = serde_json::from_str(&text).map_err(|e| {
@@ -104,17 +112,27 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, A
                 job_json = Some(v);
                 continue;
             }
-            "timeout" => serde_json::Value::from(text.trim().parse::<f64>().map_err(|_| {
-                bad(format!(
-                    "field `timeout`: `{text}` is not a number of seconds"
-                ))
-            })?),
+            "timeout" => {
+                let secs = text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t > 0.0);
+                let secs = secs.ok_or_else(|| {
+                    bad(format!(
+                        "field `timeout`: `{}` is not a positive number of seconds",
+                        shown(&text)
+                    ))
+                })?;
+                serde_json::Value::from(secs)
+            }
             "return_files" => serde_json::Value::from(match text.trim() {
                 "true" | "1" | "yes" | "on" => true,
                 "false" | "0" | "no" | "off" => false,
                 other => {
                     return Err(bad(format!(
-                        "field `return_files`: `{other}` is not true or false"
+                        "field `return_files`: `{}` is not true or false",
+                        shown(other)
                     )))
                 }
             }),
@@ -181,9 +199,32 @@ async fn spool(
     })
 }
 
+/// Longest multipart field name (the job's fields have short names; a long one is never echoed back).
+const MAX_FIELD_NAME: usize = 64;
+
+/// At most the first 64 characters of a value the caller sent, for messages.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Why `name` cannot be an uploaded input's name, if it cannot: checked before anything is spooled or stored.
+fn input_name_problem(name: &str) -> Option<String> {
+    if !is_safe_name(name) {
+        return Some("not a safe relative path".into());
+    }
+    if is_reserved_name(name) {
+        return Some("`_logs/` is reserved for the job's logs".into());
+    }
+    stored_name_problem(name).or_else(|| stored_name_problem(&format!("{INPUTS_DIR}/{name}")))
+}
+
+/// A text field, taken from `room` (the bytes all text fields may still use).
 async fn field_text(
     field: &mut axum::extract::multipart::Field<'_>,
-    max: usize,
+    room: &mut usize,
 ) -> Result<String, ApiError> {
     let name = field.name().unwrap_or("").to_string();
     let mut bytes = Vec::new();
@@ -192,12 +233,13 @@ async fn field_text(
         .await
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, format!("field `{name}`: {e}")))?
     {
-        if bytes.len() + chunk.len() > max {
+        if chunk.len() > *room {
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("field `{name}` is over {max} bytes"),
+                "the form's text fields are over http.max_body_bytes in all; send large content as files",
             ));
         }
+        *room -= chunk.len();
         bytes.extend_from_slice(&chunk);
     }
     String::from_utf8(bytes).map_err(|_| {

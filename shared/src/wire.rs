@@ -154,8 +154,8 @@ impl JobRequest {
             if crate::artifacts::is_reserved_name(&f.name) {
                 return bad("`_logs/` is reserved for the job's logs");
             }
-            if f.name.split('/').any(|part| part.len() > MAX_NAME_PART) {
-                return bad("each part of a name may be at most 255 bytes");
+            if crate::artifacts::stored_name_problem(&f.name).is_some() {
+                return bad("each part of a name may be at most 255 bytes once percent-encoded (non-ASCII characters take three bytes a byte)");
             }
             if !names.insert(f.name.as_str()) {
                 return bad("given twice");
@@ -186,9 +186,6 @@ impl JobRequest {
         r
     }
 }
-
-/// Longest part of a file name: what file systems take.
-const MAX_NAME_PART: usize = 255;
 
 pub fn is_valid_agent_name(name: &str) -> bool {
     !name.is_empty()

@@ -142,3 +142,145 @@ async fn trickled_headers_lose_their_connection() {
     // A prompt client on a fresh connection is served as ever.
     assert_eq!(gw.api().get("/v1/agents").await.status, 200);
 }
+
+/// What an HTTP caller sends past the gateway's bounds gets a problem body and costs nothing else: text fields of
+/// a form are bounded in all (and a huge field name is never echoed), non-finite timeouts are refused, a name that
+/// cannot be stored is refused before anything is spooled, a job too large for NATS is 413 (not a 503 to retry),
+/// and made-up job ids cannot be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let send_form = |form: reqwest::multipart::Form| {
+        let api = gw.api();
+        async move {
+            api.send(
+                api.request(reqwest::Method::POST, "/v1/jobs")
+                    .multipart(form),
+            )
+            .await
+        }
+    };
+
+    // Two fields of 600 KB each: each under the 1 MiB body limit, over it together.
+    let form = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text("message", "a".repeat(600_000))
+        .text("context", "b".repeat(600_000));
+    let r = send_form(form).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        r.body
+    );
+
+    let long_name = "n".repeat(100_000);
+    let form = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text(long_name.clone(), "x");
+    let r = send_form(form).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(
+        r.body.to_string().len() < 2000,
+        "the field name was echoed back"
+    );
+
+    for timeout in ["NaN", "inf", "1e999", "-1"] {
+        let form = reqwest::multipart::Form::new()
+            .text("agent", "shell")
+            .text("message", "true")
+            .text("timeout", timeout);
+        let r = send_form(form).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str()),
+            (422, Some("invalid_request")),
+            "{timeout}: {}",
+            r.body
+        );
+    }
+
+    // 62 two-byte characters: 124 bytes, 372 once percent-encoded for the store.
+    let wide = "é".repeat(62);
+    let form = reqwest::multipart::Form::new()
+        .text("agent", "shell")
+        .text("message", "true")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"x".to_vec()).file_name(wide.clone()),
+        );
+    let r = send_form(form).await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (400, Some("invalid_name")),
+        "{}",
+        r.body
+    );
+    // As an output, the one file is skipped with the reason and the job's other files are stored.
+    let r = api
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "shell", "message": format!("echo x > '{wide}'; echo y > ok.txt")}),
+        )
+        .await;
+    let record = &r.body["record"];
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["files"][0]["name"], "ok.txt", "{record}");
+    assert!(
+        record["skipped_files"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("too long"),
+        "{record}"
+    );
+
+    // A JSON body as large as the gateway takes, which NATS cannot carry: 413 with no Retry-After.
+    let filler = "m".repeat(cfg.config.http.max_body_bytes - 64);
+    let body = json!({"agent": "shell", "message": filler});
+    let text = body.to_string();
+    assert!(text.len() <= cfg.config.http.max_body_bytes);
+    let r = api
+        .send(
+            api.request(reqwest::Method::POST, "/v1/jobs")
+                .header("content-type", "application/json")
+                .body(text),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{}",
+        r.body
+    );
+
+    // A made-up id cannot be cancelled, so nobody fills the cancels bucket or cancels a job before it exists.
+    let made_up = uuid::Uuid::new_v4();
+    let r = api
+        .post(&format!("/v1/jobs/{made_up}/cancel"), &json!({}))
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (404, Some("job_not_found")),
+        "{}",
+        r.body
+    );
+    let nc = fleet_tests::clients::NatsClient::connect(&nats.url()).await;
+    let cancels = nc.js.get_key_value("fleet_cancels").await.unwrap();
+    assert!(cancels.get(made_up.to_string()).await.unwrap().is_none());
+    let future = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        4_000_000_000,
+        0,
+    ));
+    let answer = nc
+        .client
+        .request(format!("fleet.cancel.{future}"), "".into())
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["error"]["code"], "job_not_found", "{answer}");
+    worker.stop().await;
+}

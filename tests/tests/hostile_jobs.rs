@@ -14,6 +14,9 @@ const NOBODY: &str = r#"
 [agents.py]
 command = ["python3", "-c", "{message}"]
 run_as = "nobody"
+[agents.pyrange]
+command = ["python3", "-c", "{message}"]
+run_as = "62000-62015"
 [agents.pystdin]
 command = ["python3", "-"]
 stdin = "{message}"
@@ -361,5 +364,41 @@ async fn an_ended_job_is_never_run_again_by_a_stray_publish() {
     let stored = client.record(id).await.expect("record");
     assert_eq!(stored, first, "the ended job's record is unchanged");
     assert_eq!(download(&gw, &id.to_string(), "out.txt").await, b"first");
+    worker.stop().await;
+}
+
+/// Jobs of an agent with a uid range never share a user while they run, so none can signal, trace or read what
+/// another one is doing as "the same user".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jobs_of_a_uid_range_run_as_different_users() {
+    let (_nats, _cfg, worker, gw) = fleet(&[]).await;
+    let script = "import os, time\nprint(os.getuid(), os.getgid())\ntime.sleep(1)";
+    let submit = |gw: &GatewayHandle| {
+        let api = gw.api();
+        async move {
+            api.post(
+                "/v1/jobs?wait=60",
+                &json!({"agent": "pyrange", "message": script}),
+            )
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(submit(&gw), submit(&gw));
+    let ids: Vec<String> = [a, b]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
+            r.body["record"]["stdout"]
+                .as_str()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_ne!(ids[0], ids[1], "two running jobs shared a user");
+    for id in &ids {
+        let uid: u32 = id.split(' ').next().unwrap().parse().unwrap();
+        assert!((62000..=62015).contains(&uid), "{id}");
+    }
     worker.stop().await;
 }

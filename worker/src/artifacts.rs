@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use async_nats::jetstream::kv;
 use fleet_shared::artifacts::targets::Stores;
-use fleet_shared::artifacts::{content_type, ArtifactStore, Source, StoreError, LOGS_DIR};
+use fleet_shared::artifacts::{
+    content_type, stored_name_problem, ArtifactStore, Source, StoreError, LOGS_DIR,
+};
 use fleet_shared::config::ArtifactsConfig;
 use fleet_shared::wire::{FileEntry, InputFile, Manifest, SkippedFile};
 use fleet_shared::JobRecord;
@@ -257,7 +259,9 @@ fn within_caps(
     let mut total = 0u64;
     let mut accepted = Vec::new();
     for f in found.into_iter().filter(|f| !inputs.unchanged(f)) {
-        let reason = if f.size > limits.max_file_bytes {
+        let reason = if let Some(why) = stored_name_problem(&f.name) {
+            Some(format!("name too long to store: {why}"))
+        } else if f.size > limits.max_file_bytes {
             Some(format!(
                 "larger than the per-file limit of {} bytes",
                 limits.max_file_bytes

@@ -42,7 +42,9 @@ impl Cgroups {
             std::process::id(),
             WORKERS.fetch_add(1, Ordering::Relaxed)
         );
-        let base = mount.join(own.trim_start_matches('/')).join(name);
+        let parent = mount.join(own.trim_start_matches('/'));
+        end_stale(&parent);
+        let base = parent.join(name);
         std::fs::create_dir(&base).ok()?;
         if !base.join("cgroup.kill").exists() {
             // Before Linux 5.14: no cgroup.kill.
@@ -142,6 +144,44 @@ impl Drop for JobCgroup<'_> {
         }
         if let Ok(mut free) = self.owner.free.lock() {
             free.push(self.dir.clone());
+        }
+    }
+}
+
+/// Ends what jobs of workers that died without cleaning up (SIGKILL) left behind: their agents were still
+/// running in the dead worker's cgroups.
+fn end_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("fleet-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let Ok(jobs) = std::fs::read_dir(entry.path()) else {
+            continue;
+        };
+        for job in jobs.flatten().filter(|j| j.path().is_dir()) {
+            // Best effort: a cgroup that will not empty stays, and is tried again at the next start.
+            let _ = std::fs::write(job.path().join("cgroup.kill"), b"1");
+            for _ in 0..50 {
+                if std::fs::remove_dir(job.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if std::fs::remove_dir(entry.path()).is_ok() {
+            tracing::info!(cgroup = %entry.path().display(), "ended the leftovers of a worker that died");
         }
     }
 }

@@ -180,8 +180,12 @@ async fn run_job(
                     break 'run Err(SpawnError::Input(why));
                 }
             };
-            let sandbox = match crate::sandbox::Sandbox::for_agent(agent) {
-                Ok(sandbox) => sandbox,
+            let uid = match agent
+                .run_as_range()
+                .map(|range| shared.uids.lease(range))
+                .transpose()
+            {
+                Ok(uid) => uid,
                 Err(source) => {
                     shared.dirs.give_back(dirs);
                     break 'run Err(SpawnError::Start {
@@ -190,6 +194,17 @@ async fn run_job(
                     });
                 }
             };
+            let sandbox =
+                match crate::sandbox::Sandbox::for_agent(agent, uid.as_ref().map(|l| l.uid)) {
+                    Ok(sandbox) => sandbox,
+                    Err(source) => {
+                        shared.dirs.give_back(dirs);
+                        break 'run Err(SpawnError::Start {
+                            program: agent.command.first().cloned().unwrap_or_default(),
+                            source,
+                        });
+                    }
+                };
             let config = &shared.config;
             let mut spec = run_spec(
                 &held.record,

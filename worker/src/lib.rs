@@ -62,6 +62,8 @@ pub struct Shared {
     pub metrics: metrics::WorkerMetrics,
     /// A cgroup per running job, where the machine offers them.
     pub cgroups: Option<cgroup::Cgroups>,
+    /// The uids running jobs hold from their agents' `run_as` ranges.
+    pub uids: sandbox::UidPool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +193,7 @@ pub async fn run(
         kill_running: CancellationToken::new(),
         metrics: metrics::WorkerMetrics::new(config.worker.max_concurrent),
         cgroups: job_cgroups(),
+        uids: sandbox::UidPool::default(),
     });
     tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 

@@ -16,18 +16,24 @@ pub struct Sandbox {
     pub limits: AgentLimits,
     /// uid and gid to run as.
     pub user: Option<(libc::uid_t, libc::gid_t)>,
+    /// No other job runs as `user` meanwhile (a uid leased from the agent's range): every process of that user
+    /// is this job's, which is how they are all ended where no cgroup is.
+    pub sole_user: bool,
     pub no_network: bool,
 }
 
 impl Sandbox {
-    pub fn for_agent(agent: &AgentConfig) -> io::Result<Self> {
-        let user = match agent.run_as.as_deref() {
-            None | Some("") => None,
-            Some(name) => Some(resolve_user(name)?),
+    /// The agent's confinement; with a uid range, `leased` is the uid this job holds from it.
+    pub fn for_agent(agent: &AgentConfig, leased: Option<libc::uid_t>) -> io::Result<Self> {
+        let user = match (leased, agent.run_as.as_deref()) {
+            (Some(uid), _) => Some((uid, uid)),
+            (None, None | Some("")) => None,
+            (None, Some(name)) => Some(resolve_user(name)?),
         };
         Ok(Self {
             limits: agent.limits,
             user,
+            sole_user: leased.is_some(),
             no_network: !agent.network,
         })
     }
@@ -142,6 +148,71 @@ impl Sandbox {
     }
 }
 
+/// Ends every process of `uid` (the fallback where a job has no cgroup, for a uid only this job uses). A helper
+/// child takes the uid and sends SIGKILL to every process it may signal, which is exactly that user's; the kernel
+/// does it in one pass, and a process with SIGKILL pending can fork no more.
+pub fn kill_every_process_of(uid: libc::uid_t) -> io::Result<()> {
+    let mut helper = std::process::Command::new("/bin/true");
+    // SAFETY: only async-signal-safe calls; the child exits in the hook and never execs.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut helper, move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                libc::_exit(1);
+            }
+            libc::kill(-1, libc::SIGKILL);
+            libc::_exit(0)
+        });
+    }
+    let status = helper.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "cannot take uid {uid} to end its processes"
+        )))
+    }
+}
+
+/// A uid per running job, from the agent's `run_as` range.
+#[derive(Default)]
+pub struct UidPool {
+    in_use: std::sync::Mutex<std::collections::HashSet<libc::uid_t>>,
+}
+
+/// A uid this job holds; given back when dropped.
+pub struct UidLease<'a> {
+    pool: &'a UidPool,
+    pub uid: libc::uid_t,
+}
+
+impl UidPool {
+    /// A uid of `range` no running job holds. Validation makes every range at least `max_concurrent` long, so
+    /// one is always free.
+    pub fn lease(&self, range: std::ops::RangeInclusive<u32>) -> io::Result<UidLease<'_>> {
+        let mut in_use = self
+            .in_use
+            .lock()
+            .map_err(|_| io::Error::other("uid pool poisoned"))?;
+        let uid = range
+            .into_iter()
+            .find(|uid| !in_use.contains(uid))
+            .ok_or_else(|| io::Error::other("every uid of the agent's run_as range is in use"))?;
+        in_use.insert(uid);
+        Ok(UidLease { pool: self, uid })
+    }
+}
+
+impl Drop for UidLease<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut in_use) = self.pool.in_use.lock() {
+            in_use.remove(&self.uid);
+        }
+    }
+}
+
 /// `name` or `uid[:gid]` → uid and gid.
 fn resolve_user(spec: &str) -> io::Result<(libc::uid_t, libc::gid_t)> {
     if let Some((uid, gid)) = spec.split_once(':') {
@@ -173,4 +244,48 @@ pub fn give_dirs(user: (libc::uid_t, libc::gid_t), dirs: &[std::path::PathBuf]) 
         std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_process_of_a_leased_uid_is_ended_without_a_cgroup() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return; // Taking another uid needs root; CI runs as root.
+        }
+        let uid = 61_987;
+        let mut daemon = std::process::Command::new("sleep");
+        daemon.arg("60");
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut daemon, move || {
+                libc::setsid();
+                if libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = daemon.spawn().unwrap();
+        kill_every_process_of(uid).unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+
+    #[test]
+    fn leased_uids_are_distinct_until_given_back() {
+        let pool = UidPool::default();
+        let a = pool.lease(100..=101).unwrap();
+        let b = pool.lease(100..=101).unwrap();
+        assert_ne!(a.uid, b.uid);
+        assert!(pool.lease(100..=101).is_err());
+        drop(a);
+        assert!(pool.lease(100..=101).is_ok());
+    }
 }

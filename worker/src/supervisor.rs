@@ -216,11 +216,7 @@ pub async fn run(
         // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left,
         // and with a cgroup also whatever left the group.
         signal_group(pid, libc::SIGKILL);
-        if let Some(cgroup) = cgroup {
-            if let Err(e) = cgroup.kill_all().await {
-                tracing::warn!(error = %e, "cannot end every process of the job's cgroup");
-            }
-        }
+        end_the_rest(cgroup, &sandbox).await;
         let (ending, mut resources) = reap(pid);
         resources.wall_ms = started.elapsed().as_millis() as u64;
         (ending, resources, killed)
@@ -278,6 +274,24 @@ pub async fn run(
         stderr: err,
         resources,
     })
+}
+
+/// Ends whatever the job left running: its cgroup's members, or, without one, every process of a uid only this
+/// job uses.
+async fn end_the_rest(cgroup: Option<&JobCgroup<'_>>, sandbox: &crate::sandbox::Sandbox) {
+    if let Some(cgroup) = cgroup {
+        if let Err(e) = cgroup.kill_all().await {
+            tracing::warn!(error = %e, "cannot end every process of the job's cgroup");
+        }
+        return;
+    }
+    if let (true, Some((uid, _))) = (sandbox.sole_user, sandbox.user) {
+        let killing =
+            tokio::task::spawn_blocking(move || crate::sandbox::kill_every_process_of(uid));
+        if let Ok(Err(e)) = killing.await {
+            tracing::warn!(error = %e, "cannot end the processes of the job's uid");
+        }
+    }
 }
 
 /// Writes the stdin bytes, then closes the pipe. An agent that exits without reading its input closes the

@@ -356,9 +356,11 @@ fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<Range<u64>>,
         return Ok(None);
     };
     let range = match (first.parse::<u64>().ok(), last.parse::<u64>().ok()) {
-        (Some(start), Some(end)) if start <= end => start..(end + 1).min(size),
+        (Some(start), Some(end)) if start <= end => start..end.saturating_add(1).min(size),
         (Some(start), None) if last.is_empty() => start..size,
-        (None, Some(suffix)) if first.is_empty() && suffix > 0 => size.saturating_sub(suffix)..size,
+        // A zero-length suffix selects nothing: unsatisfiable (RFC 9110 14.1.2).
+        (None, Some(0)) if first.is_empty() => return Err(unsatisfiable()),
+        (None, Some(suffix)) if first.is_empty() => size.saturating_sub(suffix)..size,
         _ => return Ok(None),
     };
     if range.start >= size {
@@ -411,6 +413,15 @@ mod tests {
         assert_eq!(range("items=0-1", 100).unwrap(), None);
         assert_eq!(
             range("bytes=100-", 100).unwrap_err().code,
+            ErrorCode::RangeNotSatisfiable
+        );
+        // The largest last byte a client can write, and an empty suffix.
+        assert_eq!(
+            range("bytes=0-18446744073709551615", 100).unwrap(),
+            Some(0..100)
+        );
+        assert_eq!(
+            range("bytes=-0", 100).unwrap_err().code,
             ErrorCode::RangeNotSatisfiable
         );
     }

@@ -273,7 +273,15 @@ pub async fn cancel_job(
         Some(w) => wait_limit(&state, Some(w))?,
         None => secs(state.config.worker.kill_grace_secs + 5.0),
     };
-    let answer = match crate::cancel::cancel(&state, &caller, id, wait).await? {
+    let answer = match crate::cancel::cancel(
+        &state,
+        &caller,
+        id,
+        wait,
+        crate::cancel::Unrecorded::NotFound,
+    )
+    .await?
+    {
         crate::cancel::Outcome::Ended(record) => (
             StatusCode::OK,
             CancelAnswer {

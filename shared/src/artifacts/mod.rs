@@ -573,6 +573,20 @@ pub fn content_type(name: &str) -> String {
 
 /// Is `name` a safe relative artifact name: non-empty `/`-separated parts, none empty, `.` or `..`, no NUL or
 /// backslash, not absolute?
+/// Longest part of a stored name once the store has encoded it (object_store percent-encodes non-ASCII bytes
+/// three for one): what file systems take for one name.
+pub const MAX_STORED_PART: usize = 255;
+
+/// Why `name` cannot be stored under its own name, if it cannot.
+pub fn stored_name_problem(name: &str) -> Option<String> {
+    name.split('/').find_map(|part| {
+        let encoded = object_store::path::PathPart::from(part).as_ref().len();
+        (encoded > MAX_STORED_PART).then(|| {
+            format!("a part of the name is {encoded} bytes once encoded for storage; the limit is {MAX_STORED_PART}")
+        })
+    })
+}
+
 /// Names the fleet uses for itself beside a job's files (its logs, its manifest): never an input, never an
 /// output of the job.
 pub fn is_reserved_name(name: &str) -> bool {
@@ -679,6 +693,15 @@ mod tests {
         ] {
             assert!(is_safe_name(good), "{good:?}");
         }
+    }
+
+    #[test]
+    fn names_are_measured_as_the_store_encodes_them() {
+        assert_eq!(stored_name_problem(&"a".repeat(255)), None);
+        assert!(stored_name_problem(&"a".repeat(256)).is_some());
+        // 124 bytes of two-byte characters: 372 once percent-encoded.
+        assert!(stored_name_problem(&format!("dir/{}", "é".repeat(62))).is_some());
+        assert_eq!(stored_name_problem(&"é".repeat(40)), None);
     }
 
     #[test]

@@ -361,11 +361,21 @@ pub struct AgentConfig {
     #[serde(default)]
     pub limits: AgentLimits,
     /// Run the agent as this user (a name, or `uid:gid`) instead of the worker's; needs a worker running as root.
+    /// A range `FIRST-LAST` of uids gives each running job a uid of its own (gid the same number), so jobs never
+    /// share a user at the same time: see [`AgentConfig::run_as_range`].
     #[serde(default)]
     pub run_as: Option<String>,
     /// false: the agent runs in a network namespace of its own with no interfaces up (needs root).
     #[serde(default = "network_default")]
     pub network: bool,
+}
+
+impl AgentConfig {
+    /// The uid range of `run_as = "FIRST-LAST"`, if it is one.
+    pub fn run_as_range(&self) -> Option<std::ops::RangeInclusive<u32>> {
+        let (first, last) = self.run_as.as_deref()?.split_once('-')?;
+        Some(first.trim().parse().ok()?..=last.trim().parse().ok()?)
+    }
 }
 
 fn network_default() -> bool {
