@@ -184,19 +184,16 @@ impl Config {
                     ));
                 }
             }
-            let looks_like_range = agent.run_as.as_deref().is_some_and(|r| r.contains('-'))
-                && agent
-                    .run_as
-                    .as_deref()
-                    .is_some_and(|r| r.split('-').all(|p| p.trim().parse::<u32>().is_ok()));
-            if looks_like_range {
-                let range = agent.run_as_range().unwrap_or(1..=0);
-                let size = (*range.end() as u64 + 1).saturating_sub(*range.start() as u64);
-                if *range.start() == 0 || size < self.worker.max_concurrent as u64 {
+            if let Some(range) = agent.run_as_range() {
+                let size = (u64::from(*range.end()) + 1).saturating_sub(u64::from(*range.start()));
+                if range.is_empty()
+                    || *range.start() == 0
+                    || size < self.worker.max_concurrent as u64
+                {
                     return Err(invalid(
                         format!("agents.{name}.run_as"),
                         format!(
-                            "a uid range must leave out 0 and hold at least worker.max_concurrent ({}) uids",
+                            "a uid range FIRST-LAST must leave out 0 and hold at least worker.max_concurrent ({}) uids",
                             self.worker.max_concurrent
                         ),
                     ));
