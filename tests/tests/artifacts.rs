@@ -199,9 +199,11 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
         "{skipped:?}"
     );
 
-    // stdout went over the record's cap: the full log is stored and downloadable.
+    // stdout went over the record's cap: the full log is stored and downloadable, itself within the per-file cap
+    // (100 bytes here), ending with a line that says so.
     assert_eq!(record["stdout_truncated_bytes"], 4000);
     assert_eq!(record["logs"][0]["name"], "_logs/stdout.log");
+    assert_eq!(record["logs"][0]["truncated"], true);
     let id = record["id"].as_str().unwrap();
     let r = api
         .request(
@@ -211,7 +213,12 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.bytes().await.unwrap().to_vec(), vec![b'x'; 5000]);
+    let log = r.bytes().await.unwrap().to_vec();
+    assert_eq!(&log[..100], &[b'x'; 100][..]);
+    assert_eq!(
+        String::from_utf8_lossy(&log[100..]),
+        "\n[fleet: the log stops here, at the per-file limit of 100 bytes]\n"
+    );
 
     // return_files: false stores nothing.
     let record = run(&api, "write:a=1", json!({"return_files": false})).await;

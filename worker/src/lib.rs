@@ -86,6 +86,24 @@ pub enum WorkerError {
     WorkDir { dir: String, source: std::io::Error },
 }
 
+/// Agents run as one fixed user with more than one job at a time: those jobs share the user, so each could reach
+/// the others' workspaces and processes while they run. Said once at start-up; a uid range avoids it.
+fn warn_of_shared_users(config: &Config) {
+    if config.worker.max_concurrent < 2 {
+        return;
+    }
+    for name in config.worker_agents() {
+        let agent = &config.agents[&name];
+        if let (Some(user), None) = (agent.run_as.as_deref(), agent.run_as_range()) {
+            tracing::warn!(
+                agent = %name,
+                user,
+                "concurrent jobs of this agent share one user and can reach each other's files; give run_as a uid range (\"61000-61999\") for a user per job"
+            );
+        }
+    }
+}
+
 fn job_cgroups() -> Option<cgroup::Cgroups> {
     let found = cgroup::Cgroups::find();
     match &found {
@@ -175,6 +193,7 @@ pub async fn run(
         consumers.push((agent_name, consumer));
     }
 
+    warn_of_shared_users(&config);
     let shared = Arc::new(Shared {
         config: config.clone(),
         topology,
