@@ -125,6 +125,25 @@ pub enum RequestInvalid {
 }
 
 impl JobRequest {
+    /// A request with only an id, an agent and a message; every other field empty (files returned).
+    pub fn new(id: Uuid, agent: &str, message: String, submitted_at: DateTime<Utc>) -> Self {
+        Self {
+            id,
+            agent: agent.to_string(),
+            message,
+            context: None,
+            timeout: None,
+            return_files: true,
+            input_files: Vec::new(),
+            artifact_target: None,
+            reply_to: None,
+            metadata: BTreeMap::new(),
+            submitted_at,
+            traceparent: None,
+            owner: None,
+        }
+    }
+
     /// Checks what the type system cannot: names that become subjects, positive timeouts.
     pub fn validate(&self) -> Result<(), RequestInvalid> {
         if !is_valid_agent_name(&self.agent) {
@@ -561,21 +580,7 @@ mod tests {
     use super::*;
 
     fn request(agent: &str) -> JobRequest {
-        JobRequest {
-            id: new_job_id(),
-            agent: agent.into(),
-            message: "hi".into(),
-            context: None,
-            timeout: None,
-            return_files: true,
-            input_files: Vec::new(),
-            artifact_target: None,
-            reply_to: None,
-            metadata: BTreeMap::new(),
-            submitted_at: Utc::now(),
-            traceparent: None,
-            owner: None,
-        }
+        JobRequest::new(new_job_id(), agent, "hi".into(), Utc::now())
     }
 
     #[test]

@@ -17,6 +17,19 @@ pub struct Reply {
     pub body: Value,
 }
 
+impl Reply {
+    /// Asserts an error answer: its status and the problem body's stable code.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.body["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            self.body
+        );
+    }
+}
+
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,

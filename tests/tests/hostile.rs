@@ -171,12 +171,7 @@ async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds()
         .text("message", "a".repeat(600_000))
         .text("context", "b".repeat(600_000));
     let r = send_form(form).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(413, "payload_too_large");
 
     let long_name = "n".repeat(100_000);
     let form = reqwest::multipart::Form::new()
@@ -213,12 +208,7 @@ async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds()
             reqwest::multipart::Part::bytes(b"x".to_vec()).file_name(wide.clone()),
         );
     let r = send_form(form).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("invalid_name")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(400, "invalid_name");
     // As an output, the one file is skipped with the reason and the job's other files are stored.
     let r = api
         .post(
@@ -249,24 +239,14 @@ async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds()
                 .body(text),
         )
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(413, "payload_too_large");
 
     // A made-up id cannot be cancelled, so nobody fills the cancels bucket or cancels a job before it exists.
     let made_up = uuid::Uuid::new_v4();
     let r = api
         .post(&format!("/v1/jobs/{made_up}/cancel"), &json!({}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (404, Some("job_not_found")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(404, "job_not_found");
     let nc = fleet_tests::clients::NatsClient::connect(&nats.url()).await;
     let cancels = nc.js.get_key_value("fleet_cancels").await.unwrap();
     assert!(cancels.get(made_up.to_string()).await.unwrap().is_none());

@@ -147,21 +147,12 @@ mod tests {
     use super::*;
 
     fn record() -> JobRecord {
-        let request = fleet_shared::JobRequest {
-            id: fleet_shared::wire::new_job_id(),
-            agent: "a".into(),
-            message: String::new(),
-            context: None,
-            timeout: None,
-            return_files: true,
-            input_files: Vec::new(),
-            artifact_target: None,
-            reply_to: None,
-            metadata: Default::default(),
-            submitted_at: chrono::Utc::now(),
-            traceparent: None,
-            owner: None,
-        };
+        let request = fleet_shared::JobRequest::new(
+            fleet_shared::wire::new_job_id(),
+            "a",
+            String::new(),
+            chrono::Utc::now(),
+        );
         JobRecord::queued(request)
     }
 

@@ -68,21 +68,12 @@ mod tests {
     use fleet_shared::wire::{FileEntry, SkippedFile};
 
     fn big_record() -> JobRecord {
-        let mut record = JobRecord::queued(fleet_shared::JobRequest {
-            id: fleet_shared::wire::new_job_id(),
-            agent: "a".into(),
-            message: "m".repeat(900_000),
-            context: None,
-            timeout: None,
-            return_files: true,
-            input_files: Vec::new(),
-            artifact_target: None,
-            reply_to: None,
-            metadata: Default::default(),
-            submitted_at: chrono::Utc::now(),
-            traceparent: None,
-            owner: None,
-        });
+        let mut record = JobRecord::queued(fleet_shared::JobRequest::new(
+            fleet_shared::wire::new_job_id(),
+            "a",
+            "m".repeat(900_000),
+            chrono::Utc::now(),
+        ));
         record.stdout = "é".repeat(40_000);
         record.stderr = "e".repeat(70_000);
         record.files = (0..2000)

@@ -55,21 +55,9 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
         .unwrap_or(0);
 
     let reject = |reason: String| {
-        let request = JobRequest {
-            id: fallback_id,
-            agent: subject_agent.to_string(),
-            message: String::new(),
-            context: None,
-            timeout: None,
-            return_files: false,
-            input_files: Vec::new(),
-            artifact_target: None,
-            reply_to: header_reply.clone(),
-            metadata: Default::default(),
-            submitted_at: msg.published,
-            traceparent: None,
-            owner: None,
-        };
+        let mut request = JobRequest::new(fallback_id, subject_agent, String::new(), msg.published);
+        request.return_files = false;
+        request.reply_to = header_reply.clone();
         Intake {
             request,
             format,

@@ -220,23 +220,20 @@ pub async fn capture(
 mod tests {
     use super::*;
 
+    fn log_at(path: &std::path::Path) -> Option<LogTarget> {
+        Some(LogTarget {
+            path: path.to_path_buf(),
+            max_bytes: 1 << 30,
+        })
+    }
+
     #[tokio::test]
     async fn keeps_a_capped_head_and_counts_everything_while_logging_all() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut c = Captured::default();
-        capture(
-            &data[..],
-            Some(LogTarget {
-                path: path.clone(),
-                max_bytes: 1 << 30,
-            }),
-            1000,
-            &mut c,
-            &mut NoSink,
-        )
-        .await;
+        capture(&data[..], log_at(&path), 1000, &mut c, &mut NoSink).await;
         assert!(c.logged);
         assert_eq!(c.total, 200_000);
         assert_eq!(c.head, &data[..1000]);
@@ -249,32 +246,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut c = Captured::default();
-        capture(
-            &b"hello\n"[..],
-            Some(LogTarget {
-                path: path.clone(),
-                max_bytes: 1 << 30,
-            }),
-            1000,
-            &mut c,
-            &mut NoSink,
-        )
-        .await;
+        capture(&b"hello\n"[..], log_at(&path), 1000, &mut c, &mut NoSink).await;
         assert_eq!(c.head, b"hello\n");
         assert!(!path.exists() && !c.logged);
         let raw = b"ok \xff\n";
         let mut c = Captured::default();
-        capture(
-            &raw[..],
-            Some(LogTarget {
-                path: path.clone(),
-                max_bytes: 1 << 30,
-            }),
-            1000,
-            &mut c,
-            &mut NoSink,
-        )
-        .await;
+        capture(&raw[..], log_at(&path), 1000, &mut c, &mut NoSink).await;
         assert!(c.logged);
         assert_eq!(c.head, raw);
         assert_eq!(std::fs::read(&path).unwrap(), raw);

@@ -64,21 +64,14 @@ pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, Recor
 }
 
 fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
-    fleet_shared::JobRequest {
-        id: key.parse().unwrap_or_default(),
-        agent: String::new(),
-        message: String::new(),
-        context: None,
-        timeout: None,
-        return_files: false,
-        input_files: Vec::new(),
-        artifact_target: None,
-        reply_to: None,
-        metadata: Default::default(),
-        submitted_at: Utc::now(),
-        traceparent: None,
-        owner: None,
-    }
+    let mut request = fleet_shared::JobRequest::new(
+        key.parse().unwrap_or_default(),
+        "",
+        String::new(),
+        Utc::now(),
+    );
+    request.return_files = false;
+    request
 }
 
 /// The record of attempt N+1 by `worker`, which started the agent at `started_at`.
