@@ -25,7 +25,10 @@ pub struct Problem {
 
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::MalformedJson | ErrorCode::InvalidName => StatusCode::BAD_REQUEST,
+        ErrorCode::MalformedJson | ErrorCode::InvalidName | ErrorCode::MalformedRequest => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         ErrorCode::InvalidRequest
         | ErrorCode::UnknownAgent
         | ErrorCode::InvalidJob

@@ -9,6 +9,7 @@ pub mod error;
 pub mod live;
 pub mod metrics;
 pub mod openapi;
+pub mod parse_errors;
 pub mod rate;
 pub mod records;
 pub mod routes;

@@ -54,7 +54,10 @@ pub async fn serve(
                 request
             });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .serve_connection_with_upgrades(
+                TokioIo::new(crate::parse_errors::ProblemIo::new(tcp)),
+                TowerToHyperService::new(service),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -45,16 +45,28 @@ impl FromRequest<AppState> for JobBody {
         // This route lifts the global body limit for uploads; a JSON body keeps it.
         let limit = state.config.http.max_body_bytes;
         let (parts, body) = req.into_parts();
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("JSON bodies are limited to {limit} bytes; send large input files as multipart/form-data"),
-            )
-        })?;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|e| unreadable_body(e, limit))?;
         let req = Request::from_parts(parts, Body::from(bytes));
         let Json(job) = Json::<SubmitJob>::from_request(req, state).await?;
         Ok(JobBody(job))
     }
+}
+
+/// A JSON body that could not be read: over the limit (413), or not a well-formed HTTP body at all (a bad chunk).
+fn unreadable_body(e: axum::Error, limit: usize) -> ApiError {
+    let inner = e.into_inner();
+    if inner.is::<http_body_util::LengthLimitError>() {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("JSON bodies are limited to {limit} bytes; send large input files as multipart/form-data"),
+        );
+    }
+    ApiError::new(
+        ErrorCode::MalformedRequest,
+        format!("the request body could not be read: {inner}"),
+    )
 }
 
 async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, ApiError> {

@@ -58,10 +58,14 @@ pub enum ErrorCode {
     RequestTimeout,
     /// The caller already has as many jobs queued or running as it may (`max_queued`).
     TooManyJobs,
+    /// The request's headers are larger than the gateway takes.
+    HeadersTooLarge,
+    /// The request is not well-formed HTTP (a bad request line, header or chunk).
+    MalformedRequest,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 32] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -92,6 +96,8 @@ impl ErrorCode {
         Self::LimitExceeded,
         Self::RequestTimeout,
         Self::TooManyJobs,
+        Self::HeadersTooLarge,
+        Self::MalformedRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +132,8 @@ impl ErrorCode {
             Self::LimitExceeded => "limit_exceeded",
             Self::RequestTimeout => "request_timeout",
             Self::TooManyJobs => "too_many_jobs",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::MalformedRequest => "malformed_request",
         }
     }
 }

@@ -83,8 +83,48 @@ async fn slow_bodies_time_out_and_huge_headers_are_refused() {
         reply.is_empty() || reply.starts_with("HTTP/1.1 431"),
         "{reply}"
     );
+    // Too many headers, all read at once (so the refusal is not lost to a reset): a problem body, not a bare 431.
+    let mut many = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let headers: String = (0..200).map(|i| format!("X-{i}: y\r\n")).collect();
+    let request = format!("GET /v1/agents HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+    many.write_all(request.as_bytes()).await.expect("write");
+    let reply = whole_answer(&mut many).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert!(reply.contains("\"code\":\"headers_too_large\""), "{reply}");
+    // A request line that is not HTTP: 400 with a problem body.
+    let mut garbage = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    garbage
+        .write_all(b"GET /\x01 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let reply = whole_answer(&mut garbage).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"code\":\"malformed_request\""), "{reply}");
+    // A chunk extension longer than hyper takes, in a body a handler reads.
+    let mut chunked = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2;ext={}\r\n{{}}\r\n0\r\n\r\n",
+        "e".repeat(20_000)
+    );
+    chunked.write_all(request.as_bytes()).await.expect("write");
+    let reply = whole_answer(&mut chunked).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("\"code\":\"malformed_request\""), "{reply}");
     assert_eq!(gw.api().get("/v1/agents").await.status, 200);
     worker.stop().await;
+}
+
+/// Everything the server sends until it closes the connection.
+async fn whole_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
