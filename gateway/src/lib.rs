@@ -113,6 +113,8 @@ pub enum GatewayError {
     Topology(#[from] fleet_shared::topology::TopologyError),
     #[error(transparent)]
     Store(#[from] fleet_shared::artifacts::StoreError),
+    #[error(transparent)]
+    Seal(#[from] fleet_shared::seal::SealError),
     #[error("{0}")]
     Auth(String),
     #[error("http server: {0}")]

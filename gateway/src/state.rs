@@ -31,6 +31,8 @@ pub struct Inner {
     pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
     pub config_bucket: kv::Store,
+    /// Seals the revision header of every job message this gateway publishes.
+    pub sealer: fleet_shared::seal::Sealer,
     /// This gateway's own counters (the queue gauges are read from JetStream at scrape time).
     pub metrics: crate::metrics::GatewayMetrics,
     /// API keys, followed from the keys bucket.
@@ -71,7 +73,9 @@ impl AppState {
             config.http.live_buffer_events,
         );
         let rate = crate::rate::RateLimits::new(&config.http);
+        let sealer = fleet_shared::seal::Sealer::load(&handles.config).await?;
         Ok(Self(Arc::new(Inner {
+            sealer,
             live,
             config,
             topology,

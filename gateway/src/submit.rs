@@ -10,7 +10,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::Utc;
 use fleet_shared::codec::{to_msgpack, CONTENT_TYPE_HEADER, MSGPACK};
-use fleet_shared::topology::{GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER};
+use fleet_shared::topology::{
+    GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, RECORD_SEAL_HEADER,
+};
 use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -225,6 +227,8 @@ async fn publish(
     };
     headers.insert(MSG_ID_HEADER, msg_id.as_str());
     headers.insert(RECORD_REVISION_HEADER, revision.to_string().as_str());
+    let seal = state.sealer.seal(&request.id, generation, revision);
+    headers.insert(RECORD_SEAL_HEADER, seal.as_str());
     if generation > 0 {
         headers.insert(GENERATION_HEADER, generation.to_string().as_str());
     }

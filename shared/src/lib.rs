@@ -10,6 +10,7 @@ pub mod error_code;
 pub mod keys;
 pub mod metrics;
 pub mod nats;
+pub mod seal;
 pub mod topology;
 pub mod trace_context;
 pub mod wire;

@@ -16,6 +16,8 @@ pub const REFRESH_TOKEN_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header with the KV revision of the `queued` record the gateway wrote, so the worker claims it in one step.
 pub const RECORD_REVISION_HEADER: &str = "Fleet-Record-Revision";
+/// The gateway's seal over the revision header (`seal::Sealer`): without it, the revision is not taken.
+pub const RECORD_SEAL_HEADER: &str = "Fleet-Record-Seal";
 /// Header of a done notice: `sent` when the job's output went out as events (and its `end` event is in the
 /// events stream); absent when the job ended before its events went live, so its record holds all of them.
 pub const OUTPUT_EVENTS_HEADER: &str = "Fleet-Output-Events";

@@ -402,3 +402,56 @@ async fn concurrent_jobs_of_a_uid_range_run_as_different_users() {
     }
     worker.stop().await;
 }
+
+/// A publisher naming the revision of an ended job's record (as the gateway names its `queued` record's) cannot
+/// have that record replaced: without the gateway's seal the revision is not taken, and the message is refused
+/// like any other reuse of an ended job's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_revision_never_replaces_an_ended_job() {
+    let (nats, _cfg, worker, gw) = fleet(&[]).await;
+    let r = gw
+        .api()
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "py", "message": "print('mine')"}),
+        )
+        .await;
+    assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
+    let id: uuid::Uuid = r.body["job_id"].as_str().unwrap().parse().unwrap();
+    let client = NatsClient::connect(&nats.url()).await;
+    let before = client.record(id).await.expect("record");
+    let entry = client.records.entry(id.to_string()).await.unwrap().unwrap();
+
+    let inbox = client.client.new_inbox();
+    let mut replies = client.client.subscribe(inbox.clone()).await.unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        fleet_shared::topology::RECORD_REVISION_HEADER,
+        entry.revision.to_string().as_str(),
+    );
+    headers.insert(
+        fleet_shared::topology::RECORD_SEAL_HEADER,
+        "00000000000000000000000000000000",
+    );
+    let body = json!({"id": id, "message": "print('forged')", "reply_to": inbox});
+    client
+        .js
+        .publish_with_headers(
+            "fleet.jobs.py",
+            headers,
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let (answer, _) = next_reply(&mut replies, Duration::from_secs(20)).await;
+    assert_eq!(answer.status, JobStatus::Failed);
+    assert!(answer.error.unwrap().message.contains("is taken"));
+    assert_eq!(
+        client.record(id).await.expect("record"),
+        before,
+        "the ended job's record was replaced"
+    );
+    worker.stop().await;
+}

@@ -5,8 +5,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use fleet_shared::codec::{decode, Format, CONTENT_TYPE_HEADER};
+use fleet_shared::seal::FollowedSealer;
 use fleet_shared::topology::{
-    GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, REPLY_TO_HEADER,
+    GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, RECORD_SEAL_HEADER, REPLY_TO_HEADER,
 };
 use fleet_shared::wire::{job_id_for_message, PublishedJob};
 use fleet_shared::{ErrorCode, JobError, JobRequest, Topology};
@@ -38,7 +39,7 @@ fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     headers.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
-pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
+pub fn read(topology: &Topology, sealer: &FollowedSealer, msg: &Incoming<'_>) -> Intake {
     let format = Format::detect(header(msg.headers, CONTENT_TYPE_HEADER), msg.payload);
     let subject_agent = topology.agent_of_subject(msg.subject).unwrap_or_default();
     // A retry's message id is `<job id>.<generation>`.
@@ -49,10 +50,11 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     let header_reply = header(msg.headers, REPLY_TO_HEADER)
         .filter(|r| topology.is_allowed_reply_subject(r))
         .map(str::to_string);
-    let queued_revision = header(msg.headers, RECORD_REVISION_HEADER).and_then(|v| v.parse().ok());
     let generation = header(msg.headers, GENERATION_HEADER)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let claimed_revision: Option<u64> =
+        header(msg.headers, RECORD_REVISION_HEADER).and_then(|v| v.parse().ok());
 
     let reject = |reason: String| {
         let mut request = JobRequest::new(fallback_id, subject_agent, String::new(), msg.published);
@@ -74,6 +76,13 @@ pub fn read(topology: &Topology, msg: &Incoming<'_>) -> Intake {
     let mut request = published.into_request(subject_agent, fallback_id, msg.published);
     if request.reply_to.is_none() {
         request.reply_to = header_reply.clone();
+    }
+    // The revision is taken only under the gateway's seal; otherwise the message counts as a direct publish.
+    let seal = header(msg.headers, RECORD_SEAL_HEADER).unwrap_or("");
+    let queued_revision =
+        claimed_revision.filter(|rev| sealer.verifies(&request.id, generation, *rev, seal));
+    if claimed_revision.is_some() && queued_revision.is_none() {
+        tracing::warn!(job_id = %request.id, "a job message names a record revision without the gateway's seal; it is treated as published straight to NATS");
     }
     let mut intake = Intake {
         request,
@@ -110,6 +119,30 @@ pub fn from_offset(t: time::OffsetDateTime) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_shared::seal::Sealer;
+
+    fn sealer() -> FollowedSealer {
+        FollowedSealer::fixed(Sealer::with_key([1; 32]))
+    }
+
+    #[test]
+    fn a_revision_is_taken_only_under_the_gateways_seal() {
+        let t = Topology::new("fleet");
+        let id = uuid::Uuid::now_v7();
+        let payload = Bytes::from(format!(r#"{{"id":"{id}","message":"hi"}}"#));
+        let mut headers = HeaderMap::new();
+        headers.insert(RECORD_REVISION_HEADER, "42");
+        assert_eq!(
+            read(&t, &sealer(), &incoming(&payload, Some(&headers))).queued_revision,
+            None
+        );
+        let seal = Sealer::with_key([1; 32]).seal(&id, 0, 42);
+        headers.insert(RECORD_SEAL_HEADER, seal.as_str());
+        assert_eq!(
+            read(&t, &sealer(), &incoming(&payload, Some(&headers))).queued_revision,
+            Some(42)
+        );
+    }
 
     fn incoming<'a>(payload: &'a Bytes, headers: Option<&'a HeaderMap>) -> Incoming<'a> {
         Incoming {
@@ -126,8 +159,8 @@ mod tests {
         let t = Topology::new("fleet");
         let payload = Bytes::from_static(br#"{"message":"hi","reply_to":"r.1"}"#);
         let msg = incoming(&payload, None);
-        let a = read(&t, &msg);
-        let b = read(&t, &msg);
+        let a = read(&t, &sealer(), &msg);
+        let b = read(&t, &sealer(), &msg);
         assert!(a.rejected.is_none());
         assert_eq!(a.format, Format::Json);
         assert_eq!(a.request.agent, "echo");
@@ -141,7 +174,7 @@ mod tests {
         let payload = Bytes::from_static(b"\xc1\xc1 not a job");
         let mut headers = HeaderMap::new();
         headers.insert(REPLY_TO_HEADER, "answers.here");
-        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        let intake = read(&t, &sealer(), &incoming(&payload, Some(&headers)));
         assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
         assert_eq!(intake.request.reply_to.as_deref(), Some("answers.here"));
     }
@@ -152,12 +185,12 @@ mod tests {
         let payload = Bytes::from_static(br#"{"message":"hi","reply_to":"fleet.jobs.echo"}"#);
         let mut headers = HeaderMap::new();
         headers.insert(REPLY_TO_HEADER, "$JS.API.STREAM.DELETE.FLEET_JOBS");
-        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        let intake = read(&t, &sealer(), &incoming(&payload, Some(&headers)));
         assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
         assert_eq!(intake.request.reply_to, None);
         let mut headers = HeaderMap::new();
         headers.insert(REPLY_TO_HEADER, "_INBOX.answers");
-        let intake = read(&t, &incoming(&payload, Some(&headers)));
+        let intake = read(&t, &sealer(), &incoming(&payload, Some(&headers)));
         assert_eq!(intake.request.reply_to.as_deref(), Some("_INBOX.answers"));
     }
 
@@ -183,7 +216,7 @@ mod tests {
     fn agent_field_must_match_subject() {
         let t = Topology::new("fleet");
         let payload = Bytes::from_static(br#"{"message":"hi","agent":"python"}"#);
-        let intake = read(&t, &incoming(&payload, None));
+        let intake = read(&t, &sealer(), &incoming(&payload, None));
         assert_eq!(intake.rejected.unwrap().code, ErrorCode::InvalidJob);
     }
 }

@@ -132,6 +132,7 @@ async fn fail_unknown_agent(
 ) -> Result<(), async_nats::Error> {
     let intake = intake::read(
         &shared.topology,
+        &shared.sealer,
         &Incoming {
             subject: msg.subject.as_str(),
             payload: &msg.payload,

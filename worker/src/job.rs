@@ -51,6 +51,7 @@ async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
     };
     let intake = intake::read(
         &shared.topology,
+        &shared.sealer,
         &Incoming {
             subject: msg.subject.as_str(),
             payload: &msg.payload,

@@ -64,6 +64,8 @@ pub struct Shared {
     pub cgroups: Option<cgroup::Cgroups>,
     /// The uids running jobs hold from their agents' `run_as` ranges.
     pub uids: sandbox::UidPool,
+    /// Checks the gateway's seal on a message's record revision.
+    pub sealer: fleet_shared::seal::FollowedSealer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Store(#[from] fleet_shared::artifacts::StoreError),
+    #[error(transparent)]
+    Seal(#[from] fleet_shared::seal::SealError),
     #[error("cannot listen on {addr} (worker.http_addr): {source}")]
     Listen {
         addr: String,
@@ -213,6 +217,7 @@ pub async fn run(
         metrics: metrics::WorkerMetrics::new(config.worker.max_concurrent),
         cgroups: job_cgroups(),
         uids: sandbox::UidPool::default(),
+        sealer: fleet_shared::seal::FollowedSealer::follow(&handles.config).await?,
     });
     tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 
