@@ -233,7 +233,9 @@ async fn run_job(
             }
             spec.events = Some(job_events.clone());
             shared.metrics.run_started(&held.record);
-            let cgroup = match shared.cgroups.as_ref().map(|c| c.lease()).transpose() {
+            // Confined agents only: joining a cgroup costs about half a spawn (see cgroup.rs).
+            let cgroups = shared.cgroups.as_ref().filter(|_| !sandbox.is_empty());
+            let cgroup = match cgroups.map(|c| c.lease()).transpose() {
                 Ok(cgroup) => cgroup,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one");

@@ -115,7 +115,9 @@ pub async fn run(
         // Its own process group, so timeout and cancel reach grandchildren too.
         .process_group(0);
     let sandbox = spec.sandbox;
-    if !sandbox.is_empty() {
+    // A cgroup is joined by the child itself before exec, so nothing of the agent runs outside it: that needs
+    // the hook, hence fork, as confinement does.
+    if !sandbox.is_empty() || cgroup.is_some() {
         if let Some(user) = sandbox.user {
             crate::sandbox::give_dirs(user, &spec.agent_dirs).map_err(|source| {
                 SpawnError::Start {
@@ -158,12 +160,6 @@ pub async fn run(
     drop(cmd);
     let mut child = spawned?;
     let pid = child.id() as libc::pid_t;
-    if let (true, Some(cgroup)) = (sandbox.is_empty(), cgroup) {
-        // The cheap spawn path has no hook in the child: move it in now, before its program has loaded.
-        if let Err(e) = cgroup.add(pid) {
-            tracing::warn!(error = %e, "cannot move the agent into its cgroup");
-        }
-    }
     // From here the child exists: every path below must reap it.
     let exit = match PidFd::open(pid) {
         Ok(fd) => fd,
@@ -547,12 +543,13 @@ mod tests {
             pidfile.display()
         );
         let cgroup = cgroups.lease().unwrap();
-        // Confined (here by a limit), so the child joins the cgroup itself before exec.
-        let mut confined = spec(&["sh", "-c", &script]);
-        confined.sandbox.limits.open_files = Some(1024);
-        let out = run(confined, CancellationToken::new(), Some(&cgroup))
-            .await
-            .unwrap();
+        let out = run(
+            spec(&["sh", "-c", &script]),
+            CancellationToken::new(),
+            Some(&cgroup),
+        )
+        .await
+        .unwrap();
         assert_eq!(out.ending, Ending::Exited(0));
         let pid: i32 = std::fs::read_to_string(&pidfile)
             .unwrap()
