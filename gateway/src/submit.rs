@@ -79,6 +79,7 @@ pub async fn submit(
         .topology
         .validate_request(&request)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    check_references(state, caller, &request).await?;
     if let Some(target) = &request.artifact_target {
         if !state.stores.is_known_name(target) {
             return Err(ApiError::new(
@@ -95,7 +96,7 @@ pub async fn submit(
         ));
     }
     if let Some(key) = &sub.idempotency_key {
-        request.id = resolve_idempotency_key(state, key, &request).await?;
+        request.id = resolve_idempotency_key(state, caller, key, &request).await?;
     }
 
     let key = state.topology.record_key(&request.id);
@@ -374,8 +375,76 @@ fn fingerprint(r: &JobRequest) -> String {
 }
 
 /// The job id an idempotency key stands for: the first request with the key decides it.
+/// Every file a job names from another job must be one its caller may read: a job the caller may not see answers
+/// exactly as a job that does not exist. Uploaded inputs (stored under a content-derived id, with no record, in
+/// `_inputs/`) are referenced by whoever sent their content.
+async fn check_references(
+    state: &AppState,
+    caller: &Caller,
+    request: &JobRequest,
+) -> Result<(), ApiError> {
+    for from in request.input_files.iter().filter_map(|f| f.from.as_ref()) {
+        let upload = from
+            .name
+            .starts_with(&format!("{}/", crate::upload::INPUTS_DIR));
+        match records::get(state, &from.job_id).await? {
+            Some(record) if caller.may_read(&record) => {}
+            None if upload => {}
+            _ => return Err(ApiError::job_not_found(from.job_id)),
+        }
+    }
+    Ok(())
+}
+
+/// The bucket key of a caller's idempotency key: each owner has a space of its own, so two callers using the
+/// same key get two jobs. Hashing keeps arbitrary client strings out of KV key syntax.
+fn idempotency_kv_key(owner: Option<&str>, key: &str) -> String {
+    match owner {
+        // Open fleets keep the shape keys had before owners had spaces.
+        None => hex::encode(Sha256::digest(key.as_bytes())),
+        Some(owner) => hex::encode(
+            Sha256::new()
+                .chain_update(b"owner\0")
+                .chain_update(owner.as_bytes())
+                .chain_update(b"\0")
+                .chain_update(key.as_bytes())
+                .finalize(),
+        ),
+    }
+}
+
+/// A job an authenticated caller made under `key` before idempotency keys were scoped to owners (such entries
+/// expire with the bucket's retention): used only if the job is the caller's own.
+async fn legacy_idempotent_job(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Option<Uuid>, ApiError> {
+    let Some(stored) = read_idempotency_entry(state, &idempotency_kv_key(None, key)).await? else {
+        return Ok(None);
+    };
+    let owned = records::get(state, &stored.job_id)
+        .await?
+        .is_some_and(|r| caller.may_read(&r) && r.request.owner == caller.owner());
+    Ok((owned && stored.fingerprint == fingerprint).then_some(stored.job_id))
+}
+
+async fn read_idempotency_entry(
+    state: &AppState,
+    kv_key: &str,
+) -> Result<Option<IdempotencyEntry>, ApiError> {
+    let stored = state
+        .idempotency
+        .get(kv_key)
+        .await
+        .map_err(|e| ApiError::unavailable("reading an idempotency key failed", e))?;
+    Ok(stored.and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
 async fn resolve_idempotency_key(
     state: &AppState,
+    caller: &Caller,
     key: &str,
     request: &JobRequest,
 ) -> Result<Uuid, ApiError> {
@@ -385,23 +454,23 @@ async fn resolve_idempotency_key(
             "Idempotency-Key must be 1-255 characters",
         ));
     }
-    // Hashing keeps arbitrary client strings out of KV key syntax.
-    let kv_key = hex::encode(Sha256::digest(key.as_bytes()));
+    let owner = caller.owner();
+    let kv_key = idempotency_kv_key(owner.as_deref(), key);
     let entry = IdempotencyEntry {
         job_id: request.id,
         fingerprint: fingerprint(request),
     };
+    if owner.is_some() {
+        if let Some(id) = legacy_idempotent_job(state, caller, key, &entry.fingerprint).await? {
+            return Ok(id);
+        }
+    }
     let bytes = serde_json::to_vec(&entry).unwrap_or_default();
     match state.idempotency.create(&kv_key, bytes.into()).await {
         Ok(_) => Ok(request.id),
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            let stored = state
-                .idempotency
-                .get(&kv_key)
-                .await
-                .map_err(|e| ApiError::unavailable("reading an idempotency key failed", e))?;
-            let stored: IdempotencyEntry = stored
-                .and_then(|b| serde_json::from_slice(&b).ok())
+            let stored = read_idempotency_entry(state, &kv_key)
+                .await?
                 .ok_or_else(|| {
                     ApiError::unavailable("idempotency key vanished", "entry expired while read")
                 })?;

@@ -19,7 +19,7 @@ use crate::state::AppState;
 /// Form fields naming input files; every other field is a job field.
 const FILE_FIELDS: &[&str] = &["file", "files", "files[]", "input_files"];
 /// Folder, under the content id, holding an uploaded input.
-const INPUTS_DIR: &str = "_inputs";
+pub const INPUTS_DIR: &str = "_inputs";
 
 /// A job submission in either encoding.
 pub struct JobBody(pub SubmitJob);

@@ -352,14 +352,21 @@ pub struct StatsResponse {
     pub queue: BTreeMap<String, QueueDepth>,
 }
 
-/// Job counts per status and agent, and queue depth per agent.
+/// Job counts per status and agent (of the caller's own jobs, unless it may read all), and queue depth per agent
+/// (fleet-wide: it reveals no job).
 #[utoipa::path(get, path = "/stats", tag = "compatible", responses((status = 200, body = StatsResponse)))]
-pub async fn stats(State(state): State<AppState>) -> Result<Json<StatsResponse>, ApiError> {
+pub async fn stats(
+    caller: Caller,
+    State(state): State<AppState>,
+) -> Result<Json<StatsResponse>, ApiError> {
     let mut out = StatsResponse::default();
     for s in JobStatus::ALL {
         out.by_status.insert(s.as_str().into(), 0);
     }
     scan::each_record(&state, |r: JobRecord| {
+        if !caller.may_read(&r) {
+            return;
+        }
         out.total += 1;
         *out.by_status.entry(r.status.as_str().into()).or_default() += 1;
         *out.by_agent

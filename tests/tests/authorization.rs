@@ -1,0 +1,78 @@
+//! What one caller may reach of another's (issue 15), through the real gateway and worker with keys on: a job's
+//! files cannot be copied into a foreign caller's job, idempotency keys are each owner's own, and `/stats` counts
+//! only the caller's jobs. Nothing of the owner's data appears in any answer the foreign caller gets.
+
+use fleet_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_reaches_nothing_of_another_callers_jobs() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
+    let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
+    let (alice, mallory) = (
+        gw.api().with_key(&alice_key),
+        gw.api().with_key(&mallory_key),
+    );
+
+    let secret = "the-secret-4f1c";
+    let r = alice
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "shell", "message": format!("echo {secret} > secret.txt")}),
+        )
+        .await;
+    assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
+    let alice_job = r.body["job_id"].as_str().unwrap().to_string();
+
+    // Copying alice's file into mallory's job: as if alice's job did not exist.
+    let steal = json!({"agent": "shell", "message": "cat secret.txt",
+        "input_files": [{"name": "secret.txt", "from": {"job_id": alice_job, "name": "secret.txt"}}]});
+    let r = mallory.post("/v1/jobs?wait=30", &steal).await;
+    r.assert_problem(404, "job_not_found");
+    let made_up = json!({"agent": "shell", "message": "cat secret.txt",
+        "input_files": [{"name": "secret.txt", "from": {"job_id": uuid::Uuid::now_v7(), "name": "secret.txt"}}]});
+    let unknown = mallory.post("/v1/jobs?wait=30", &made_up).await;
+    unknown.assert_problem(404, "job_not_found");
+    assert!(!r.body.to_string().contains(secret));
+    // Alice herself may.
+    let r = alice.post("/v1/jobs?wait=30", &steal).await;
+    assert_eq!(
+        r.body["record"]["stdout"],
+        format!("{secret}\n"),
+        "{}",
+        r.body
+    );
+
+    // The same Idempotency-Key: two callers, two jobs, and no conflict naming alice's job.
+    let post_keyed = |api: fleet_tests::clients::Api, message: &'static str| async move {
+        api.send(
+            api.request(reqwest::Method::POST, "/v1/jobs")
+                .header("idempotency-key", "order-42")
+                .json(&json!({"agent": "echo", "message": message})),
+        )
+        .await
+    };
+    let a = post_keyed(alice.clone(), "alice's").await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let m = post_keyed(mallory.clone(), "mallory's").await;
+    assert_eq!(m.status, 202, "{}", m.body);
+    assert_ne!(a.body["job_id"], m.body["job_id"]);
+    let again = post_keyed(mallory.clone(), "something else").await;
+    again.assert_problem(409, "idempotency_conflict");
+    assert!(!again
+        .body
+        .to_string()
+        .contains(a.body["job_id"].as_str().unwrap()));
+    let same = post_keyed(alice.clone(), "alice's").await;
+    assert_eq!(same.body["job_id"], a.body["job_id"], "{}", same.body);
+
+    // /stats: each caller counts its own jobs (queue depth stays fleet-wide).
+    let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
+    let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();
+    assert_eq!((alice_jobs, mallory_jobs), (3, 1));
+    worker.stop().await;
+}
