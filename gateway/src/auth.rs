@@ -82,8 +82,43 @@ impl KeyRing {
 pub enum Caller {
     /// Authentication is off (`auth.mode = none`, loopback only): everything is allowed.
     Open,
-    /// An API key or a signed-in user: its name (recorded as jobs' owner) and scopes.
-    Authenticated { name: String, scopes: Scopes },
+    /// An API key or a signed-in user: who it is and what it may do.
+    Authenticated {
+        principal: Principal,
+        scopes: Scopes,
+    },
+}
+
+/// A caller's identity, as jobs record their owner. The id is what no other caller can take (a key's id, a
+/// configured user's name in a namespace of its own); the name is a label (a key's name is free text, and any
+/// `manage_keys` holder may give a new key the same one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub id: String,
+    pub name: String,
+}
+
+impl Principal {
+    pub fn key(key_id: &str, name: &str) -> Self {
+        Self {
+            id: format!("key:{key_id}"),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn user(name: &str) -> Self {
+        Self {
+            id: format!("user:{name}"),
+            name: name.to_string(),
+        }
+    }
+
+    /// Whether this principal owns a job whose record names `owner`. Records written before principals hold the
+    /// submitting key's or user's name, and match that name as they always did (they expire with the retention).
+    fn owns(&self, owner: &str) -> bool {
+        let legacy = !owner.starts_with("key:") && !owner.starts_with("user:");
+        owner == self.id || (legacy && owner == self.name)
+    }
 }
 
 impl Caller {
@@ -95,10 +130,15 @@ impl Caller {
     }
 
     /// The owner recorded on jobs this caller submits.
+    /// The owner recorded on the caller's jobs (its principal's id).
     pub fn owner(&self) -> Option<String> {
+        self.principal().map(|p| p.id.clone())
+    }
+
+    pub fn principal(&self) -> Option<&Principal> {
         match self {
             Self::Open => None,
-            Self::Authenticated { name, .. } => Some(name.clone()),
+            Self::Authenticated { principal, .. } => Some(principal),
         }
     }
 
@@ -117,8 +157,13 @@ impl Caller {
     pub fn may_read(&self, record: &JobRecord) -> bool {
         match self {
             Self::Open => true,
-            Self::Authenticated { name, scopes } => {
-                scopes.read_all || record.request.owner.as_deref() == Some(name.as_str())
+            Self::Authenticated { principal, scopes } => {
+                scopes.read_all
+                    || record
+                        .request
+                        .owner
+                        .as_deref()
+                        .is_some_and(|owner| principal.owns(owner))
             }
         }
     }
@@ -195,8 +240,8 @@ pub async fn authenticate(
             Err(refusal) => return refusal,
         }
     };
-    if let Caller::Authenticated { name, .. } = &caller {
-        tracing::Span::current().record("caller", name.as_str());
+    if let Caller::Authenticated { principal, .. } = &caller {
+        tracing::Span::current().record("caller", principal.id.as_str());
     }
     request.extensions_mut().insert(caller);
     next.run(request).await
@@ -219,7 +264,7 @@ async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<C
     };
     match state.keys.find(id).await {
         Ok(Some(key)) if key.accepts(secret) => Ok(Caller::Authenticated {
-            name: key.name,
+            principal: Principal::key(id, &key.name),
             scopes: key.scopes,
         }),
         Ok(_) => Err(unauthorized("the API key is unknown or revoked")),
@@ -244,5 +289,23 @@ pub fn check_mode(config: &fleet_shared::config::Config) -> Result<(), String> {
             "auth.mode = none is allowed only on a loopback address, not {addr}: create API keys with \
              `fleet keys create` and set auth.mode = required, or listen on 127.0.0.1"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_principals_and_names_match_only_records_from_before_them() {
+        let alice = Principal::key("0123456789ab", "alice");
+        assert!(alice.owns("key:0123456789ab"));
+        // Another key named alice, and a user called alice, are other owners.
+        assert!(!Principal::key("ba9876543210", "alice").owns("key:0123456789ab"));
+        assert!(!Principal::user("alice").owns("key:0123456789ab"));
+        assert!(!alice.owns("user:alice"));
+        // A record written before principals names its key by name.
+        assert!(alice.owns("alice"));
+        assert!(!alice.owns("bob"));
     }
 }

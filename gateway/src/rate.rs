@@ -106,7 +106,7 @@ fn is_submission(request: &Request) -> bool {
 /// Middleware, after authentication: submissions and other requests count against the caller.
 pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let caller = match request.extensions().get::<Caller>() {
-        Some(Caller::Authenticated { name, .. }) => Some(format!("key:{name}")),
+        Some(Caller::Authenticated { principal, .. }) => Some(principal.id.clone()),
         Some(Caller::Open) => client_ip(&request).map(|ip| format!("ip:{ip}")),
         // Public paths (probes, metrics, docs) carry no caller.
         None => None,

@@ -74,6 +74,7 @@ pub async fn submit(
         submitted_at: Utc::now(),
         traceparent: None,
         owner: caller.owner(),
+        owner_name: caller.principal().map(|p| p.name.clone()),
     };
     state
         .topology

@@ -105,7 +105,7 @@ pub fn caller_of(auth: &AuthConfig, token: &str) -> Option<Caller> {
     let claims = decode_claims(auth, token, ACCESS)?;
     let user = auth.users.get(&claims.sub)?;
     Some(Caller::Authenticated {
-        name: claims.sub,
+        principal: crate::auth::Principal::user(&claims.sub),
         scopes: user.scopes(),
     })
 }

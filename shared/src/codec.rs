@@ -101,6 +101,7 @@ mod tests {
             submitted_at: chrono::Utc::now(),
             traceparent: None,
             owner: None,
+            owner_name: None,
         })
     }
 

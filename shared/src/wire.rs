@@ -44,10 +44,14 @@ pub struct JobRequest {
     /// W3C `traceparent` of the submitter, so the worker's spans join the client's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// The API key (its name) that submitted the job through a gateway; set by the gateway, never by the caller.
-    /// Jobs published straight to NATS have none.
+    /// Who submitted the job through a gateway, as a principal no other caller can take: `key:<key id>` or
+    /// `user:<user name>` (records written before principals hold a key's name). Set by the gateway, never by the
+    /// caller; jobs published straight to NATS have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The owner's display name (a key's name, a user's name): a label, never used to decide access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_name: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -141,6 +145,7 @@ impl JobRequest {
             submitted_at,
             traceparent: None,
             owner: None,
+            owner_name: None,
         }
     }
 
@@ -712,9 +717,11 @@ pub struct PublishedJob {
     pub submitted_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub traceparent: Option<String>,
-    /// Set by gateways (the submitting key's name). NATS permissions, not this field, decide who may publish.
+    /// Set by gateways (the submitting principal). NATS permissions, not this field, decide who may publish.
     #[serde(default)]
     pub owner: Option<String>,
+    #[serde(default)]
+    pub owner_name: Option<String>,
 }
 
 impl PublishedJob {
@@ -739,6 +746,7 @@ impl PublishedJob {
             submitted_at: self.submitted_at.unwrap_or(published),
             traceparent: self.traceparent,
             owner: self.owner,
+            owner_name: self.owner_name,
         }
     }
 }

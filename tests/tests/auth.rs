@@ -102,7 +102,12 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
     // Jobs belong to their key.
     let r = alice.post("/v1/jobs?wait=20", &job).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["record"]["request"]["owner"], "alice");
+    // Owned by the key itself (its id, which no other key can take); the name is a label.
+    assert_eq!(
+        r.body["record"]["request"]["owner"],
+        format!("key:{alice_id}")
+    );
+    assert_eq!(r.body["record"]["request"]["owner_name"], "alice");
     let alices = r.body["job_id"].as_str().expect("id").to_string();
     // The X-API-Key header works as well.
     let r = anonymous
@@ -348,7 +353,8 @@ async fn keys_are_managed_over_http_granting_at_most_what_the_manager_holds() {
         )
         .await;
     assert_eq!(r.body["status"], "completed", "{}", r.body);
-    assert_eq!(r.body["record"]["request"]["owner"], "ci");
+    assert_eq!(r.body["record"]["request"]["owner"], format!("key:{ci_id}"));
+    assert_eq!(r.body["record"]["request"]["owner_name"], "ci");
     let r = ci
         .post("/v1/jobs", &json!({"agent": "fake", "message": "no"}))
         .await;

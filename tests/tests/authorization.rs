@@ -70,6 +70,43 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let same = post_keyed(alice.clone(), "alice's").await;
     assert_eq!(same.body["job_id"], a.body["job_id"], "{}", same.body);
 
+    // A key manager names a new key after alice: a label only, it reads and cancels nothing of hers.
+    let (_, manager_key) = create_key(
+        &cfg,
+        &[
+            "--name",
+            "keys",
+            "--agent",
+            "*",
+            "--manage-keys",
+            "--cancel",
+        ],
+    );
+    let manager = gw.api().with_key(&manager_key);
+    let r = manager
+        .post(
+            "/v1/keys",
+            &json!({"name": "alice", "scopes": {"agents": ["*"], "cancel": true}}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let impostor = gw.api().with_key(r.body["key"].as_str().unwrap());
+    fleet_tests::eventually(
+        "the new key accepted",
+        std::time::Duration::from_secs(5),
+        || {
+            let impostor = impostor.clone();
+            async move { impostor.get("/v1/jobs").await.status == 200 }
+        },
+    )
+    .await;
+    impostor
+        .get(&format!("/v1/jobs/{alice_job}"))
+        .await
+        .assert_problem(404, "job_not_found");
+    let listed = impostor.get("/v1/jobs").await;
+    assert_eq!(listed.body["count"], 0, "{}", listed.body);
+
     // /stats: each caller counts its own jobs (queue depth stays fleet-wide).
     let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
     let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();

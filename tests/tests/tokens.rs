@@ -135,7 +135,9 @@ async fn users_sign_in_and_refresh_tokens_rotate_with_reuse_detection() {
         )
         .await;
     assert_eq!(r.body["status"], "completed", "{}", r.body);
-    assert_eq!(r.body["record"]["request"]["owner"], "alice");
+    // A configured user is a principal of its own, never the same owner as a key named alike.
+    assert_eq!(r.body["record"]["request"]["owner"], "user:alice");
+    assert_eq!(r.body["record"]["request"]["owner_name"], "alice");
     let r = alice
         .post("/v1/jobs", &json!({"agent": "fake", "message": "exit:0"}))
         .await;
