@@ -107,6 +107,19 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let listed = impostor.get("/v1/jobs").await;
     assert_eq!(listed.body["count"], 0, "{}", listed.body);
 
+    // Sharing may name no remote host while artifacts.sharing_hosts is empty (the default): refused before any
+    // connection, this machine's FTP port included.
+    let (_, sharer_key) = create_key(&cfg, &["--name", "sharer", "--configure-sharing"]);
+    let r = gw
+        .api()
+        .with_key(&sharer_key)
+        .post(
+            "/configure-sharing",
+            &json!({"method": "ftp", "ftp_host": "127.0.0.1", "ftp_port": 21, "ftp_user": "u", "ftp_pass": "p"}),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+
     // /stats: each caller counts its own jobs (queue depth stays fleet-wide).
     let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
     let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();

@@ -27,6 +27,10 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
         .collect();
     extra.extend([
         ("FLEET_AUTH_MODE".to_string(), "required".to_string()),
+        (
+            "FLEET_ARTIFACTS_SHARING_HOSTS".to_string(),
+            "127.0.0.1".to_string(),
+        ),
         ("FLEET_AUTH_JWT_SECRET".to_string(), jwt.to_string()),
         ("FLEET_NATS_USER".to_string(), "fleet".to_string()),
         (

@@ -101,21 +101,6 @@ impl SharingRequest {
         t.s3_path_style = self.s3_path_style.unwrap_or(t.s3_path_style);
         t.validate("")
             .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-        let host = match self.method {
-            SharingMethod::Ftp => Some(t.ftp_host.as_str()),
-            SharingMethod::S3 => Some(endpoint_host(&t.s3_endpoint)),
-            SharingMethod::Local | SharingMethod::Default => None,
-        };
-        if let Some(host) = host {
-            if !host_allowed(host, &state.config.artifacts.sharing_hosts) {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "`{host}` is not among the hosts sharing may use (artifacts.sharing_hosts)"
-                    ),
-                ));
-            }
-        }
         Ok(t)
     }
 }
@@ -134,24 +119,89 @@ fn endpoint_host(endpoint: &str) -> &str {
     }
 }
 
-/// Whether `allowed` (comma-separated hosts, `*.domain` for subdomains; empty: any) lets sharing use `host`.
-fn host_allowed(host: &str, allowed: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let mut patterns = allowed
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .peekable();
-    if patterns.peek().is_none() {
-        return true;
+/// The remote host a sharing target connects to (none for local disk).
+fn target_host(method: SharingMethod, t: &TargetConfig) -> Option<&str> {
+    match method {
+        SharingMethod::Ftp => Some(t.ftp_host.as_str()),
+        SharingMethod::S3 => Some(endpoint_host(&t.s3_endpoint)),
+        SharingMethod::Local | SharingMethod::Default => None,
     }
-    patterns.any(|p| match p.strip_prefix("*.") {
-        Some(domain) => host
-            .to_ascii_lowercase()
-            .strip_suffix(&domain.to_ascii_lowercase())
-            .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
-        None => host.eq_ignore_ascii_case(p),
-    })
+}
+
+/// How `artifacts.sharing_hosts` (comma-separated hosts, `*.domain` for subdomains) lets sharing use a host.
+#[derive(Debug, PartialEq, Eq)]
+enum Listed {
+    /// Named as itself: the operator chose it, whatever it is.
+    Exactly,
+    /// Under a `*.domain` pattern: only if it is not an address inside this network.
+    ByDomain,
+    No,
+}
+
+fn listed(host: &str, allowed: &str) -> Listed {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let patterns = allowed.split(',').map(str::trim).filter(|p| !p.is_empty());
+    let mut by_domain = false;
+    for p in patterns {
+        match p.strip_prefix("*.") {
+            Some(domain) => {
+                by_domain |= host
+                    .to_ascii_lowercase()
+                    .strip_suffix(&domain.to_ascii_lowercase())
+                    .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1)
+            }
+            None if host.eq_ignore_ascii_case(p) => return Listed::Exactly,
+            None => {}
+        }
+    }
+    if by_domain {
+        Listed::ByDomain
+    } else {
+        Listed::No
+    }
+}
+
+/// An address a caller must not point the fleet at unless the operator listed it: this machine, the private
+/// networks, link-local (cloud metadata services), unspecified.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
+        }
+    }
+}
+
+/// Refuses a host sharing may not use, before any connection is tried. With `artifacts.sharing_hosts` empty (the
+/// default) no remote host may be named: only the configured targets and local disk.
+async fn check_host(host: &str, allowed: &str, port: u16) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("`{host}` {why} (artifacts.sharing_hosts)"),
+        ))
+    };
+    match listed(host, allowed) {
+        Listed::Exactly => Ok(()),
+        Listed::No => refuse("is not among the hosts sharing may use"),
+        Listed::ByDomain => {
+            let resolved = tokio::net::lookup_host((host, port)).await.map_err(|e| {
+                ApiError::new(ErrorCode::TargetUnreachable, format!("`{host}`: {e}"))
+            })?;
+            if resolved.into_iter().any(|a| is_internal(a.ip())) {
+                return refuse(
+                    "resolves to an address inside this network; list it by name to allow it",
+                );
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -159,15 +209,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sharing_hosts_are_matched_exactly_or_by_domain() {
-        assert!(host_allowed("anything", ""));
-        assert!(host_allowed("127.0.0.1", "127.0.0.1, localhost"));
-        assert!(host_allowed("LocalHost", "127.0.0.1,localhost"));
-        assert!(!host_allowed("127.0.0.2", "127.0.0.1"));
-        assert!(host_allowed("ftp.example.com", "*.example.com"));
-        assert!(!host_allowed("example.com", "*.example.com"));
-        assert!(!host_allowed("badexample.com", "*.example.com"));
-        assert!(host_allowed("::1", "::1"));
+    fn sharing_hosts_are_matched_exactly_or_by_domain_and_none_by_default() {
+        assert_eq!(listed("anything", ""), Listed::No);
+        assert_eq!(listed("127.0.0.1", "127.0.0.1, localhost"), Listed::Exactly);
+        assert_eq!(listed("LocalHost", "127.0.0.1,localhost"), Listed::Exactly);
+        assert_eq!(listed("127.0.0.2", "127.0.0.1"), Listed::No);
+        assert_eq!(listed("ftp.example.com", "*.example.com"), Listed::ByDomain);
+        assert_eq!(listed("example.com", "*.example.com"), Listed::No);
+        assert_eq!(listed("badexample.com", "*.example.com"), Listed::No);
+        assert_eq!(listed("::1", "::1"), Listed::Exactly);
+    }
+
+    #[tokio::test]
+    async fn names_under_a_domain_pattern_may_not_lead_inside_the_network() {
+        // `localhost` under `*.localhost` resolves to loopback: refused; listed by itself it is allowed.
+        let r = check_host("a.localhost", "*.localhost", 21).await;
+        assert!(r.is_err_and(
+            |e| e.code == ErrorCode::Forbidden || e.code == ErrorCode::TargetUnreachable
+        ));
+        assert!(check_host("a.localhost", "a.localhost", 21).await.is_ok());
+        assert!(check_host("127.0.0.1", "", 21).await.is_err());
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "169.254.169.254",
+            "::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_internal(internal.parse().unwrap()), "{internal}");
+        }
+        assert!(!is_internal("93.184.216.34".parse().unwrap()));
     }
 
     #[test]
@@ -204,7 +277,15 @@ pub async fn configure(
         return Ok(Json(default_view(&state)));
     }
     let method = body.method.as_str();
+    let sharing_method = body.method;
     let target = body.into_target(&state)?;
+    if let Some(host) = target_host(sharing_method, &target) {
+        let port = match sharing_method {
+            SharingMethod::Ftp => target.ftp_port,
+            _ => 443,
+        };
+        check_host(host, &state.config.artifacts.sharing_hosts, port).await?;
+    }
     let store = ArtifactStore::new(&target, &state.config.artifacts.prefix)
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
     // A target that cannot be reached would fail every job's upload: refuse it now, while someone is looking.
