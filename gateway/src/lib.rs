@@ -34,28 +34,75 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use state::AppState;
 
+/// A route that names a job: `{id}` in its path is a job id.
+pub struct JobRoute {
+    pub path: &'static str,
+    pub method: axum::http::Method,
+    router: axum::routing::MethodRouter<AppState>,
+}
+
+fn job_route<H, T>(path: &'static str, method: axum::http::Method, handler: H) -> JobRoute
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = axum::routing::MethodFilter::try_from(method.clone())
+        .unwrap_or(axum::routing::MethodFilter::GET);
+    JobRoute {
+        path,
+        method,
+        router: axum::routing::on(filter, handler),
+    }
+}
+
+/// Every route that takes a job id: the one list the router is built from and the authorization test walks (each
+/// must answer a caller who may not read the job exactly as for a job that does not exist), so no such route can
+/// be added without the test seeing it.
+pub fn job_routes() -> Vec<JobRoute> {
+    use axum::http::Method;
+    use routes::{artifacts, compat, events, jobs};
+    vec![
+        job_route("/v1/jobs/{id}", Method::GET, jobs::get_job),
+        job_route("/v1/jobs/{id}/cancel", Method::POST, jobs::cancel_job),
+        job_route("/v1/jobs/{id}/retry", Method::POST, jobs::retry_job),
+        job_route("/v1/jobs/{id}/events", Method::GET, events::events),
+        job_route("/v1/jobs/{id}/ws", Method::GET, events::websocket),
+        job_route("/v1/jobs/{id}/artifacts", Method::GET, artifacts::list),
+        job_route(
+            "/v1/jobs/{id}/artifacts.tar",
+            Method::GET,
+            artifacts::archive,
+        ),
+        job_route(
+            "/v1/jobs/{id}/artifacts/{*name}",
+            Method::GET,
+            artifacts::download,
+        ),
+        job_route(
+            "/download/{id}/{*filename}",
+            Method::GET,
+            artifacts::download_compat,
+        ),
+        job_route("/results/{id}", Method::GET, compat::results),
+        job_route("/jobs/{id}/status", Method::GET, compat::job_status),
+        job_route("/jobs/{id}/results", Method::GET, compat::job_results),
+    ]
+}
+
 pub fn app(state: AppState) -> Router {
-    use routes::{artifacts, compat, events, jobs, keys, sharing, system};
+    use routes::{compat, jobs, keys, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    for route in job_routes() {
+        router = router.route(route.path, route.router);
+    }
+    router
         .route(
             "/v1/jobs",
             // Uploads may be large; the handler's body extractor applies every limit itself.
             post(jobs::submit_job)
                 .layer(DefaultBodyLimit::disable())
                 .get(jobs::list_jobs),
-        )
-        .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
-        .route("/v1/jobs/{id}/events", get(events::events))
-        .route("/v1/jobs/{id}/ws", get(events::websocket))
-        .route("/v1/jobs/{id}/artifacts", get(artifacts::list))
-        .route("/v1/jobs/{id}/artifacts.tar", get(artifacts::archive))
-        .route("/v1/jobs/{id}/artifacts/{*name}", get(artifacts::download))
-        .route(
-            "/download/{id}/{*filename}",
-            get(artifacts::download_compat),
         )
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
@@ -66,10 +113,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .route("/token", post(tokens::token))
         .route("/interact", post(compat::interact))
-        .route("/results/{id}", get(compat::results))
         .route("/execute", post(compat::execute))
-        .route("/jobs/{id}/status", get(compat::job_status))
-        .route("/jobs/{id}/results", get(compat::job_results))
         .route("/generate", post(compat::generate))
         .route("/info", get(compat::info))
         .route("/stats", get(compat::stats))

@@ -126,3 +126,86 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     assert_eq!((alice_jobs, mallory_jobs), (3, 1));
     worker.stop().await;
 }
+
+/// Every route that takes a job id (the router's own list) answers a caller who may not read the job exactly as
+/// it answers for a job that does not exist, and nothing of the job reaches that caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_taking_a_job_id_answers_a_foreign_caller_as_for_no_job() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*", "--cancel"]);
+    let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*", "--cancel"]);
+    let (alice, mallory) = (
+        gw.api().with_key(&alice_key),
+        gw.api().with_key(&mallory_key),
+    );
+    let secret = "the-secret-9e2d";
+    let r = alice
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "shell", "message": format!("echo {secret} > secret.txt; echo {secret}; exit 3")}),
+        )
+        .await;
+    assert_eq!(r.body["record"]["status"], "failed", "{}", r.body);
+    let alice_job = r.body["job_id"].as_str().unwrap().to_string();
+    let nobody_job = uuid::Uuid::now_v7().to_string();
+
+    let routes = fleet_gateway::job_routes();
+    assert!(routes.len() >= 12, "the job routes went missing");
+    for route in routes {
+        let answer = |id: &str| {
+            let path = route
+                .path
+                .replace("{id}", id)
+                .replace("{*name}", "secret.txt")
+                .replace("{*filename}", "secret.txt");
+            let request = mallory
+                .request(route.method.clone(), &path)
+                .header("content-type", "application/json")
+                .body("{}");
+            async move {
+                let response = request.send().await.expect("request");
+                let status = response.status().as_u16();
+                let headers = format!("{:?}", response.headers());
+                let body = response.text().await.unwrap_or_default();
+                (status, headers, body)
+            }
+        };
+        let (status, headers, body) = answer(&alice_job).await;
+        let (none_status, _, none_body) = answer(&nobody_job).await;
+        let code = |b: &str| {
+            serde_json::from_str::<serde_json::Value>(b)
+                .ok()
+                .map(|v| v["code"].clone())
+        };
+        assert_eq!(
+            (status, code(&body)),
+            (none_status, code(&none_body)),
+            "{} {}: a foreign job answers {status} {body}, no job {none_status} {none_body}",
+            route.method,
+            route.path
+        );
+        assert!(
+            status == 404 || route.path.ends_with("/ws"),
+            "{} {}: {status} {body}",
+            route.method,
+            route.path
+        );
+        for leaked in [secret, "secret.txt"] {
+            assert!(
+                !body.contains(leaked) || body.contains("no job"),
+                "{}: {body}",
+                route.path
+            );
+            assert!(!headers.contains(leaked), "{}: {headers}", route.path);
+        }
+    }
+    // And alice still reads her job and its file.
+    let own = alice
+        .get(&format!("/v1/jobs/{alice_job}/artifacts/secret.txt"))
+        .await;
+    assert_eq!(own.status, 200);
+    worker.stop().await;
+}
