@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod auth;
 pub mod cancel;
+pub mod client_ip;
 pub mod completed;
 pub mod error;
 pub mod live;

@@ -2,11 +2,11 @@
 //! caller — an API key, or the IP when keys are off — on submissions and on other requests. Past a limit: 429
 //! `rate_limited` with `Retry-After`. Limits are per gateway replica.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +16,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::auth::Caller;
+use crate::client_ip::client_ip;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -79,16 +80,9 @@ fn check<K: std::hash::Hash + Eq + Clone>(
     }
 }
 
-fn client_ip(request: &Request) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
-}
-
 /// Middleware, before authentication: every request counts against its client IP.
 pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(ip) = client_ip(&request) {
+    if let Some(ip) = client_ip(&request, &state.trusted_proxies) {
         if let Err(wait) = check(&state.rate.per_ip, &ip) {
             return limited(wait, "requests from this address");
         }
@@ -107,7 +101,9 @@ fn is_submission(request: &Request) -> bool {
 pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let caller = match request.extensions().get::<Caller>() {
         Some(Caller::Authenticated { principal, .. }) => Some(principal.id.clone()),
-        Some(Caller::Open) => client_ip(&request).map(|ip| format!("ip:{ip}")),
+        Some(Caller::Open) => {
+            client_ip(&request, &state.trusted_proxies).map(|ip| format!("ip:{ip}"))
+        }
         // Public paths (probes, metrics, docs) carry no caller.
         None => None,
     };

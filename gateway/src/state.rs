@@ -31,6 +31,8 @@ pub struct Inner {
     pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
     pub config_bucket: kv::Store,
+    /// The proxies whose forwarding headers name the client (`http.trusted_proxies`).
+    pub trusted_proxies: Vec<fleet_shared::config::Cidr>,
     /// Seals the revision header of every job message this gateway publishes.
     pub sealer: fleet_shared::seal::Sealer,
     /// This gateway's own counters (the queue gauges are read from JetStream at scrape time).
@@ -76,6 +78,7 @@ impl AppState {
         let sealer = fleet_shared::seal::Sealer::load(&handles.config).await?;
         Ok(Self(Arc::new(Inner {
             sealer,
+            trusted_proxies: config.http.trusted_proxy_networks(),
             live,
             config,
             topology,

@@ -209,3 +209,48 @@ async fn every_route_taking_a_job_id_answers_a_foreign_caller_as_for_no_job() {
     assert_eq!(own.status, 200);
     worker.stop().await;
 }
+
+/// `X-Forwarded-For` names the client only when a trusted proxy sends it: otherwise a client could take a fresh
+/// address (and rate-limit bucket) per request, or everyone behind a proxy would share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let nats = NatsServer::start();
+    let limits = [("FLEET_HTTP_IP_PER_SEC", "1"), ("FLEET_HTTP_IP_BURST", "2")];
+    let send_as = |api: fleet_tests::clients::Api, client: &'static str| async move {
+        api.send(
+            api.request(reqwest::Method::GET, "/v1/agents")
+                .header("x-forwarded-for", client),
+        )
+        .await
+        .status
+    };
+    let clients = [
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+        "198.51.100.4",
+    ];
+
+    // Untrusted: the header is ignored and every request counts against the one peer address.
+    let cfg = test_config(&nats.url(), &limits);
+    let direct = start_gateway(&cfg.config).await;
+    let mut statuses = Vec::new();
+    for client in clients {
+        statuses.push(send_as(direct.api(), client).await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // Behind a trusted proxy (loopback here): each client has its own bucket, and one client is still limited.
+    let mut with_proxy = limits.to_vec();
+    with_proxy.push(("FLEET_HTTP_TRUSTED_PROXIES", "127.0.0.1/32"));
+    let cfg = test_config(&nats.url(), &with_proxy);
+    let proxied = start_gateway(&cfg.config).await;
+    for client in clients {
+        assert_eq!(send_as(proxied.api(), client).await, 200, "{client}");
+    }
+    let mut same = Vec::new();
+    for _ in 0..4 {
+        same.push(send_as(proxied.api(), "203.0.113.5").await);
+    }
+    assert!(same.contains(&429), "{same:?}");
+}

@@ -160,6 +160,18 @@ impl Config {
         if self.http.live_buffer_events < 1 {
             return Err(invalid("http.live_buffer_events", "must be at least 1"));
         }
+        if let Some(bad) = self
+            .http
+            .trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .find(|p| !p.is_empty() && super::Cidr::parse(p).is_none())
+        {
+            return Err(invalid(
+                "http.trusted_proxies",
+                format!("`{bad}` is not an address or a network (address/prefix)"),
+            ));
+        }
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
