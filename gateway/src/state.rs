@@ -42,6 +42,8 @@ pub struct Inner {
     pub rate: crate::rate::RateLimits,
     /// Refresh-token families of `POST /token`.
     pub tokens: kv::Store,
+    /// Sign-ins whose access tokens no longer count, followed from `tokens`.
+    pub revoked: crate::tokens::Revoked,
     /// Completed records read lately, for the file routes.
     pub completed: crate::completed::CompletedRecords,
     /// The OpenAPI document, serialized on its first request.
@@ -76,6 +78,11 @@ impl AppState {
         );
         let rate = crate::rate::RateLimits::new(&config.http);
         let sealer = fleet_shared::seal::Sealer::load(&handles.config).await?;
+        let revoked = crate::tokens::Revoked::follow(&handles.tokens)
+            .await
+            .map_err(|e| {
+                crate::GatewayError::Auth(format!("cannot follow the tokens bucket: {e}"))
+            })?;
         Ok(Self(Arc::new(Inner {
             sealer,
             trusted_proxies: config.http.trusted_proxy_networks(),
@@ -96,6 +103,7 @@ impl AppState {
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
             tokens: handles.tokens.clone(),
+            revoked,
             completed: Default::default(),
             openapi: Default::default(),
         })))

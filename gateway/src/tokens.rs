@@ -1,13 +1,19 @@
 //! `POST /token`: users from the configuration sign in with a password (argon2) and get a short-lived JWT access
 //! token and a refresh token. Each refresh returns a new refresh token and retires the old one; presenting a
-//! retired refresh token again revokes its whole family (it was stolen, or replayed), so neither copy works on.
+//! retired refresh token again revokes its whole family (it was stolen, or replayed), so neither copy works on:
+//! its refresh tokens at once, and its access tokens (which carry the family) on every gateway as soon as the
+//! gateway's watch of the tokens bucket sees the revocation (`Revoked`).
 //! Tokens are HS256 only: `alg: none`, RS256 and every other algorithm are refused.
 
-use async_nats::jetstream::kv;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use async_nats::jetstream::kv::{self, Operation};
 use axum::extract::State;
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::config::AuthConfig;
 use fleet_shared::ErrorCode;
+use futures::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -28,7 +34,7 @@ struct Claims {
     exp: u64,
     iat: u64,
     jti: String,
-    /// The refresh-token family (refresh tokens only).
+    /// The sign-in (refresh-token family) the token belongs to; revoking it revokes the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fam: Option<String>,
 }
@@ -97,12 +103,53 @@ fn sign(auth: &AuthConfig, claims: &Claims) -> Result<String, ApiError> {
     .map_err(|e| ApiError::new(ErrorCode::Internal, format!("signing a token failed: {e}")))
 }
 
-/// The user an access token speaks for, if it is a valid, unexpired access token of a configured user.
-pub fn caller_of(auth: &AuthConfig, token: &str) -> Option<Caller> {
+/// Sign-ins whose tokens are revoked, followed from the tokens bucket by every gateway.
+#[derive(Clone, Default)]
+pub struct Revoked(Arc<RwLock<HashSet<String>>>);
+
+impl Revoked {
+    /// Follows the bucket: its current families first, then every change, as they happen.
+    pub async fn follow(tokens: &kv::Store) -> Result<Self, async_nats::Error> {
+        let revoked = Self::default();
+        let mut watch = tokens.watch_all_from_revision(1).await?;
+        let set = revoked.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = watch.next().await {
+                let Ok(entry) = entry else { continue };
+                let is_revoked = entry.operation == Operation::Put
+                    && decode::<Family>(&entry.value, Format::MessagePack).is_ok_and(|f| f.revoked);
+                if let Ok(mut set) = set.0.write() {
+                    match is_revoked {
+                        true => set.insert(entry.key),
+                        false => set.remove(&entry.key),
+                    };
+                }
+            }
+        });
+        Ok(revoked)
+    }
+
+    fn insert(&self, family: &str) {
+        if let Ok(mut set) = self.0.write() {
+            set.insert(family.to_string());
+        }
+    }
+
+    fn contains(&self, family: &str) -> bool {
+        self.0.read().is_ok_and(|set| set.contains(family))
+    }
+}
+
+/// The user an access token speaks for, if it is a valid, unexpired access token of a configured user whose
+/// sign-in has not been revoked.
+pub fn caller_of(auth: &AuthConfig, revoked: &Revoked, token: &str) -> Option<Caller> {
     if auth.jwt_secret.is_empty() {
         return None;
     }
     let claims = decode_claims(auth, token, ACCESS)?;
+    if claims.fam.as_deref().is_some_and(|f| revoked.contains(f)) {
+        return None;
+    }
     let user = auth.users.get(&claims.sub)?;
     Some(Caller::Authenticated {
         principal: crate::auth::Principal::user(&claims.sub),
@@ -124,7 +171,7 @@ fn issue(
         iat,
         exp: iat + access_secs,
         jti: Uuid::new_v4().to_string(),
-        fam: None,
+        fam: Some(family.to_string()),
     };
     let refresh = Claims {
         sub: user.to_string(),
@@ -201,9 +248,7 @@ pub async fn token(
                 .fam
                 .clone()
                 .ok_or_else(|| denied("the refresh token is invalid"))?;
-            rotate(&state.tokens, auth, &claims, &family_id)
-                .await
-                .map(Json)
+            rotate(&state, &claims, &family_id).await.map(Json)
         }
         other => Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -214,11 +259,11 @@ pub async fn token(
 
 /// Swaps the family's current refresh token for a new one; a token that is not the current one revokes the family.
 async fn rotate(
-    tokens: &kv::Store,
-    auth: &AuthConfig,
+    state: &AppState,
     claims: &Claims,
     family_id: &str,
 ) -> Result<TokenResponse, ApiError> {
+    let (tokens, auth) = (&state.tokens, &state.config.auth);
     let entry = tokens
         .entry(family_id)
         .await
@@ -232,7 +277,7 @@ async fn rotate(
     if family.current != claims.jti {
         // A retired token came back: whoever holds the family's tokens, none of them may go on.
         family.revoked = true;
-        let _ = tokens.put(family_id, to_msgpack(&family).into()).await;
+        revoke(state, family_id, &family).await?;
         tracing::warn!(user = %family.user, "a used refresh token was presented again; its family is revoked");
         return Err(denied(
             "the refresh token was already used; all tokens of this sign-in are revoked",
@@ -247,12 +292,23 @@ async fn rotate(
         .is_err()
     {
         family.revoked = true;
-        let _ = tokens.put(family_id, to_msgpack(&family).into()).await;
+        revoke(state, family_id, &family).await?;
         return Err(denied(
             "the refresh token was already used; all tokens of this sign-in are revoked",
         ));
     }
     issue(auth, &family.user, family_id, &next)
+}
+
+/// Marks a sign-in revoked here at once and, through the bucket, on every gateway.
+async fn revoke(state: &AppState, family_id: &str, family: &Family) -> Result<(), ApiError> {
+    state.revoked.insert(family_id);
+    state
+        .tokens
+        .put(family_id, to_msgpack(family).into())
+        .await
+        .map(|_| ())
+        .map_err(|e| ApiError::unavailable("revoking the sign-in failed", e))
 }
 
 /// Hashes `password` for `[auth.users.NAME] password_hash` (argon2id, random salt).

@@ -251,3 +251,91 @@ async fn users_sign_in_and_refresh_tokens_rotate_with_reuse_detection() {
     assert_eq!(alice.get("/v1/jobs").await.status, 401);
     worker.stop().await;
 }
+
+/// Reuse of a spent refresh token revokes every token of that sign-in: its access tokens too, on every gateway,
+/// within a second (gateways follow the revocation in the tokens bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_refresh_token_revokes_the_sign_ins_access_tokens_on_every_gateway() {
+    let nats = NatsServer::start();
+    let users = format!(
+        "[auth.users.alice]\npassword_hash = \"{}\"\nagents = [\"echo\"]\n",
+        hash("correct horse")
+    );
+    let cfg = test_config_with(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_AUTH_JWT_SECRET", SECRET),
+            ("FLEET_AUTH_ACCESS_TOKEN_SECS", "600"),
+        ],
+        &users,
+    );
+    let (one, other) = (
+        start_gateway(&cfg.config).await,
+        start_gateway(&cfg.config).await,
+    );
+    let (_, first) = token(
+        &one.api(),
+        &[("username", "alice"), ("password", "correct horse")],
+    )
+    .await;
+    let access = first["access_token"].as_str().unwrap().to_string();
+    let refresh = first["refresh_token"].as_str().unwrap().to_string();
+    let (status, second) = token(
+        &one.api(),
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    let access2 = second["access_token"].as_str().unwrap().to_string();
+    // A sign-in of its own, which the revocation must leave alone.
+    let (_, unrelated) = token(
+        &one.api(),
+        &[("username", "alice"), ("password", "correct horse")],
+    )
+    .await;
+    let unrelated = unrelated["access_token"].as_str().unwrap().to_string();
+    for gw in [&one, &other] {
+        for a in [&access, &access2] {
+            assert_eq!(gw.api().with_key(a).get("/v1/jobs").await.status, 200);
+        }
+    }
+
+    let (status, _) = token(
+        &one.api(),
+        &[("grant_type", "refresh_token"), ("refresh_token", &refresh)],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let revoked_at = std::time::Instant::now();
+    for a in [&access, &access2] {
+        assert_eq!(one.api().with_key(a).get("/v1/jobs").await.status, 401);
+    }
+    eventually("the other gateway refuses the revoked access tokens", Duration::from_secs(1), || {
+        let api = other.api();
+        let (a, b) = (api.with_key(&access), api.with_key(&access2));
+        async move { a.get("/v1/jobs").await.status == 401 && b.get("/v1/jobs").await.status == 401 }
+    })
+    .await;
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        other
+            .api()
+            .with_key(&unrelated)
+            .get("/v1/jobs")
+            .await
+            .status,
+        200
+    );
+    // A gateway started afterwards knows of the revocation from the start.
+    let late = start_gateway(&cfg.config).await;
+    eventually(
+        "a new gateway refuses them too",
+        Duration::from_secs(1),
+        || {
+            let api = late.api().with_key(&access);
+            async move { api.get("/v1/jobs").await.status == 401 }
+        },
+    )
+    .await;
+}
