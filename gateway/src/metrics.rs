@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use fleet_shared::ErrorCode;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -201,7 +202,19 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 #[utoipa::path(get, path = "/metrics", tag = "system", responses(
     (status = 200, content_type = "application/openmetrics-text", body = String),
     (status = 503, body = crate::error::Problem)))]
-pub async fn render(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn render(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !state.config.auth.may_read_metrics(authorization) {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "/metrics needs the metrics token (auth.metrics_token)",
+        ));
+    }
     let agents = state.agents.list().await?;
     state.metrics.set_queues(&agents);
     Ok((

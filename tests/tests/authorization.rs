@@ -254,3 +254,44 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     }
     assert!(same.contains(&429), "{same:?}");
 }
+
+/// `/metrics` is an operator endpoint: with `auth.metrics_token` set, the gateway's and the worker's answer only
+/// to that bearer token (an API key is not it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_metrics_token_when_one_is_set() {
+    let nats = NatsServer::start();
+    let worker_addr = format!("127.0.0.1:{}", free_port());
+    let cfg = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_AUTH_MODE", "required"),
+            ("FLEET_AUTH_METRICS_TOKEN", "metrics-0f9e8d7c"),
+            ("FLEET_WORKER_HTTP_ADDR", &worker_addr),
+        ],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let (_, key) = create_key(&cfg, &["--name", "ops", "--agent", "*", "--read-all"]);
+    let client = reqwest::Client::new();
+    for base in [gw.url.clone(), format!("http://{worker_addr}")] {
+        let url = format!("{base}/metrics");
+        let get = |bearer: Option<&str>| {
+            let mut request = client.get(&url);
+            if let Some(b) = bearer {
+                request = request.bearer_auth(b);
+            }
+            async move { request.send().await.expect("metrics") }
+        };
+        assert_eq!(get(None).await.status(), 401, "{url}");
+        assert_eq!(get(Some("wrong")).await.status(), 401, "{url}");
+        assert_eq!(
+            get(Some(&key)).await.status(),
+            401,
+            "{url}: an API key is not the metrics token"
+        );
+        let ok = get(Some("metrics-0f9e8d7c")).await;
+        assert_eq!(ok.status(), 200, "{url}");
+        assert!(ok.text().await.unwrap().contains("fleet_"), "{url}");
+    }
+    worker.stop().await;
+}

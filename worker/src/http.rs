@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -38,11 +38,23 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !shared.config.auth.may_read_metrics(authorization) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"fleet-metrics\"")],
+            Json(json!({"code": "unauthorized", "message": "/metrics needs the metrics token (auth.metrics_token)"})),
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, fleet_shared::metrics::CONTENT_TYPE)],
         shared.metrics.render(),
     )
+        .into_response()
 }
 
 /// Serves until the worker has stopped (`done`); a listener that cannot bind is an error at start-up.

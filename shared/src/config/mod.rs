@@ -174,6 +174,32 @@ pub struct AuthConfig {
     /// People who sign in at `POST /token`; set only in files (`[auth.users.NAME]`). There are no built-in users.
     #[serde(default)]
     pub users: BTreeMap<String, UserConfig>,
+    /// Bearer token `/metrics` (gateway and worker) asks for; empty: `/metrics` is open (keep it off the public
+    /// network then). Not an API key: it reads metrics and nothing else.
+    #[serde(default)]
+    pub metrics_token: String,
+}
+
+impl AuthConfig {
+    /// Whether a request's `Authorization` header value may read `/metrics`.
+    pub fn may_read_metrics(&self, authorization: Option<&str>) -> bool {
+        if self.metrics_token.is_empty() {
+            return true;
+        }
+        let presented = authorization
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().as_bytes())
+            .unwrap_or_default();
+        let expected = self.metrics_token.as_bytes();
+        // Compared in full, so the time taken says nothing about how much of it was right.
+        presented.len() == expected.len()
+            && presented
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
 }
 
 /// A user of `POST /token`: an argon2 password hash (`fleet hash-password` makes one) and the user's scopes.
@@ -664,6 +690,9 @@ impl Config {
         value["artifacts"]["ftp_password"] = masked.ftp_password.into();
         if !self.auth.jwt_secret.is_empty() {
             value["auth"]["jwt_secret"] = "***".into();
+        }
+        if !self.auth.metrics_token.is_empty() {
+            value["auth"]["metrics_token"] = "***".into();
         }
         for user in value["auth"]["users"]
             .as_object_mut()
