@@ -121,10 +121,15 @@ impl FollowedSealer {
     }
 }
 
-/// HMAC (RFC 2104) over SHA-256, for a key of one block or less.
-fn hmac_sha256(key: &[u8; 32], message: &[u8]) -> [u8; 32] {
+/// HMAC (RFC 2104) over SHA-256, for a key of one block (64 bytes) or less; a longer key is hashed first, as the
+/// RFC says.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut padded = [0u8; BLOCK];
-    padded[..key.len()].copy_from_slice(key);
+    if key.len() > BLOCK {
+        padded[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        padded[..key.len()].copy_from_slice(key);
+    }
     let pad = |byte: u8| padded.map(|k| k ^ byte);
     let inner = Sha256::new()
         .chain_update(pad(0x36))

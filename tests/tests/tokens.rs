@@ -8,7 +8,6 @@ use base64::Engine;
 use fleet_tests::clients::NatsClient;
 use fleet_tests::*;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const SECRET: &str = "test-signing-secret-0123456789abcdef";
 
@@ -44,21 +43,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    let mut block = [0u8; 64];
-    block[..key.len()].copy_from_slice(key);
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .to_vec()
-}
-
 /// A token with this header, these claims, and an HMAC-SHA256 signature under `key` (or none).
 fn forge(header: Value, claims: Value, key: Option<&[u8]>) -> String {
     let signing_input = format!(
@@ -67,7 +51,12 @@ fn forge(header: Value, claims: Value, key: Option<&[u8]>) -> String {
         b64(claims.to_string().as_bytes())
     );
     let signature = key
-        .map(|k| b64(&hmac_sha256(k, signing_input.as_bytes())))
+        .map(|k| {
+            b64(&fleet_shared::seal::hmac_sha256(
+                k,
+                signing_input.as_bytes(),
+            ))
+        })
         .unwrap_or_default();
     format!("{signing_input}.{signature}")
 }
