@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::is_valid_agent_name;
 
+mod cidr;
 mod validate;
+
+pub use cidr::Cidr;
 
 const DEFAULTS: &str = include_str!("../defaults.toml");
 
@@ -88,50 +91,6 @@ pub struct HttpConfig {
     /// Proxies (comma-separated CIDRs) whose `X-Forwarded-For` / `Forwarded` name the client; from any other peer
     /// those headers are ignored, so no client can choose the address its rate limit is counted by.
     pub trusted_proxies: String,
-}
-
-/// A network, `address/prefix` (or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: std::net::IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Option<Self> {
-        let (address, prefix) = match text.trim().split_once('/') {
-            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
-            None => (text.trim(), None),
-        };
-        let network: std::net::IpAddr = address.parse().ok()?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(Self { network, prefix })
-    }
-
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        let bits = |ip: std::net::IpAddr| -> (u128, u32) {
-            match ip {
-                std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
-                std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
-            }
-        };
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
-        if width != addr_width {
-            return false;
-        }
-        let prefix = u32::from(self.prefix);
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u128::MAX << (128 - prefix)
-        };
-        (net & mask) == (addr & mask)
-    }
 }
 
 impl HttpConfig {
@@ -771,145 +730,4 @@ fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn networks_contain_what_their_prefix_covers() {
-        let net = Cidr::parse("10.1.0.0/16").unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
-        let one = Cidr::parse("172.28.0.10").unwrap();
-        assert!(one.contains("172.28.0.10".parse().unwrap()));
-        assert!(!one.contains("172.28.0.11".parse().unwrap()));
-        let v6 = Cidr::parse("fd00::/8").unwrap();
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0")
-            .unwrap()
-            .contains("8.8.8.8".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", ""] {
-            assert_eq!(Cidr::parse(bad), None, "{bad}");
-        }
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> Sources {
-        Sources {
-            env: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn defaults_load_and_include_code_runners() {
-        let c = Config::load(&Sources::default()).unwrap();
-        assert_eq!(c.nats.prefix, "fleet");
-        assert_eq!(c.execute["python"], "python");
-        assert!(c.agents.contains_key("shell"));
-    }
-
-    #[test]
-    fn environment_overrides_defaults_and_names_the_key_when_bad() {
-        let c = Config::load(&env(&[
-            ("FLEET_WORKER_MAX_CONCURRENT", "3"),
-            ("FLEET_HTTP_ADDR", "127.0.0.1:9"),
-        ]))
-        .unwrap();
-        assert_eq!(c.worker.max_concurrent, 3);
-        assert_eq!(c.http.addr, "127.0.0.1:9");
-        let err = Config::load(&env(&[("FLEET_WORKER_MAX_CONCURRENT", "lots")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("worker.max_concurrent"), "{err}");
-        let err = Config::load(&env(&[("FLEET_HTTP_ADDR", "nowhere")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("http.addr"), "{err}");
-    }
-
-    #[test]
-    fn seed_variable_names_are_aliases_and_fleet_names_win() {
-        let c = Config::load(&env(&[("AGENT_TIMEOUT", "12"), ("MAX_CONCURRENT", "2")])).unwrap();
-        assert_eq!(c.worker.default_timeout_secs, 12.0);
-        assert_eq!(c.worker.max_concurrent, 2);
-        let c = Config::load(&env(&[
-            ("MAX_CONCURRENT", "2"),
-            ("FLEET_WORKER_MAX_CONCURRENT", "5"),
-        ]))
-        .unwrap();
-        assert_eq!(c.worker.max_concurrent, 5);
-    }
-
-    #[test]
-    fn file_agents_merge_with_built_ins_and_typos_are_named() {
-        let dir = std::env::temp_dir().join(format!("fleet-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("fleet.toml");
-        std::fs::write(
-            &file,
-            "[agents.claude-full]\ncommand = [\"claude\", \"-p\", \"{message}\"]\ntimeout = 600\n",
-        )
-        .unwrap();
-        let c = Config::load(&Sources {
-            file: Some(file.clone()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(c.agents["claude-full"].timeout, Some(600.0));
-        assert!(c.agents.contains_key("python"));
-
-        std::fs::write(&file, "[worker]\nmax_concurent = 3\n").unwrap();
-        let err = Config::load(&Sources {
-            file: Some(file),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("max_concurent"), "{err}");
-    }
-
-    #[test]
-    fn artifact_settings_are_validated_by_key() {
-        let err = Config::load(&env(&[("FLEET_ARTIFACTS_BACKEND", "floppy")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("artifacts.backend"), "{err}");
-        let err = Config::load(&env(&[("FLEET_ARTIFACTS_BACKEND", "s3")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("artifacts.s3_bucket"), "{err}");
-        let err = Config::load(&env(&[("FLEET_ARTIFACTS_SWEEP_INTERVAL_SECS", "0")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("artifacts.sweep_interval_secs"), "{err}");
-        let c = Config::load(&env(&[("MAX_FILE_SIZE", "42")])).unwrap();
-        assert_eq!(c.artifacts.max_file_bytes, 42);
-    }
-
-    #[test]
-    fn target_defaults_are_the_built_in_artifacts_settings() {
-        let t = TargetConfig::default();
-        assert_eq!(
-            (t.backend.as_str(), t.ftp_port, t.ftp_passive),
-            ("local", 21, true)
-        );
-        let c = Config::load(&Sources::default()).unwrap();
-        assert_eq!(t, c.artifacts.default_target());
-    }
-
-    #[test]
-    fn summary_masks_credentials() {
-        let c = Config::load(&env(&[(
-            "FLEET_NATS_URL",
-            "nats://svc:hunter2@127.0.0.1:4222",
-        )]))
-        .unwrap();
-        let s = c.summary().to_string();
-        assert!(!s.contains("hunter2") && !s.contains("s3cr3t-value"), "{s}");
-        assert!(s.contains("svc:***@127.0.0.1"), "{s}");
-    }
-}
+mod tests;
