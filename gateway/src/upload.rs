@@ -116,43 +116,14 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, A
             continue;
         }
         let text = field_text(&mut field, &mut text_room).await?;
-        let value = match name.as_str() {
-            "job" => {
-                let v = serde_json::from_str(&text).map_err(|e| {
-                    ApiError::new(ErrorCode::MalformedJson, format!("field `job`: {e}"))
-                })?;
-                job_json = Some(v);
-                continue;
-            }
-            "timeout" => {
-                let secs = text
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|t| t.is_finite() && *t > 0.0);
-                let secs = secs.ok_or_else(|| {
-                    bad(format!(
-                        "field `timeout`: `{}` is not a positive number of seconds",
-                        shown(&text)
-                    ))
-                })?;
-                serde_json::Value::from(secs)
-            }
-            "return_files" => serde_json::Value::from(match text.trim() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                other => {
-                    return Err(bad(format!(
-                        "field `return_files`: `{}` is not true or false",
-                        shown(other)
-                    )))
-                }
-            }),
-            "metadata" => serde_json::from_str(&text).map_err(|e| {
-                ApiError::new(ErrorCode::MalformedJson, format!("field `metadata`: {e}"))
-            })?,
-            _ => serde_json::Value::from(text),
-        };
+        if name == "job" {
+            let v = serde_json::from_str(&text).map_err(|e| {
+                ApiError::new(ErrorCode::MalformedJson, format!("field `job`: {e}"))
+            })?;
+            job_json = Some(v);
+            continue;
+        }
+        let value = field_value(&name, text)?;
         fields.insert(name, value);
     }
     let mut object = match job_json {
@@ -208,6 +179,41 @@ async fn spool(
         file: path,
         size,
         sha256: hasher.finalize().into(),
+    })
+}
+
+/// A job field given as form text, as the JSON value it stands for.
+fn field_value(name: &str, text: String) -> Result<serde_json::Value, ApiError> {
+    let bad = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
+    Ok(match name {
+        "timeout" => {
+            let secs = text
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t > 0.0);
+            let secs = secs.ok_or_else(|| {
+                bad(format!(
+                    "field `timeout`: `{}` is not a positive number of seconds",
+                    shown(&text)
+                ))
+            })?;
+            serde_json::Value::from(secs)
+        }
+        "return_files" => serde_json::Value::from(match text.trim() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            other => {
+                return Err(bad(format!(
+                    "field `return_files`: `{}` is not true or false",
+                    shown(other)
+                )))
+            }
+        }),
+        "metadata" => serde_json::from_str(&text).map_err(|e| {
+            ApiError::new(ErrorCode::MalformedJson, format!("field `metadata`: {e}"))
+        })?,
+        _ => serde_json::Value::from(text),
     })
 }
 
