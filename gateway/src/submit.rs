@@ -116,24 +116,14 @@ pub async fn submit(
             _ => Err(over),
         };
     }
-    let revision = match state.records.create(&key, to_msgpack(&record).into()).await {
-        Ok(rev) => rev,
-        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            let existing = records::get(state, &record.id)
-                .await?
-                .ok_or_else(|| ApiError::job_not_found(record.id))?;
-            if !caller.may_read(&existing) {
-                return Err(ApiError::new(
-                    ErrorCode::IdempotencyConflict,
-                    format!("job id {} is taken", record.id),
-                ));
-            }
+    let revision = match create_record(state, caller, &key, &record).await? {
+        Created::Revision(revision) => revision,
+        Created::Existing(existing) => {
             return Ok(Submitted {
-                record: existing,
+                record: *existing,
                 created: false,
-            });
+            })
         }
-        Err(e) => return Err(ApiError::unavailable("creating the job record failed", e)),
     };
 
     if let Err(e) = publish(state, &request_with_inputs, revision, 0).await {
@@ -150,6 +140,39 @@ pub async fn submit(
         record,
         created: true,
     })
+}
+
+/// What writing a new job's `queued` record found.
+enum Created {
+    Revision(u64),
+    /// The caller's own job with this id already exists (a repeated submission).
+    Existing(Box<JobRecord>),
+}
+
+/// Creates the `queued` record; an id that is taken is the caller's repeated submission, or someone else's job,
+/// which is refused without showing it.
+async fn create_record(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    record: &JobRecord,
+) -> Result<Created, ApiError> {
+    match state.records.create(key, to_msgpack(record).into()).await {
+        Ok(revision) => Ok(Created::Revision(revision)),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+            let existing = records::get(state, &record.id)
+                .await?
+                .ok_or_else(|| ApiError::job_not_found(record.id))?;
+            if !caller.may_read(&existing) {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyConflict,
+                    format!("job id {} is taken", record.id),
+                ));
+            }
+            Ok(Created::Existing(Box::new(existing)))
+        }
+        Err(e) => Err(ApiError::unavailable("creating the job record failed", e)),
+    }
 }
 
 /// Refuses a caller that already has its `max_queued` jobs waiting or running. Counted from the jobs stream,
