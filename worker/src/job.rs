@@ -181,12 +181,8 @@ async fn run_job(
                     break 'run Err(SpawnError::Input(why));
                 }
             };
-            let uid = match agent
-                .run_as_range()
-                .map(|range| shared.uids.lease(range))
-                .transpose()
-            {
-                Ok(uid) => uid,
+            let (_uid, sandbox) = match confine(shared, agent) {
+                Ok(confined) => confined,
                 Err(source) => {
                     shared.dirs.give_back(dirs);
                     break 'run Err(SpawnError::Start {
@@ -195,17 +191,6 @@ async fn run_job(
                     });
                 }
             };
-            let sandbox =
-                match crate::sandbox::Sandbox::for_agent(agent, uid.as_ref().map(|l| l.uid)) {
-                    Ok(sandbox) => sandbox,
-                    Err(source) => {
-                        shared.dirs.give_back(dirs);
-                        break 'run Err(SpawnError::Start {
-                            program: agent.command.first().cloned().unwrap_or_default(),
-                            source,
-                        });
-                    }
-                };
             let config = &shared.config;
             let mut spec = run_spec(
                 &held.record,
@@ -233,15 +218,7 @@ async fn run_job(
             }
             spec.events = Some(job_events.clone());
             shared.metrics.run_started(&held.record);
-            // Confined agents only: joining a cgroup costs about half a spawn (see cgroup.rs).
-            let cgroups = shared.cgroups.as_ref().filter(|_| !sandbox.is_empty());
-            let cgroup = match cgroups.map(|c| c.lease()).transpose() {
-                Ok(cgroup) => cgroup,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one");
-                    None
-                }
-            };
+            let cgroup = job_cgroup(shared, &sandbox);
             let run = supervisor::run(spec, stop.clone(), cgroup.as_ref())
                 .instrument(tracing::info_span!("run"));
             let watch = Watch {
@@ -404,6 +381,36 @@ async fn check_direct_publish(
     let answer = JobRecord::failed_without_run(queued.request.clone(), error);
     crate::delivery::reply(&shared.client, &answer, format).await;
     Some(Settle::Ack)
+}
+
+/// The job's confinement, with the uid it holds from its agent's `run_as` range while it runs.
+fn confine<'a>(
+    shared: &'a Shared,
+    agent: &fleet_shared::config::AgentConfig,
+) -> std::io::Result<(
+    Option<crate::sandbox::UidLease<'a>>,
+    crate::sandbox::Sandbox,
+)> {
+    let uid = agent
+        .run_as_range()
+        .map(|range| shared.uids.lease(range))
+        .transpose()?;
+    let sandbox = crate::sandbox::Sandbox::for_agent(agent, uid.as_ref().map(|l| l.uid))?;
+    Ok((uid, sandbox))
+}
+
+/// A cgroup for a confined job (joining one costs about half a spawn, see cgroup.rs); none where there is none.
+fn job_cgroup<'a>(
+    shared: &'a Shared,
+    sandbox: &crate::sandbox::Sandbox,
+) -> Option<crate::cgroup::JobCgroup<'a>> {
+    let cgroups = shared.cgroups.as_ref().filter(|_| !sandbox.is_empty())?;
+    cgroups
+        .lease()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one"),
+        )
+        .ok()
 }
 
 /// A job cancelled before it started here: record it `cancelled` unless it already has a terminal record (the
