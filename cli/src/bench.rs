@@ -78,7 +78,12 @@ impl Drop for Processes {
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let nats_port = free_port()?;
-    let nats = LocalNats::start(&dir.path().join("nats"), nats_port).await?;
+    let nats = LocalNats::start(
+        &dir.path().join("nats"),
+        &dir.path().join("nats.log"),
+        nats_port,
+    )
+    .await?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
     let s3 = if args.artifacts {
         bench_artifacts::start_s3(free_port()?).await?

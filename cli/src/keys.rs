@@ -3,10 +3,23 @@
 //! at creation; only its SHA-256 is stored.
 
 use anyhow::Result;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use fleet_shared::auth::Scopes;
-use fleet_shared::config::Config;
-use fleet_shared::keys;
+use fleet_shared::keys::{self, KeysError};
+
+use crate::args::ConfigArgs;
+use crate::failure::{failure, Coded};
+
+#[derive(Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON instead of lines.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
 
 #[derive(Subcommand, Clone)]
 pub enum KeysCommand {
@@ -40,14 +53,24 @@ pub enum KeysCommand {
     Revoke { id: String },
 }
 
-pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()> {
-    let client = fleet_shared::nats::connect(&config.nats, "fleet-keys").await?;
+pub async fn run(args: KeysArgs) -> Result<()> {
+    let config = crate::args::load(&args.config.sources(&[]))?;
+    let json = args.json;
+    let client = fleet_shared::nats::connect_once(&config.nats, "fleet-keys")
+        .await
+        .map_err(|e| {
+            failure(
+                "nats_unreachable",
+                format!("cannot reach NATS at {}: {e}", config.nats.url),
+            )
+        })?;
     let js = async_nats::jetstream::new(client.clone());
     let handles = fleet_shared::Topology::new(&config.nats.prefix)
         .ensure(&js, &config.queue)
-        .await?;
+        .await
+        .coded("nats_failed")?;
     let bucket = handles.keys;
-    match command {
+    match args.command {
         KeysCommand::Create {
             name,
             agents,
@@ -65,7 +88,9 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
                 manage_keys,
                 max_queued,
             };
-            let (stored, key) = keys::create(&bucket, &name, scopes).await?;
+            let (stored, key) = keys::create(&bucket, &name, scopes)
+                .await
+                .map_err(keys_failure)?;
             client.flush().await?;
             if json {
                 println!(
@@ -82,7 +107,8 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
         }
         KeysCommand::List => {
             let listed: Vec<_> = keys::list(&bucket)
-                .await?
+                .await
+                .map_err(keys_failure)?
                 .iter()
                 .map(|k| k.view())
                 .collect();
@@ -113,10 +139,20 @@ pub async fn run(config: &Config, command: KeysCommand, json: bool) -> Result<()
             }
         }
         KeysCommand::Revoke { id } => {
-            let key = keys::revoke(&bucket, &id).await?;
+            let key = keys::revoke(&bucket, &id).await.map_err(keys_failure)?;
             client.flush().await?;
             println!("key {id} (`{}`) revoked", key.name);
         }
     }
     Ok(())
+}
+
+fn keys_failure(e: KeysError) -> anyhow::Error {
+    let code = match e {
+        KeysError::NoName => "invalid_key",
+        KeysError::NotFound(_) => "key_not_found",
+        KeysError::Nats(_) => "nats_failed",
+        KeysError::Decode(_) => "unreadable_key",
+    };
+    failure(code, e.to_string())
 }

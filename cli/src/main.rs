@@ -1,20 +1,29 @@
-//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, `bench`.
+//! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, `keys`, `bench`, and the client
+//! commands. Every error ends the process the same way: `fleet: code: message` on stderr, exit code 1.
 
+mod args;
 mod bench;
 mod bench_artifacts;
 mod bench_events;
 mod client;
+mod data_lock;
+mod failure;
 mod keys;
 mod local_nats;
+mod summary;
 mod telemetry;
+mod up;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use fleet_shared::config::{Config, Sources};
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use fleet_shared::config::Config;
 use tokio_util::sync::CancellationToken;
+
+use crate::args::{GatewayArgs, LogFormat, WorkerArgs};
+use crate::failure::{failure, Coded};
+use crate::summary::{Role, Started};
 
 #[derive(Parser)]
 #[command(
@@ -23,8 +32,9 @@ use tokio_util::sync::CancellationToken;
     about = "Run AI agents and code jobs on a NATS JetStream worker fleet"
 )]
 struct Cli {
+    /// The client options may also come before the command (`fleet --json jobs`).
     #[command(flatten)]
-    client: client::ClientArgs,
+    client: client::EarlyClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,11 +42,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the whole fleet locally: a managed nats-server, one gateway and one worker.
-    Up(UpArgs),
+    Up(up::UpArgs),
     /// Run an HTTP gateway.
-    Gateway(CommonArgs),
+    Gateway(GatewayArgs),
     /// Run a worker.
-    Worker(CommonArgs),
+    Worker(WorkerArgs),
     /// Measure latency, throughput and idle memory of a no-op agent through a fleet started for the purpose.
     Bench(bench::BenchArgs),
     /// The benchmark's chatty agent: prints the time in microseconds COUNT times, INTERVAL_MS apart ("COUNT
@@ -49,113 +59,96 @@ enum Command {
     /// Read a password from stdin and print its argon2 hash, for `[auth.users.NAME] password_hash`.
     HashPassword,
     /// Manage the gateway's API keys (straight in NATS: needs the fleet's NATS settings).
-    Keys {
-        #[command(flatten)]
-        common: CommonArgs,
-        #[command(subcommand)]
-        command: keys::KeysCommand,
-    },
+    Keys(keys::KeysArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
 
-#[derive(Args, Clone)]
-struct CommonArgs {
-    /// Configuration file (TOML); settings can also come from FLEET_* variables.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-    /// HTTP listen address (FLEET_HTTP_ADDR).
-    #[arg(long)]
-    http: Option<String>,
-    /// NATS server URL (FLEET_NATS_URL).
-    #[arg(long)]
-    nats: Option<String>,
-}
-
-#[derive(Args)]
-struct UpArgs {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// Where NATS keeps its streams and the worker its workspaces.
-    #[arg(long, default_value = ".fleet")]
-    data_dir: PathBuf,
-}
-
-impl CommonArgs {
-    fn load(&self) -> Result<Config> {
-        let mut sources = Sources::from_process(self.config.as_deref());
-        if let Some(h) = &self.http {
-            sources = sources.with_override("http.addr", h.clone());
-        }
-        if let Some(n) = &self.nats {
-            sources = sources.with_override("nats.url", n.clone());
-        }
-        Config::load(&sources).context("invalid configuration")
-    }
-}
-
-fn main() -> Result<()> {
+fn main() {
     let cli = Cli::parse();
-    if let Command::Tick { spec } = &cli.command {
-        return bench_events::tick(spec);
-    }
-    if let Command::Probe { url } = &cli.command {
-        std::process::exit(probe(url));
-    }
-    if let Command::HashPassword = &cli.command {
-        let mut password = String::new();
-        std::io::stdin().read_line(&mut password)?;
-        let password = password.trim_end_matches(['\r', '\n']);
-        if password.is_empty() {
-            anyhow::bail!("no password on stdin");
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", failure::line(&e));
+            1
         }
-        let hash = fleet_gateway::tokens::hash_password(password).map_err(anyhow::Error::msg)?;
-        println!("{hash}");
-        return Ok(());
-    }
+    };
+    // `exit` skips destructors: output without a final newline would stay in the buffer.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(code)
+}
+
+fn dispatch(cli: Cli) -> Result<i32> {
     let service = match &cli.command {
-        Command::Up(_) => Some("fleet"),
-        Command::Gateway(_) => Some("fleet-gateway"),
-        Command::Worker(_) => Some("fleet-worker"),
+        Command::Up(a) => Some(("fleet", a.log.log_format)),
+        Command::Gateway(a) => Some(("fleet-gateway", a.log.log_format)),
+        Command::Worker(a) => Some(("fleet-worker", a.log.log_format)),
         _ => None,
     };
+    if !matches!(cli.command, Command::Client(_)) {
+        cli.client.refuse_for_non_client(&cli.command)?;
+    }
+    match cli.command {
+        Command::Tick { spec } => return bench_events::tick(&spec).map(|()| 0),
+        Command::Probe { url } => return Ok(probe(&url)),
+        Command::HashPassword => return hash_password().map(|()| 0),
+        _ => {}
+    }
     let telemetry = match service {
-        Some(service) => Some(telemetry::init_service(service)?),
+        Some((service, format)) => Some(telemetry::init_service(service, format)?),
         None => {
-            telemetry::init_logs();
+            telemetry::init_quiet();
             None
         }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // block_on runs `up` on this, the main thread: the managed nats-server's parent-death signal relies on it.
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Up(args) => up(args).await,
-            Command::Gateway(args) => gateway(args.load()?).await,
-            Command::Worker(args) => worker(args.load()?).await,
-            Command::Bench(args) => bench::run(args).await,
-            Command::Tick { .. } | Command::Probe { .. } | Command::HashPassword => Ok(()),
-            Command::Keys { common, command } => {
-                keys::run(&common.load()?, command, cli.client.json()).await
-            }
-            Command::Client(command) => match client::run(cli.client, command).await {
-                Ok(code) => {
-                    // `exit` skips destructors: output without a final newline would stay in the buffer.
-                    let _ = std::io::Write::flush(&mut std::io::stdout());
-                    std::process::exit(code)
-                }
-                Err(e) => {
-                    eprintln!("fleet: {e:#}");
-                    std::process::exit(1);
-                }
-            },
+            Command::Up(args) => up::run(args).await.map(|()| 0),
+            Command::Gateway(args) => gateway(&args).await.map(|()| 0),
+            Command::Worker(args) => worker(&args).await.map(|()| 0),
+            Command::Bench(args) => bench::run(args).await.map(|()| 0),
+            Command::Keys(args) => keys::run(args).await.map(|()| 0),
+            Command::Client(command) => client::run(cli.client, command).await,
+            Command::Tick { .. } | Command::Probe { .. } | Command::HashPassword => Ok(0),
         }
     });
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();
     }
     outcome
+}
+
+impl client::CommandName for Command {
+    /// The command's name as typed, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "up",
+            Command::Gateway(_) => "gateway",
+            Command::Worker(_) => "worker",
+            Command::Bench(_) => "bench",
+            Command::Tick { .. } => "tick",
+            Command::Probe { .. } => "probe",
+            Command::HashPassword => "hash-password",
+            Command::Keys(_) => "keys",
+            Command::Client(_) => "client",
+        }
+    }
+}
+
+fn hash_password() -> Result<()> {
+    let mut password = String::new();
+    std::io::stdin().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err(failure("no_password", "no password on stdin"));
+    }
+    let hash = fleet_gateway::tokens::hash_password(password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn probe(url: &str) -> i32 {
@@ -217,98 +210,80 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
-fn print_config(config: &Config) {
-    tracing::info!(config = %config.summary(), "effective configuration");
-}
-
-async fn gateway(config: Config) -> Result<()> {
-    print_config(&config);
-    let config = Arc::new(config);
-    let client = fleet_shared::nats::connect(&config.nats, "fleet-gateway").await?;
+async fn gateway(args: &GatewayArgs) -> Result<()> {
+    let sources = args
+        .config
+        .sources(&[("http.addr", args.http.as_ref(), "--http")]);
+    let config = Arc::new(args::load(&sources)?);
     let listener = tokio::net::TcpListener::bind(config.http.socket_addr())
         .await
-        .with_context(|| format!("cannot listen on {}", config.http.addr))?;
-    let stop = shutdown_signal();
-    fleet_gateway::run(
-        listener,
-        config,
-        client,
-        async move { stop.cancelled().await },
-    )
-    .await?;
-    Ok(())
-}
-
-async fn worker(config: Config) -> Result<()> {
-    print_config(&config);
-    let config = Arc::new(config);
-    let client = fleet_shared::nats::connect(&config.nats, "fleet-worker").await?;
-    fleet_worker::run(config, client, shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn up(args: UpArgs) -> Result<()> {
-    let mut config = args.common.load()?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let nats = local_nats::LocalNats::start(
-        &data_dir.join("nats"),
-        local_nats::LocalNats::default_port()?,
-    )
-    .await?;
-    config.nats.url = nats.url();
-    // One machine's fleet: no keys while only this machine can reach it (a wider address keeps auth.mode).
-    if config.http.socket_addr().ip().is_loopback() {
-        config.auth.mode = fleet_shared::config::AuthMode::None;
-    }
-    config.worker.work_dir = data_dir.join("work");
-    config.artifacts.local_dir = data_dir.join("artifacts");
-    print_config(&config);
-    let config = Arc::new(config);
-    let stop = shutdown_signal();
-
-    let worker_client = fleet_shared::nats::connect(&config.nats, "fleet-worker").await?;
-    let worker = tokio::spawn(fleet_worker::run(
-        config.clone(),
-        worker_client,
-        stop.clone(),
-    ));
-    local_nats::wait_for_agents(&config).await?;
-
-    let listener = tokio::net::TcpListener::bind(config.http.socket_addr())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (set --http or FLEET_HTTP_ADDR)",
-                config.http.addr
+        .map_err(|e| {
+            failure(
+                "cannot_listen",
+                format!(
+                    "cannot listen on {} (from {}): {e}",
+                    config.http.addr,
+                    sources.origin("http.addr")
+                ),
             )
         })?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let gateway_client = fleet_shared::nats::connect(&config.nats, "fleet-gateway").await?;
-    let gw_stop = stop.clone();
-    let gateway = tokio::spawn(fleet_gateway::run(
-        listener,
-        config.clone(),
-        gateway_client,
-        async move { gw_stop.cancelled().await },
-    ));
-
-    println!();
-    println!("fleet is up");
-    println!("  API:   {url}   (interactive docs: {url}/docs)");
-    println!(
-        "  NATS:  {}   (jobs on {}.jobs.<agent>)",
-        config.nats.url, config.nats.prefix
+    let started = Started {
+        api: Some(format!("http://{}", listener.local_addr()?)),
+        sources: summary::sources_line(&sources),
+        ..Default::default()
+    };
+    summary::print(
+        &config,
+        Role::Gateway,
+        &started,
+        args.log.log_format == LogFormat::Json,
     );
-    println!("  agents: {}", config.worker_agents().join(", "));
-    println!("  try:   curl -s -X POST '{url}/v1/jobs?wait=30' -H 'content-type: application/json' -d '{{\"agent\":\"echo\",\"message\":\"hello\"}}'");
-    println!("Ctrl-C stops everything.");
+    let client = connect(&config, "fleet-gateway").await?;
+    let stop = shutdown_signal();
+    let ran = fleet_gateway::run(listener, config.clone(), client.clone(), async move {
+        stop.cancelled().await
+    })
+    .await;
+    ran.map_err(|e| explained(e.into(), &client, &config))
+}
 
-    stop.cancelled().await;
-    let (g, w) = tokio::join!(gateway, worker);
-    g??;
-    w??;
-    nats.stop().await;
-    Ok(())
+async fn worker(args: &WorkerArgs) -> Result<()> {
+    let sources = args
+        .config
+        .sources(&[("worker.http_addr", args.http.as_ref(), "--http")]);
+    let config = Arc::new(args::load(&sources)?);
+    let started = Started {
+        sources: summary::sources_line(&sources),
+        ..Default::default()
+    };
+    summary::print(
+        &config,
+        Role::Worker,
+        &started,
+        args.log.log_format == LogFormat::Json,
+    );
+    let client = connect(&config, "fleet-worker").await?;
+    let ran = fleet_worker::run(config.clone(), client.clone(), shutdown_signal()).await;
+    ran.map_err(|e| explained(e.into(), &client, &config))
+}
+
+/// A service that failed while NATS was out of reach failed because of that: say so.
+fn explained(e: anyhow::Error, client: &async_nats::Client, config: &Config) -> anyhow::Error {
+    if client.connection_state() == async_nats::connection::State::Connected {
+        return e;
+    }
+    failure(
+        "nats_unreachable",
+        format!(
+            "NATS at {} did not answer ({e:#}); start it, or point --nats / FLEET_NATS_URL at it",
+            fleet_shared::config::mask_url_credentials(&config.nats.url)
+        ),
+    )
+}
+
+/// A service's NATS connection: it keeps retrying a server that is down, saying so.
+async fn connect(config: &Config, name: &str) -> Result<async_nats::Client> {
+    fleet_shared::nats::connect(&config.nats, name)
+        .await
+        .coded("nats_unreachable")
 }

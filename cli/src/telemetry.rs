@@ -1,11 +1,14 @@
-//! Logs and traces. Logs: human-readable lines by default, JSON lines with `RUST_LOG_FORMAT=json` (span fields
-//! such as `job_id` and `trace_id` on every line within a job); level from `RUST_LOG`.
+//! Logs and traces. Logs: human-readable lines by default (coloured only on a terminal), JSON lines with
+//! `--log-format json` (span fields such as `job_id` and `trace_id` on every line within a job); level from
+//! `RUST_LOG`. Commands a person waits on (client, keys) log warnings only.
 //!
 //! Traces: OpenTelemetry over OTLP/HTTP, off unless an OTLP endpoint is given through the standard variables
 //! (`OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`; `OTEL_SDK_DISABLED=true` or
 //! `OTEL_TRACES_EXPORTER=none` turn it off). The exporter itself reads the rest: protocol (`http/protobuf`,
 //! the default, or `http/json`), headers, timeout, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, and the
 //! batch settings (`OTEL_BSP_*`). These are the SDK's own variables, read by it, not by the fleet's loader.
+
+use std::io::IsTerminal;
 
 use anyhow::{bail, Context, Result};
 use opentelemetry::trace::TracerProvider as _;
@@ -15,6 +18,8 @@ use opentelemetry_sdk::Resource;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
+
+use crate::args::LogFormat;
 
 /// Flushes exported spans when the process ends.
 pub struct Telemetry {
@@ -31,14 +36,14 @@ impl Telemetry {
     }
 }
 
-/// Logging only: client commands and the benchmark export no traces.
-pub fn init_logs() {
-    init(None).ok();
+/// Warnings and errors only, as text: client commands, keys and the benchmark export no traces.
+pub fn init_quiet() {
+    init(None, LogFormat::Text, "warn").ok();
 }
 
 /// Logging, and trace export when configured, for a long-running `service` (`fleet-gateway`, ...).
-pub fn init_service(service: &str) -> Result<Telemetry> {
-    init(Some(service))
+pub fn init_service(service: &str, format: LogFormat) -> Result<Telemetry> {
+    init(Some(service), format, "info,async_nats=warn")
 }
 
 fn env(name: &str) -> Option<String> {
@@ -88,7 +93,7 @@ fn tracer_provider(service: &str) -> Result<SdkTracerProvider> {
         .build())
 }
 
-fn init(service: Option<&str>) -> Result<Telemetry> {
+fn init(service: Option<&str>, format: LogFormat, default_filter: &str) -> Result<Telemetry> {
     let provider = match service {
         Some(service) if export_wanted() => Some(tracer_provider(service)?),
         _ => None,
@@ -99,10 +104,16 @@ fn init(service: Option<&str>) -> Result<Telemetry> {
         );
         tracing_opentelemetry::layer().with_tracer(p.tracer("fleet"))
     });
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
-    let json = std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let text_logs = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // RUST_LOG_FORMAT=json is the older spelling, still honoured.
+    let json = format == LogFormat::Json
+        || std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let text_logs = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+    });
     let json_logs = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()

@@ -1,5 +1,8 @@
-//! Connecting to NATS the same way from every process: named connection, reconnect forever.
+//! Connecting to NATS the same way from every process: named connection, reconnect forever (services), or
+//! one attempt with a plain error (tools such as `fleet keys`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::NatsConfig;
@@ -8,19 +11,82 @@ pub async fn connect(
     cfg: &NatsConfig,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    options(cfg)
-        .await?
+    logging_events(options(cfg).await?, shown_urls(cfg))
         .name(name)
         // A worker or gateway outlives NATS restarts: keep trying, and start even if NATS comes up later.
         .max_reconnects(None)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(10)))
-        .event_callback(|event| async move {
-            tracing::info!(%event, "nats connection event");
-        })
         .connect(cfg.urls())
         .await
+}
+
+/// One attempt, for a command a person waits on: an unreachable server is an error at once, not a retry loop.
+pub async fn connect_once(
+    cfg: &NatsConfig,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    logging_events(options(cfg).await?, shown_urls(cfg))
+        .name(name)
+        .connection_timeout(Duration::from_secs(3))
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connect(cfg.urls())
+        .await
+}
+
+/// Logs the connection events that matter, once each: losing the server, failing to reach it (not every retry),
+/// getting it back, and server errors. The first connection and the closing one are routine.
+fn logging_events(options: async_nats::ConnectOptions, urls: String) -> async_nats::ConnectOptions {
+    let state = Arc::new(EventState::default());
+    options.event_callback(move |event| {
+        let state = state.clone();
+        let urls = urls.clone();
+        async move { state.log(event, &urls) }
+    })
+}
+
+fn shown_urls(cfg: &NatsConfig) -> String {
+    let urls: Vec<String> = cfg
+        .urls()
+        .iter()
+        .map(|u| crate::config::mask_url_credentials(u))
+        .collect();
+    urls.join(",")
+}
+
+#[derive(Default)]
+struct EventState {
+    /// Connected once and lost since.
+    lost: AtomicBool,
+    /// Said that the server cannot be reached, since the last connection.
+    complained: AtomicBool,
+}
+
+impl EventState {
+    fn log(&self, event: async_nats::Event, urls: &str) {
+        use async_nats::Event;
+        match event {
+            Event::Disconnected => {
+                self.lost.store(true, Ordering::Relaxed);
+                tracing::warn!("lost the NATS connection to {urls}; reconnecting");
+            }
+            Event::Connected => {
+                self.complained.store(false, Ordering::Relaxed);
+                match self.lost.swap(false, Ordering::Relaxed) {
+                    true => tracing::info!("reconnected to NATS"),
+                    false => tracing::debug!("connected to NATS"),
+                }
+            }
+            Event::ClientError(e) => {
+                if !self.complained.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("cannot reach NATS at {urls} ({e}); still trying");
+                }
+            }
+            Event::Closed | Event::Draining => tracing::debug!(%event, "nats connection event"),
+            other => tracing::warn!(event = %other, "nats connection event"),
+        }
+    }
 }
 
 /// Credentials and TLS from the configuration (validation allows at most one kind of credential).

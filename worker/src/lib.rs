@@ -278,10 +278,14 @@ pub async fn run(
     loops.close();
 
     shutdown.cancelled().await;
-    tracing::info!(
-        grace_secs = config.worker.shutdown_grace_secs,
-        "worker stopping: no new jobs; running jobs may finish"
-    );
+    match jobs.len() {
+        0 => tracing::info!("worker stopping"),
+        running => tracing::info!(
+            "worker stopping: {running} running jobs get up to {} s to finish, then go back to the queue \
+             (a second Ctrl-C or SIGTERM stops at once)",
+            config.worker.shutdown_grace_secs
+        ),
+    }
     loops.wait().await;
     jobs.close();
     if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait())

@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::wire::is_valid_agent_name;
 
 mod cidr;
+mod origin;
 mod validate;
 
 pub use cidr::Cidr;
+pub use origin::Origin;
 
 const DEFAULTS: &str = include_str!("../defaults.toml");
 
@@ -525,17 +527,23 @@ impl ArtifactsConfig {
 impl WorkerConfig {
     /// The health and metrics listener's address, if one is configured (checked by `Config::validate`).
     pub fn http_socket_addr(&self) -> Option<SocketAddr> {
-        self.http_addr.parse().ok()
+        listen_addr(&self.http_addr)
     }
 }
 
 impl HttpConfig {
     pub fn socket_addr(&self) -> SocketAddr {
         // Checked by `Config::validate`.
-        self.addr
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+        listen_addr(&self.addr).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)))
     }
+}
+
+/// A listen address: `IP:PORT`, or `localhost:PORT` for the IPv4 loopback (no name lookup for a listener).
+pub fn listen_addr(text: &str) -> Option<SocketAddr> {
+    if let Some(port) = text.strip_prefix("localhost:") {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)));
+    }
+    text.parse().ok()
 }
 
 /// Seconds as a Duration; validation has ruled out negative and non-finite values.
@@ -549,14 +557,20 @@ pub fn secs(s: f64) -> Duration {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
-    #[error("configuration key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
+    /// A value that is wrong, with where it was set once the loader knows (`origin`).
+    #[error("configuration key `{key}`{}: {reason}", origin.as_ref().map(|o| format!(" (from {o})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        reason: String,
+        origin: Option<Origin>,
+    },
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
+        origin: None,
     }
 }
 
@@ -565,8 +579,16 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 pub struct Sources {
     pub file: Option<PathBuf>,
     pub env: HashMap<String, String>,
-    /// `key = value` pairs from the command line (`--http`, `--nats`), the highest layer.
-    pub overrides: Vec<(String, String)>,
+    /// Values from the command line (`--http`, `--nats`), the highest layer.
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    /// The flag that set it, for messages (`--http`).
+    pub flag: String,
 }
 
 impl Sources {
@@ -578,20 +600,35 @@ impl Sources {
         }
     }
 
-    pub fn with_override(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.overrides.push((key.to_string(), value.into()));
+    pub fn with_override(self, key: &str, value: impl Into<String>) -> Self {
+        let flag = format!("the override of {key}");
+        self.with_flag(key, value, &flag)
+    }
+
+    /// A value set by a command-line flag, named in messages about it.
+    pub fn with_flag(mut self, key: &str, value: impl Into<String>, flag: &str) -> Self {
+        self.overrides.push(Override {
+            key: key.to_string(),
+            value: value.into(),
+            flag: flag.to_string(),
+        });
         self
     }
 }
 
 impl Config {
+    /// The configuration from `sources`, or the first thing wrong with it, naming the key and where it was set.
     pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        Self::load_unlocated(sources).map_err(|e| e.located(sources))
+    }
+
+    fn load_unlocated(sources: &Sources) -> Result<Self, ConfigError> {
         let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
-        let mut builder = config::Config::builder().add_source(defaults.clone());
+        let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = &sources.file {
             builder = builder.add_source(config::File::from(path.as_path()).required(true));
         }
-        let leaf_keys = leaf_keys(&config::Config::builder().add_source(defaults).build()?)?;
+        let leaf_keys = leaf_keys()?;
         for (alias, key) in ALIASES {
             if let Some(v) = sources.env.get(*alias) {
                 builder = builder.set_override(*key, v.clone())?;
@@ -608,8 +645,8 @@ impl Config {
                 builder = builder.set_override("artifacts.backend", "ftp")?;
             }
         }
-        for (key, v) in &sources.overrides {
-            builder = builder.set_override(key.as_str(), v.clone())?;
+        for o in &sources.overrides {
+            builder = builder.set_override(o.key.as_str(), o.value.clone())?;
         }
         let mut config: Config = builder.build()?.try_deserialize()?;
         if config.worker.agent_path.is_empty() {
@@ -704,8 +741,12 @@ pub fn env_name(key: &str) -> String {
 }
 
 /// Every scalar key of the defaults outside the `agents` and `execute` tables, which are only set in files.
-fn leaf_keys(defaults: &config::Config) -> Result<Vec<String>, ConfigError> {
-    let tree: serde_json::Value = defaults.clone().try_deserialize()?;
+fn leaf_keys() -> Result<Vec<String>, ConfigError> {
+    let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
+    let tree: serde_json::Value = config::Config::builder()
+        .add_source(defaults)
+        .build()?
+        .try_deserialize()?;
     let mut keys = Vec::new();
     collect_leaves(&tree, String::new(), &mut keys);
     keys.retain(|k| !k.starts_with("agents.") && !k.starts_with("execute."));

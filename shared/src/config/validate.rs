@@ -1,20 +1,30 @@
 //! Checks of a loaded configuration: each failure names the key at fault and what is wrong with it.
 
-use std::net::SocketAddr;
-
-use super::{invalid, is_valid_target_name, Config, ConfigError};
+use super::{invalid, is_valid_target_name, listen_addr, Config, ConfigError};
 use crate::wire::is_valid_agent_name;
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.http.addr.parse::<SocketAddr>().is_err() {
+        self.validate_addresses()?;
+        self.validate_auth()?;
+        self.validate_nats()?;
+        self.validate_durations()?;
+        self.validate_artifacts()?;
+        self.validate_counts()?;
+        self.validate_agents()
+    }
+
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
+        if listen_addr(&self.http.addr).is_none() {
             return Err(invalid(
                 "http.addr",
-                format!("`{}` is not an address like 127.0.0.1:8080", self.http.addr),
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080 or localhost:8080",
+                    self.http.addr
+                ),
             ));
         }
-        if !self.worker.http_addr.is_empty() && self.worker.http_addr.parse::<SocketAddr>().is_err()
-        {
+        if !self.worker.http_addr.is_empty() && listen_addr(&self.worker.http_addr).is_none() {
             return Err(invalid(
                 "worker.http_addr",
                 format!(
@@ -23,6 +33,10 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    fn validate_nats(&self) -> Result<(), ConfigError> {
         if self.nats.urls().is_empty()
             || self
                 .nats
@@ -35,6 +49,10 @@ impl Config {
                 "expected a URL like nats://127.0.0.1:4222, or several separated by commas",
             ));
         }
+        self.validate_nats_credentials()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         if !self.auth.jwt_secret.is_empty() && self.auth.jwt_secret.len() < 32 {
             return Err(invalid(
                 "auth.jwt_secret",
@@ -67,6 +85,10 @@ impl Config {
                 "token lifetimes must be positive",
             ));
         }
+        Ok(())
+    }
+
+    fn validate_nats_credentials(&self) -> Result<(), ConfigError> {
         let methods = [
             !self.nats.user.is_empty() || !self.nats.password.is_empty(),
             !self.nats.token.is_empty(),
@@ -94,6 +116,10 @@ impl Config {
         {
             return Err(invalid("nats.prefix", "must be letters, digits or '_'"));
         }
+        Ok(())
+    }
+
+    fn validate_durations(&self) -> Result<(), ConfigError> {
         let positive = [
             ("http.max_wait_secs", self.http.max_wait_secs),
             ("http.generate_wait_secs", self.http.generate_wait_secs),
@@ -124,7 +150,10 @@ impl Config {
         ];
         for (key, v) in positive {
             if !(v.is_finite() && v > 0.0) {
-                return Err(invalid(key, "must be a positive number of seconds"));
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number of {}", unit(key)),
+                ));
             }
         }
         for (key, v) in [
@@ -135,6 +164,10 @@ impl Config {
                 return Err(invalid(key, "must be zero or a positive number of seconds"));
             }
         }
+        Ok(())
+    }
+
+    fn validate_artifacts(&self) -> Result<(), ConfigError> {
         self.artifacts.default_target().validate("artifacts.")?;
         for (name, target) in &self.artifacts.targets {
             if !is_valid_target_name(name) {
@@ -145,6 +178,10 @@ impl Config {
             }
             target.validate(&format!("artifacts.targets.{name}."))?;
         }
+        Ok(())
+    }
+
+    fn validate_counts(&self) -> Result<(), ConfigError> {
         if self.queue.max_jobs < 1 {
             return Err(invalid("queue.max_jobs", "must be at least 1"));
         }
@@ -175,6 +212,10 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return Err(invalid("http.max_body_bytes", "must be at least 1024"));
         }
+        Ok(())
+    }
+
+    fn validate_agents(&self) -> Result<(), ConfigError> {
         for (name, agent) in &self.agents {
             if !is_valid_agent_name(name) {
                 return Err(invalid(
@@ -235,5 +276,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// The unit a key's name ends with, for messages (`retention_hours` is in hours).
+fn unit(key: &str) -> &'static str {
+    if key.ends_with("_hours") {
+        "hours"
+    } else {
+        "seconds"
     }
 }
