@@ -1,0 +1,321 @@
+//! `fleet up` as a person runs it: one per data directory (a second says who holds it), a managed nats-server
+//! that dies with it however it dies, a stale lock taken over with the data intact, ports taken when free or
+//! refused when named, `--nats` honoured, and a start-up summary that says where everything is.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use fleet_tests::*;
+
+/// A running `fleet up`: its stdout lines arrive on a channel (the summary), its stderr goes to a file.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::path::PathBuf,
+    seen: Vec<String>,
+}
+
+fn up(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Up {
+    let stderr = dir.join(format!("up-{}.log", uuid::Uuid::new_v4()));
+    let mut child = Command::new(built_binary("fleet"))
+        .arg("up")
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("start fleet up");
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Up {
+        child,
+        lines,
+        stderr,
+        seen: Vec::new(),
+    }
+}
+
+impl Up {
+    /// Waits for the summary's last line; returns the whole summary.
+    fn summary(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => {
+                    let done = line.starts_with("Ctrl-C stops everything");
+                    self.seen.push(line);
+                    if done {
+                        return self.seen.join("\n");
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = self.child.try_wait() {
+                        panic!("fleet up exited ({status}): {}", self.stderr());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!(
+            "no summary from fleet up: {}\n{}",
+            self.seen.join("\n"),
+            self.stderr()
+        )
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The exit status, waiting at most `patience`.
+    fn exit_within(&mut self, patience: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "fleet up is still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.pid(), libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value after `name` in a summary row (`  http         http://127.0.0.1:1234 · …`).
+fn row(summary: &str, name: &str) -> String {
+    summary
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(name).map(str::trim))
+        .unwrap_or_else(|| panic!("no `{name}` row in\n{summary}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn lock_holder(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(".fleet/fleet.lock")).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("lock file `{text}`: {e}"))
+}
+
+fn api(base: &str) -> Api {
+    Api::new(base.trim_end_matches('/'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (nats_port, http_port) = (free_port(), free_port());
+    let http = format!("127.0.0.1:{http_port}");
+    let mut first = up(
+        dir.path(),
+        &["--nats-port", &nats_port.to_string(), "--http", &http],
+        &[],
+    );
+    let summary = first.summary();
+    assert!(
+        summary.contains("fleet ") && summary.contains("local fleet"),
+        "{summary}"
+    );
+    let base = row(&summary, "http");
+    assert_eq!(base, format!("http://{http}"));
+    assert_eq!(
+        row(&summary, "nats"),
+        format!("nats://127.0.0.1:{nats_port}")
+    );
+    assert!(summary.contains("auth         none"), "{summary}");
+    let r = api(&base)
+        .post(
+            "/v1/jobs?wait=30",
+            &serde_json::json!({"agent": "echo", "message": "kept"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+
+    // A second `fleet up` on the same directory, on other ports, is refused and names the first.
+    let mut second = up(
+        dir.path(),
+        &[
+            "--nats-port",
+            &free_port().to_string(),
+            "--http",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    let status = second.exit_within(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    let err = second.stderr();
+    assert!(
+        err.contains("fleet: data_dir_in_use:") && err.contains(&format!("pid {}", first.pid())),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // kill -9: the managed nats-server goes with it.
+    let nats_pid = lock_holder(dir.path())["nats_pid"].as_i64().unwrap() as i32;
+    assert!(process_alive(nats_pid));
+    unsafe { libc::kill(first.pid(), libc::SIGKILL) };
+    first.exit_within(Duration::from_secs(5));
+    eventually(
+        "the managed nats-server to end",
+        Duration::from_secs(10),
+        || async move { !process_alive(nats_pid) },
+    )
+    .await;
+
+    // The stale lock is taken over, saying so, and the data is intact.
+    let mut third = up(
+        dir.path(),
+        &["--nats-port", &nats_port.to_string(), "--http", &http],
+        &[],
+    );
+    let summary = third.summary();
+    assert!(
+        summary.contains(&format!(
+            "took over the data directory from `fleet up` pid {}",
+            first.pid()
+        )),
+        "{summary}"
+    );
+    let r = api(&base).get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.body["stdout"], "kept\n", "{}", r.body);
+
+    // A port the user named that is busy is an error, not another port.
+    let other = tempfile::tempdir().unwrap();
+    let mut busy = up(other.path(), &["--http", &http], &[]);
+    assert_eq!(busy.exit_within(Duration::from_secs(20)).code(), Some(1));
+    let err = busy.stderr();
+    assert!(
+        err.contains("fleet: port_in_use:") && err.contains("--http"),
+        "{err}"
+    );
+    let mut busy = up(other.path(), &["--nats-port", &nats_port.to_string()], &[]);
+    assert_eq!(busy.exit_within(Duration::from_secs(20)).code(), Some(1));
+    assert!(
+        busy.stderr().contains("fleet: port_in_use:"),
+        "{}",
+        busy.stderr()
+    );
+    drop(third);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_up_uses_the_nats_it_is_given_and_says_so() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    for (args, env) in [
+        (
+            vec![
+                "--nats".to_string(),
+                nats.url(),
+                "--http".into(),
+                http.clone(),
+            ],
+            vec![],
+        ),
+        (
+            vec!["--http".into(), http.clone()],
+            vec![("FLEET_NATS_URL", nats.url())],
+        ),
+        (
+            vec!["--http".into(), http.clone()],
+            vec![("NATS_URL", nats.url())],
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut fleet = up(dir.path(), &args, &env);
+        let summary = fleet.summary();
+        assert_eq!(row(&summary, "nats"), nats.url(), "{summary}");
+        assert!(summary.contains("using your NATS server"), "{summary}");
+        let r = api(&format!("http://{http}"))
+            .post(
+                "/v1/jobs?wait=30",
+                &serde_json::json!({"agent": "echo", "message": "hi"}),
+            )
+            .await;
+        assert_eq!(r.body["status"], "completed", "{}", r.body);
+        drop(fleet);
+    }
+    // A NATS that is not there is said to be so, at once.
+    let mut fleet = up(dir.path(), &["--nats", "nats://127.0.0.1:9"], &[]);
+    assert_eq!(fleet.exit_within(Duration::from_secs(15)).code(), Some(1));
+    let err = fleet.stderr();
+    assert!(
+        err.contains("fleet: nats_unreachable:") && err.contains("--nats"),
+        "{err}"
+    );
+}
+
+/// The defaults 8080 and 4222: when busy, the next free port, said in the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_default_ports_move_to_the_next_free_one() {
+    // Hold the defaults if nobody else does; either way they are busy for `fleet up`.
+    let _api = std::net::TcpListener::bind("127.0.0.1:8080");
+    let _nats = std::net::TcpListener::bind("127.0.0.1:4222");
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = up(dir.path(), &[], &[]);
+    let summary = fleet.summary();
+    assert!(
+        summary.contains("port 8080 was busy: the API is on"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("port 4222 was busy: NATS is on"),
+        "{summary}"
+    );
+    let base = row(&summary, "http");
+    assert_ne!(base, "http://127.0.0.1:8080");
+    let r = api(&base)
+        .post(
+            "/v1/jobs?wait=30",
+            &serde_json::json!({"agent": "echo", "message": "moved"}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "completed", "{}", r.body);
+
+    // Ctrl-C stops everything and says so; the lock is released for the next one.
+    unsafe { libc::kill(fleet.pid(), libc::SIGINT) };
+    assert!(
+        fleet.exit_within(Duration::from_secs(20)).success(),
+        "{}",
+        fleet.stderr()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".fleet/fleet.lock")).unwrap(),
+        ""
+    );
+}
