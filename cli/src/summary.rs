@@ -234,11 +234,14 @@ pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = n as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 && value.fract() == 0.0 {
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
-    format!("{value} {}", UNITS[unit])
+    match value.fract() == 0.0 {
+        true => format!("{value} {}", UNITS[unit]),
+        false => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 /// Prints the summary to stderr (the service's log stream) as text, or logs it as one JSON event.
@@ -288,6 +291,8 @@ mod tests {
         assert_eq!(bytes(65536), "64 KiB");
         assert_eq!(bytes(104857600), "100 MiB");
         assert_eq!(bytes(1000), "1000 B");
+        assert_eq!(bytes(6_266_880), "6.0 MiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 pub mod clients;
 pub mod metrics;
+pub mod up;
 
 pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply, SseEvent, SseReader};
+pub use up::{row, FleetUp};
 
 use std::collections::HashMap;
 use std::net::TcpListener;

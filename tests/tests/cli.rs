@@ -151,3 +151,140 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     worker.stop().await;
 }
+
+/// Runs `fleet ARGS --url BASE` with `input` on its stdin.
+async fn fleet_with_stdin(base: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write as _;
+    let mut command = std::process::Command::new(built_binary("fleet"));
+    command
+        .args(args)
+        .arg("--url")
+        .arg(base)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let input = input.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("run fleet");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().expect("fleet output")
+    })
+    .await
+    .expect("join")
+}
+
+fn expected_seq(n: usize) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_run_prints_the_whole_output_or_says_what_is_missing() {
+    let nats = NatsServer::start();
+    // Live output stops at 100 kB and the record keeps 64 KiB: the rest must come from the full log.
+    let cfg = test_config(
+        &nats.url(),
+        &[("FLEET_QUEUE_EVENTS_OUTPUT_BYTES", "100000")],
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let base = gw.api().base.clone();
+    // The sleep makes the job outlive the claim delay, so its output goes out live (up to the limit).
+    let script = "sleep 0.2; seq 1 60000";
+    for follow in [false, true] {
+        let mut args = vec!["run", "shell", script];
+        if follow {
+            args.push("--follow");
+        }
+        let out = fleet(&base, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stdout) == expected_seq(60000),
+            "follow={follow}: {} bytes, ends {:?}",
+            out.stdout.len(),
+            &text(&out.stdout)[out.stdout.len().saturating_sub(40)..]
+        );
+        assert!(
+            text(&out.stderr).contains("running on"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+
+    // Standard input as the message: `-` or --stdin.
+    let out = fleet_with_stdin(&base, &["run", "python", "-"], "print(6*7)\n").await;
+    assert_eq!(text(&out.stdout), "42\n", "{}", text(&out.stderr));
+    let out = fleet_with_stdin(&base, &["run", "shell", "--stdin"], "echo from stdin\n").await;
+    assert_eq!(text(&out.stdout), "from stdin\n", "{}", text(&out.stderr));
+
+    // A full log cut at artifacts.max_file_bytes: what there is, then what is missing, and a failing exit.
+    let capped = test_config(
+        &nats.url(),
+        &[
+            ("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000"),
+            ("FLEET_NATS_PREFIX", "capped"),
+        ],
+    );
+    let capped_worker = start_worker(&capped.config).await;
+    let capped_gw = start_gateway(&capped.config).await;
+    let out = fleet(&capped_gw.api().base, &["run", "shell", script]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(expected_seq(60000).starts_with(text(&out.stdout).lines().next().unwrap()));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the job wrote 348894 bytes of stdout; the fleet kept the first"),
+        "{err}"
+    );
+    capped_worker.stop().await;
+
+    // Ctrl-C on a followed job: cancelled when asked for, else left running, and said either way.
+    for cancel in [true, false] {
+        let mut args = vec![
+            "run",
+            "fake",
+            "print:started sleep:60",
+            "--follow",
+            "--url",
+            &base,
+        ];
+        if cancel {
+            args.push("--cancel-on-interrupt");
+        }
+        let mut child = std::process::Command::new(built_binary("fleet"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        tokio::task::spawn_blocking(move || {
+            let mut first = [0u8; 8];
+            std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+            stdout
+        })
+        .await
+        .unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(130));
+        let err = text(&out.stderr);
+        let id = err.split_whitespace().nth(1).unwrap().to_string();
+        let record = gw.api().get(&format!("/v1/jobs/{id}")).await;
+        if cancel {
+            assert!(err.contains(&format!("job {id}: cancelled")), "{err}");
+            assert_eq!(record.body["status"], "cancelled");
+        } else {
+            assert!(err.contains(&format!("job {id} keeps running")), "{err}");
+            assert_eq!(record.body["status"], "running");
+            fleet(&base, &["cancel", &id]).await;
+        }
+    }
+    worker.stop().await;
+}

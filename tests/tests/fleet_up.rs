@@ -2,126 +2,10 @@
 //! that dies with it however it dies, a stale lock taken over with the data intact, ports taken when free or
 //! refused when named, `--nats` honoured, and a start-up summary that says where everything is.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_tests::*;
-
-/// A running `fleet up`: its stdout lines arrive on a channel (the summary), its stderr goes to a file.
-struct Up {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: std::path::PathBuf,
-    seen: Vec<String>,
-}
-
-fn up(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Up {
-    let stderr = dir.join(format!("up-{}.log", uuid::Uuid::new_v4()));
-    let mut child = Command::new(built_binary("fleet"))
-        .arg("up")
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .expect("start fleet up");
-    let (tx, lines) = mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Up {
-        child,
-        lines,
-        stderr,
-        seen: Vec::new(),
-    }
-}
-
-impl Up {
-    /// Waits for the summary's last line; returns the whole summary.
-    fn summary(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(line) => {
-                    let done = line.starts_with("Ctrl-C stops everything");
-                    self.seen.push(line);
-                    if done {
-                        return self.seen.join("\n");
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("fleet up exited ({status}): {}", self.stderr());
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        panic!(
-            "no summary from fleet up: {}\n{}",
-            self.seen.join("\n"),
-            self.stderr()
-        )
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// The exit status, waiting at most `patience`.
-    fn exit_within(&mut self, patience: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "fleet up is still running");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.pid(), libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value after `name` in a summary row (`  http         http://127.0.0.1:1234 · …`).
-fn row(summary: &str, name: &str) -> String {
-    summary
-        .lines()
-        .find_map(|l| l.trim_start().strip_prefix(name).map(str::trim))
-        .unwrap_or_else(|| panic!("no `{name}` row in\n{summary}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 fn lock_holder(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join(".fleet/fleet.lock")).unwrap();
@@ -137,7 +21,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
     let dir = tempfile::tempdir().unwrap();
     let (nats_port, http_port) = (free_port(), free_port());
     let http = format!("127.0.0.1:{http_port}");
-    let mut first = up(
+    let mut first = FleetUp::start(
         dir.path(),
         &["--nats-port", &nats_port.to_string(), "--http", &http],
         &[],
@@ -164,7 +48,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
     let id = r.body["job_id"].as_str().unwrap().to_string();
 
     // A second `fleet up` on the same directory, on other ports, is refused and names the first.
-    let mut second = up(
+    let mut second = FleetUp::start(
         dir.path(),
         &[
             "--nats-port",
@@ -196,7 +80,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
     .await;
 
     // The stale lock is taken over, saying so, and the data is intact.
-    let mut third = up(
+    let mut third = FleetUp::start(
         dir.path(),
         &["--nats-port", &nats_port.to_string(), "--http", &http],
         &[],
@@ -214,14 +98,14 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
 
     // A port the user named that is busy is an error, not another port.
     let other = tempfile::tempdir().unwrap();
-    let mut busy = up(other.path(), &["--http", &http], &[]);
+    let mut busy = FleetUp::start(other.path(), &["--http", &http], &[]);
     assert_eq!(busy.exit_within(Duration::from_secs(20)).code(), Some(1));
     let err = busy.stderr();
     assert!(
         err.contains("fleet: port_in_use:") && err.contains("--http"),
         "{err}"
     );
-    let mut busy = up(other.path(), &["--nats-port", &nats_port.to_string()], &[]);
+    let mut busy = FleetUp::start(other.path(), &["--nats-port", &nats_port.to_string()], &[]);
     assert_eq!(busy.exit_within(Duration::from_secs(20)).code(), Some(1));
     assert!(
         busy.stderr().contains("fleet: port_in_use:"),
@@ -257,7 +141,7 @@ async fn fleet_up_uses_the_nats_it_is_given_and_says_so() {
     ] {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut fleet = up(dir.path(), &args, &env);
+        let mut fleet = FleetUp::start(dir.path(), &args, &env);
         let summary = fleet.summary();
         assert_eq!(row(&summary, "nats"), nats.url(), "{summary}");
         assert!(summary.contains("using your NATS server"), "{summary}");
@@ -271,7 +155,7 @@ async fn fleet_up_uses_the_nats_it_is_given_and_says_so() {
         drop(fleet);
     }
     // A NATS that is not there is said to be so, at once.
-    let mut fleet = up(dir.path(), &["--nats", "nats://127.0.0.1:9"], &[]);
+    let mut fleet = FleetUp::start(dir.path(), &["--nats", "nats://127.0.0.1:9"], &[]);
     assert_eq!(fleet.exit_within(Duration::from_secs(15)).code(), Some(1));
     let err = fleet.stderr();
     assert!(
@@ -287,7 +171,7 @@ async fn busy_default_ports_move_to_the_next_free_one() {
     let _api = std::net::TcpListener::bind("127.0.0.1:8080");
     let _nats = std::net::TcpListener::bind("127.0.0.1:4222");
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = up(dir.path(), &[], &[]);
+    let mut fleet = FleetUp::start(dir.path(), &[], &[]);
     let summary = fleet.summary();
     assert!(
         summary.contains("port 8080 was busy: the API is on"),

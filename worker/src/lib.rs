@@ -281,8 +281,12 @@ pub async fn run(
     match jobs.len() {
         0 => tracing::info!("worker stopping"),
         running => tracing::info!(
-            "worker stopping: {running} running jobs get up to {} s to finish, then go back to the queue \
+            "worker stopping: {} up to {} s to finish, then go back to the queue \
              (a second Ctrl-C or SIGTERM stops at once)",
+            match running {
+                1 => "1 running job gets".to_string(),
+                n => format!("{n} running jobs get"),
+            },
             config.worker.shutdown_grace_secs
         ),
     }

@@ -148,14 +148,18 @@ async fn confirm(question: &str) -> bool {
 async fn watch(client: &Client, id: &str, live: bool) -> Result<(JobRecord, Printed)> {
     let mut printed = Printed::default();
     let mut last_id: Option<String> = None;
-    for _ in 0..100 {
+    for round in 0..100 {
         let mut request = client
             .http
             .get(client.url(&format!("/v1/jobs/{id}/events")));
         if let Some(last) = &last_id {
             request = request.header("Last-Event-ID", last);
         }
-        let mut r = client.send(request).await?;
+        let mut r = match client.send(request).await {
+            Ok(r) => r,
+            Err(e) if round == 0 => return Err(e),
+            Err(_) => return Err(lost_gateway(client, id)),
+        };
         let mut buf = Vec::new();
         while let Some(chunk) = r.chunk().await.unwrap_or(None) {
             buf.extend_from_slice(&chunk);
@@ -383,6 +387,16 @@ impl Client {
         eprintln!("{line}");
         Ok(())
     }
+}
+
+fn lost_gateway(client: &Client, id: &str) -> anyhow::Error {
+    failure(
+        "gateway_unreachable",
+        format!(
+            "lost the gateway at {} while following job {id}; once it is back, `fleet status {id}` says how the job went",
+            client.base
+        ),
+    )
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
