@@ -1,7 +1,8 @@
 //! Cancelling a job, for `POST /v1/jobs/{id}/cancel` and the NATS request API on `fleet.cancel.<id>`. The cancel
 //! request goes to the cancels bucket first, which every worker watches: a worker holding the job stops it and
 //! records `cancelled` with the output and files it has; a worker pulling it later never starts it. A job still
-//! `queued` is ended here at once (compare-and-set, so a race with a worker leaves one terminal record).
+//! `queued` is ended here at once (compare-and-set, so a race with a worker leaves one terminal record) and its
+//! message taken off the queue.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::records;
 use crate::state::AppState;
+use crate::unqueue;
 
 /// What a cancel achieved within the time the caller waited.
 pub enum Outcome {
@@ -128,6 +130,7 @@ pub async fn cancel(
                     .await
                 {
                     Ok(_) => {
+                        take_off_the_queue(state, &ended).await;
                         // Jobs submitted over HTTP have no reply subject; gateways waiting on or following the job hear this
                         // (it never went live, so it has no events).
                         let notice = state.topology.done_subject(&id);
@@ -155,6 +158,18 @@ pub async fn cancel(
                     Err(_) => Ok(Outcome::Pending),
                 };
             }
+        }
+    }
+}
+
+/// Removes the cancelled job's message so it stops counting as queued; a failure only leaves it to the worker
+/// that pulls it, which drops it.
+async fn take_off_the_queue(state: &AppState, ended: &JobRecord) {
+    match unqueue::remove(state, ended).await {
+        Ok(true) => tracing::debug!(job_id = %ended.id, "cancelled job taken off the queue"),
+        Ok(false) => tracing::debug!(job_id = %ended.id, "cancelled job's message already gone"),
+        Err(e) => {
+            tracing::warn!(job_id = %ended.id, error = %e, "taking the cancelled job off the queue failed")
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod state;
 pub mod submit;
 pub mod tar;
 pub mod tokens;
+pub mod unqueue;
 pub mod upload;
 pub mod workers;
 

@@ -13,7 +13,7 @@ use fleet_shared::codec::{to_msgpack, CONTENT_TYPE_HEADER, MSGPACK};
 use fleet_shared::topology::{
     GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, RECORD_SEAL_HEADER,
 };
-use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus};
+use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus, Topology};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -245,11 +245,7 @@ async fn publish(
     generation: u32,
 ) -> Result<(), ApiError> {
     let mut headers = HeaderMap::new();
-    // Retries get their own message id, or the stream's duplicate window would swallow them.
-    let msg_id = match generation {
-        0 => request.id.to_string(),
-        g => format!("{}.{g}", request.id),
-    };
+    let msg_id = Topology::message_id(&request.id, generation);
     headers.insert(MSG_ID_HEADER, msg_id.as_str());
     headers.insert(RECORD_REVISION_HEADER, revision.to_string().as_str());
     let seal = state.sealer.seal(&request.id, generation, revision);
@@ -258,10 +254,7 @@ async fn publish(
         headers.insert(GENERATION_HEADER, generation.to_string().as_str());
     }
     headers.insert(CONTENT_TYPE_HEADER, MSGPACK);
-    let subject = match &request.owner {
-        Some(owner) => state.topology.owned_jobs_subject(&request.agent, owner),
-        None => state.topology.jobs_subject(&request.agent),
-    };
+    let subject = state.topology.subject_of(request);
     let span = tracing::info_span!("publish", otel.kind = "producer", subject = %subject);
     let payload: Bytes = to_msgpack(request).into();
     fits_in_a_message(state, payload.len())?;

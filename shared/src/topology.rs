@@ -56,6 +56,23 @@ impl Topology {
         format!("{}.jobs.{agent}.{}", self.prefix, owner_token(owner))
     }
 
+    /// The subject a job's message is published on: its agent's, with its owner's token when it has one.
+    pub fn subject_of(&self, request: &crate::JobRequest) -> String {
+        match &request.owner {
+            Some(owner) => self.owned_jobs_subject(&request.agent, owner),
+            None => self.jobs_subject(&request.agent),
+        }
+    }
+
+    /// The `Nats-Msg-Id` of run `generation` of a job: retries get their own, or the stream's duplicate window
+    /// would swallow them.
+    pub fn message_id(job_id: &Uuid, generation: u32) -> String {
+        match generation {
+            0 => job_id.to_string(),
+            g => format!("{job_id}.{g}"),
+        }
+    }
+
     /// Every jobs subject of one owner, whatever the agent.
     pub fn owner_jobs_filter(&self, owner: &str) -> String {
         format!("{}.jobs.*.{}", self.prefix, owner_token(owner))

@@ -21,6 +21,20 @@ async fn wait_status(api: &Api, id: &str, status: &str) -> Value {
         .await
 }
 
+/// `fake`'s (queued, running) as `/v1/agents` reports them.
+async fn agent_load(api: &Api) -> (u64, u64) {
+    let r = api.get("/v1/agents").await;
+    let agents = r.body["agents"].as_array().cloned().unwrap_or_default();
+    let fake = agents
+        .iter()
+        .find(|a| a["name"] == "fake")
+        .unwrap_or_else(|| panic!("no fake agent in {}", r.body));
+    (
+        fake["queued"].as_u64().unwrap(),
+        fake["running"].as_u64().unwrap(),
+    )
+}
+
 fn pid_in(path: &std::path::Path) -> i32 {
     std::fs::read_to_string(path)
         .expect("pid file")
@@ -58,6 +72,11 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
         json!({}),
     )
     .await;
+    assert_eq!(
+        agent_load(&api).await,
+        (1, 1),
+        "queued and running before the cancel"
+    );
 
     let r = api
         .post(&format!("/v1/jobs/{queued}/cancel"), &json!({}))
@@ -65,6 +84,12 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["status"], "cancelled");
     assert_eq!(r.body["record"]["error"]["code"], "cancelled");
+    // Off the queue at once, not when the slot frees: `fleet agents` no longer counts it.
+    assert_eq!(
+        agent_load(&api).await,
+        (0, 1),
+        "queued and running after the cancel"
+    );
 
     let r = api
         .post(&format!("/v1/jobs/{running}/cancel"), &json!({}))
