@@ -4,10 +4,11 @@
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use fleet_shared::auth::Scopes;
+use fleet_shared::auth::{KeyView, Scopes};
 use fleet_shared::keys::{self, KeysError};
 
 use crate::args::ConfigArgs;
+use crate::client::humane;
 use crate::failure::{failure, Coded};
 
 #[derive(Args)]
@@ -16,7 +17,7 @@ pub struct KeysArgs {
     config: ConfigArgs,
     /// Print JSON instead of lines.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
     #[command(subcommand)]
     command: KeysCommand,
 }
@@ -56,20 +57,7 @@ pub enum KeysCommand {
 pub async fn run(args: KeysArgs) -> Result<()> {
     let config = crate::args::load(&args.config.sources(&[]))?;
     let json = args.json;
-    let client = fleet_shared::nats::connect_once(&config.nats, "fleet-keys")
-        .await
-        .map_err(|e| {
-            failure(
-                "nats_unreachable",
-                format!("cannot reach NATS at {}: {e}", config.nats.url),
-            )
-        })?;
-    let js = async_nats::jetstream::new(client.clone());
-    let handles = fleet_shared::Topology::new(&config.nats.prefix)
-        .ensure(&js, &config.queue)
-        .await
-        .coded("nats_failed")?;
-    let bucket = handles.keys;
+    let (client, bucket) = open_keys(&config).await?;
     match args.command {
         KeysCommand::Create {
             name,
@@ -92,18 +80,7 @@ pub async fn run(args: KeysArgs) -> Result<()> {
                 .await
                 .map_err(keys_failure)?;
             client.flush().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"id": stored.id, "name": stored.name, "key": key, "scopes": stored.scopes})
-                );
-            } else {
-                println!("{key}");
-                eprintln!(
-                    "key {} for `{}` created; it is shown only now (use it as FLEET_API_KEY or `Authorization: Bearer`)",
-                    stored.id, stored.name
-                );
-            }
+            print_created(&stored.view(), &key, json);
         }
         KeysCommand::List => {
             let listed: Vec<_> = keys::list(&bucket)
@@ -112,31 +89,7 @@ pub async fn run(args: KeysArgs) -> Result<()> {
                 .iter()
                 .map(|k| k.view())
                 .collect();
-            if json {
-                println!("{}", serde_json::to_string(&listed)?);
-            } else {
-                for k in listed {
-                    let state = k
-                        .revoked_at
-                        .map_or("active".to_string(), |t| format!("revoked {t}"));
-                    let cap = k
-                        .scopes
-                        .max_queued
-                        .map_or("default".into(), |n| n.to_string());
-                    println!(
-                        "{}  {:<20} agents={} read_all={} cancel={} configure_sharing={} manage_keys={} max_queued={}  {}",
-                        k.id,
-                        k.name,
-                        k.scopes.agents.join(","),
-                        k.scopes.read_all,
-                        k.scopes.cancel,
-                        k.scopes.configure_sharing,
-                        k.scopes.manage_keys,
-                        cap,
-                        state
-                    );
-                }
-            }
+            print_list(&listed, json)?;
         }
         KeysCommand::Revoke { id } => {
             let key = keys::revoke(&bucket, &id).await.map_err(keys_failure)?;
@@ -145,6 +98,93 @@ pub async fn run(args: KeysArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The keys bucket, on a connection that fails at once (not after retries) when NATS cannot be reached.
+async fn open_keys(
+    config: &fleet_shared::config::Config,
+) -> Result<(async_nats::Client, async_nats::jetstream::kv::Store)> {
+    let client = fleet_shared::nats::connect_once(&config.nats, "fleet-keys")
+        .await
+        .map_err(|e| {
+            failure(
+                "nats_unreachable",
+                format!("cannot reach NATS at {}: {e}", config.nats.url),
+            )
+        })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let handles = fleet_shared::Topology::new(&config.nats.prefix)
+        .ensure(&js, &config.queue)
+        .await
+        .coded("nats_failed")?;
+    Ok((client, handles.keys))
+}
+
+fn print_created(stored: &KeyView, key: &str, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"id": stored.id, "name": stored.name, "key": key, "scopes": stored.scopes})
+        );
+    } else {
+        println!("{key}");
+        eprintln!(
+            "key {} for `{}` created; it is shown only now (use it as FLEET_API_KEY or `Authorization: Bearer`)",
+            stored.id, stored.name
+        );
+    }
+}
+
+fn print_list(listed: &[KeyView], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(listed)?);
+        return Ok(());
+    }
+    if listed.is_empty() {
+        println!("no keys yet: create one with `fleet keys create --name NAME --agent AGENT`");
+        return Ok(());
+    }
+    println!(
+        "{:<12}  {:<20}  {:<24}  {:<10}  {:<40}  {:<23}  STATE",
+        "ID", "NAME", "AGENTS", "MAX QUEUED", "MAY ALSO", "CREATED"
+    );
+    for k in listed {
+        let state = k.revoked_at.map_or("active".to_string(), |t| {
+            format!("revoked {}", humane::time(t))
+        });
+        let cap = k
+            .scopes
+            .max_queued
+            .map_or("default".into(), |n| n.to_string());
+        println!(
+            "{:<12}  {:<20}  {:<24}  {:<10}  {:<40}  {:<23}  {state}",
+            k.id,
+            k.name,
+            k.scopes.agents.join(","),
+            cap,
+            may_also(&k.scopes),
+            humane::time(k.created_at),
+        );
+    }
+    Ok(())
+}
+
+/// The scopes beyond running agents, by name (`read_all,cancel`), or `-`.
+fn may_also(scopes: &Scopes) -> String {
+    let granted: Vec<&str> = [
+        ("read_all", scopes.read_all),
+        ("cancel", scopes.cancel),
+        ("configure_sharing", scopes.configure_sharing),
+        ("manage_keys", scopes.manage_keys),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
+    if granted.is_empty() {
+        "-".into()
+    } else {
+        granted.join(",")
+    }
 }
 
 fn keys_failure(e: KeysError) -> anyhow::Error {

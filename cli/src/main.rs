@@ -78,7 +78,10 @@ fn main() {
     std::process::exit(code)
 }
 
-fn dispatch(cli: Cli) -> Result<i32> {
+fn dispatch(mut cli: Cli) -> Result<i32> {
+    if let Command::Keys(keys) = &mut cli.command {
+        keys.json |= cli.client.take_json();
+    }
     let service = match &cli.command {
         Command::Up(a) => Some(("fleet", a.log.log_format)),
         Command::Gateway(a) => Some(("fleet-gateway", a.log.log_format)),

@@ -115,38 +115,10 @@ pub async fn cancel(
             // Published straight to NATS and not picked up yet: the worker that pulls it records the cancel.
             None => return Ok(Outcome::Pending),
             Some((record, revision)) if record.status == JobStatus::Queued => {
-                let mut ended = record;
-                let now = Utc::now();
-                ended.status = JobStatus::Cancelled;
-                ended.finished_at = Some(now);
-                ended.updated_at = now;
-                ended.error = Some(JobError::new(
-                    ErrorCode::Cancelled,
-                    "cancelled before it started",
-                ));
-                match state
-                    .records
-                    .update(key.clone(), to_msgpack(&ended).into(), revision)
-                    .await
-                {
-                    Ok(_) => {
-                        take_off_the_queue(state, &ended).await;
-                        // Jobs submitted over HTTP have no reply subject; gateways waiting on or following the job hear this
-                        // (it never went live, so it has no events).
-                        let notice = state.topology.done_subject(&id);
-                        if let Err(e) = state
-                            .client
-                            .publish(notice, to_msgpack(&ended).into())
-                            .await
-                        {
-                            tracing::warn!(job_id = %id, error = %e, "publishing the done notice failed");
-                        }
-                        return Ok(Outcome::Ended(Box::new(ended)));
-                    }
-                    // A worker claimed or ended it meanwhile: look again.
-                    Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(ApiError::unavailable("recording the cancel failed", e)),
+                if let Some(ended) = end_queued(state, &key, record, revision).await? {
+                    return Ok(Outcome::Ended(Box::new(ended)));
                 }
+                // A worker claimed or ended it meanwhile: look again.
             }
             // Running: its worker stops it and records the end.
             Some(_) => {
@@ -160,6 +132,46 @@ pub async fn cancel(
             }
         }
     }
+}
+
+/// Records a job that no worker has claimed as cancelled (compare-and-set on `revision`), takes it off the queue
+/// and tells waiting gateways. `None`: the record changed meanwhile (a worker claimed or ended it).
+async fn end_queued(
+    state: &AppState,
+    key: &str,
+    record: JobRecord,
+    revision: u64,
+) -> Result<Option<JobRecord>, ApiError> {
+    let mut ended = record;
+    let now = Utc::now();
+    ended.status = JobStatus::Cancelled;
+    ended.finished_at = Some(now);
+    ended.updated_at = now;
+    ended.error = Some(JobError::new(
+        ErrorCode::Cancelled,
+        "cancelled before it started",
+    ));
+    match state
+        .records
+        .update(key, to_msgpack(&ended).into(), revision)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => return Ok(None),
+        Err(e) => return Err(ApiError::unavailable("recording the cancel failed", e)),
+    }
+    take_off_the_queue(state, &ended).await;
+    // Jobs submitted over HTTP have no reply subject; gateways waiting on or following the job hear this (it
+    // never went live, so it has no events).
+    let notice = state.topology.done_subject(&ended.id);
+    if let Err(e) = state
+        .client
+        .publish(notice, to_msgpack(&ended).into())
+        .await
+    {
+        tracing::warn!(job_id = %ended.id, error = %e, "publishing the done notice failed");
+    }
+    Ok(Some(ended))
 }
 
 /// Removes the cancelled job's message so it stops counting as queued; a failure only leaves it to the worker

@@ -222,6 +222,24 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
         "{listed}"
     );
     assert!(!listed.contains(secret), "{listed}");
+    assert!(listed.starts_with("ID "), "a header first: {listed}");
+    // `--json` after the subcommand, after `keys`, or before both: the same JSON list.
+    for args in [
+        &["keys", "list", "--json"][..],
+        &["keys", "--json", "list"],
+        &["--json", "keys", "list"],
+    ] {
+        let out = fleet_cli(&cfg, args);
+        let keys: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            keys.as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == alice_id.as_str()),
+            "{args:?}: {keys}"
+        );
+    }
     let second = start_gateway(&cfg.config).await;
     let alice_there = second.api().with_key(&alice_key);
     assert_eq!(alice_there.get("/v1/jobs").await.status, 200);

@@ -22,14 +22,20 @@ pub struct ClientArgs {
 }
 
 /// The same options given before the command (`fleet --json jobs`): hidden, and refused for commands that are
-/// not client commands.
+/// not client commands. Their ids differ from the options' own, or clap would carry a global `--json` of a
+/// subcommand (`fleet keys list --json`) up to these.
 #[derive(Args, Clone, Default)]
 pub struct EarlyClientArgs {
-    #[arg(long = "url", hide = true, value_name = "URL")]
+    #[arg(long = "url", id = "early_url", hide = true, value_name = "URL")]
     url: Option<String>,
-    #[arg(long = "api-key", hide = true, value_name = "KEY")]
+    #[arg(
+        long = "api-key",
+        id = "early_api_key",
+        hide = true,
+        value_name = "KEY"
+    )]
     api_key: Option<String>,
-    #[arg(long = "json", hide = true)]
+    #[arg(long = "json", id = "early_json", hide = true)]
     json: bool,
 }
 
@@ -43,6 +49,11 @@ impl EarlyClientArgs {
             args.api_key = Some(key.clone());
         }
         args.json |= self.json;
+    }
+
+    /// `--json` given before a command that has its own (`fleet --json keys list`), handed over to it.
+    pub fn take_json(&mut self) -> bool {
+        std::mem::take(&mut self.json)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,7 +4,7 @@
 
 mod download;
 mod http;
-mod humane;
+pub(crate) mod humane;
 mod run;
 mod show;
 
