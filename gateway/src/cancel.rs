@@ -121,16 +121,24 @@ pub async fn cancel(
                 // A worker claimed or ended it meanwhile: look again.
             }
             // Running: its worker stops it and records the end.
-            Some(_) => {
-                let mut watch = watch;
-                return match tokio::time::timeout(wait, watch.next()).await {
-                    Ok(_) => Ok(Outcome::Ended(Box::new(
-                        records::get_or_404(state, caller, &id).await?,
-                    ))),
-                    Err(_) => Ok(Outcome::Pending),
-                };
-            }
+            Some(_) => return wait_for_end(state, caller, &id, watch, wait).await,
         }
+    }
+}
+
+/// Waits up to `wait` for the worker holding the job to record its end.
+async fn wait_for_end(
+    state: &AppState,
+    caller: &Caller,
+    id: &Uuid,
+    mut watch: records::EndWatch,
+    wait: Duration,
+) -> Result<Outcome, ApiError> {
+    match tokio::time::timeout(wait, watch.next()).await {
+        Ok(_) => Ok(Outcome::Ended(Box::new(
+            records::get_or_404(state, caller, id).await?,
+        ))),
+        Err(_) => Ok(Outcome::Pending),
     }
 }
 

@@ -52,6 +52,12 @@ pub fn status(r: &JobRecord, now: DateTime<Utc>) {
         );
     }
     output_rows(r, &row);
+    file_rows(r, &row);
+    history_rows(r, &row);
+}
+
+/// The files the job left: uploaded, not listed, skipped.
+fn file_rows(r: &JobRecord, row: &impl Fn(&str, String)) {
     for f in &r.files {
         let cut = if f.truncated {
             " (cut at the size limit)"
@@ -75,6 +81,10 @@ pub fn status(r: &JobRecord, now: DateTime<Utc>) {
             format!("{} ({} bytes): {}", s.name, s.size, s.reason),
         );
     }
+}
+
+/// The earlier runs of a retried or redelivered job.
+fn history_rows(r: &JobRecord, row: &impl Fn(&str, String)) {
     for run in &r.history {
         let mut line = format!("attempt {} {}", run.attempt, run.status.as_str());
         if let Some(w) = &run.worker {
