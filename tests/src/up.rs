@@ -29,11 +29,11 @@ impl FleetUp {
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
             .expect("start fleet up");
         let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
+        let out = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -82,7 +82,7 @@ impl FleetUp {
     pub fn exit_within(&mut self, patience: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + patience;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.child.try_wait().expect("wait for fleet up") {
                 return status;
             }
             assert!(Instant::now() < deadline, "fleet up is still running");
@@ -118,6 +118,6 @@ pub fn row(summary: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no `{name}` row in\n{summary}"))
         .split_whitespace()
         .next()
-        .unwrap()
+        .unwrap_or_else(|| panic!("an empty `{name}` row in\n{summary}"))
         .to_string()
 }

@@ -30,8 +30,8 @@ async fn agent_load(api: &Api) -> (u64, u64) {
         .find(|a| a["name"] == "fake")
         .unwrap_or_else(|| panic!("no fake agent in {}", r.body));
     (
-        fake["queued"].as_u64().unwrap(),
-        fake["running"].as_u64().unwrap(),
+        fake["queued"].as_u64().expect("queued"),
+        fake["running"].as_u64().expect("running"),
     )
 }
 

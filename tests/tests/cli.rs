@@ -169,9 +169,9 @@ async fn fleet_with_stdin(base: &str, args: &[&str], input: &str) -> Output {
         child
             .stdin
             .take()
-            .unwrap()
+            .expect("piped stdin")
             .write_all(input.as_bytes())
-            .unwrap();
+            .expect("write stdin");
         child.wait_with_output().expect("fleet output")
     })
     .await

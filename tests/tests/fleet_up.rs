@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleet_tests::*;
 
 fn lock_holder(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join(".fleet/fleet.lock")).unwrap();
+    let text = std::fs::read_to_string(dir.join(".fleet/fleet.lock")).expect("lock file");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("lock file `{text}`: {e}"))
 }
 

@@ -93,8 +93,7 @@ fn comment_start(line: &str) -> Option<usize> {
 
 fn last_job_id(text: &str) -> Option<String> {
     text.split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
-        .filter(|w| w.len() == 36 && uuid::Uuid::parse_str(w).is_ok())
-        .last()
+        .rfind(|w| w.len() == 36 && uuid::Uuid::parse_str(w).is_ok())
         .map(str::to_string)
 }
 
