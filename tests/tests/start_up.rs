@@ -24,6 +24,9 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A command line, its environment, and what its one error line must contain.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+
 #[test]
 fn configuration_errors_are_one_line_naming_the_key_its_unit_and_its_origin() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +40,7 @@ fn configuration_errors_are_one_line_naming_the_key_its_unit_and_its_origin() {
         "[queue]\nretenton_hours = 2\n",
     )
     .unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &[&str]); 4] = [
+    let cases: [Case; 4] = [
         (
             &["gateway", "--config", "negative.toml"],
             &[],
