@@ -25,7 +25,23 @@ pub struct ConfigArgs {
 pub struct LogArgs {
     /// Log lines for people (`text`, without colour when not on a terminal) or one JSON object per line.
     #[arg(long, value_enum, env = "FLEET_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+    log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// The format logs and the start-up summary use: `--log-format`, or the older `RUST_LOG_FORMAT=json`.
+    pub fn format(&self) -> LogFormat {
+        let older = std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+        if older {
+            LogFormat::Json
+        } else {
+            self.log_format
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.format() == LogFormat::Json
+    }
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

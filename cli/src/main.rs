@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use fleet_shared::config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{GatewayArgs, LogFormat, WorkerArgs};
+use crate::args::{GatewayArgs, WorkerArgs};
 use crate::failure::{failure, Coded};
 use crate::summary::{Role, Started};
 
@@ -83,9 +83,9 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
         keys.json |= cli.client.take_json();
     }
     let service = match &cli.command {
-        Command::Up(a) => Some(("fleet", a.log.log_format)),
-        Command::Gateway(a) => Some(("fleet-gateway", a.log.log_format)),
-        Command::Worker(a) => Some(("fleet-worker", a.log.log_format)),
+        Command::Up(a) => Some(("fleet", a.log.format())),
+        Command::Gateway(a) => Some(("fleet-gateway", a.log.format())),
+        Command::Worker(a) => Some(("fleet-worker", a.log.format())),
         _ => None,
     };
     if !matches!(cli.command, Command::Client(_)) {
@@ -235,12 +235,7 @@ async fn gateway(args: &GatewayArgs) -> Result<()> {
         sources: summary::sources_line(&sources),
         ..Default::default()
     };
-    summary::print(
-        &config,
-        Role::Gateway,
-        &started,
-        args.log.log_format == LogFormat::Json,
-    );
+    summary::print(&config, Role::Gateway, &started, args.log.is_json());
     let client = connect(&config, "fleet-gateway").await?;
     let stop = shutdown_signal();
     let ran = fleet_gateway::run(listener, config.clone(), client.clone(), async move {
@@ -259,12 +254,7 @@ async fn worker(args: &WorkerArgs) -> Result<()> {
         sources: summary::sources_line(&sources),
         ..Default::default()
     };
-    summary::print(
-        &config,
-        Role::Worker,
-        &started,
-        args.log.log_format == LogFormat::Json,
-    );
+    summary::print(&config, Role::Worker, &started, args.log.is_json());
     let client = connect(&config, "fleet-worker").await?;
     let ran = fleet_worker::run(config.clone(), client.clone(), shutdown_signal()).await;
     ran.map_err(|e| explained(e.into(), &client, &config))

@@ -106,9 +106,7 @@ fn init(service: Option<&str>, format: LogFormat, default_filter: &str) -> Resul
     });
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // RUST_LOG_FORMAT=json is the older spelling, still honoured.
-    let json = format == LogFormat::Json
-        || std::env::var("RUST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let json = format == LogFormat::Json;
     let text_logs = (!json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())

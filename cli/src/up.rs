@@ -10,7 +10,7 @@ use clap::Args;
 use fleet_shared::config::{Config, Sources};
 use tokio::net::TcpListener;
 
-use crate::args::{self, ConfigArgs, LogArgs, LogFormat};
+use crate::args::{self, ConfigArgs, LogArgs};
 use crate::data_lock::{DataLock, Takeover};
 use crate::failure::{failure, Coded};
 use crate::local_nats::{self, LocalNats};
@@ -89,12 +89,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             data_dir.display()
         ),
     };
-    summary::print(
-        &config,
-        Role::Up,
-        &started,
-        args.log.log_format == LogFormat::Json,
-    );
+    summary::print(&config, Role::Up, &started, args.log.is_json());
     print_try(&config, &url);
 
     stop.cancelled().await;
