@@ -55,6 +55,13 @@ pub struct BenchArgs {
 }
 
 const AGENT: &str = "noop";
+/// The subject prefix of the bench's fleet, written into its configuration.
+pub const PREFIX: &str = "bench";
+
+/// The subject direct publishers send `agent`'s jobs to in the bench's fleet.
+pub fn jobs_subject(agent: &str) -> String {
+    fleet_shared::Topology::new(PREFIX).jobs_subject(agent)
+}
 const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
 
 struct Processes {
@@ -92,7 +99,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     };
     let config = dir.path().join("bench.toml");
     let mut toml = format!(
-        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n",
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
         COMMAND[0],
         COMMAND[1],
         copy = bench_artifacts::COPY_AGENT,
@@ -467,7 +474,7 @@ fn check(record: &JobRecord) -> Result<()> {
 async fn nats_job(client: &async_nats::Client, js: &async_nats::jetstream::Context) -> Result<()> {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await?;
-    js.publish(format!("fleet.jobs.{AGENT}"), job_payload(&inbox).into())
+    js.publish(jobs_subject(AGENT), job_payload(&inbox).into())
         .await?
         .await?;
     let msg = tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -503,7 +510,7 @@ async fn nats_throughput(
     let mut done = 0usize;
     while sent < in_flight.min(total) {
         js.publish(
-            format!("fleet.jobs.{AGENT}"),
+            jobs_subject(AGENT),
             job_payload(&format!("{prefix}.{sent}")).into(),
         )
         .await?;
@@ -517,7 +524,7 @@ async fn nats_throughput(
         done += 1;
         if sent < total {
             js.publish(
-                format!("fleet.jobs.{AGENT}"),
+                jobs_subject(AGENT),
                 job_payload(&format!("{prefix}.{sent}")).into(),
             )
             .await?;

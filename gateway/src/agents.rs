@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
+use fleet_shared::services::AgentMetadata;
 use fleet_shared::Topology;
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -85,10 +86,10 @@ impl AgentDirectory {
             .into_iter()
             .filter_map(|info| {
                 let name = self.topology.agent_of_consumer(&info.name)?.to_string();
-                let meta = &info.config.metadata;
+                let meta = AgentMetadata::from_map(&info.config.metadata);
                 Some(AgentInfo {
-                    description: meta.get("description").cloned(),
-                    timeout_secs: meta.get("timeout_secs").and_then(|t| t.parse().ok()),
+                    description: meta.description,
+                    timeout_secs: meta.timeout_secs,
                     queued: info.num_pending,
                     running: info.num_ack_pending as u64,
                     waiting_pulls: info.num_waiting as u64,

@@ -9,10 +9,12 @@ use std::time::Duration;
 use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
 use chrono::Utc;
 use fleet_shared::codec::{decode, to_msgpack, Format};
-use fleet_shared::wire::CancelRequest;
+use fleet_shared::wire::{CancelReply, CancelRequest, CancelState};
 use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use futures::StreamExt;
 use uuid::Uuid;
+
+use fleet_shared::record_store::{self, Replaced};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -150,22 +152,10 @@ async fn end_queued(
     record: JobRecord,
     revision: u64,
 ) -> Result<Option<JobRecord>, ApiError> {
-    let mut ended = record;
-    let now = Utc::now();
-    ended.status = JobStatus::Cancelled;
-    ended.finished_at = Some(now);
-    ended.updated_at = now;
-    ended.error = Some(JobError::new(
-        ErrorCode::Cancelled,
-        "cancelled before it started",
-    ));
-    match state
-        .records
-        .update(key, to_msgpack(&ended).into(), revision)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => return Ok(None),
+    let ended = record.cancelled_before_start();
+    match record_store::replace(&state.records, key, &ended, revision).await {
+        Ok(Replaced::Written(_)) => {}
+        Ok(Replaced::Moved) => return Ok(None),
         Err(e) => return Err(ApiError::unavailable("recording the cancel failed", e)),
     }
     take_off_the_queue(state, &ended).await;
@@ -200,7 +190,7 @@ pub async fn serve_nats(state: AppState) {
     let subject = state.topology.cancel_subject_wildcard();
     let mut requests = match state
         .client
-        .queue_subscribe(subject.clone(), "fleet-gateways".into())
+        .queue_subscribe(subject.clone(), state.topology.gateway_queue_group())
         .await
     {
         Ok(s) => s,
@@ -221,29 +211,45 @@ pub async fn serve_nats(state: AppState) {
                 .next()
                 .and_then(|s| Uuid::parse_str(s).ok());
             let answer = match id {
-                None => serde_json::json!({"error": {"code": ErrorCode::InvalidRequest,
-                    "message": "the subject's last token must be a job id"}}),
-                Some(id) => match cancel(
-                    &state,
-                    &Caller::Open,
-                    id,
-                    Duration::ZERO,
-                    Unrecorded::IfPublished,
-                )
-                .await
-                {
-                    Ok(Outcome::Ended(r)) => serde_json::json!({"job_id": id, "status": r.status}),
-                    Ok(Outcome::Pending) => {
-                        serde_json::json!({"job_id": id, "status": "cancelling"})
-                    }
-                    Err(e) => serde_json::json!({"job_id": id,
-                        "error": {"code": e.code, "message": e.message}}),
+                None => CancelReply {
+                    job_id: None,
+                    status: None,
+                    error: Some(JobError::new(
+                        ErrorCode::InvalidRequest,
+                        "the subject's last token must be a job id",
+                    )),
                 },
+                Some(id) => reply_for(id, cancel_over_nats(&state, id).await),
             };
+            // Ids, strings and enums always serialize.
             let body = serde_json::to_vec(&answer).unwrap_or_default();
             if let Err(e) = state.client.publish(reply, body.into()).await {
                 tracing::warn!(error = %e, "answering a cancel request failed");
             }
         });
+    }
+}
+
+async fn cancel_over_nats(state: &AppState, id: Uuid) -> Result<Outcome, ApiError> {
+    cancel(
+        state,
+        &Caller::Open,
+        id,
+        Duration::ZERO,
+        Unrecorded::IfPublished,
+    )
+    .await
+}
+
+fn reply_for(id: Uuid, outcome: Result<Outcome, ApiError>) -> CancelReply {
+    let (status, error) = match outcome {
+        Ok(Outcome::Ended(r)) => (Some(CancelState::of(r.status)), None),
+        Ok(Outcome::Pending) => (Some(CancelState::Cancelling), None),
+        Err(e) => (None, Some(JobError::new(e.code, e.message))),
+    };
+    CancelReply {
+        job_id: Some(id),
+        status,
+        error,
     }
 }

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use fleet_shared::record_store::{self, Replaced};
+
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::records;
@@ -128,10 +130,13 @@ pub async fn submit(
 
     if let Err(e) = publish(state, &request_with_inputs, revision, 0).await {
         // Nothing was queued: take the record back so the job does not look accepted.
-        let _ = state
+        if let Err(undo) = state
             .records
             .delete_expect_revision(&key, Some(revision))
-            .await;
+            .await
+        {
+            tracing::warn!(job_id = %record.id, error = %undo, "taking back the record of an unpublished job failed; it stays queued until the retention sweep");
+        }
         return Err(e);
     }
     tracing::info!(job_id = %record.id, agent = %record.request.agent, "job queued");
@@ -301,18 +306,9 @@ pub async fn retry(state: &AppState, caller: &Caller, id: &Uuid) -> Result<JobRe
         if !caller.may_read(&ended) {
             return Err(ApiError::job_not_found(id));
         }
-        if !matches!(
-            ended.status,
-            JobStatus::Failed | JobStatus::Timeout | JobStatus::Cancelled
-        ) {
-            return Err(ApiError::new(
-                ErrorCode::NotRetryable,
-                format!(
-                    "job {id} is {}; only failed, timed-out or cancelled jobs can be retried",
-                    ended.status.as_str()
-                ),
-            ));
-        }
+        let next = ended
+            .retried()
+            .map_err(|e| ApiError::new(ErrorCode::NotRetryable, e.to_string()))?;
         if ended
             .request
             .input_files
@@ -327,16 +323,12 @@ pub async fn retry(state: &AppState, caller: &Caller, id: &Uuid) -> Result<JobRe
         if ended.request.owner.is_some() && ended.request.owner == caller.owner() {
             within_queue_cap(state, caller).await?;
         }
-        let next = ended.retried();
-        match state
-            .records
-            .update(key.clone(), to_msgpack(&next).into(), entry.revision)
-            .await
-        {
-            Ok(revision) => return requeue(state, &key, ended, next, revision).await,
-            // Changed meanwhile (another retry, most likely): look again.
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+        match record_store::replace(&state.records, &key, &next, entry.revision).await {
+            Ok(Replaced::Written(revision)) => {
+                return requeue(state, &key, ended, next, revision).await
             }
+            // Changed meanwhile (another retry, most likely): look again.
+            Ok(Replaced::Moved) => {}
             Err(e) => return Err(ApiError::unavailable("recording the retry failed", e)),
         }
     }
@@ -353,10 +345,9 @@ async fn requeue(
     let id = next.id;
     if let Err(e) = publish(state, &next.request, revision, next.generation()).await {
         // Nothing was queued: put the ended record back.
-        let _ = state
-            .records
-            .update(key, to_msgpack(&ended).into(), revision)
-            .await;
+        if let Err(undo) = record_store::replace(&state.records, key, &ended, revision).await {
+            tracing::warn!(job_id = %id, error = %undo, "restoring the ended record of an unpublished retry failed; it shows queued");
+        }
         return Err(e);
     }
     tracing::info!(job_id = %id, generation = next.generation(), "job retried");
@@ -369,8 +360,8 @@ fn is_queue_full(e: &async_nats::jetstream::context::PublishError) -> bool {
     let api = e
         .source()
         .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>());
+    // A stream over `max_messages` with the discard-new policy refuses the message as a failed store.
     api.is_some_and(|api| api.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED)
-        || e.to_string().contains("maximum messages")
 }
 
 fn fingerprint(r: &JobRequest) -> String {

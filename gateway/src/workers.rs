@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use fleet_shared::services::{ServiceInfo, ServiceStats, WorkerMetadata};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -27,56 +28,43 @@ pub struct WorkerInfo {
     /// Jobs running there now.
     pub in_flight: Option<u64>,
     pub version: String,
-    pub started_at: Option<String>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 pub async fn list(state: &AppState) -> Result<Vec<WorkerInfo>, ApiError> {
-    let service = state.topology.worker_service();
     let (infos, stats) = tokio::join!(
-        gather(state, format!("$SRV.INFO.{service}")),
-        gather(state, format!("$SRV.STATS.{service}")),
+        gather::<ServiceInfo>(state, state.topology.worker_info_subject()),
+        gather::<ServiceStats>(state, state.topology.worker_stats_subject()),
     );
     let in_flight: BTreeMap<String, u64> = stats?
         .iter()
-        .filter_map(|s| {
-            let id = s["id"].as_str()?.to_string();
-            let n = s["endpoints"]
-                .as_array()?
-                .iter()
-                .find_map(|e| e["data"]["in_flight"].as_u64())?;
-            Some((id, n))
-        })
+        .filter_map(|s| Some((s.id.clone(), s.in_flight()?)))
         .collect();
     let mut workers: Vec<WorkerInfo> = infos?
-        .iter()
-        .filter_map(|info| {
-            let meta = &info["metadata"];
-            let text = |k: &str| meta[k].as_str().map(str::to_string);
-            let service_id = info["id"].as_str()?.to_string();
-            Some(WorkerInfo {
-                in_flight: in_flight.get(&service_id).copied(),
-                worker_id: text("worker_id").unwrap_or_default(),
-                host: text("host").unwrap_or_default(),
-                agents: text("agents")
-                    .map(|a| {
-                        a.split(',')
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                max_concurrent: text("max_concurrent").and_then(|m| m.parse().ok()),
-                version: info["version"].as_str().unwrap_or_default().to_string(),
-                started_at: text("started_at"),
-                service_id,
-            })
+        .into_iter()
+        .map(|info| {
+            let meta = WorkerMetadata::from_map(&info.metadata);
+            WorkerInfo {
+                in_flight: in_flight.get(&info.id).copied(),
+                worker_id: meta.worker_id,
+                host: meta.host,
+                agents: meta.agents,
+                max_concurrent: meta.max_concurrent,
+                version: info.version,
+                started_at: meta.started_at,
+                service_id: info.id,
+            }
         })
         .collect();
     workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
     Ok(workers)
 }
 
-async fn gather(state: &AppState, subject: String) -> Result<Vec<Value>, ApiError> {
+/// The replies to `subject`; one that does not parse (a service of another kind or version) is left out.
+async fn gather<T: DeserializeOwned>(
+    state: &AppState,
+    subject: String,
+) -> Result<Vec<T>, ApiError> {
     let unavailable =
         |e: &dyn std::fmt::Display| ApiError::unavailable("asking the workers failed", e);
     let inbox = state.client.new_inbox();

@@ -1,6 +1,6 @@
 //! Everything more than one fleet process must agree on: the wire types (the only values serialized across
 //! processes), the NATS topology (every stream, consumer, bucket and subject name), the codec, the stable error
-//! codes and the one configuration loader. No HTTP framework and no process spawning live here.
+//! codes, the job's lifecycle and the store of its records, and the one configuration loader. No HTTP framework and no process spawning live here.
 
 pub mod artifacts;
 pub mod auth;
@@ -8,8 +8,10 @@ pub mod codec;
 pub mod config;
 pub mod error_code;
 pub mod keys;
+pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
+pub mod record_store;
 pub mod seal;
 pub mod topology;
 pub mod trace_context;

@@ -136,7 +136,7 @@ impl Topology {
 
     /// The stream behind the jobs bucket, and the subjects of its keys, for scanning every record at once.
     pub fn jobs_bucket_stream(&self) -> String {
-        format!("KV_{}", self.jobs_bucket())
+        bucket_stream(&self.jobs_bucket())
     }
 
     pub fn jobs_bucket_subjects(&self) -> String {
@@ -174,6 +174,21 @@ impl Topology {
     /// The NATS service name every worker registers under (`$SRV.PING/INFO/STATS.<name>`).
     pub fn worker_service(&self) -> String {
         format!("{}-worker", self.prefix)
+    }
+
+    /// Where every worker answers with its service info (`$SRV.INFO.<service>`).
+    pub fn worker_info_subject(&self) -> String {
+        format!("$SRV.INFO.{}", self.worker_service())
+    }
+
+    /// Where every worker answers with its statistics (`$SRV.STATS.<service>`).
+    pub fn worker_stats_subject(&self) -> String {
+        format!("$SRV.STATS.{}", self.worker_service())
+    }
+
+    /// The queue group gateways share requests in (one gateway answers each cancel request).
+    pub fn gateway_queue_group(&self) -> String {
+        format!("{}-gateways", self.prefix)
     }
 
     /// The subject of a worker's own status endpoint.
@@ -419,7 +434,7 @@ async fn get_or_create_bucket(
             .await
             .map_err(TopologyError::bucket)?,
     };
-    let stream_name = format!("KV_{bucket}");
+    let stream_name = bucket_stream(&bucket);
     let existing = js
         .get_stream(&stream_name)
         .await
@@ -581,6 +596,11 @@ impl TopologyError {
 /// A subject token standing for an owner (key and user names may hold any character): 64 bits of its SHA-256.
 fn is_owner_token(token: &str) -> bool {
     token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The stream JetStream keeps a KV bucket in.
+pub fn bucket_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
 }
 
 fn owner_token(owner: &str) -> String {

@@ -288,6 +288,43 @@ pub struct CancelRequest {
     pub generation: u32,
 }
 
+/// The answer to a cancel request on `fleet.cancel.<id>` (JSON): the job's state after it, or why it was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelReply {
+    /// Absent only when the subject named no job id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CancelState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+/// Where a cancelled job stands: ended (normally `cancelled`; a job that ended on its own first keeps its end), or
+/// still stopping or not yet seen by any worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelState {
+    Cancelling,
+    Completed,
+    Failed,
+    Timeout,
+    Cancelled,
+}
+
+impl CancelState {
+    /// The state of a job whose record says `status`.
+    pub fn of(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Queued | JobStatus::Running => Self::Cancelling,
+            JobStatus::Completed => Self::Completed,
+            JobStatus::Failed => Self::Failed,
+            JobStatus::Timeout => Self::Timeout,
+            JobStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
 /// How an earlier run of a retried job ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -428,7 +465,7 @@ pub struct JobRecord {
     /// Why the agent was stopped short: `timeout`, or the resource limit it hit (`cpu_limit`, `memory_limit`,
     /// `file_size_limit`, `process_limit`, `open_files_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub killed: Option<String>,
+    pub killed: Option<crate::lifecycle::Killed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     pub updated_at: DateTime<Utc>,
@@ -446,54 +483,6 @@ impl JobRecord {
         self.attempt.saturating_sub(before)
     }
 
-    /// The `queued` record of a retry of this ended job: same request, the ended run moved to `history`.
-    pub fn retried(&self) -> Self {
-        let mut next = Self::queued(self.request.clone());
-        next.attempt = self.attempt;
-        next.history = self.history.clone();
-        next.history.push(EndedRun {
-            attempt: self.attempt,
-            status: self.status,
-            worker: self.worker.clone(),
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            exit_code: self.exit_code,
-            error: self.error.clone(),
-        });
-        next
-    }
-
-    pub fn queued(request: JobRequest) -> Self {
-        Self {
-            id: request.id,
-            status: JobStatus::Queued,
-            request,
-            attempt: 0,
-            worker: None,
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            signal: None,
-            stdout: String::new(),
-            stderr: String::new(),
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            stdout_truncated_bytes: 0,
-            stderr_truncated_bytes: 0,
-            files: Vec::new(),
-            files_omitted: 0,
-            skipped_files: Vec::new(),
-            skipped_files_omitted: 0,
-            logs: Vec::new(),
-            artifact_store: None,
-            history: Vec::new(),
-            resources: None,
-            killed: None,
-            error: None,
-            updated_at: Utc::now(),
-        }
-    }
-
     /// The stored file (artifact or full log) called `name`.
     pub fn stored_file(&self, name: &str) -> Option<&FileEntry> {
         self.files.iter().chain(&self.logs).find(|f| f.name == name)
@@ -504,14 +493,6 @@ impl JobRecord {
         self.files.iter().map(|f| f.name.clone()).collect()
     }
 
-    /// A terminal `failed` record for a job that never ran (unknown agent, undecodable, attempts exhausted).
-    pub fn failed_without_run(request: JobRequest, error: JobError) -> Self {
-        let mut record = Self::queued(request);
-        record.status = JobStatus::Failed;
-        record.finished_at = Some(record.updated_at);
-        record.error = Some(error);
-        record
-    }
 }
 
 /// A new job id: UUID v7, so ids sort by submission time.

@@ -107,10 +107,15 @@ impl Api {
 }
 
 /// A direct NATS user of the fleet.
+/// The subject prefix of the fleets tests start (the configuration's default).
+pub const DEFAULT_PREFIX: &str = "fleet";
+
 pub struct NatsClient {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
     pub records: async_nats::jetstream::kv::Store,
+    /// The test fleets' names (the default prefix).
+    pub topology: fleet_shared::Topology,
 }
 
 impl NatsClient {
@@ -127,14 +132,13 @@ impl NatsClient {
     pub async fn connect_with(url: &str, queue: &fleet_shared::config::QueueConfig) -> Self {
         let client = async_nats::connect(url).await.expect("connect to nats");
         let js = async_nats::jetstream::new(client.clone());
-        let handles = fleet_shared::Topology::new("fleet")
-            .ensure(&js, queue)
-            .await
-            .expect("topology");
+        let topology = fleet_shared::Topology::new(DEFAULT_PREFIX);
+        let handles = topology.ensure(&js, queue).await.expect("topology");
         Self {
             client,
             js,
             records: handles.records,
+            topology,
         }
     }
 
@@ -142,7 +146,7 @@ impl NatsClient {
     pub async fn publish_job(&self, agent: &str, body: &Value) {
         let payload = serde_json::to_vec(body).expect("json");
         self.js
-            .publish(format!("fleet.jobs.{agent}"), payload.into())
+            .publish(self.topology.jobs_subject(agent), payload.into())
             .await
             .expect("publish")
             .await

@@ -128,7 +128,7 @@ async fn holder_of(
     records: &kv::Store,
     id: &Uuid,
 ) -> Result<ArtifactStore, String> {
-    let target = crate::records::current(records, &id.to_string())
+    let target = fleet_shared::record_store::current(records, &id.to_string())
         .await
         .map_err(|e| e.to_string())?
         .and_then(|held| held.record.artifact_store);

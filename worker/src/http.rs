@@ -8,13 +8,31 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use fleet_shared::{ErrorCode, JobError};
+use serde::Serialize;
 
 use crate::Shared;
 
+/// The answer of `/health` and `/ready`.
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl Health {
+    fn up(status: &'static str) -> Json<Self> {
+        Json(Self {
+            status,
+            reason: None,
+        })
+    }
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(|| async { Health::up("ok") }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(shared)
@@ -24,7 +42,7 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let connected = shared.client.connection_state() == async_nats::connection::State::Connected;
     let taking_jobs = !shared.stop_pulling.is_cancelled();
     if connected && taking_jobs {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
+        (StatusCode::OK, Health::up("ready"))
     } else {
         let why = if taking_jobs {
             "not connected to NATS"
@@ -33,7 +51,10 @@ async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         };
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": why})),
+            Json(Health {
+                status: "not ready",
+                reason: Some(why),
+            }),
         )
     }
 }
@@ -46,7 +67,10 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderM
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer realm=\"fleet-metrics\"")],
-            Json(json!({"code": "unauthorized", "message": "/metrics needs the metrics token (auth.metrics_token)"})),
+            Json(JobError::new(
+                ErrorCode::Unauthorized,
+                "/metrics needs the metrics token (auth.metrics_token)",
+            )),
         )
             .into_response();
     }

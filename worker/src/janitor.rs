@@ -12,7 +12,7 @@ use fleet_shared::{ErrorCode, JobError, JobRecord};
 use futures::TryStreamExt;
 
 use crate::intake::{self, Incoming};
-use crate::records::{self, Finish};
+use fleet_shared::record_store::{self as records, Finish};
 use crate::Shared;
 
 /// Longest run of lookups spent on one subject per sweep: a subject holding wildcard characters matches other

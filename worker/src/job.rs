@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use fleet_shared::codec::Format;
+use fleet_shared::lifecycle::{Exit, RunEnd, Stop};
 use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
 use tracing::Instrument;
 
@@ -15,7 +16,7 @@ use crate::agent::run_spec;
 use crate::artifacts;
 use crate::events::Events;
 use crate::intake::{self, Incoming, Intake};
-use crate::records::{self, Claim, Finish, Held};
+use fleet_shared::record_store::{self as records, Claim, Finish, Held};
 use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
 use crate::Shared;
 
@@ -293,11 +294,7 @@ async fn run_job(
                 }
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "storing the job's files failed");
-                    record.status = JobStatus::Failed;
-                    record.error = Some(JobError::new(
-                        ErrorCode::ArtifactUploadFailed,
-                        e.to_string(),
-                    ));
+                    record = record.files_not_stored(e.to_string());
                 }
                 None => {}
             }
@@ -313,13 +310,11 @@ async fn run_job(
             with_heartbeat(msg, shared.config.queue.ack_wait(), recording).await
         }
         Err(e) => {
-            let mut record = held.record.clone();
-            end(&mut record, JobStatus::Failed);
             let code = match e {
                 SpawnError::Input(_) => ErrorCode::InvalidJob,
                 _ => ErrorCode::SpawnFailed,
             };
-            record.error = Some(JobError::new(code, e.to_string()));
+            let record = held.record.clone().failed(JobError::new(code, e.to_string()));
             write_and_announce(shared, &key, record, held.revision, intake.format, false).await
         }
     }
@@ -432,12 +427,7 @@ async fn cancel_before_start(
         return Settle::Ack;
     }
     let revision = held.as_ref().and_then(|h| h.revision);
-    let mut record = held.map_or(queued, |h| h.record);
-    end(&mut record, JobStatus::Cancelled);
-    record.error = Some(JobError::new(
-        ErrorCode::Cancelled,
-        "cancelled before it started",
-    ));
+    let record = held.map_or(queued, |h| h.record).cancelled_before_start();
     tracing::info!("job cancelled before it started");
     write_and_announce(shared, key, record, revision, format, false).await
 }
@@ -467,14 +457,11 @@ async fn claim(
 }
 
 async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Format) -> Settle {
-    let attempts = held.record.attempt;
-    let mut record = held.record;
-    end(&mut record, JobStatus::Failed);
-    record.error = Some(JobError::new(
-        ErrorCode::WorkerLost,
-        format!("the job's worker was lost on each of its {attempts} attempts"),
-    ));
-    tracing::warn!(attempts, "attempts exhausted; recording worker_lost");
+    let record = held.record.worker_lost();
+    tracing::warn!(
+        attempts = record.attempt,
+        "attempts exhausted; recording worker_lost"
+    );
     write_and_announce(shared, key, record, held.revision, format, false).await
 }
 
@@ -564,71 +551,19 @@ async fn hand_back(shared: &Shared, key: &str, agent: &str, claimed: Option<&Hel
     Settle::Retry(None)
 }
 
-fn end(record: &mut JobRecord, status: JobStatus) {
-    let now = Utc::now();
-    record.status = status;
-    record.finished_at = Some(now);
-    record.updated_at = now;
-}
-
 fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
-    let mut record = held.record.clone();
-    let (status, error) = match (outcome.killed, outcome.ending) {
-        (Some(KillReason::Cancelled), _) => (
-            JobStatus::Cancelled,
-            Some(JobError::new(
-                ErrorCode::Cancelled,
-                "cancelled while running; output and files up to then are kept",
-            )),
-        ),
-        (None, _) if outcome.limit.is_some() => {
-            let limit = outcome.limit.unwrap_or_default();
-            record.killed = Some(limit.to_string());
-            (
-                JobStatus::Failed,
-                Some(JobError::new(
-                    ErrorCode::LimitExceeded,
-                    format!("the agent hit its {}", limit.replace('_', " ")),
-                )),
-            )
-        }
-        (Some(KillReason::Timeout), _) => {
-            record.killed = Some("timeout".to_string());
-            let limit = record
-                .request
-                .timeout
-                .map(|t| format!(" of {t} s"))
-                .unwrap_or_default();
-            (
-                JobStatus::Timeout,
-                Some(JobError::new(
-                    ErrorCode::Timeout,
-                    format!("the agent ran past its timeout{limit}"),
-                )),
-            )
-        }
-        (_, Ending::Exited(0)) => (JobStatus::Completed, None),
-        (_, Ending::Exited(code)) => (
-            JobStatus::Failed,
-            Some(JobError::new(
-                ErrorCode::NonzeroExit,
-                format!("the agent exited with status {code}"),
-            )),
-        ),
-        (_, Ending::Signaled(sig)) => (
-            JobStatus::Failed,
-            Some(JobError::new(
-                ErrorCode::NonzeroExit,
-                format!("the agent was killed by signal {sig}"),
-            )),
-        ),
+    let stop = match outcome.killed {
+        Some(KillReason::Cancelled) => Some(Stop::Cancelled),
+        // Ended by us for a timeout: not a limit of its own.
+        Some(KillReason::Timeout) => Some(Stop::Timeout),
+        Some(KillReason::Requested) => None,
+        None => outcome.limit.map(Stop::Limit),
     };
-    end(&mut record, status);
-    record.error = error;
-    match outcome.ending {
-        Ending::Exited(code) => record.exit_code = Some(code),
-        Ending::Signaled(sig) => record.signal = Some(sig),
-    }
+    let exit = match outcome.ending {
+        Ending::Exited(code) => Exit::Code(code),
+        Ending::Signaled(sig) => Exit::Signal(sig),
+    };
+    let mut record = held.record.clone().run_ended(RunEnd { exit, stop });
     record.stdout = outcome.stdout.lossy_text();
     record.stderr = outcome.stderr.lossy_text();
     record.stdout_bytes = outcome.stdout.total;

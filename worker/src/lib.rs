@@ -22,7 +22,6 @@ pub mod job;
 pub mod metrics;
 pub mod output;
 pub mod pull;
-pub mod records;
 pub mod sandbox;
 pub mod supervisor;
 pub mod sweeper;
@@ -166,13 +165,11 @@ pub async fn run(
     let mut consumers = Vec::new();
     for agent_name in config.worker_agents() {
         let agent = &config.agents[&agent_name];
-        let mut metadata = HashMap::new();
-        if let Some(d) = &agent.description {
-            metadata.insert("description".to_string(), d.clone());
+        let metadata = fleet_shared::services::AgentMetadata {
+            description: agent.description.clone(),
+            timeout_secs: agent.timeout,
         }
-        if let Some(t) = agent.timeout {
-            metadata.insert("timeout_secs".to_string(), t.to_string());
-        }
+        .to_map();
         let cfg = topology.agent_consumer_config(&agent_name, &config.queue, metadata);
         let consumer_error = |e: async_nats::Error| WorkerError::Consumer {
             agent: agent_name.clone(),

@@ -2,6 +2,7 @@
 //! child between fork and exec (only for agents that ask for any of it: the others keep the cheaper spawn path),
 //! and read back after the run to name the limit a failed job hit.
 
+use fleet_shared::lifecycle::Killed;
 use std::ffi::CString;
 use std::io;
 
@@ -92,7 +93,7 @@ impl Sandbox {
         cpu_ms: u64,
         stderr: &Captured,
         stdout: &Captured,
-    ) -> Option<&'static str> {
+    ) -> Option<Killed> {
         let l = &self.limits;
         if l.is_empty() {
             return None;
@@ -108,7 +109,7 @@ impl Sandbox {
             if ending == Ending::Signaled(libc::SIGXCPU)
                 || (ending == Ending::Signaled(libc::SIGKILL) && spent)
             {
-                return Some("cpu_limit");
+                return Some(Killed::CpuLimit);
             }
         }
         if l.file_bytes.is_some()
@@ -116,7 +117,7 @@ impl Sandbox {
                 || ending == Ending::Exited(128 + libc::SIGXFSZ)
                 || (failed && said(&["File too large"])))
         {
-            return Some("file_size_limit");
+            return Some(Killed::FileSizeLimit);
         }
         if l.memory_bytes.is_some()
             && failed
@@ -128,7 +129,7 @@ impl Sandbox {
                 "bad_alloc",
             ])
         {
-            return Some("memory_limit");
+            return Some(Killed::MemoryLimit);
         }
         if l.processes.is_some()
             && failed
@@ -139,10 +140,10 @@ impl Sandbox {
                 "Cannot fork",
             ])
         {
-            return Some("process_limit");
+            return Some(Killed::ProcessLimit);
         }
         if l.open_files.is_some() && failed && said(&["Too many open files"]) {
-            return Some("open_files_limit");
+            return Some(Killed::OpenFilesLimit);
         }
         None
     }

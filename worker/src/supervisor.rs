@@ -70,7 +70,7 @@ pub struct RunOutcome {
     pub ending: Ending,
     pub killed: Option<KillReason>,
     /// The resource limit the agent most likely hit (`cpu_limit`, `memory_limit`, ...), if it failed on one.
-    pub limit: Option<&'static str>,
+    pub limit: Option<fleet_shared::lifecycle::Killed>,
     pub stdout: Captured,
     pub stderr: Captured,
     pub resources: Resources,

@@ -1,12 +1,13 @@
-//! The job record's state machine in KV. Every write is a compare-and-set on the revision the writer last saw,
-//! so concurrent workers, redeliveries and late finishers agree: exactly one terminal record per job.
+//! The job records in KV, for the gateway and the worker alike. Every write is a compare-and-set on the revision
+//! the writer last saw, so concurrent workers, redeliveries, cancels and late finishers agree: exactly one
+//! terminal record per run. The records written are the lifecycle's (`lifecycle.rs`); nothing here builds one.
 
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use chrono::{DateTime, Utc};
-use fleet_shared::codec::{decode, to_msgpack, Format};
-use fleet_shared::{JobRecord, JobStatus};
+use crate::codec::{decode, to_msgpack, Format};
+use crate::{JobRecord, JobStatus};
 
 /// Bound on compare-and-set retries against writers that keep moving the record.
 const MAX_CAS_ROUNDS: usize = 16;
@@ -63,8 +64,8 @@ pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, Recor
     }
 }
 
-fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
-    let mut request = fleet_shared::JobRequest::new(
+fn placeholder_request(key: &str) -> crate::JobRequest {
+    let mut request = crate::JobRequest::new(
         key.parse().unwrap_or_default(),
         "",
         String::new(),
@@ -72,16 +73,6 @@ fn placeholder_request(key: &str) -> fleet_shared::JobRequest {
     );
     request.return_files = false;
     request
-}
-
-/// The record of attempt N+1 by `worker`, which started the agent at `started_at`.
-fn running(mut record: JobRecord, worker: &str, started_at: DateTime<Utc>) -> JobRecord {
-    record.status = JobStatus::Running;
-    record.attempt += 1;
-    record.worker = Some(worker.to_string());
-    record.started_at = Some(started_at);
-    record.updated_at = Utc::now();
-    record
 }
 
 /// Claims the job for `worker` in as few round trips as the common cases allow: with `queued_revision` (the
@@ -96,7 +87,7 @@ pub async fn claim(
     max_attempts: u32,
     started_at: DateTime<Utc>,
 ) -> Result<Claim, RecordError> {
-    let record = running(queued.clone(), worker, started_at);
+    let record = queued.clone().claimed(worker, started_at);
     let payload: bytes::Bytes = to_msgpack(&record).into();
     let fast = match queued_revision {
         Some(rev) => store
@@ -123,7 +114,7 @@ pub async fn claim(
         match current(store, key).await? {
             // A stored record always has a revision; the second pattern only satisfies the type.
             None | Some(Held { revision: None, .. }) => {
-                let record = running(queued.clone(), worker, started_at);
+                let record = queued.clone().claimed(worker, started_at);
                 match store.create(key, to_msgpack(&record).into()).await {
                     Ok(revision) => {
                         return Ok(Claim::Claimed(Held {
@@ -146,7 +137,7 @@ pub async fn claim(
                 record,
                 revision: Some(revision),
             }) => {
-                let record = running(record, worker, started_at);
+                let record = record.claimed(worker, started_at);
                 match store
                     .update(key, to_msgpack(&record).into(), revision)
                     .await
@@ -170,7 +161,7 @@ pub async fn claim(
 /// its revision is the one the claim — or, for a short job, the terminal write — must expect.
 pub fn unclaimed(queued: JobRecord, queued_revision: Option<u64>, worker: &str) -> Held {
     Held {
-        record: running(queued, worker, Utc::now()),
+        record: queued.claimed(worker, Utc::now()),
         revision: queued_revision,
     }
 }
@@ -253,17 +244,33 @@ pub async fn requeue(store: &kv::Store, key: &str, held: &Held) -> Result<(), Re
     let Some(revision) = held.revision else {
         return Ok(());
     };
-    let mut record = held.record.clone();
-    record.status = JobStatus::Queued;
-    record.worker = None;
-    record.started_at = None;
-    record.updated_at = Utc::now();
+    replace(store, key, &held.record.clone().handed_back(), revision)
+        .await
+        .map(drop)
+}
+
+/// What a compare-and-set replacement found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// Written; the record's new revision.
+    Written(u64),
+    /// Another writer moved the record since `revision`: read it again and decide.
+    Moved,
+}
+
+/// Replaces the record at `revision` with `record`, a transition of it.
+pub async fn replace(
+    store: &kv::Store,
+    key: &str,
+    record: &JobRecord,
+    revision: u64,
+) -> Result<Replaced, RecordError> {
     match store
-        .update(key, to_msgpack(&record).into(), revision)
+        .update(key, to_msgpack(record).into(), revision)
         .await
     {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(()),
+        Ok(revision) => Ok(Replaced::Written(revision)),
+        Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Replaced::Moved),
         Err(e) => Err(store_err(e)),
     }
 }
