@@ -291,7 +291,10 @@ async fn copy_job(fleet: &Fleet<'_>, src: &Path, target: Option<&str>) -> Result
         "artifact_target": target});
     fleet
         .js
-        .publish(crate::bench::jobs_subject(COPY_AGENT), to_msgpack(&body).into())
+        .publish(
+            crate::bench::jobs_subject(COPY_AGENT),
+            to_msgpack(&body).into(),
+        )
         .await?
         .await?;
     let msg = tokio::time::timeout(Duration::from_secs(600), sub.next())

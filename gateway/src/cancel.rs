@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::Operation;
 use chrono::Utc;
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::wire::{CancelReply, CancelRequest, CancelState};

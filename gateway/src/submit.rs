@@ -13,7 +13,7 @@ use fleet_shared::codec::{to_msgpack, CONTENT_TYPE_HEADER, MSGPACK};
 use fleet_shared::topology::{
     GENERATION_HEADER, MSG_ID_HEADER, RECORD_REVISION_HEADER, RECORD_SEAL_HEADER,
 };
-use fleet_shared::{ErrorCode, JobRecord, JobRequest, JobStatus, Topology};
+use fleet_shared::{ErrorCode, JobRecord, JobRequest, Topology};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use fleet_shared::services::{ServiceInfo, ServiceStats, WorkerMetadata};
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;

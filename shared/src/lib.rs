@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nats;
 pub mod record_store;
 pub mod seal;
+pub mod services;
 pub mod topology;
 pub mod trace_context;
 pub mod wire;

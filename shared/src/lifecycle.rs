@@ -305,7 +305,7 @@ mod tests {
 
     fn queued() -> JobRecord {
         JobRecord::queued(JobRequest::new(
-            crate::new_job_id(),
+            crate::wire::new_job_id(),
             "echo",
             "hi".into(),
             Utc::now(),
@@ -329,24 +329,44 @@ mod tests {
     #[test]
     fn a_claim_counts_the_attempt_and_a_hand_back_keeps_it() {
         let r = queued().claimed("w1", Utc::now());
-        assert_eq!((r.status, r.attempt, r.worker.as_deref()), (JobStatus::Running, 1, Some("w1")));
+        assert_eq!(
+            (r.status, r.attempt, r.worker.as_deref()),
+            (JobStatus::Running, 1, Some("w1"))
+        );
         let r = r.handed_back().claimed("w2", Utc::now());
         assert_eq!((r.attempt, r.worker.as_deref()), (2, Some("w2")));
         let lost = r.worker_lost();
         assert_eq!(lost.status, JobStatus::Failed);
-        assert_eq!(lost.error.as_ref().map(|e| e.code), Some(ErrorCode::WorkerLost));
-        assert!(lost.error.unwrap().message.contains("each of its 2 attempts"));
+        assert_eq!(
+            lost.error.as_ref().map(|e| e.code),
+            Some(ErrorCode::WorkerLost)
+        );
+        assert!(lost
+            .error
+            .unwrap()
+            .message
+            .contains("each of its 2 attempts"));
     }
 
     #[test]
     fn a_run_end_sets_status_error_and_killed() {
-        let run = |exit, stop| queued().claimed("w", Utc::now()).run_ended(RunEnd { exit, stop });
+        let run = |exit, stop| {
+            queued()
+                .claimed("w", Utc::now())
+                .run_ended(RunEnd { exit, stop })
+        };
         let r = run(Exit::Code(0), None);
-        assert_eq!((r.status, r.exit_code, r.error), (JobStatus::Completed, Some(0), None));
+        assert_eq!(
+            (r.status, r.exit_code, r.error),
+            (JobStatus::Completed, Some(0), None)
+        );
         let r = run(Exit::Code(3), None);
         assert_eq!(r.error.unwrap().code, ErrorCode::NonzeroExit);
         let r = run(Exit::Signal(9), Some(Stop::Timeout));
-        assert_eq!((r.status, r.signal, r.killed), (JobStatus::Timeout, Some(9), Some(Killed::Timeout)));
+        assert_eq!(
+            (r.status, r.signal, r.killed),
+            (JobStatus::Timeout, Some(9), Some(Killed::Timeout))
+        );
         let r = run(Exit::Signal(9), Some(Stop::Limit(Killed::MemoryLimit)));
         assert_eq!(r.status, JobStatus::Failed);
         assert_eq!(r.error.unwrap().message, "the agent hit its memory limit");

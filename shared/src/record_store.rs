@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
-use chrono::{DateTime, Utc};
 use crate::codec::{decode, to_msgpack, Format};
 use crate::{JobRecord, JobStatus};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use chrono::{DateTime, Utc};
 
 /// Bound on compare-and-set retries against writers that keep moving the record.
 const MAX_CAS_ROUNDS: usize = 16;
@@ -265,10 +265,7 @@ pub async fn replace(
     record: &JobRecord,
     revision: u64,
 ) -> Result<Replaced, RecordError> {
-    match store
-        .update(key, to_msgpack(record).into(), revision)
-        .await
-    {
+    match store.update(key, to_msgpack(record).into(), revision).await {
         Ok(revision) => Ok(Replaced::Written(revision)),
         Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Replaced::Moved),
         Err(e) => Err(store_err(e)),

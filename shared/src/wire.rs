@@ -492,7 +492,6 @@ impl JobRecord {
     pub fn file_names(&self) -> Vec<String> {
         self.files.iter().map(|f| f.name.clone()).collect()
     }
-
 }
 
 /// A new job id: UUID v7, so ids sort by submission time.

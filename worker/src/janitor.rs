@@ -12,8 +12,8 @@ use fleet_shared::{ErrorCode, JobError, JobRecord};
 use futures::TryStreamExt;
 
 use crate::intake::{self, Incoming};
-use fleet_shared::record_store::{self as records, Finish};
 use crate::Shared;
+use fleet_shared::record_store::{self as records, Finish};
 
 /// Longest run of lookups spent on one subject per sweep: a subject holding wildcard characters matches other
 /// subjects' messages as a filter, and those are skipped one lookup each.

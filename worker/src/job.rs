@@ -9,16 +9,16 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use fleet_shared::codec::Format;
 use fleet_shared::lifecycle::{Exit, RunEnd, Stop};
-use fleet_shared::{ErrorCode, JobError, JobRecord, JobStatus};
+use fleet_shared::{ErrorCode, JobError, JobRecord};
 use tracing::Instrument;
 
 use crate::agent::run_spec;
 use crate::artifacts;
 use crate::events::Events;
 use crate::intake::{self, Incoming, Intake};
-use fleet_shared::record_store::{self as records, Claim, Finish, Held};
 use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
 use crate::Shared;
+use fleet_shared::record_store::{self as records, Claim, Finish, Held};
 
 /// What becomes of a job message. The only place that decides ack, nak or term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +314,10 @@ async fn run_job(
                 SpawnError::Input(_) => ErrorCode::InvalidJob,
                 _ => ErrorCode::SpawnFailed,
             };
-            let record = held.record.clone().failed(JobError::new(code, e.to_string()));
+            let record = held
+                .record
+                .clone()
+                .failed(JobError::new(code, e.to_string()));
             write_and_announce(shared, &key, record, held.revision, intake.format, false).await
         }
     }

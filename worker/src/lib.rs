@@ -27,7 +27,6 @@ pub mod supervisor;
 pub mod sweeper;
 pub mod template;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, kv, stream};
