@@ -149,7 +149,7 @@ fn hash_password() -> Result<()> {
     if password.is_empty() {
         return Err(failure("no_password", "no password on stdin"));
     }
-    let hash = fleet_gateway::tokens::hash_password(password).map_err(anyhow::Error::msg)?;
+    let hash = fleet_gateway::auth::tokens::hash_password(password).map_err(anyhow::Error::msg)?;
     println!("{hash}");
     Ok(())
 }

@@ -1,29 +1,18 @@
 //! The stateless HTTP gateway: validates requests, publishes jobs to JetStream, reads records from KV. Holds no
 //! state of its own, so replicas are interchangeable and a restart loses nothing.
+//!
+//! Grouped by role: `http/` is the edge every request crosses (accept loop, deadlines, rate limits, metrics,
+//! OpenAPI, the one error-to-HTTP mapping); `auth/` who the caller is and what it may do; `jobs/` what the
+//! gateway does with jobs (submit, cancel, read and list records, follow live ones, uploads and archives);
+//! `fleet/` what it knows of the fleet (agents, workers); `routes/` the handlers, thin, each calling the
+//! others. A handler goes in `routes/`; what two handlers share goes in the group of its role.
 
-pub mod agents;
 pub mod auth;
-pub mod cancel;
-pub mod client_ip;
-pub mod completed;
-pub mod error;
-pub mod live;
-pub mod metrics;
-pub mod openapi;
-pub mod parse_errors;
-pub mod rate;
-pub mod records;
+pub mod fleet;
+pub mod http;
+pub mod jobs;
 pub mod routes;
-pub mod scan;
-pub mod serve;
-pub mod slow;
 pub mod state;
-pub mod submit;
-pub mod tar;
-pub mod tokens;
-pub mod unqueue;
-pub mod upload;
-pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;

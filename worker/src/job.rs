@@ -1,7 +1,7 @@
-//! Handling one job message from claim to ack: read it, claim the record, run the agent while keeping the
-//! message alive with in-progress acks, write the terminal record, announce it, and settle the message.
+//! Handling one job message from claim to ack: read it, decide whether it runs (refused, stale, cancelled,
+//! exhausted), claim the record, have `attempt.rs` run it, write the terminal record, announce it, and settle
+//! the message.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +12,12 @@ use fleet_shared::lifecycle::{Exit, RunEnd, Stop};
 use fleet_shared::{ErrorCode, JobError, JobRecord};
 use tracing::Instrument;
 
-use crate::agent::run_spec;
-use crate::artifacts;
-use crate::events::Events;
-use crate::intake::{self, Incoming, Intake};
-use crate::supervisor::{self, Ending, KillReason, RunOutcome, SpawnError};
-use crate::Shared;
 use fleet_shared::record_store::{self as records, Claim, Finish, Held};
+
+use crate::attempt::{self, ClaimState, Progress};
+use crate::intake::{self, Incoming, Intake};
+use crate::supervisor::{Ending, KillReason, RunOutcome, SpawnError};
+use crate::Shared;
 
 /// What becomes of a job message. The only place that decides ack, nak or term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +28,7 @@ pub enum Settle {
     Retry(Option<Duration>),
 }
 
-async fn settle(msg: &jetstream::Message, settle: Settle) {
+pub async fn settle(msg: &jetstream::Message, settle: Settle) {
     let kind = match settle {
         Settle::Ack => AckKind::Ack,
         Settle::Retry(delay) => AckKind::Nak(delay),
@@ -97,37 +96,10 @@ async fn run_job(
         tracing::warn!("no configuration for this agent on this worker; handing the job back");
         return Settle::Retry(Some(Duration::from_secs(1)));
     };
-    // Records keep input names and sizes; the content is written from the message into the workspace.
-    let mut queued = JobRecord::queued(intake.request.without_inline_data());
-    let mut queued_revision = intake.queued_revision;
-    let input_files = intake.request.input_files;
-    if intake.generation > 0 {
-        // A retry: its record carries the history of earlier runs, which the message does not.
-        match records::current(&shared.records, &key).await {
-            Ok(Some(held)) if held.record.generation() == intake.generation => {
-                if held.record.status.is_terminal() {
-                    return Settle::Ack;
-                }
-                queued = held.record;
-                queued_revision = held.revision;
-            }
-            Ok(_) => {
-                tracing::info!(
-                    "a stale retry message (the job was retried again or has ended); skipping"
-                );
-                return Settle::Ack;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the retried job's record failed; retrying later");
-                return Settle::Retry(Some(Duration::from_millis(500)));
-            }
-        }
-    }
-    if intake.queued_revision.is_none() && intake.generation == 0 {
-        if let Some(settle) = check_direct_publish(shared, &key, &queued, intake.format).await {
-            return settle;
-        }
-    }
+    let (queued, queued_revision) = match queued_record(shared, &key, &intake).await {
+        Ok(found) => found,
+        Err(settle) => return settle,
+    };
     if shared.cancels.is_requested(&queued.id, intake.generation) {
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
@@ -135,191 +107,158 @@ async fn run_job(
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
     let deferred = delivered <= 1 && !shared.config.worker.claim_delay().is_zero();
-    let mut held = if deferred {
-        records::unclaimed(queued.clone(), queued_revision, &shared.worker_id)
+    let mut progress = match first_claim(shared, &key, &queued, queued_revision, deferred).await {
+        Ok(progress) => progress,
+        Err(Refused::Settled(settle)) => return settle,
+        Err(Refused::Exhausted(held)) => {
+            return record_worker_lost(shared, &key, held, intake.format).await
+        }
+    };
+    let job = attempt::Job {
+        msg,
+        key: &key,
+        agent,
+        queued: &queued,
+        input_files: &intake.request.input_files,
+        cancel: registration.token.clone(),
+    };
+    let attempted = attempt::run(shared, &job, &mut progress).await;
+    record_attempt(shared, &job, intake.format, progress, attempted).await
+}
+
+/// The job's `queued` record and the revision a claim must expect: the gateway's (named in the message), or for a
+/// retry the stored one, which carries the history of earlier runs. `Err`: the message is settled without a run
+/// (a stale retry, a direct publish reusing an id, NATS unreachable).
+async fn queued_record(
+    shared: &Shared,
+    key: &str,
+    intake: &Intake,
+) -> Result<(JobRecord, Option<u64>), Settle> {
+    // Records keep input names and sizes; the content is written from the message into the workspace.
+    let queued = JobRecord::queued(intake.request.without_inline_data());
+    if intake.generation == 0 {
+        if intake.queued_revision.is_none() {
+            if let Some(settle) = check_direct_publish(shared, key, &queued, intake.format).await {
+                return Err(settle);
+            }
+        }
+        return Ok((queued, intake.queued_revision));
+    }
+    match records::current(&shared.records, key).await {
+        Ok(Some(held)) if held.record.generation() == intake.generation => {
+            if held.record.status.is_terminal() {
+                return Err(Settle::Ack);
+            }
+            Ok((held.record, held.revision))
+        }
+        Ok(_) => {
+            tracing::info!("a stale retry message (the job was retried again or has ended); skipping");
+            Err(Settle::Ack)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the retried job's record failed; retrying later");
+            Err(Settle::Retry(Some(Duration::from_millis(500))))
+        }
+    }
+}
+
+/// Why a job is not run after all.
+enum Refused {
+    Settled(Settle),
+    /// Its workers were lost on every attempt: record that.
+    Exhausted(Held),
+}
+
+/// The attempt's starting point: unclaimed (a deferred claim) or claimed now.
+async fn first_claim(
+    shared: &Shared,
+    key: &str,
+    queued: &JobRecord,
+    queued_revision: Option<u64>,
+    deferred: bool,
+) -> Result<Progress, Refused> {
+    let (held, claim) = if deferred {
+        let held = records::unclaimed(queued.clone(), queued_revision, &shared.worker_id);
+        (held, ClaimState::Deferred)
     } else {
-        match claim(shared, &key, &queued, queued_revision, Utc::now()).await {
-            Ok(Claim::Claimed(held)) => held,
+        match attempt::claim(shared, key, queued, queued_revision, Utc::now()).await {
+            Ok(Claim::Claimed(held)) => (held, ClaimState::Claimed),
             Ok(Claim::AlreadyTerminal) => {
                 tracing::info!("job already has a terminal record; skipping");
-                return Settle::Ack;
+                return Err(Refused::Settled(Settle::Ack));
             }
-            Ok(Claim::Exhausted(held)) => {
-                return record_worker_lost(shared, &key, held, intake.format).await
-            }
+            Ok(Claim::Exhausted(held)) => return Err(Refused::Exhausted(held)),
             Err(e) => {
                 tracing::warn!(error = %e, "claiming the job failed; handing it back");
-                return Settle::Retry(Some(Duration::from_millis(500)));
+                return Err(Refused::Settled(Settle::Retry(Some(
+                    Duration::from_millis(500),
+                ))));
             }
         }
     };
-    let mut claimed = !deferred;
+    Ok(Progress {
+        held,
+        claim,
+        output_sent: false,
+    })
+}
 
-    let stop = shared.kill_running.child_token();
-    let mut superseded = false;
-    let mut output_sent = false;
-    let result = match shared.dirs.take(&held.record) {
-        Ok(mut dirs) => 'run: {
-            let target = held.record.request.artifact_target.as_deref();
-            let (target_id, store) = match shared.stores.for_job(target) {
-                Ok(found) => found,
-                Err(e) => {
-                    shared.dirs.give_back(dirs);
-                    break 'run Err(SpawnError::Input(e.to_string()));
-                }
-            };
-            let writing = artifacts::write_inputs(
-                &shared.stores,
-                &shared.records,
-                &input_files,
-                &dirs.workspace,
-            );
-            let inputs = match writing.await {
-                Ok(inputs) => inputs,
-                Err(why) => {
-                    dirs.mark_dirty();
-                    shared.dirs.give_back(dirs);
-                    break 'run Err(SpawnError::Input(why));
-                }
-            };
-            let (_uid, sandbox) = match confine(shared, agent) {
-                Ok(confined) => confined,
-                Err(source) => {
-                    shared.dirs.give_back(dirs);
-                    break 'run Err(SpawnError::Start {
-                        program: agent.command.first().cloned().unwrap_or_default(),
-                        source,
-                    });
-                }
-            };
-            let config = &shared.config;
-            let mut spec = run_spec(
-                &held.record,
-                agent,
-                &config.worker,
-                &config.artifacts,
-                &dirs,
-                sandbox,
-            );
-            spec.cancel = registration.token.clone();
-            spec.output_cap =
-                crate::fit::output_cap(&held.record, spec.output_cap, record_limit(shared));
-            let job_events = Events::new(
-                &shared.client,
-                &shared.topology,
-                &queued.id,
-                held.record.attempt.max(1),
-                &shared.worker_id,
-                shared.config.queue.events_output_bytes,
-                shared.config.worker.output_cap_bytes,
-            );
-            let job_events = Arc::new(job_events);
-            if claimed {
-                job_events.go_live().await;
-            }
-            spec.events = Some(job_events.clone());
-            shared.metrics.run_started(&held.record);
-            let cgroup = job_cgroup(shared, &sandbox);
-            let run = supervisor::run(spec, stop.clone(), cgroup.as_ref())
-                .instrument(tracing::info_span!("run"));
-            let watch = Watch {
-                msg,
-                key: &key,
-                queued: &queued,
-                stop: &stop,
-                events: &job_events,
-            };
-            let r = supervise(shared, watch, run, &mut held, &mut claimed, &mut superseded).await;
-            // Directories handed to another user are not reused.
-            if sandbox.user.is_some()
-                || r.as_ref()
-                    .map_or(true, |o| o.stdout.logged || o.stderr.logged)
-            {
-                dirs.mark_dirty();
-            }
-            let collected = match &r {
-                Ok(outcome) if outcome.killed != Some(KillReason::Requested) && !superseded => {
-                    let limits = &shared.config.artifacts;
-                    let storing =
-                        artifacts::collect(&store, limits, &held.record, &dirs, &inputs, outcome);
-                    let storing =
-                        storing.instrument(tracing::info_span!("store_files", target = %target_id));
-                    let stored = with_heartbeat(msg, shared.config.queue.ack_wait(), storing).await;
-                    match &stored {
-                        Ok(c) => {
-                            let all = c.files.iter().chain(&c.logs);
-                            let bytes = all.clone().map(|f| f.size).sum();
-                            shared.metrics.stored(&target_id, all.count(), bytes);
-                            for file in &c.files {
-                                job_events.stored(file).await;
-                            }
-                        }
-                        Err(_) => shared.metrics.upload_failed(&target_id),
-                    }
-                    Some(stored.map(|c| (target_id, c)))
-                }
-                _ => None,
-            };
-            shared.dirs.give_back(dirs);
-            output_sent = job_events.is_live();
-            r.map(|outcome| (outcome, collected))
-        }
-        Err(e) => Err(SpawnError::Workspace(e)),
-    };
-    if superseded {
+/// Records how the attempt ended: dropped (superseded), handed back (the worker stops), or the job's end.
+async fn record_attempt(
+    shared: &Shared,
+    job: &attempt::Job<'_>,
+    format: Format,
+    progress: Progress,
+    attempted: attempt::Attempted,
+) -> Settle {
+    let Progress {
+        held,
+        claim,
+        output_sent,
+    } = progress;
+    if claim == ClaimState::Superseded {
         tracing::info!("another writer ended this job while it ran here; our run is dropped");
         return Settle::Ack;
     }
-    match result {
+    let record = match attempted {
         Ok((outcome, _)) if outcome.killed == Some(KillReason::Requested) => {
-            hand_back(
-                shared,
-                &key,
-                &held.record.request.agent,
-                claimed.then_some(&held),
-            )
-            .await
+            let claimed = (claim == ClaimState::Claimed).then_some(&held);
+            return hand_back(shared, job.key, &held.record.request.agent, claimed).await;
         }
-        Ok((outcome, collected)) => {
-            let mut record = completed_record(&held, &outcome);
-            match collected {
-                Some(Ok((target_id, c))) => {
-                    if !(c.files.is_empty() && c.logs.is_empty()) {
-                        record.artifact_store = Some(target_id);
-                    }
-                    record.files = c.files;
-                    record.skipped_files = c.skipped;
-                    record.skipped_files_omitted = c.skipped_omitted;
-                    record.logs = c.logs;
-                }
-                Some(Err(e)) => {
-                    tracing::error!(error = %e, "storing the job's files failed");
-                    record = record.files_not_stored(e.to_string());
-                }
-                None => {}
-            }
-            // Recording waits out NATS outages: keep the message ours meanwhile.
-            let recording = write_and_announce(
-                shared,
-                &key,
-                record,
-                held.revision,
-                intake.format,
-                output_sent,
-            );
-            with_heartbeat(msg, shared.config.queue.ack_wait(), recording).await
-        }
+        Ok((outcome, stored)) => with_files(completed_record(&held, &outcome), stored),
         Err(e) => {
             let code = match e {
                 SpawnError::Input(_) => ErrorCode::InvalidJob,
                 _ => ErrorCode::SpawnFailed,
             };
-            let record = held
-                .record
-                .clone()
-                .failed(JobError::new(code, e.to_string()));
-            write_and_announce(shared, &key, record, held.revision, intake.format, false).await
+            let error = JobError::new(code, e.to_string());
+            return write_and_announce(shared, job.key, held.record.failed(error), held.revision, format, false)
+                .await;
         }
+    };
+    // Recording waits out NATS outages: keep the message ours meanwhile.
+    let recording = write_and_announce(shared, job.key, record, held.revision, format, output_sent);
+    attempt::with_heartbeat(job.msg, shared.config.queue.ack_wait(), recording).await
+}
+
+/// The ended run's record with the files it stored, or failed if they could not all be stored.
+fn with_files(mut record: JobRecord, stored: Option<attempt::Stored>) -> JobRecord {
+    match stored {
+        Some(Ok((target_id, c))) => {
+            if !(c.files.is_empty() && c.logs.is_empty()) {
+                record.artifact_store = Some(target_id);
+            }
+            record.files = c.files;
+            record.skipped_files = c.skipped;
+            record.skipped_files_omitted = c.skipped_omitted;
+            record.logs = c.logs;
+            record
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "storing the job's files failed");
+            record.files_not_stored(e.to_string())
+        }
+        None => record,
     }
 }
 
@@ -381,36 +320,6 @@ async fn check_direct_publish(
     Some(Settle::Ack)
 }
 
-/// The job's confinement, with the uid it holds from its agent's `run_as` range while it runs.
-fn confine<'a>(
-    shared: &'a Shared,
-    agent: &fleet_shared::config::AgentConfig,
-) -> std::io::Result<(
-    Option<crate::sandbox::UidLease<'a>>,
-    crate::sandbox::Sandbox,
-)> {
-    let uid = agent
-        .run_as_range()
-        .map(|range| shared.uids.lease(range))
-        .transpose()?;
-    let sandbox = crate::sandbox::Sandbox::for_agent(agent, uid.as_ref().map(|l| l.uid))?;
-    Ok((uid, sandbox))
-}
-
-/// A cgroup for a confined job (joining one costs about half a spawn, see cgroup.rs); none where there is none.
-fn job_cgroup<'a>(
-    shared: &'a Shared,
-    sandbox: &crate::sandbox::Sandbox,
-) -> Option<crate::cgroup::JobCgroup<'a>> {
-    let cgroups = shared.cgroups.as_ref().filter(|_| !sandbox.is_empty())?;
-    cgroups
-        .lease()
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one"),
-        )
-        .ok()
-}
-
 /// A job cancelled before it started here: record it `cancelled` unless it already has a terminal record (the
 /// gateway ends queued jobs itself), and never run it.
 async fn cancel_before_start(
@@ -435,30 +344,6 @@ async fn cancel_before_start(
     write_and_announce(shared, key, record, revision, format, false).await
 }
 
-async fn claim(
-    shared: &Shared,
-    key: &str,
-    queued: &JobRecord,
-    queued_revision: Option<u64>,
-    started_at: chrono::DateTime<Utc>,
-) -> Result<Claim, records::RecordError> {
-    let claim = records::claim(
-        &shared.records,
-        key,
-        queued.clone(),
-        queued_revision,
-        &shared.worker_id,
-        shared.config.queue.max_attempts,
-        started_at,
-    )
-    .instrument(tracing::info_span!("claim"))
-    .await;
-    if let Ok(Claim::Claimed(held)) = &claim {
-        tracing::info!(attempt = held.record.attempt, "job claimed");
-    }
-    claim
-}
-
 async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Format) -> Settle {
     let record = held.record.worker_lost();
     tracing::warn!(
@@ -466,79 +351,6 @@ async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Form
         "attempts exhausted; recording worker_lost"
     );
     write_and_announce(shared, key, record, held.revision, format, false).await
-}
-
-/// What `supervise` needs to know about the job besides its run.
-struct Watch<'a> {
-    msg: &'a jetstream::Message,
-    key: &'a str,
-    queued: &'a JobRecord,
-    /// Stops the run when another writer has already ended the job.
-    stop: &'a tokio_util::sync::CancellationToken,
-    /// Deferred like the claim: published once the job outlives the claim delay.
-    events: &'a Events,
-}
-
-/// Drives the run to its end while keeping the message alive with in-progress acks and, for a deferred claim,
-/// claiming the job once it has run for the claim delay. Sets `superseded` (and stops the run) when the claim
-/// finds the job already ended.
-async fn supervise<T>(
-    shared: &Shared,
-    watch: Watch<'_>,
-    run: impl Future<Output = T>,
-    held: &mut Held,
-    claimed: &mut bool,
-    superseded: &mut bool,
-) -> T {
-    let run = with_heartbeat(watch.msg, shared.config.queue.ack_wait(), run);
-    let claim_at = tokio::time::sleep(shared.config.worker.claim_delay());
-    tokio::pin!(run, claim_at);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut run => return out,
-            _ = &mut claim_at, if !*claimed => {
-                *claimed = true;
-                watch.events.go_live().await;
-                // The agent started when the run did, not now: the record keeps that time.
-                let started_at = held.record.started_at.unwrap_or_else(Utc::now);
-                match claim(shared, watch.key, watch.queued, held.revision, started_at).await {
-                    Ok(Claim::Claimed(h)) => *held = h,
-                    Ok(Claim::AlreadyTerminal) => {
-                        *superseded = true;
-                        watch.stop.cancel();
-                    }
-                    // The last holder is gone and we are running it now: our result will end the job.
-                    Ok(Claim::Exhausted(_)) => {}
-                    // NATS is away: run on; the terminal write waits for it.
-                    Err(e) => tracing::warn!(error = %e, "claiming the running job failed; it runs on unclaimed"),
-                }
-            }
-        }
-    }
-}
-
-/// Drives `work` while sending in-progress acks every third of the ack wait, so JetStream does not hand the
-/// message to another worker while this one is still running, storing or recording the job.
-async fn with_heartbeat<T>(
-    msg: &jetstream::Message,
-    ack_wait: Duration,
-    work: impl Future<Output = T>,
-) -> T {
-    let every = (ack_wait / 3).max(Duration::from_millis(100));
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(work);
-    loop {
-        tokio::select! {
-            biased;
-            out = &mut work => return out,
-            _ = beat.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "in-progress ack failed");
-                }
-            }
-        }
-    }
 }
 
 /// Gives a job this worker must stop back to the queue; resets the record only if this worker claimed it.
@@ -575,15 +387,6 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     record.stderr_truncated_bytes = outcome.stderr.truncated_bytes();
     record.resources = Some(outcome.resources.clone());
     record
-}
-
-/// The largest record NATS takes (its message size, less room for headers).
-fn record_limit(shared: &Shared) -> usize {
-    shared
-        .client
-        .server_info()
-        .max_payload
-        .saturating_sub(crate::fit::HEADER_ROOM)
 }
 
 /// Writes the terminal record unless the job already has one (`expected`: the revision last seen, if any),

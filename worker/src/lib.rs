@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod artifacts;
+pub mod attempt;
 pub mod beneath;
 pub mod cancels;
 pub mod cgroup;

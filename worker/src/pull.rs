@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, Consumer};
-use async_nats::jetstream::AckKind;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -71,7 +70,7 @@ pub async fn pull_loop(
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         // Other agents' jobs took the free slots since this pull was asked for.
                         shared.metrics.handed_back(&agent, "no_free_slot");
-                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        crate::job::settle(&msg, crate::job::Settle::Retry(None)).await;
                         continue;
                     };
                     let shared = shared.clone();

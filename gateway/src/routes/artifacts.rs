@@ -20,10 +20,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json, Path, Problem, Query};
-use crate::records;
+use crate::http::error::{ApiError, Json, Path, Problem, Query};
+use crate::jobs::records;
 use crate::state::AppState;
-use crate::tar;
+use crate::jobs::tar;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ArtifactList {

@@ -13,12 +13,12 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json, Path, Problem};
-use crate::records;
+use crate::http::error::{ApiError, Json, Path, Problem};
+use crate::jobs::records;
 use crate::routes::jobs::submit_and_wait;
-use crate::scan;
+use crate::jobs::scan;
 use crate::state::AppState;
-use crate::submit::{submit, Submission};
+use crate::jobs::submit::{submit, Submission};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InteractRequest {

@@ -22,8 +22,8 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Path, Problem, Query};
-use crate::records;
+use crate::http::error::{ApiError, Path, Problem, Query};
+use crate::jobs::records;
 use crate::state::AppState;
 use fleet_shared::ErrorCode;
 
@@ -203,7 +203,7 @@ fn replay_to(
 
 /// Live events after sequence `after` from the job's shared tail.
 fn live(
-    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::live::LiveEvent>>,
+    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::jobs::live::LiveEvent>>,
     after: u64,
 ) -> BoxStream<'static, Feed> {
     use tokio::sync::broadcast::error::RecvError;
@@ -279,7 +279,7 @@ struct Follow {
     /// The id of the last event sent.
     last_id: u64,
     /// Keeps the job's shared live tail running while this listener follows it.
-    _tail: Option<std::sync::Arc<crate::live::Tail>>,
+    _tail: Option<std::sync::Arc<crate::jobs::live::Tail>>,
 }
 
 impl Follow {

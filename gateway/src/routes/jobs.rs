@@ -13,12 +13,12 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json, Path, Problem, Query};
-use crate::records;
-use crate::scan;
+use crate::http::error::{ApiError, Json, Path, Problem, Query};
+use crate::jobs::records;
+use crate::jobs::scan;
 use crate::state::AppState;
-use crate::submit::{submit, Submission};
-use crate::upload::JobBody;
+use crate::jobs::submit::{submit, Submission};
+use crate::jobs::upload::JobBody;
 
 /// Body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -273,16 +273,16 @@ pub async fn cancel_job(
         Some(w) => wait_limit(&state, Some(w))?,
         None => secs(state.config.worker.kill_grace_secs + 5.0),
     };
-    let answer = match crate::cancel::cancel(
+    let answer = match crate::jobs::cancel::cancel(
         &state,
         &caller,
         id,
         wait,
-        crate::cancel::Unrecorded::NotFound,
+        crate::jobs::cancel::Unrecorded::NotFound,
     )
     .await?
     {
-        crate::cancel::Outcome::Ended(record) => (
+        crate::jobs::cancel::Outcome::Ended(record) => (
             StatusCode::OK,
             CancelAnswer {
                 job_id: id,
@@ -290,7 +290,7 @@ pub async fn cancel_job(
                 record: Some(*record),
             },
         ),
-        crate::cancel::Outcome::Pending => (
+        crate::jobs::cancel::Outcome::Pending => (
             StatusCode::ACCEPTED,
             CancelAnswer {
                 job_id: id,
@@ -314,7 +314,7 @@ pub async fn retry_job(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
 ) -> Result<Response, ApiError> {
-    let record = crate::submit::retry(&state, &caller, &id).await?;
+    let record = crate::jobs::submit::retry(&state, &caller, &id).await?;
     let body = JobAccepted {
         job_id: id,
         status: record.status,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json, Path, Problem};
+use crate::http::error::{ApiError, Json, Path, Problem};
 use crate::state::AppState;
 
 /// Body of `POST /v1/keys`.

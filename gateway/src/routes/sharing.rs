@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Json, Problem};
+use crate::http::error::{ApiError, Json, Problem};
 use crate::state::AppState;
 
 /// Body of `POST /configure-sharing`. Fields left out keep their defaults (FTP port 21, passive mode, ...).

@@ -6,8 +6,8 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::agents::AgentInfo;
-use crate::error::{ApiError, Json, Problem};
+use crate::fleet::agents::AgentInfo;
+use crate::http::error::{ApiError, Json, Problem};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -57,7 +57,7 @@ pub async fn agents(State(state): State<AppState>) -> Result<Json<AgentList>, Ap
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerList {
-    pub workers: Vec<crate::workers::WorkerInfo>,
+    pub workers: Vec<crate::fleet::workers::WorkerInfo>,
 }
 
 /// The workers answering the NATS service API now: id, host, agents, concurrency, jobs in flight, version.
@@ -65,6 +65,6 @@ pub struct WorkerList {
     responses((status = 200, body = WorkerList), (status = 503, body = Problem)))]
 pub async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
     Ok(Json(WorkerList {
-        workers: crate::workers::list(&state).await?,
+        workers: crate::fleet::workers::list(&state).await?,
     }))
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use fleet_shared::ErrorCode;
 use futures::StreamExt;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// Middleware: the body must arrive in full within the deadline from the request's start.

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use fleet_shared::record_store::{self, Replaced};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::records;
+use crate::http::error::ApiError;
+use crate::jobs::records;
 use crate::state::AppState;
 
 /// What an endpoint asks to run; endpoints fill it from their own request shapes.
@@ -394,7 +394,7 @@ async fn check_references(
     for from in request.input_files.iter().filter_map(|f| f.from.as_ref()) {
         let upload = from
             .name
-            .starts_with(&format!("{}/", crate::upload::INPUTS_DIR));
+            .starts_with(&format!("{}/", crate::jobs::upload::INPUTS_DIR));
         match records::get(state, &from.job_id).await? {
             Some(record) if caller.may_read(&record) => {}
             None if upload => {}

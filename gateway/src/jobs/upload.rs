@@ -12,7 +12,7 @@ use fleet_shared::ErrorCode;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{ApiError, Json};
+use crate::http::error::{ApiError, Json};
 use crate::routes::jobs::SubmitJob;
 use crate::state::AppState;
 

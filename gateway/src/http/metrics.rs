@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use tracing::Instrument;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use fleet_shared::ErrorCode;
 
@@ -116,7 +116,7 @@ impl GatewayMetrics {
         self.retried.get_or_create(&AgentLabel::new(agent)).inc();
     }
 
-    fn set_queues(&self, agents: &[crate::agents::AgentInfo]) {
+    fn set_queues(&self, agents: &[crate::fleet::agents::AgentInfo]) {
         // Agents whose consumer went away leave the output rather than freezing at their last value.
         for family in [
             &self.queued,
@@ -201,7 +201,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 /// Prometheus metrics (OpenMetrics text): requests, jobs submitted, and every agent's queue depth.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses(
     (status = 200, content_type = "application/openmetrics-text", body = String),
-    (status = 503, body = crate::error::Problem)))]
+    (status = 503, body = crate::http::error::Problem)))]
 pub async fn render(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,

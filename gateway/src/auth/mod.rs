@@ -5,6 +5,8 @@
 //! key's name as their owner. Keys live hashed in the keys bucket; each gateway follows the bucket, so a revoked
 //! key stops working on every replica at once.
 
+pub mod tokens;
+
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -19,7 +21,7 @@ use fleet_shared::codec::{decode, Format};
 use fleet_shared::{ErrorCode, JobRecord};
 use futures::StreamExt;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// The keys of the keys bucket, kept current by a watch.
@@ -255,7 +257,7 @@ async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<C
         ));
     };
     if !presented.starts_with("fk_") {
-        return crate::tokens::caller_of(&state.config.auth, &state.revoked, presented).ok_or_else(
+        return crate::auth::tokens::caller_of(&state.config.auth, &state.revoked, presented).ok_or_else(
             || unauthorized("the credentials are malformed, expired or wrongly signed"),
         );
     }

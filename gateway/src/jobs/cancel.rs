@@ -17,10 +17,10 @@ use uuid::Uuid;
 use fleet_shared::record_store::{self, Replaced};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::records;
+use crate::http::error::ApiError;
+use crate::jobs::records;
 use crate::state::AppState;
-use crate::unqueue;
+use crate::jobs::unqueue;
 
 /// What a cancel achieved within the time the caller waited.
 pub enum Outcome {

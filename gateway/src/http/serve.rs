@@ -55,7 +55,7 @@ pub async fn serve(
             });
         let connection = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(crate::parse_errors::ProblemIo::new(tcp)),
+                TokioIo::new(crate::http::parse_errors::ProblemIo::new(tcp)),
                 TowerToHyperService::new(service),
             )
             .into_owned();

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub async fn get(state: &AppState, id: &Uuid) -> Result<Option<JobRecord>, ApiError> {
@@ -24,13 +24,18 @@ async fn read(state: &AppState, id: &Uuid) -> Result<Option<(JobRecord, usize)>,
         .entry(state.topology.record_key(id))
         .await
         .map_err(|e| ApiError::unavailable("reading the job record failed", e))?;
-    Ok(entry
-        .filter(|e| e.operation == Operation::Put)
-        .and_then(|e| {
-            decode(&e.value, Format::MessagePack)
-                .ok()
-                .map(|r| (r, e.value.len()))
-        }))
+    let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+        return Ok(None);
+    };
+    match decode(&entry.value, Format::MessagePack) {
+        Ok(record) => Ok(Some((record, entry.value.len()))),
+        Err(e) => {
+            // Not a record any fleet version wrote (or a newer one's): the job is answered as not found, and
+            // the operator is told why.
+            tracing::error!(job_id = %id, revision = entry.revision, error = %e, "unreadable job record");
+            Ok(None)
+        }
+    }
 }
 
 /// [`get_or_404`] for the file routes, which may use a completed record this gateway read lately: a job's files

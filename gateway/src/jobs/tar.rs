@@ -1,5 +1,5 @@
-//! Just enough of the POSIX tar format (ustar, with PAX records for long names and huge sizes) to stream a job's
-//! files as one archive: headers are computed up front, so the archive's length is known before any file is read.
+//! A job's files as one POSIX tar archive (ustar, with PAX records for long names and huge sizes), streamed:
+//! headers are computed up front with the `tar` crate's, so the archive's length is known before any file is read.
 
 /// One 512-byte tar block.
 const BLOCK: usize = 512;
@@ -8,23 +8,42 @@ const USTAR_MAX_SIZE: u64 = 0o77_777_777_777;
 
 /// The header blocks of a regular file `name` of `size` bytes (one block, or three and more with a PAX record).
 pub fn file_header(name: &str, size: u64, mtime: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(BLOCK);
-    let split = split_name(name);
+    let mut header = ustar(size.min(USTAR_MAX_SIZE), mtime, tar::EntryType::Regular);
     let mut pax = String::new();
-    if split.is_none() {
+    if header.set_path(name).is_err() {
         pax.push_str(&pax_record("path", name));
+        // Readers that ignore PAX see the end of the path. Safe names always fit once cut to 100 bytes.
+        if let Err(e) = header.set_path(fallback_name(name)) {
+            tracing::warn!(name, error = %e, "no ustar name for an archive entry; readers need its PAX path");
+        }
     }
     if size > USTAR_MAX_SIZE {
         pax.push_str(&pax_record("size", &size.to_string()));
     }
+    header.set_cksum();
+    let mut out = Vec::with_capacity(BLOCK);
     if !pax.is_empty() {
-        out.extend(block("PaxHeader", "", pax.len() as u64, b'x', mtime));
+        let mut extension = ustar(pax.len() as u64, mtime, tar::EntryType::XHeader);
+        // A short fixed name: it always fits.
+        let _ = extension.set_path("PaxHeader");
+        extension.set_cksum();
+        out.extend_from_slice(extension.as_bytes());
         out.extend(pax.as_bytes());
         out.resize(out.len() + padding(pax.len() as u64), 0);
     }
-    let (prefix, short) = split.unwrap_or(("", fallback_name(name)));
-    out.extend(block(short, prefix, size.min(USTAR_MAX_SIZE), b'0', mtime));
+    out.extend_from_slice(header.as_bytes());
     out
+}
+
+fn ustar(size: u64, mtime: u64, kind: tar::EntryType) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime.min(USTAR_MAX_SIZE));
+    h.set_entry_type(kind);
+    h
 }
 
 /// Zero bytes after `size` bytes of content, to the next block boundary.
@@ -35,23 +54,13 @@ pub fn padding(size: u64) -> usize {
 /// The two zero blocks that end an archive.
 pub const TRAILER: [u8; 2 * BLOCK] = [0; 2 * BLOCK];
 
-/// `name` as ustar's (prefix, name) fields, if it fits them.
-fn split_name(name: &str) -> Option<(&str, &str)> {
-    if name.len() <= 100 {
-        return Some(("", name));
-    }
-    name.match_indices('/')
-        .map(|(i, _)| (&name[..i], &name[i + 1..]))
-        .find(|(prefix, rest)| prefix.len() <= 155 && rest.len() <= 100 && !rest.is_empty())
-}
-
 /// The ustar name shown by readers that ignore PAX: the end of the path, cut at a character boundary.
 fn fallback_name(name: &str) -> &str {
     let mut start = name.len().saturating_sub(100);
     while !name.is_char_boundary(start) {
         start += 1;
     }
-    &name[start..]
+    name[start..].trim_start_matches('/')
 }
 
 /// `"<len> key=value\n"`, where len counts the whole record including its own digits.
@@ -62,31 +71,6 @@ fn pax_record(key: &str, value: &str) -> String {
         len += 1;
     }
     format!("{len}{body}")
-}
-
-fn block(name: &str, prefix: &str, size: u64, kind: u8, mtime: u64) -> [u8; BLOCK] {
-    let mut b = [0u8; BLOCK];
-    let put = |b: &mut [u8; BLOCK], at: usize, bytes: &[u8]| {
-        b[at..at + bytes.len()].copy_from_slice(bytes)
-    };
-    put(&mut b, 0, name.as_bytes());
-    put(&mut b, 100, b"0000644\0");
-    put(&mut b, 108, b"0000000\0");
-    put(&mut b, 116, b"0000000\0");
-    put(&mut b, 124, format!("{size:011o}\0").as_bytes());
-    put(
-        &mut b,
-        136,
-        format!("{:011o}\0", mtime.min(USTAR_MAX_SIZE)).as_bytes(),
-    );
-    put(&mut b, 148, b"        ");
-    b[156] = kind;
-    put(&mut b, 257, b"ustar\0");
-    put(&mut b, 263, b"00");
-    put(&mut b, 345, prefix.as_bytes());
-    let sum: u32 = b.iter().map(|&x| u32::from(x)).sum();
-    put(&mut b, 148, format!("{sum:06o}\0 ").as_bytes());
-    b
 }
 
 #[cfg(test)]
@@ -160,6 +144,25 @@ mod tests {
         for ((name, data), (n, d)) in files.iter().zip(&back) {
             assert_eq!((name.to_string(), data.to_vec()), (n.clone(), d.clone()));
         }
+    }
+
+    #[test]
+    fn the_tar_crate_reads_the_archive_back() {
+        let very_long = format!("{}/ünïcode {}.bin", "x".repeat(150), "y".repeat(120));
+        let files: Vec<(&str, &[u8])> = vec![("a.txt", b"hello"), (&very_long, &[7u8; 1000])];
+        let a = archive(&files);
+        let mut reader = tar::Archive::new(&a[..]);
+        let mut back = Vec::new();
+        for entry in reader.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            back.push((path, data));
+        }
+        let expected: Vec<(String, Vec<u8>)> =
+            files.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+        assert_eq!(back, expected);
     }
 
     #[test]

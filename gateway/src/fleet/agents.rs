@@ -12,7 +12,7 @@ use fleet_shared::Topology;
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 const KNOWN_TTL: Duration = Duration::from_secs(10);
 

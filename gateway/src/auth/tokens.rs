@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, Form, Json};
+use crate::http::error::{ApiError, Form, Json};
 use crate::state::AppState;
 
 const ACCESS: &str = "access";
@@ -201,8 +201,8 @@ fn verify_password(hash: &str, password: &str) -> bool {
 /// Sign in (username + password) or refresh (refresh_token): a new access token and a new refresh token.
 #[utoipa::path(post, path = "/token", tag = "auth",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, body = TokenResponse), (status = 401, body = crate::error::Problem),
-        (status = 404, description = "Token sign-in is not configured", body = crate::error::Problem)))]
+    responses((status = 200, body = TokenResponse), (status = 401, body = crate::http::error::Problem),
+        (status = 404, description = "Token sign-in is not configured", body = crate::http::error::Problem)))]
 pub async fn token(
     State(state): State<AppState>,
     Form(form): Form<TokenRequest>,

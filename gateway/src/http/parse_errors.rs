@@ -54,7 +54,7 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     if !bare {
         return None;
     }
-    let body = serde_json::to_vec(&crate::error::Problem {
+    let body = serde_json::to_vec(&crate::http::error::Problem {
         code,
         message: message.to_string(),
         request_id: uuid::Uuid::now_v7().to_string(),

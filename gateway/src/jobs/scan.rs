@@ -8,7 +8,7 @@ use fleet_shared::codec::{decode, Format};
 use fleet_shared::JobRecord;
 use futures::StreamExt;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// Upper bound on records read by one scan, so a huge bucket cannot stall a request.

@@ -16,8 +16,8 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 use crate::auth::Caller;
-use crate::client_ip::client_ip;
-use crate::error::ApiError;
+use crate::http::client_ip::client_ip;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 pub struct RateLimits {

@@ -1,0 +1,12 @@
+//! What the gateway does with jobs: submit and retry, cancel (and take cancelled ones off the queue), read and
+//! list records, follow running jobs live, take uploads, stream archives of a job's files.
+
+pub mod cancel;
+pub mod completed;
+pub mod live;
+pub mod records;
+pub mod scan;
+pub mod submit;
+pub mod tar;
+pub mod unqueue;
+pub mod upload;

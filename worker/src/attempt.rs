@@ -1,0 +1,309 @@
+//! One attempt at running a job on this worker: its directories (given back however the attempt ends), its input
+//! files, its confinement, the agent's run under supervision (heartbeats, the deferred claim, cancellation) and
+//! the files it leaves, stored. What to record afterwards is `job.rs`'s.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use chrono::Utc;
+use fleet_shared::artifacts::ArtifactStore;
+use fleet_shared::config::AgentConfig;
+use fleet_shared::record_store::{self as records, Claim, Held};
+use fleet_shared::JobRecord;
+use tracing::Instrument;
+
+use crate::agent::run_spec;
+use crate::artifacts::{self, Collected, Inputs};
+use crate::dirs::JobDirs;
+use crate::events::Events;
+use crate::supervisor::{self, KillReason, RunOutcome, SpawnError};
+use crate::Shared;
+
+/// Where this worker's claim on the job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimState {
+    /// Running before its claim: a first delivery, claimed only if it outlives the claim delay.
+    Deferred,
+    /// Claimed, or its one claim attempt made (a failed attempt runs on unclaimed; the terminal write decides).
+    Claimed,
+    /// The claim found the job already ended by another writer: this run is dropped.
+    Superseded,
+}
+
+/// What the attempt has done to the job so far, for the caller to record.
+pub struct Progress {
+    /// The record this worker holds, with the revision its next write expects.
+    pub held: Held,
+    pub claim: ClaimState,
+    /// Output went out as live events (the end then says so, and listeners need not be sent it again).
+    pub output_sent: bool,
+}
+
+/// The job being attempted.
+pub struct Job<'a> {
+    pub msg: &'a jetstream::Message,
+    pub key: &'a str,
+    pub agent: &'a AgentConfig,
+    /// The job's record as it was queued (the claim's starting point).
+    pub queued: &'a JobRecord,
+    pub input_files: &'a [fleet_shared::wire::InputFile],
+    /// Cancelled when a cancel request for this run arrives.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// The run's outcome and, unless it was stopped for the worker's sake or superseded, the files it left.
+pub type Attempted = Result<(RunOutcome, Option<Stored>), SpawnError>;
+
+/// The files stored, under the target id that holds them, or why storing failed.
+pub type Stored = Result<(String, Collected), fleet_shared::artifacts::StoreError>;
+
+/// Runs the job once in fresh directories, which go back to the pool (or away) however this ends.
+pub async fn run(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
+    let mut dirs = shared
+        .dirs
+        .take(&progress.held.record)
+        .map_err(SpawnError::Workspace)?;
+    let target = progress.held.record.request.artifact_target.as_deref();
+    let (target_id, store) = shared
+        .stores
+        .for_job(target)
+        .map_err(|e| SpawnError::Input(e.to_string()))?;
+    let writing = artifacts::write_inputs(
+        &shared.stores,
+        &shared.records,
+        job.input_files,
+        &dirs.workspace,
+    );
+    let inputs = writing.await.map_err(|why| {
+        dirs.mark_dirty();
+        SpawnError::Input(why)
+    })?;
+    let (_uid, sandbox) = confine(shared, job.agent).map_err(|source| SpawnError::Start {
+        program: job.agent.command.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    let events = Arc::new(job_events(shared, job, &progress.held));
+    let mut spec = run_spec(
+        &progress.held.record,
+        job.agent,
+        &shared.config.worker,
+        &shared.config.artifacts,
+        &dirs,
+        sandbox,
+    );
+    spec.cancel = job.cancel.clone();
+    spec.output_cap =
+        crate::fit::output_cap(&progress.held.record, spec.output_cap, record_limit(shared));
+    if progress.claim == ClaimState::Claimed {
+        events.go_live().await;
+    }
+    spec.events = Some(events.clone());
+    shared.metrics.run_started(&progress.held.record);
+    let stop = shared.kill_running.child_token();
+    let cgroup = job_cgroup(shared, &sandbox);
+    let running = supervisor::run(spec, stop.clone(), cgroup.as_ref())
+        .instrument(tracing::info_span!("run"));
+    let ran = supervise(shared, job, &events, &stop, running, progress).await;
+    // Directories handed to another user are not reused, nor are those holding a full log.
+    if sandbox.user.is_some()
+        || ran
+            .as_ref()
+            .map_or(true, |o| o.stdout.logged || o.stderr.logged)
+    {
+        dirs.mark_dirty();
+    }
+    let stored = match &ran {
+        Ok(outcome)
+            if outcome.killed != Some(KillReason::Requested)
+                && progress.claim != ClaimState::Superseded =>
+        {
+            let files = Files {
+                store: &store,
+                target_id,
+                dirs: &dirs,
+                inputs: &inputs,
+            };
+            Some(store_files(shared, job, &events, &progress.held.record, files, outcome).await)
+        }
+        _ => None,
+    };
+    progress.output_sent = events.is_live();
+    ran.map(|outcome| (outcome, stored))
+}
+
+fn job_events(shared: &Shared, job: &Job<'_>, held: &Held) -> Events {
+    Events::new(
+        &shared.client,
+        &shared.topology,
+        &job.queued.id,
+        held.record.attempt.max(1),
+        &shared.worker_id,
+        shared.config.queue.events_output_bytes,
+        shared.config.worker.output_cap_bytes,
+    )
+}
+
+/// Where the run's files are and where they go.
+struct Files<'a> {
+    store: &'a ArtifactStore,
+    target_id: String,
+    dirs: &'a JobDirs,
+    inputs: &'a Inputs,
+}
+
+/// Stores what the run left, keeping the message alive meanwhile, and announces each stored file.
+async fn store_files(
+    shared: &Shared,
+    job: &Job<'_>,
+    events: &Events,
+    record: &JobRecord,
+    files: Files<'_>,
+    outcome: &RunOutcome,
+) -> Stored {
+    let limits = &shared.config.artifacts;
+    let target_id = files.target_id;
+    let storing = artifacts::collect(files.store, limits, record, files.dirs, files.inputs, outcome)
+        .instrument(tracing::info_span!("store_files", target = %target_id));
+    let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), storing).await;
+    match &stored {
+        Ok(c) => {
+            let all = c.files.iter().chain(&c.logs);
+            let bytes = all.clone().map(|f| f.size).sum();
+            shared.metrics.stored(&target_id, all.count(), bytes);
+            for file in &c.files {
+                events.stored(file).await;
+            }
+        }
+        Err(_) => shared.metrics.upload_failed(&target_id),
+    }
+    stored.map(|c| (target_id, c))
+}
+
+/// The largest record NATS takes (its message size, less room for headers).
+fn record_limit(shared: &Shared) -> usize {
+    shared
+        .client
+        .server_info()
+        .max_payload
+        .saturating_sub(crate::fit::HEADER_ROOM)
+}
+
+/// The job's confinement, with the uid it holds from its agent's `run_as` range while it runs.
+fn confine<'a>(
+    shared: &'a Shared,
+    agent: &AgentConfig,
+) -> std::io::Result<(
+    Option<crate::sandbox::UidLease<'a>>,
+    crate::sandbox::Sandbox,
+)> {
+    let uid = agent
+        .run_as_range()
+        .map(|range| shared.uids.lease(range))
+        .transpose()?;
+    let sandbox = crate::sandbox::Sandbox::for_agent(agent, uid.as_ref().map(|l| l.uid))?;
+    Ok((uid, sandbox))
+}
+
+/// A cgroup for a confined job (joining one costs about half a spawn, see cgroup.rs); none where there is none.
+fn job_cgroup<'a>(
+    shared: &'a Shared,
+    sandbox: &crate::sandbox::Sandbox,
+) -> Option<crate::cgroup::JobCgroup<'a>> {
+    let cgroups = shared.cgroups.as_ref().filter(|_| !sandbox.is_empty())?;
+    cgroups
+        .lease()
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot make the job's cgroup; it runs without one"),
+        )
+        .ok()
+}
+
+/// Claims the job for this worker (a redelivery's first step, or a deferred claim once due).
+pub async fn claim(
+    shared: &Shared,
+    key: &str,
+    queued: &JobRecord,
+    queued_revision: Option<u64>,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<Claim, records::RecordError> {
+    let claim = records::claim(
+        &shared.records,
+        key,
+        queued.clone(),
+        queued_revision,
+        &shared.worker_id,
+        shared.config.queue.max_attempts,
+        started_at,
+    )
+    .instrument(tracing::info_span!("claim"))
+    .await;
+    if let Ok(Claim::Claimed(held)) = &claim {
+        tracing::info!(attempt = held.record.attempt, "job claimed");
+    }
+    claim
+}
+
+/// Drives the run to its end while keeping the message alive with in-progress acks and, for a deferred claim,
+/// claiming the job once it has run for the claim delay. A claim that finds the job already ended marks the
+/// attempt superseded and stops the run.
+async fn supervise<T>(
+    shared: &Shared,
+    job: &Job<'_>,
+    events: &Events,
+    stop: &tokio_util::sync::CancellationToken,
+    run: impl Future<Output = T>,
+    progress: &mut Progress,
+) -> T {
+    let run = with_heartbeat(job.msg, shared.config.queue.ack_wait(), run);
+    let claim_at = tokio::time::sleep(shared.config.worker.claim_delay());
+    tokio::pin!(run, claim_at);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut run => return out,
+            _ = &mut claim_at, if progress.claim == ClaimState::Deferred => {
+                progress.claim = ClaimState::Claimed;
+                events.go_live().await;
+                // The agent started when the run did, not now: the record keeps that time.
+                let held = &progress.held;
+                let started_at = held.record.started_at.unwrap_or_else(Utc::now);
+                match claim(shared, job.key, job.queued, held.revision, started_at).await {
+                    Ok(Claim::Claimed(h)) => progress.held = h,
+                    Ok(Claim::AlreadyTerminal) => {
+                        progress.claim = ClaimState::Superseded;
+                        stop.cancel();
+                    }
+                    // The last holder is gone and we are running it now: our result will end the job.
+                    Ok(Claim::Exhausted(_)) => {}
+                    // NATS is away: run on; the terminal write waits for it.
+                    Err(e) => tracing::warn!(error = %e, "claiming the running job failed; it runs on unclaimed"),
+                }
+            }
+        }
+    }
+}
+
+/// Drives `work` while sending in-progress acks every third of the ack wait, so JetStream does not hand the
+/// message to another worker while this one is still running, storing or recording the job.
+pub async fn with_heartbeat<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    }
+}
