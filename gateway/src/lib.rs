@@ -17,6 +17,10 @@ pub mod state;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::auth::tokens;
+use crate::http::{error, metrics, openapi, rate, serve, slow};
+use crate::jobs::cancel;
+
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;

@@ -86,7 +86,10 @@ impl NatsServer {
             std::thread::sleep(Duration::from_millis(20));
         };
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not accept connections");
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not accept connections"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -103,8 +103,8 @@ pub async fn run(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Att
     shared.metrics.run_started(&progress.held.record);
     let stop = shared.kill_running.child_token();
     let cgroup = job_cgroup(shared, &sandbox);
-    let running = supervisor::run(spec, stop.clone(), cgroup.as_ref())
-        .instrument(tracing::info_span!("run"));
+    let running =
+        supervisor::run(spec, stop.clone(), cgroup.as_ref()).instrument(tracing::info_span!("run"));
     let ran = supervise(shared, job, &events, &stop, running, progress).await;
     // Directories handed to another user are not reused, nor are those holding a full log.
     if sandbox.user.is_some()
@@ -164,8 +164,15 @@ async fn store_files(
 ) -> Stored {
     let limits = &shared.config.artifacts;
     let target_id = files.target_id;
-    let storing = artifacts::collect(files.store, limits, record, files.dirs, files.inputs, outcome)
-        .instrument(tracing::info_span!("store_files", target = %target_id));
+    let storing = artifacts::collect(
+        files.store,
+        limits,
+        record,
+        files.dirs,
+        files.inputs,
+        outcome,
+    )
+    .instrument(tracing::info_span!("store_files", target = %target_id));
     let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), storing).await;
     match &stored {
         Ok(c) => {
@@ -182,7 +189,7 @@ async fn store_files(
 }
 
 /// The largest record NATS takes (its message size, less room for headers).
-fn record_limit(shared: &Shared) -> usize {
+pub fn record_limit(shared: &Shared) -> usize {
     shared
         .client
         .server_info()

@@ -148,7 +148,7 @@ impl std::ops::DerefMut for Leased<'_> {
 impl Drop for Leased<'_> {
     fn drop(&mut self) {
         if let Some(dirs) = self.dirs.take() {
-            self.drop(dirs);
+            self.pool.give_back(dirs);
         }
     }
 }

@@ -111,7 +111,7 @@ async fn run_job(
         Ok(progress) => progress,
         Err(Refused::Settled(settle)) => return settle,
         Err(Refused::Exhausted(held)) => {
-            return record_worker_lost(shared, &key, held, intake.format).await
+            return record_worker_lost(shared, &key, *held, intake.format).await
         }
     };
     let job = attempt::Job {
@@ -152,7 +152,9 @@ async fn queued_record(
             Ok((held.record, held.revision))
         }
         Ok(_) => {
-            tracing::info!("a stale retry message (the job was retried again or has ended); skipping");
+            tracing::info!(
+                "a stale retry message (the job was retried again or has ended); skipping"
+            );
             Err(Settle::Ack)
         }
         Err(e) => {
@@ -166,7 +168,7 @@ async fn queued_record(
 enum Refused {
     Settled(Settle),
     /// Its workers were lost on every attempt: record that.
-    Exhausted(Held),
+    Exhausted(Box<Held>),
 }
 
 /// The attempt's starting point: unclaimed (a deferred claim) or claimed now.
@@ -187,7 +189,7 @@ async fn first_claim(
                 tracing::info!("job already has a terminal record; skipping");
                 return Err(Refused::Settled(Settle::Ack));
             }
-            Ok(Claim::Exhausted(held)) => return Err(Refused::Exhausted(held)),
+            Ok(Claim::Exhausted(held)) => return Err(Refused::Exhausted(Box::new(held))),
             Err(e) => {
                 tracing::warn!(error = %e, "claiming the job failed; handing it back");
                 return Err(Refused::Settled(Settle::Retry(Some(
@@ -232,8 +234,15 @@ async fn record_attempt(
                 _ => ErrorCode::SpawnFailed,
             };
             let error = JobError::new(code, e.to_string());
-            return write_and_announce(shared, job.key, held.record.failed(error), held.revision, format, false)
-                .await;
+            return write_and_announce(
+                shared,
+                job.key,
+                held.record.failed(error),
+                held.revision,
+                format,
+                false,
+            )
+            .await;
         }
     };
     // Recording waits out NATS outages: keep the message ours meanwhile.
@@ -400,7 +409,7 @@ async fn write_and_announce(
     output_sent: bool,
 ) -> Settle {
     let mut record = record;
-    crate::fit::fit(&mut record, record_limit(shared));
+    crate::fit::fit(&mut record, attempt::record_limit(shared));
     let recording = records::finish(
         &shared.records,
         key,

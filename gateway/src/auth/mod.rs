@@ -257,9 +257,10 @@ async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<C
         ));
     };
     if !presented.starts_with("fk_") {
-        return crate::auth::tokens::caller_of(&state.config.auth, &state.revoked, presented).ok_or_else(
-            || unauthorized("the credentials are malformed, expired or wrongly signed"),
-        );
+        return crate::auth::tokens::caller_of(&state.config.auth, &state.revoked, presented)
+            .ok_or_else(|| {
+                unauthorized("the credentials are malformed, expired or wrongly signed")
+            });
     }
     let Some((id, secret)) = auth::parse(presented) else {
         return Err(unauthorized("the API key is malformed"));

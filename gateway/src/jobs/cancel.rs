@@ -19,8 +19,8 @@ use fleet_shared::record_store::{self, Replaced};
 use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::jobs::records;
-use crate::state::AppState;
 use crate::jobs::unqueue;
+use crate::state::AppState;
 
 /// What a cancel achieved within the time the caller waited.
 pub enum Outcome {

@@ -160,8 +160,10 @@ mod tests {
             std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
             back.push((path, data));
         }
-        let expected: Vec<(String, Vec<u8>)> =
-            files.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
+        let expected: Vec<(String, Vec<u8>)> = files
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_vec()))
+            .collect();
         assert_eq!(back, expected);
     }
 

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
 use crate::jobs::records;
-use crate::state::AppState;
 use crate::jobs::tar;
+use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ArtifactList {

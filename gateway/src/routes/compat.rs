@@ -15,10 +15,10 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem};
 use crate::jobs::records;
-use crate::routes::jobs::submit_and_wait;
 use crate::jobs::scan;
-use crate::state::AppState;
 use crate::jobs::submit::{submit, Submission};
+use crate::routes::jobs::submit_and_wait;
+use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct InteractRequest {

@@ -16,9 +16,9 @@ use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
 use crate::jobs::records;
 use crate::jobs::scan;
-use crate::state::AppState;
 use crate::jobs::submit::{submit, Submission};
 use crate::jobs::upload::JobBody;
+use crate::state::AppState;
 
 /// Body of `POST /v1/jobs`.
 #[derive(Debug, Deserialize, ToSchema)]
