@@ -22,6 +22,42 @@ pub struct KeysArgs {
     command: KeysCommand,
 }
 
+/// What a new key may do.
+#[derive(Args, Clone)]
+pub struct ScopeArgs {
+    /// An agent the key may run (repeatable); `*` for every agent.
+    #[arg(long = "agent")]
+    agents: Vec<String>,
+    /// May read every job, not only its own.
+    #[arg(long)]
+    read_all: bool,
+    /// May cancel and retry jobs it can read.
+    #[arg(long)]
+    cancel: bool,
+    /// May change the artifact target (`/configure-sharing`).
+    #[arg(long)]
+    configure_sharing: bool,
+    /// May manage keys.
+    #[arg(long)]
+    manage_keys: bool,
+    /// Jobs the key may have queued or running at once (default: `auth.max_queued_per_caller`).
+    #[arg(long)]
+    max_queued: Option<u32>,
+}
+
+impl From<ScopeArgs> for Scopes {
+    fn from(a: ScopeArgs) -> Self {
+        Scopes {
+            agents: a.agents,
+            read_all: a.read_all,
+            cancel: a.cancel,
+            configure_sharing: a.configure_sharing,
+            manage_keys: a.manage_keys,
+            max_queued: a.max_queued,
+        }
+    }
+}
+
 #[derive(Subcommand, Clone)]
 pub enum KeysCommand {
     /// Create a key and print it (only this once).
@@ -29,24 +65,8 @@ pub enum KeysCommand {
         /// Who or what the key is for; jobs it submits record it as their owner.
         #[arg(long)]
         name: String,
-        /// An agent the key may run (repeatable); `*` for every agent.
-        #[arg(long = "agent")]
-        agents: Vec<String>,
-        /// May read every job, not only its own.
-        #[arg(long)]
-        read_all: bool,
-        /// May cancel and retry jobs it can read.
-        #[arg(long)]
-        cancel: bool,
-        /// May change the artifact target (`/configure-sharing`).
-        #[arg(long)]
-        configure_sharing: bool,
-        /// May manage keys.
-        #[arg(long)]
-        manage_keys: bool,
-        /// Jobs the key may have queued or running at once (default: `auth.max_queued_per_caller`).
-        #[arg(long)]
-        max_queued: Option<u32>,
+        #[command(flatten)]
+        scopes: ScopeArgs,
     },
     /// List keys (never their secrets).
     List,
@@ -59,24 +79,8 @@ pub async fn run(args: KeysArgs) -> Result<()> {
     let json = args.json;
     let (client, bucket) = open_keys(&config).await?;
     match args.command {
-        KeysCommand::Create {
-            name,
-            agents,
-            read_all,
-            cancel,
-            configure_sharing,
-            manage_keys,
-            max_queued,
-        } => {
-            let scopes = Scopes {
-                agents,
-                read_all,
-                cancel,
-                configure_sharing,
-                manage_keys,
-                max_queued,
-            };
-            let (stored, key) = keys::create(&bucket, &name, scopes)
+        KeysCommand::Create { name, scopes } => {
+            let (stored, key) = keys::create(&bucket, &name, scopes.into())
                 .await
                 .map_err(keys_failure)?;
             client.flush().await?;

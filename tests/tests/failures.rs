@@ -120,7 +120,19 @@ async fn nats_restart_loses_no_queued_or_running_job() {
                 .unwrap(),
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The scenario: NATS goes away while two jobs run and four wait.
+    let running_now = || async {
+        let mut running = 0;
+        for id in &ids {
+            let r = api.get(&format!("/v1/jobs/{id}")).await;
+            running += usize::from(r.body["status"] == "running");
+        }
+        running
+    };
+    eventually("two jobs running", Duration::from_secs(10), || async {
+        running_now().await == 2
+    })
+    .await;
     server.restart(Duration::from_millis(500));
 
     let nats = NatsClient::connect(&server.url()).await;

@@ -22,6 +22,33 @@ pub struct Incoming<'a> {
     pub published: DateTime<Utc>,
 }
 
+impl<'a> Incoming<'a> {
+    /// A message delivered by a consumer, with its JetStream metadata.
+    pub fn delivered(
+        msg: &'a async_nats::jetstream::Message,
+        info: &async_nats::jetstream::message::Info<'_>,
+    ) -> Self {
+        Self {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            headers: msg.headers.as_ref(),
+            stream_sequence: info.stream_sequence,
+            published: from_offset(info.published),
+        }
+    }
+
+    /// A message read from the stream directly (the janitor's), not delivered.
+    pub fn stored(msg: &'a async_nats::jetstream::message::StreamMessage) -> Self {
+        Self {
+            subject: msg.subject.as_str(),
+            payload: &msg.payload,
+            headers: Some(&msg.headers),
+            stream_sequence: msg.sequence,
+            published: from_offset(msg.time),
+        }
+    }
+}
+
 /// A decoded job and how to answer it.
 pub struct Intake {
     pub request: JobRequest,
@@ -116,6 +143,7 @@ pub fn read(topology: &Topology, sealer: &FollowedSealer, msg: &Incoming<'_>) ->
 pub fn from_offset(t: time::OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

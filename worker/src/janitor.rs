@@ -130,17 +130,7 @@ async fn fail_unknown_agent(
     agent: &str,
     msg: async_nats::jetstream::message::StreamMessage,
 ) -> Result<(), async_nats::Error> {
-    let intake = intake::read(
-        &shared.topology,
-        &shared.sealer,
-        &Incoming {
-            subject: msg.subject.as_str(),
-            payload: &msg.payload,
-            headers: Some(&msg.headers),
-            stream_sequence: msg.sequence,
-            published: intake::from_offset(msg.time),
-        },
-    );
+    let intake = intake::read(&shared.topology, &shared.sealer, &Incoming::stored(&msg));
     let error = JobError::new(
         ErrorCode::UnknownAgent,
         format!("no worker in the fleet runs agent `{agent}`"),

@@ -52,13 +52,7 @@ async fn process(shared: &Shared, msg: &jetstream::Message) -> Settle {
     let intake = intake::read(
         &shared.topology,
         &shared.sealer,
-        &Incoming {
-            subject: msg.subject.as_str(),
-            payload: &msg.payload,
-            headers: msg.headers.as_ref(),
-            stream_sequence: info.stream_sequence,
-            published: intake::from_offset(info.published),
-        },
+        &Incoming::delivered(msg, &info),
     );
     let job_id = intake.request.id;
     let _in_flight = shared.metrics.in_flight(&intake.request.agent);

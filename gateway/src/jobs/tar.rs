@@ -77,41 +77,16 @@ fn pax_record(key: &str, value: &str) -> String {
 mod tests {
     use super::*;
 
-    /// Reads an archive back the way a tar reader does, PAX paths included.
+    /// Reads an archive back with the `tar` crate's reader, PAX paths included, checking each header's checksum.
     fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut reader = tar::Archive::new(archive);
         let mut out = Vec::new();
-        let mut at = 0;
-        let mut pax_path = None;
-        while at + BLOCK <= archive.len() && archive[at..at + BLOCK].iter().any(|&b| b != 0) {
-            let h = &archive[at..at + BLOCK];
-            let field = |r: std::ops::Range<usize>| {
-                String::from_utf8(h[r].iter().take_while(|&&b| b != 0).copied().collect()).unwrap()
-            };
-            let size = u64::from_str_radix(field(124..135).trim(), 8).unwrap() as usize;
-            let sum: u32 = h[..148]
-                .iter()
-                .chain([b' '; 8].iter())
-                .chain(h[156..].iter())
-                .map(|&x| u32::from(x))
-                .sum();
-            assert_eq!(u32::from_str_radix(field(148..154).trim(), 8).unwrap(), sum);
-            let data = archive[at + BLOCK..at + BLOCK + size].to_vec();
-            at += BLOCK + size + padding(size as u64);
-            if h[156] == b'x' {
-                let text = String::from_utf8(data).unwrap();
-                pax_path = text
-                    .split_once(" path=")
-                    .map(|(_, p)| p.trim_end().to_string());
-                continue;
-            }
-            let prefix = field(345..500);
-            let name = field(0..100);
-            let full = pax_path.take().unwrap_or(if prefix.is_empty() {
-                name
-            } else {
-                format!("{prefix}/{name}")
-            });
-            out.push((full, data));
+        for entry in reader.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().display().to_string();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            out.push((path, data));
         }
         out
     }
@@ -144,27 +119,6 @@ mod tests {
         for ((name, data), (n, d)) in files.iter().zip(&back) {
             assert_eq!((name.to_string(), data.to_vec()), (n.clone(), d.clone()));
         }
-    }
-
-    #[test]
-    fn the_tar_crate_reads_the_archive_back() {
-        let very_long = format!("{}/ünïcode {}.bin", "x".repeat(150), "y".repeat(120));
-        let files: Vec<(&str, &[u8])> = vec![("a.txt", b"hello"), (&very_long, &[7u8; 1000])];
-        let a = archive(&files);
-        let mut reader = tar::Archive::new(&a[..]);
-        let mut back = Vec::new();
-        for entry in reader.entries().unwrap() {
-            let mut entry = entry.unwrap();
-            let path = entry.path().unwrap().display().to_string();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
-            back.push((path, data));
-        }
-        let expected: Vec<(String, Vec<u8>)> = files
-            .iter()
-            .map(|(n, d)| (n.to_string(), d.to_vec()))
-            .collect();
-        assert_eq!(back, expected);
     }
 
     #[test]
