@@ -156,12 +156,65 @@ pub async fn run(
         dir: work_dir.display().to_string(),
         source,
     })?;
-    let worker_id = if config.worker.id.is_empty() {
-        default_worker_id()
-    } else {
-        config.worker.id.clone()
-    };
+    let consumers = agent_consumers(&config, &topology, &handles.jobs).await?;
+    warn_of_shared_users(&config);
+    let shared = Arc::new(shared_state(&config, topology, &client, handles, &shutdown).await?);
+    tracing::info!(worker_id = %shared.worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
 
+    let slots = Arc::new(Semaphore::new(config.worker.max_concurrent));
+    // Discovery is a convenience: a worker that cannot register still runs jobs.
+    let service = match discovery::register(&shared, slots.clone()).await {
+        Ok(service) => Some(service),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register with the NATS service API; `GET /v1/workers` will not list this worker");
+            None
+        }
+    };
+    let http_done = CancellationToken::new();
+    let http = serve_http(&shared, &http_done).await?;
+    let jobs = TaskTracker::new();
+    let loops = start_loops(&shared, consumers, &slots, &jobs);
+
+    shutdown.cancelled().await;
+    announce_stop(&config, jobs.len());
+    loops.wait().await;
+    jobs.close();
+    if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace over: killing running jobs and handing them back");
+        shared.kill_running.cancel();
+        jobs.wait().await;
+    }
+    // Acks and naks are published asynchronously: let them leave before the connection closes, but do not wait
+    // forever for a NATS that is gone (the messages are redelivered anyway).
+    match tokio::time::timeout(FLUSH_ON_EXIT, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
+        Err(_) => tracing::warn!("NATS unreachable on shutdown; unsent acks will be redelivered"),
+    }
+    if let Some(service) = service {
+        if let Err(e) = service.stop().await {
+            tracing::debug!(error = %e, "leaving the NATS service API failed; it forgets this worker anyway");
+        }
+    }
+    http_done.cancel();
+    if let Some(http) = http {
+        // Its errors were logged where they happened.
+        let _ = http.await;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The durable consumer of each agent this worker serves, created (or widened, when an earlier version made it
+/// for the agent's subject alone) with the agent's metadata.
+async fn agent_consumers(
+    config: &Config,
+    topology: &Topology,
+    jobs: &jetstream::stream::Stream,
+) -> Result<Vec<(String, jetstream::consumer::PullConsumer)>, WorkerError> {
     let mut consumers = Vec::new();
     for agent_name in config.worker_agents() {
         let agent = &config.agents[&agent_name];
@@ -175,8 +228,7 @@ pub async fn run(
             agent: agent_name.clone(),
             source: e,
         };
-        let mut consumer: jetstream::consumer::PullConsumer = handles
-            .jobs
+        let mut consumer: jetstream::consumer::PullConsumer = jobs
             .get_or_create_consumer(&topology.agent_consumer(&agent_name), cfg.clone())
             .await
             .map_err(|e| consumer_error(e.into()))?;
@@ -185,24 +237,36 @@ pub async fn run(
             // A consumer made by an earlier version filters on the agent's subject alone and would never see
             // jobs carrying an owner token.
             tracing::info!(agent = %agent_name, "updating the agent consumer's subjects");
-            consumer = handles
-                .jobs
+            consumer = jobs
                 .update_consumer(cfg)
                 .await
                 .map_err(|e| consumer_error(e.into()))?;
         }
         consumers.push((agent_name, consumer));
     }
+    Ok(consumers)
+}
 
-    warn_of_shared_users(&config);
-    let shared = Arc::new(Shared {
+async fn shared_state(
+    config: &Arc<Config>,
+    topology: Topology,
+    client: &async_nats::Client,
+    handles: fleet_shared::topology::Handles,
+    shutdown: &CancellationToken,
+) -> Result<Shared, WorkerError> {
+    let worker_id = if config.worker.id.is_empty() {
+        default_worker_id()
+    } else {
+        config.worker.id.clone()
+    };
+    Ok(Shared {
         config: config.clone(),
         topology,
         client: client.clone(),
         records: handles.records,
         jobs: handles.jobs,
-        worker_id: worker_id.clone(),
-        dirs: dirs::DirPool::new(work_dir, config.worker.keep_workspaces),
+        worker_id,
+        dirs: dirs::DirPool::new(&config.worker.work_dir, config.worker.keep_workspaces),
         cancels: cancels::Cancels::default(),
         cancels_bucket: handles.cancels.clone(),
         stores: fleet_shared::artifacts::targets::Stores::new(
@@ -215,37 +279,40 @@ pub async fn run(
         cgroups: job_cgroups(),
         uids: sandbox::UidPool::default(),
         sealer: fleet_shared::seal::FollowedSealer::follow(&handles.config).await?,
-    });
-    tracing::info!(worker_id = %worker_id, agents = ?config.worker_agents(), max_concurrent = config.worker.max_concurrent, "worker started");
+    })
+}
 
-    let slots = Arc::new(Semaphore::new(config.worker.max_concurrent));
-    // Discovery is a convenience: a worker that cannot register still runs jobs.
-    let service = match discovery::register(&shared, slots.clone()).await {
-        Ok(service) => Some(service),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot register with the NATS service API; `GET /v1/workers` will not list this worker");
-            None
-        }
+/// The worker's own listener (health, readiness, metrics), when `worker.http_addr` asks for one.
+async fn serve_http(
+    shared: &Arc<Shared>,
+    done: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, WorkerError> {
+    let Some(addr) = shared.config.worker.http_socket_addr() else {
+        return Ok(None);
     };
-    let http_done = CancellationToken::new();
-    let http = match config.worker.http_socket_addr() {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| WorkerError::Listen {
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            tracing::info!(addr = %listener.local_addr().map_err(|source| WorkerError::Listen { addr: addr.to_string(), source })?, "worker health and metrics listening");
-            Some(tokio::spawn(http::serve(
-                listener,
-                shared.clone(),
-                http_done.clone(),
-            )))
-        }
-        None => None,
+    let listen_error = |source| WorkerError::Listen {
+        addr: addr.to_string(),
+        source,
     };
-    let jobs = TaskTracker::new();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(addr = %bound, "worker health and metrics listening");
+    Ok(Some(tokio::spawn(http::serve(
+        listener,
+        shared.clone(),
+        done.clone(),
+    ))))
+}
+
+/// The pull loop of each agent, and the watches and sweeps that run beside them.
+fn start_loops(
+    shared: &Arc<Shared>,
+    consumers: Vec<(String, jetstream::consumer::PullConsumer)>,
+    slots: &Arc<Semaphore>,
+    jobs: &TaskTracker,
+) -> TaskTracker {
     let loops = TaskTracker::new();
     for (agent, consumer) in consumers {
         loops.spawn(pull::pull_loop(
@@ -273,9 +340,11 @@ pub async fn run(
         },
     ));
     loops.close();
+    loops
+}
 
-    shutdown.cancelled().await;
-    match jobs.len() {
+fn announce_stop(config: &Config, running: usize) {
+    match running {
         0 => tracing::info!("worker stopping"),
         running => tracing::info!(
             "worker stopping: {} up to {} s to finish, then go back to the queue \
@@ -287,32 +356,6 @@ pub async fn run(
             config.worker.shutdown_grace_secs
         ),
     }
-    loops.wait().await;
-    jobs.close();
-    if tokio::time::timeout(config.worker.shutdown_grace(), jobs.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace over: killing running jobs and handing them back");
-        shared.kill_running.cancel();
-        jobs.wait().await;
-    }
-    // Acks and naks are published asynchronously: let them leave before the connection closes, but do not wait
-    // forever for a NATS that is gone (the messages are redelivered anyway).
-    match tokio::time::timeout(FLUSH_ON_EXIT, client.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "flushing NATS on shutdown failed"),
-        Err(_) => tracing::warn!("NATS unreachable on shutdown; unsent acks will be redelivered"),
-    }
-    if let Some(service) = service {
-        let _ = service.stop().await;
-    }
-    http_done.cancel();
-    if let Some(http) = http {
-        let _ = http.await;
-    }
-    tracing::info!("worker stopped");
-    Ok(())
 }
 
 /// Runs a KV watch (`watch`) until the worker stops taking jobs, starting it again after NATS trouble.

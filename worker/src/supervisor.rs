@@ -2,6 +2,7 @@
 //! feeds stdin, captures output, and ends it on timeout or request — SIGTERM to the whole group, SIGKILL after the
 //! grace period. Exit is observed through a pidfd and reaped with `wait4`, which also yields the resource use.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -94,15 +95,63 @@ pub enum SpawnError {
 /// Runs the agent to its end. `stop` asks for the process group to be terminated early. With a `cgroup`, every
 /// process the agent starts is in it, and all of them are gone when this returns.
 pub async fn run(
-    spec: RunSpec,
+    mut spec: RunSpec,
     stop: CancellationToken,
     cgroup: Option<&JobCgroup<'_>>,
 ) -> Result<RunOutcome, SpawnError> {
     let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
-    let (stdout_log, stderr_log) = (spec.stdout_log.clone(), spec.stderr_log.clone());
-    let events = spec.events.clone();
+    let start_err = |source| SpawnError::Start {
+        program: program.clone(),
+        source,
+    };
+    let (cmd, master) = command(&spec, cgroup).map_err(start_err)?;
+    let started = Instant::now();
+    let (mut child, exit) = spawn_watched(cmd)?;
+    let pid = child.id() as libc::pid_t;
+    let streams = child_streams(&mut child, master);
+    let (mut out, mut err) = (Captured::default(), Captured::default());
+    let sandbox = spec.sandbox;
+    let limits = Limits {
+        timeout: spec.timeout,
+        kill_grace: spec.kill_grace,
+        cancel: spec.cancel.clone(),
+    };
+    let control = async {
+        let killed = wait_or_end(pid, &exit, &limits, &stop).await;
+        // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left,
+        // and with a cgroup also whatever left the group.
+        signal_group(pid, libc::SIGKILL);
+        end_the_rest(cgroup, &sandbox).await;
+        let (ending, mut resources) = reap(pid);
+        resources.wall_ms = started.elapsed().as_millis() as u64;
+        (ending, resources, killed)
+    };
+    let io = serve_io(&mut spec, streams, &mut out, &mut err);
+    let (ending, resources, killed) = until_ended(control, io).await;
+    drop(child);
+    let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
+    let limit = match killed {
+        // Ended by us (timeout, cancel): not a limit of its own.
+        Some(_) => None,
+        None => sandbox.limit_hit(ending, cpu_ms, &err, &out),
+    };
+    Ok(RunOutcome {
+        ending,
+        killed,
+        limit,
+        stdout: out,
+        stderr: err,
+        resources,
+    })
+}
 
-    let mut cmd = Command::new(&program);
+/// The agent's command from its argv, in its own process group with a scrubbed environment, confined (and
+/// joining its cgroup) in a hook before exec when it must be, its output to pipes or a terminal.
+fn command(
+    spec: &RunSpec,
+    cgroup: Option<&JobCgroup<'_>>,
+) -> io::Result<(Command, Option<OwnedFd>)> {
+    let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -119,12 +168,7 @@ pub async fn run(
     // the hook, hence fork, as confinement does.
     if !sandbox.is_empty() || cgroup.is_some() {
         if let Some(user) = sandbox.user {
-            crate::sandbox::give_dirs(user, &spec.agent_dirs).map_err(|source| {
-                SpawnError::Start {
-                    program: program.clone(),
-                    source,
-                }
-            })?;
+            crate::sandbox::give_dirs(user, &spec.agent_dirs)?;
         }
         let join_fd = cgroup.map(JobCgroup::procs_fd);
         // SAFETY: the closure only makes async-signal-safe system calls on values copied before the fork.
@@ -140,41 +184,49 @@ pub async fn run(
             });
         }
     }
-    let start_err = |source| SpawnError::Start {
-        program: program.clone(),
-        source,
-    };
-    let master = if spec.pty {
-        let (master, slave) = open_pty().map_err(start_err)?;
-        cmd.stdout(Stdio::from(slave.try_clone().map_err(start_err)?))
-            .stderr(Stdio::from(slave));
-        Some(master)
-    } else {
+    if !spec.pty {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        None
-    };
-    let started = Instant::now();
-    let spawned = cmd.spawn().map_err(start_err);
+        return Ok((cmd, None));
+    }
+    let (master, slave) = open_pty()?;
+    cmd.stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    Ok((cmd, Some(master)))
+}
+
+/// Spawns the agent and opens a pidfd on it; from here the child exists and every path must reap it.
+fn spawn_watched(mut cmd: Command) -> Result<(std::process::Child, PidFd), SpawnError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let spawned = cmd
+        .spawn()
+        .map_err(|source| SpawnError::Start { program, source });
     // The parent's copies of the terminal's slave end go with `cmd`: the master reads end of file only once
     // every slave end is closed.
     drop(cmd);
     let mut child = spawned?;
     let pid = child.id() as libc::pid_t;
-    // From here the child exists: every path below must reap it.
-    let exit = match PidFd::open(pid) {
-        Ok(fd) => fd,
+    match PidFd::open(pid) {
+        Ok(fd) => Ok((child, fd)),
         Err(e) => {
             signal_group(pid, libc::SIGKILL);
+            // Reaped so it leaves no zombie; its status says nothing more than the error does.
             let _ = child.wait();
-            return Err(SpawnError::Watch(e));
+            Err(SpawnError::Watch(e))
         }
-    };
+    }
+}
 
-    let stdin = child
-        .stdin
-        .take()
-        .and_then(|p| tokio::process::ChildStdin::from_std(p).ok());
-    let stdout: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = match master {
+type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// The child's standard streams as async pipes (stdout from the terminal's master end under a pty).
+struct Streams {
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<Output>,
+    stderr: Option<tokio::process::ChildStderr>,
+}
+
+fn child_streams(child: &mut std::process::Child, master: Option<OwnedFd>) -> Streams {
+    let stdout: Option<Output> = match master {
         Some(master) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
             master,
         )))),
@@ -182,94 +234,99 @@ pub async fn run(
             .stdout
             .take()
             .and_then(|p| tokio::process::ChildStdout::from_std(p).ok())
-            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            .map(|p| Box::new(p) as Output),
     };
-    let stderr = child
-        .stderr
-        .take()
-        .and_then(|p| tokio::process::ChildStderr::from_std(p).ok());
-    let (mut out, mut err) = (Captured::default(), Captured::default());
-    let cap = spec.output_cap;
+    Streams {
+        stdin: child
+            .stdin
+            .take()
+            .and_then(|p| tokio::process::ChildStdin::from_std(p).ok()),
+        stdout,
+        stderr: child
+            .stderr
+            .take()
+            .and_then(|p| tokio::process::ChildStderr::from_std(p).ok()),
+    }
+}
 
-    let control = async {
-        let killed = tokio::select! {
-            biased;
-            _ = stop.cancelled() => Some(KillReason::Requested),
-            _ = spec.cancel.cancelled() => Some(KillReason::Cancelled),
-            _ = exit.exited() => None,
-            _ = tokio::time::sleep(spec.timeout) => Some(KillReason::Timeout),
-        };
-        if killed.is_some() {
-            signal_group(pid, libc::SIGTERM);
-            if tokio::time::timeout(spec.kill_grace, exit.exited())
-                .await
-                .is_err()
-            {
-                signal_group(pid, libc::SIGKILL);
-                exit.exited().await;
-            }
+/// What may end a run early.
+struct Limits {
+    timeout: Duration,
+    kill_grace: Duration,
+    /// The job's cancel.
+    cancel: CancellationToken,
+}
+
+/// Waits for the leader `pid` to exit by itself, or ends its group on a stop, a cancel or the timeout (SIGTERM,
+/// then SIGKILL after the grace); says which, if any, ended it.
+async fn wait_or_end(
+    pid: libc::pid_t,
+    exit: &PidFd,
+    limits: &Limits,
+    stop: &CancellationToken,
+) -> Option<KillReason> {
+    let killed = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Some(KillReason::Requested),
+        _ = limits.cancel.cancelled() => Some(KillReason::Cancelled),
+        _ = exit.exited() => None,
+        _ = tokio::time::sleep(limits.timeout) => Some(KillReason::Timeout),
+    };
+    if killed.is_some() {
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(limits.kill_grace, exit.exited())
+            .await
+            .is_err()
+        {
+            signal_group(pid, libc::SIGKILL);
+            exit.exited().await;
         }
-        // The leader is a zombie now, so its pid (and the group id) cannot be reused: clear out what it left,
-        // and with a cgroup also whatever left the group.
-        signal_group(pid, libc::SIGKILL);
-        end_the_rest(cgroup, &sandbox).await;
-        let (ending, mut resources) = reap(pid);
-        resources.wall_ms = started.elapsed().as_millis() as u64;
-        (ending, resources, killed)
-    };
-    // Input and both outputs are served inside this one future (no extra tasks per job).
-    let (ending, resources, killed) = {
-        let io = async {
-            tokio::join!(
-                feed(stdin, spec.stdin),
-                capture_into(
-                    stdout,
-                    stdout_log,
-                    cap,
-                    &mut out,
-                    events.as_deref(),
-                    OutputStream::Stdout
-                ),
-                capture_into(
-                    stderr,
-                    stderr_log,
-                    cap,
-                    &mut err,
-                    events.as_deref(),
-                    OutputStream::Stderr
-                ),
-            )
-        };
-        tokio::pin!(control, io);
-        let mut io_done = false;
-        let ended = loop {
-            tokio::select! {
-                ended = &mut control => break ended,
-                _ = &mut io, if !io_done => io_done = true,
-            }
-        };
-        if !io_done && tokio::time::timeout(DRAIN_DEADLINE, &mut io).await.is_err() {
-            tracing::warn!(
-                "agent output pipe still open after its process group ended; output cut off"
-            );
+    }
+    killed
+}
+
+/// Feeds the input and captures both outputs, all inside one future (no extra tasks per job).
+async fn serve_io(spec: &mut RunSpec, streams: Streams, out: &mut Captured, err: &mut Captured) {
+    let events = spec.events.clone();
+    let cap = spec.output_cap;
+    tokio::join!(
+        feed(streams.stdin, spec.stdin.take()),
+        capture_into(
+            streams.stdout,
+            spec.stdout_log.take(),
+            cap,
+            out,
+            events.as_deref(),
+            OutputStream::Stdout
+        ),
+        capture_into(
+            streams.stderr,
+            spec.stderr_log.take(),
+            cap,
+            err,
+            events.as_deref(),
+            OutputStream::Stderr
+        ),
+    );
+}
+
+/// Drives the process's end and its output together; once the process group is gone, the output gets a
+/// deadline to drain (a pipe held open by something that escaped would otherwise hold the job forever).
+async fn until_ended<T>(control: impl Future<Output = T>, io: impl Future<Output = ()>) -> T {
+    tokio::pin!(control, io);
+    let mut io_done = false;
+    let ended = loop {
+        tokio::select! {
+            ended = &mut control => break ended,
+            _ = &mut io, if !io_done => io_done = true,
         }
-        ended
     };
-    drop(child);
-    let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
-    let limit = match killed {
-        // Ended by us (timeout, cancel): not a limit of its own.
-        Some(_) => None,
-        None => sandbox.limit_hit(ending, cpu_ms, &err, &out),
-    };
-    Ok(RunOutcome {
-        ending,
-        killed,
-        limit,
-        stdout: out,
-        stderr: err,
-        resources,
-    })
+    if !io_done && tokio::time::timeout(DRAIN_DEADLINE, &mut io).await.is_err() {
+        tracing::warn!(
+            "agent output pipe still open after its process group ended; output cut off"
+        );
+    }
+    ended
 }
 
 /// Ends whatever the job left running: its cgroup's members, or, without one, every process of a uid only this
@@ -294,6 +351,7 @@ async fn end_the_rest(cgroup: Option<&JobCgroup<'_>>, sandbox: &crate::sandbox::
 /// pipe first: not an error of ours.
 async fn feed(pipe: Option<tokio::process::ChildStdin>, bytes: Option<Vec<u8>>) {
     if let (Some(mut pipe), Some(bytes)) = (pipe, bytes) {
+        // An agent that stops reading its input closes the pipe (EPIPE): its business, not an error of ours.
         let _ = pipe.write_all(&bytes).await;
     }
 }
