@@ -97,53 +97,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let config = dir.path().join("bench.toml");
-    let mut toml = format!(
-        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
-        COMMAND[0],
-        COMMAND[1],
-        copy = bench_artifacts::COPY_AGENT,
-        copy_cmd = bench_artifacts::COPY_COMMAND,
-        tick = bench_events::TICK_AGENT,
-        fleet = std::env::current_exe()?.display().to_string(),
-    );
-    if let Some((_, endpoint)) = &s3 {
-        toml.push_str(&bench_artifacts::s3_target_toml(endpoint));
-    }
-    std::fs::write(&config, toml)?;
-    let fleet_exe = std::env::current_exe()?;
-    let spawn_role = |role: &str| -> Result<Child> {
-        Command::new(&fleet_exe)
-            .arg(role)
-            .arg("--config")
-            .arg(&config)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("RUST_LOG", "warn")
-            .env("FLEET_NATS_URL", nats.url())
-            .env("FLEET_HTTP_ADDR", &http_addr)
-            // The bench's gateway listens on loopback only.
-            .env("FLEET_AUTH_MODE", "none")
-            // The bench measures the fleet, not its rate limits.
-            .env("FLEET_HTTP_SUBMIT_PER_SEC", "0")
-            .env("FLEET_HTTP_READ_PER_SEC", "0")
-            .env("FLEET_HTTP_IP_PER_SEC", "0")
-            .env("FLEET_WORKER_WORK_DIR", dir.path().join("work"))
-            .env(
-                "FLEET_WORKER_MAX_CONCURRENT",
-                args.worker_concurrency.to_string(),
-            )
-            .env("FLEET_QUEUE_MAX_JOBS", "1000000")
-            .env("FLEET_ARTIFACTS_LOCAL_DIR", dir.path().join("artifacts"))
-            .env("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000000000")
-            .env("FLEET_ARTIFACTS_MAX_JOB_BYTES", "100000000000")
-            .env("FLEET_ARTIFACTS_MAX_FILES", "100000")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start `fleet {role}`"))
+    let config = write_config(dir.path(), s3.as_ref().map(|(_, e)| e.as_str()))?;
+    let roles = Roles {
+        config: &config,
+        nats_url: nats.url(),
+        http_addr: &http_addr,
+        scratch: dir.path(),
+        concurrency: args.worker_concurrency,
     };
-    let worker = spawn_role("worker")?;
-    let gateway = spawn_role("gateway")?;
+    let worker = roles.spawn("worker")?;
+    let gateway = roles.spawn("gateway")?;
     let (worker_pid, gateway_pid) = (worker.id(), gateway.id());
     let s3_endpoint = s3.as_ref().map(|(_, e)| e.clone());
     let mut children = vec![gateway, worker];
@@ -158,124 +121,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 
     println!("fleet bench: agent `{AGENT}` = {COMMAND:?}; nats-server, `fleet gateway` and `fleet worker` (concurrency {}) on this machine ({} CPUs)",
         args.worker_concurrency, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-
-    // Warm up every path once (page cache, connections, consumers).
-    for _ in 0..50 {
-        nats_job(&client, &js).await?;
-        http_job(&http, &base).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (gateway_rss, worker_rss) = (rss_kb(gateway_pid), rss_kb(worker_pid));
-
-    let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
-    let supervised = Samples::collect(args.samples, || supervised_spawn(dir.path())).await?;
-    let nats_latency = Samples::collect(args.samples, || nats_job(&client, &js)).await?;
-    let http_latency = Samples::collect(args.samples, || http_job(&http, &base)).await?;
     let pids = [
         ("nats-server", nats.pid().unwrap_or(0)),
         ("worker", worker_pid),
         ("agents (worker's children)", 0),
         ("gateway", gateway_pid),
     ];
-    let mut rounds = Vec::new();
-    let mut cpu_used = vec![0.0; pids.len()];
-    let mut client_cpu = 0.0;
-    for _ in 0..args.rounds.max(1) {
-        let raw = raw_spawn_rate(args.throughput_jobs)?;
-        let (cpu_before, client_before) = (cpu_times(&pids), own_cpu());
-        let nats = nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await?;
-        let cpu_after = cpu_times(&pids);
-        client_cpu += own_cpu() - client_before;
-        for (used, (after, before)) in cpu_used.iter_mut().zip(cpu_after.iter().zip(&cpu_before)) {
-            *used += after - before;
-        }
-        let http = http_throughput(&http, &base, args.throughput_jobs, args.in_flight).await?;
-        rounds.push(Round { raw, nats, http });
-    }
-    let nats_jobs = (args.throughput_jobs * rounds.len()) as f64;
-
-    println!();
-    println!(
-        "{:<34} {:>9} {:>9} {:>9}",
-        "sequential latency (ms)", "p50", "p95", "p99"
-    );
-    for (name, s) in [
-        ("raw spawn of the command", &spawn_latency),
-        ("the worker's supervisor alone", &supervised),
-        ("job over NATS (publish→reply)", &nats_latency),
-        ("job over HTTP (POST ?wait)", &http_latency),
-    ] {
-        println!(
-            "{name:<34} {:>9.3} {:>9.3} {:>9.3}",
-            s.ms(0.50),
-            s.ms(0.95),
-            s.ms(0.99)
-        );
-    }
-    println!();
-    let spawn_rate = median(rounds.iter().map(|r| r.raw));
-    let nats_rate = median(rounds.iter().map(|r| r.nats));
-    let http_rate = median(rounds.iter().map(|r| r.http));
-    let nats_ratio = median(rounds.iter().map(|r| r.nats / r.raw));
-    let http_ratio = median(rounds.iter().map(|r| r.http / r.raw));
-    println!(
-        "{:<34} {:>9}   (median of {} rounds)",
-        "throughput (jobs/s)",
-        "",
-        rounds.len()
-    );
-    println!("{:<34} {:>9.0}", "raw spawn rate", spawn_rate);
-    println!(
-        "{:<34} {:>9.0}   ({nats_ratio:.2} × raw)",
-        format!("NATS, {} in flight", args.in_flight),
-        nats_rate
-    );
-    println!(
-        "{:<34} {:>9.0}   ({http_ratio:.2} × raw)",
-        format!("HTTP, {} in flight", args.in_flight),
-        http_rate
-    );
-    let each: Vec<String> = rounds
-        .iter()
-        .map(|r| format!("{:.0}/{:.0}/{:.0}", r.raw, r.nats, r.http))
-        .collect();
-    println!("rounds (raw/NATS/HTTP jobs/s): {}", each.join(", "));
-    println!();
-    print!("CPU per job in the NATS run (µs):");
-    for (i, (name, _)) in pids.iter().enumerate() {
-        let per_job = cpu_used[i] / nats_jobs * 1e6;
-        print!("  {name} {per_job:.0}");
-    }
-    println!(
-        "  bench client {:.0}",
-        client_cpu / args.throughput_jobs as f64 * 1e6
-    );
-    println!();
-    println!(
-        "idle RSS: gateway {:.1} MB, worker {:.1} MB",
-        gateway_rss as f64 / 1024.0,
-        worker_rss as f64 / 1024.0
-    );
-    println!();
-    let targets = [
-        (
-            "throughput ≥ 0.7 × raw spawn rate (NATS)",
-            nats_ratio >= 0.7,
-        ),
-        (
-            "NATS p50 ≤ raw spawn p50 + 1 ms",
-            nats_latency.ms(0.5) <= spawn_latency.ms(0.5) + 1.0,
-        ),
-        (
-            "HTTP p50 ≤ raw spawn p50 + 1.5 ms",
-            http_latency.ms(0.5) <= spawn_latency.ms(0.5) + 1.5,
-        ),
-        ("gateway idle RSS ≤ 20 MB", gateway_rss <= 20 * 1024),
-        ("worker idle RSS ≤ 20 MB", worker_rss <= 20 * 1024),
-    ];
-    for (target, met) in targets {
-        println!("{} {target}", if met { "met    " } else { "MISSED " });
-    }
+    let paths = Paths {
+        client: &client,
+        js: &js,
+        http: &http,
+        base: &base,
+    };
+    let core = measure_core(&args, &paths, dir.path(), &pids).await?;
+    core.print(&args, &pids);
     if args.artifacts {
         let fleet = bench_artifacts::Fleet {
             client: &client,
@@ -285,34 +144,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             gateway_pid,
             scratch: dir.path(),
         };
-        let local_dir = dir.path().join("direct");
-        std::fs::create_dir_all(&local_dir)?;
-        let mut targets = vec![bench_artifacts::Target {
-            label: "local disk".into(),
-            target: None,
-            direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
-                &local_dir,
-            )?),
-        }];
-        match &s3_endpoint {
-            Some(endpoint) => targets.push(bench_artifacts::Target {
-                label: "S3 (moto)".into(),
-                target: Some(bench_artifacts::S3_TARGET.into()),
-                direct: bench_artifacts::s3_direct(endpoint)?,
-            }),
-            None => println!(
-                "\nS3 cases skipped: `moto_server` not found (pip install \"moto[server]\")"
-            ),
-        }
-        bench_artifacts::run(
-            &fleet,
-            &targets,
-            args.artifact_big_mb,
-            args.artifact_small_count,
-            args.flat_memory_gb,
-            args.rounds,
-        )
-        .await?;
+        run_artifacts(&args, &fleet, dir.path(), s3_endpoint.as_deref()).await?;
     }
     // After the artifact cases: a hundred listeners leave the gateway's allocator holding memory that would
     // otherwise count against the streaming measurement.
@@ -325,6 +157,267 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     drop(processes);
     nats.stop().await;
     Ok(())
+}
+
+/// The bench fleet's configuration file: its agents (the no-op one, the copier, the ticker), its prefix, and
+/// the S3 target when there is one.
+fn write_config(dir: &std::path::Path, s3_endpoint: Option<&str>) -> Result<std::path::PathBuf> {
+    let config = dir.join("bench.toml");
+    let mut toml = format!(
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
+        COMMAND[0],
+        COMMAND[1],
+        copy = bench_artifacts::COPY_AGENT,
+        copy_cmd = bench_artifacts::COPY_COMMAND,
+        tick = bench_events::TICK_AGENT,
+        fleet = std::env::current_exe()?.display().to_string(),
+    );
+    if let Some(endpoint) = s3_endpoint {
+        toml.push_str(&bench_artifacts::s3_target_toml(endpoint));
+    }
+    std::fs::write(&config, toml)?;
+    Ok(config)
+}
+
+/// How the bench starts `fleet gateway` and `fleet worker`.
+struct Roles<'a> {
+    config: &'a std::path::Path,
+    nats_url: String,
+    http_addr: &'a str,
+    scratch: &'a std::path::Path,
+    concurrency: usize,
+}
+
+impl Roles<'_> {
+    fn spawn(&self, role: &str) -> Result<Child> {
+        Command::new(std::env::current_exe()?)
+            .arg(role)
+            .arg("--config")
+            .arg(self.config)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("RUST_LOG", "warn")
+            .env("FLEET_NATS_URL", &self.nats_url)
+            .env("FLEET_HTTP_ADDR", self.http_addr)
+            // The bench's gateway listens on loopback only.
+            .env("FLEET_AUTH_MODE", "none")
+            // The bench measures the fleet, not its rate limits.
+            .env("FLEET_HTTP_SUBMIT_PER_SEC", "0")
+            .env("FLEET_HTTP_READ_PER_SEC", "0")
+            .env("FLEET_HTTP_IP_PER_SEC", "0")
+            .env("FLEET_WORKER_WORK_DIR", self.scratch.join("work"))
+            .env("FLEET_WORKER_MAX_CONCURRENT", self.concurrency.to_string())
+            .env("FLEET_QUEUE_MAX_JOBS", "1000000")
+            .env("FLEET_ARTIFACTS_LOCAL_DIR", self.scratch.join("artifacts"))
+            .env("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000000000")
+            .env("FLEET_ARTIFACTS_MAX_JOB_BYTES", "100000000000")
+            .env("FLEET_ARTIFACTS_MAX_FILES", "100000")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `fleet {role}`"))
+    }
+}
+
+/// The two ways into the fleet the bench drives.
+struct Paths<'a> {
+    client: &'a async_nats::Client,
+    js: &'a async_nats::jetstream::Context,
+    http: &'a reqwest::Client,
+    base: &'a str,
+}
+
+/// The core figures: latencies, throughput rounds, CPU per job, idle memory.
+struct Core {
+    spawn_latency: Samples,
+    supervised: Samples,
+    nats_latency: Samples,
+    http_latency: Samples,
+    rounds: Vec<Round>,
+    cpu_used: Vec<f64>,
+    client_cpu: f64,
+    gateway_rss: u64,
+    worker_rss: u64,
+}
+
+async fn measure_core(
+    args: &BenchArgs,
+    p: &Paths<'_>,
+    scratch: &std::path::Path,
+    pids: &[(&str, u32); 4],
+) -> Result<Core> {
+    // Warm up every path once (page cache, connections, consumers).
+    for _ in 0..50 {
+        nats_job(p.client, p.js).await?;
+        http_job(p.http, p.base).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (gateway_rss, worker_rss) = (rss_kb(pids[3].1), rss_kb(pids[1].1));
+    let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
+    let supervised = Samples::collect(args.samples, || supervised_spawn(scratch)).await?;
+    let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
+    let http_latency = Samples::collect(args.samples, || http_job(p.http, p.base)).await?;
+    let mut rounds = Vec::new();
+    let mut cpu_used = vec![0.0; pids.len()];
+    let mut client_cpu = 0.0;
+    for _ in 0..args.rounds.max(1) {
+        let raw = raw_spawn_rate(args.throughput_jobs)?;
+        let (cpu_before, client_before) = (cpu_times(pids), own_cpu());
+        let nats = nats_throughput(p.client, p.js, args.throughput_jobs, args.in_flight).await?;
+        let cpu_after = cpu_times(pids);
+        client_cpu += own_cpu() - client_before;
+        for (used, (after, before)) in cpu_used.iter_mut().zip(cpu_after.iter().zip(&cpu_before)) {
+            *used += after - before;
+        }
+        let http = http_throughput(p.http, p.base, args.throughput_jobs, args.in_flight).await?;
+        rounds.push(Round { raw, nats, http });
+    }
+    Ok(Core {
+        spawn_latency,
+        supervised,
+        nats_latency,
+        http_latency,
+        rounds,
+        cpu_used,
+        client_cpu,
+        gateway_rss,
+        worker_rss,
+    })
+}
+
+impl Core {
+    fn print(&self, args: &BenchArgs, pids: &[(&str, u32); 4]) {
+        println!();
+        println!(
+            "{:<34} {:>9} {:>9} {:>9}",
+            "sequential latency (ms)", "p50", "p95", "p99"
+        );
+        for (name, s) in [
+            ("raw spawn of the command", &self.spawn_latency),
+            ("the worker's supervisor alone", &self.supervised),
+            ("job over NATS (publish→reply)", &self.nats_latency),
+            ("job over HTTP (POST ?wait)", &self.http_latency),
+        ] {
+            println!(
+                "{name:<34} {:>9.3} {:>9.3} {:>9.3}",
+                s.ms(0.50),
+                s.ms(0.95),
+                s.ms(0.99)
+            );
+        }
+        println!();
+        let rounds = &self.rounds;
+        let nats_ratio = median(rounds.iter().map(|r| r.nats / r.raw));
+        let http_ratio = median(rounds.iter().map(|r| r.http / r.raw));
+        println!(
+            "{:<34} {:>9}   (median of {} rounds)",
+            "throughput (jobs/s)",
+            "",
+            rounds.len()
+        );
+        println!(
+            "{:<34} {:>9.0}",
+            "raw spawn rate",
+            median(rounds.iter().map(|r| r.raw))
+        );
+        println!(
+            "{:<34} {:>9.0}   ({nats_ratio:.2} × raw)",
+            format!("NATS, {} in flight", args.in_flight),
+            median(rounds.iter().map(|r| r.nats))
+        );
+        println!(
+            "{:<34} {:>9.0}   ({http_ratio:.2} × raw)",
+            format!("HTTP, {} in flight", args.in_flight),
+            median(rounds.iter().map(|r| r.http))
+        );
+        let each: Vec<String> = rounds
+            .iter()
+            .map(|r| format!("{:.0}/{:.0}/{:.0}", r.raw, r.nats, r.http))
+            .collect();
+        println!("rounds (raw/NATS/HTTP jobs/s): {}", each.join(", "));
+        println!();
+        self.print_cpu_and_memory(args, pids);
+        self.print_targets(nats_ratio);
+    }
+
+    fn print_cpu_and_memory(&self, args: &BenchArgs, pids: &[(&str, u32); 4]) {
+        let nats_jobs = (args.throughput_jobs * self.rounds.len()) as f64;
+        print!("CPU per job in the NATS run (µs):");
+        for (i, (name, _)) in pids.iter().enumerate() {
+            let per_job = self.cpu_used[i] / nats_jobs * 1e6;
+            print!("  {name} {per_job:.0}");
+        }
+        println!(
+            "  bench client {:.0}",
+            self.client_cpu / args.throughput_jobs as f64 * 1e6
+        );
+        println!();
+        println!(
+            "idle RSS: gateway {:.1} MB, worker {:.1} MB",
+            self.gateway_rss as f64 / 1024.0,
+            self.worker_rss as f64 / 1024.0
+        );
+        println!();
+    }
+
+    fn print_targets(&self, nats_ratio: f64) {
+        let raw_p50 = self.spawn_latency.ms(0.5);
+        let targets = [
+            (
+                "throughput ≥ 0.7 × raw spawn rate (NATS)",
+                nats_ratio >= 0.7,
+            ),
+            (
+                "NATS p50 ≤ raw spawn p50 + 1 ms",
+                self.nats_latency.ms(0.5) <= raw_p50 + 1.0,
+            ),
+            (
+                "HTTP p50 ≤ raw spawn p50 + 1.5 ms",
+                self.http_latency.ms(0.5) <= raw_p50 + 1.5,
+            ),
+            ("gateway idle RSS ≤ 20 MB", self.gateway_rss <= 20 * 1024),
+            ("worker idle RSS ≤ 20 MB", self.worker_rss <= 20 * 1024),
+        ];
+        for (target, met) in targets {
+            println!("{} {target}", if met { "met    " } else { "MISSED " });
+        }
+    }
+}
+
+/// The file path: local disk, and S3 when a moto server could be started.
+async fn run_artifacts(
+    args: &BenchArgs,
+    fleet: &bench_artifacts::Fleet<'_>,
+    scratch: &std::path::Path,
+    s3_endpoint: Option<&str>,
+) -> Result<()> {
+    let local_dir = scratch.join("direct");
+    std::fs::create_dir_all(&local_dir)?;
+    let mut targets = vec![bench_artifacts::Target {
+        label: "local disk".into(),
+        target: None,
+        direct: Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+            &local_dir,
+        )?),
+    }];
+    match s3_endpoint {
+        Some(endpoint) => targets.push(bench_artifacts::Target {
+            label: "S3 (moto)".into(),
+            target: Some(bench_artifacts::S3_TARGET.into()),
+            direct: bench_artifacts::s3_direct(endpoint)?,
+        }),
+        None => {
+            println!("\nS3 cases skipped: `moto_server` not found (pip install \"moto[server]\")")
+        }
+    }
+    bench_artifacts::run(
+        fleet,
+        &targets,
+        args.artifact_big_mb,
+        args.artifact_small_count,
+        args.flat_memory_gb,
+        args.rounds,
+    )
+    .await
 }
 
 /// Rates of one round of throughput runs, jobs/s.

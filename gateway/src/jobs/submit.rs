@@ -78,26 +78,7 @@ pub async fn submit(
         owner: caller.owner(),
         owner_name: caller.principal().map(|p| p.name.clone()),
     };
-    state
-        .topology
-        .validate_request(&request)
-        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
-    check_references(state, caller, &request).await?;
-    if let Some(target) = &request.artifact_target {
-        if !state.stores.is_known_name(target) {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("artifact_target `{target}` is not `default` or a target configured under [artifacts.targets]"),
-            ));
-        }
-    }
-    let known = state.agents.exists(&request.agent).await?;
-    if !known {
-        return Err(ApiError::new(
-            ErrorCode::UnknownAgent,
-            format!("no worker in the fleet runs agent `{}`", request.agent),
-        ));
-    }
+    check_request(state, caller, &request).await?;
     if let Some(key) = &sub.idempotency_key {
         request.id = resolve_idempotency_key(state, caller, key, &request).await?;
     }
@@ -145,6 +126,35 @@ pub async fn submit(
         record,
         created: true,
     })
+}
+
+/// Everything about a request that can be refused before anything is written: its shape, the files it names,
+/// its artifact target, and an agent some worker runs.
+async fn check_request(
+    state: &AppState,
+    caller: &Caller,
+    request: &JobRequest,
+) -> Result<(), ApiError> {
+    state
+        .topology
+        .validate_request(request)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    check_references(state, caller, request).await?;
+    if let Some(target) = &request.artifact_target {
+        if !state.stores.is_known_name(target) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("artifact_target `{target}` is not `default` or a target configured under [artifacts.targets]"),
+            ));
+        }
+    }
+    if !state.agents.exists(&request.agent).await? {
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgent,
+            format!("no worker in the fleet runs agent `{}`", request.agent),
+        ));
+    }
+    Ok(())
 }
 
 /// What writing a new job's `queued` record found.
