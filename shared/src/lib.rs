@@ -16,6 +16,7 @@ pub mod seal;
 pub mod services;
 pub mod topology;
 pub mod trace_context;
+pub mod watch;
 pub mod wire;
 
 pub use error_code::ErrorCode;

@@ -9,7 +9,6 @@
 use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -85,22 +84,28 @@ pub struct FollowedSealer(Arc<RwLock<Option<Sealer>>>);
 impl FollowedSealer {
     pub async fn follow(config: &kv::Store) -> Result<Self, SealError> {
         let followed = Self::default();
-        let mut watch = config
+        let first = config
             .watch_with_history(SEAL_KEY)
             .await
             .map_err(|e| SealError(e.into()))?;
         let target = followed.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
+        let bucket = config.clone();
+        tokio::spawn(crate::watch::follow(
+            "the seal key",
+            first,
+            move || {
+                let bucket = bucket.clone();
+                async move { bucket.watch_with_history(SEAL_KEY).await }
+            },
+            move |entry| {
                 let key = <[u8; 32]>::try_from(entry.value.as_ref()).ok();
                 if let (Operation::Put, Some(key), Ok(mut slot)) =
                     (entry.operation, key, target.0.write())
                 {
                     *slot = Some(Sealer(key));
                 }
-            }
-        });
+            },
+        ));
         Ok(followed)
     }
 

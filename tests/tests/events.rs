@@ -487,3 +487,59 @@ async fn a_job_whose_end_was_never_announced_still_ends_its_waiters_and_listener
         started.elapsed()
     );
 }
+
+/// A gateway stopped while listeners follow a long job exits within its grace (it used to wait for the job's
+/// end), cutting their streams, which resume on another gateway; and without a panic (a follower once polled a
+/// KV watch past the error saying its connection was closing, and async-nats panicked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopped_under_live_listeners_exits_within_its_grace() {
+    let nats = NatsServer::start();
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let env = [("FLEET_HTTP_ADDR", http_addr.as_str())];
+    let cfg = test_config(&nats.url(), &env);
+    let worker = start_worker(&cfg.config).await;
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("gateway.log");
+    let gateway = FleetProcess::start_with_log("gateway", &cfg, &env, &log);
+    let api = Api::new(&format!("http://{http_addr}"));
+    eventually("gateway ready", Duration::from_secs(20), || async {
+        reqwest::get(format!("http://{http_addr}/ready"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let r = api
+        .post(
+            "/v1/jobs",
+            &json!({"agent": "fake", "message": "print:started sleep:30"}),
+        )
+        .await;
+    let id = r.body["job_id"].as_str().expect("job id").to_string();
+    api.poll(&format!("/v1/jobs/{id}"), "running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    let mut listeners = Vec::new();
+    for _ in 0..5 {
+        let mut events = SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
+        assert!(events.next().await.is_some(), "a first event");
+        listeners.push(events);
+    }
+    let stopped = std::time::Instant::now();
+    gateway.signal(libc::SIGTERM);
+    let pid = gateway.pid();
+    eventually("the gateway gone", Duration::from_secs(30), || async move {
+        !process_alive(pid)
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopped.elapsed()
+    );
+    drop(listeners);
+    let text = std::fs::read_to_string(&log).expect("gateway log");
+    assert!(!text.contains("panicked"), "the gateway panicked:\n{text}");
+    drop(gateway);
+    worker.stop().await;
+}

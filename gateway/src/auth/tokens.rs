@@ -13,7 +13,6 @@ use axum::extract::State;
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::config::AuthConfig;
 use fleet_shared::ErrorCode;
-use futures::StreamExt;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -111,11 +110,17 @@ impl Revoked {
     /// Follows the bucket: its current families first, then every change, as they happen.
     pub async fn follow(tokens: &kv::Store) -> Result<Self, async_nats::Error> {
         let revoked = Self::default();
-        let mut watch = tokens.watch_all_from_revision(1).await?;
+        let first = tokens.watch_all_from_revision(1).await?;
         let set = revoked.clone();
-        tokio::spawn(async move {
-            while let Some(entry) = watch.next().await {
-                let Ok(entry) = entry else { continue };
+        let bucket = tokens.clone();
+        tokio::spawn(fleet_shared::watch::follow(
+            "refresh-token families",
+            first,
+            move || {
+                let bucket = bucket.clone();
+                async move { bucket.watch_all_from_revision(1).await }
+            },
+            move |entry| {
                 let is_revoked = entry.operation == Operation::Put
                     && decode::<Family>(&entry.value, Format::MessagePack).is_ok_and(|f| f.revoked);
                 if let Ok(mut set) = set.0.write() {
@@ -124,8 +129,8 @@ impl Revoked {
                         false => set.remove(&entry.key),
                     };
                 }
-            }
-        });
+            },
+        ));
         Ok(revoked)
     }
 

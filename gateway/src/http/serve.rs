@@ -1,6 +1,8 @@
 //! The accept loop: HTTP/1 and HTTP/2 connections served by hyper with a deadline on reading request headers
 //! (`http.header_timeout_secs`), which `axum::serve` does not set, so a client trickling its headers cannot hold
-//! a connection open for ever. Shutdown stops accepting, then lets every connection finish its requests.
+//! a connection open for ever. Shutdown stops accepting, then lets every connection finish its requests for up
+//! to `SHUTDOWN_GRACE`; streams still open then (a listener on an hour-long job) are cut, and their clients
+//! resume on another replica with `Last-Event-ID`, losing nothing.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,6 +15,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+
+/// How long a stopping gateway lets open requests run: inside the 30 s a container orchestrator allows by default.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: TcpListener,
@@ -67,6 +72,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "requests still open after the shutdown grace (live event streams, most likely) are cut; their clients resume elsewhere"
+        );
+    }
     Ok(())
 }

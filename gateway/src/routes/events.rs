@@ -247,10 +247,20 @@ async fn follow(
         .await
         .map_err(|e| ApiError::unavailable("following the job's events failed", e))?;
     Ok(messages
+        // The consumer's connection is gone for good (the client is closing): end here, for a stream polled
+        // after that error would panic inside async-nats. Other errors (a missed heartbeat, a recreated
+        // consumer) are the ordered consumer's to recover from.
+        .take_while(|m| {
+            let closing = matches!(m, Err(e) if e.kind() == push::OrderedErrorKind::Other);
+            std::future::ready(!closing)
+        })
         .filter_map(|m| async move {
-            let m = m.ok()?;
+            let m = m
+                .inspect_err(|e| tracing::debug!(error = %e, "the job's events consumer recovers"))
+                .ok()?;
             let info = m.info().ok()?;
             let (seq, pending) = (info.stream_sequence, info.pending);
+            // An event this version cannot read (a newer worker's) is skipped, not fatal.
             let event = decode::<JobEvent>(&m.payload, Format::MessagePack).ok()?;
             Some((seq, pending, event))
         })
