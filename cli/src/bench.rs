@@ -77,6 +77,7 @@ impl Drop for Processes {
             }
         }
         for c in &mut self.children {
+            // Reaped so none is left a zombie; how it exited does not matter here.
             let _ = c.wait();
         }
     }
@@ -663,6 +664,7 @@ fn cpu_times(pids: &[(&str, u32)]) -> Vec<f64> {
             if *pid == 0 {
                 return last_children;
             }
+            // A process already gone reads as no CPU used.
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             // The fields after the command name, which ends with ')': utime, stime, cutime, cstime are 11-14.
             let fields: Vec<f64> = stat
@@ -690,6 +692,7 @@ fn own_cpu() -> f64 {
 }
 
 fn rss_kb(pid: u32) -> u64 {
+    // A process already gone reads as no memory.
     let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
         .unwrap_or_default();
     status

@@ -349,6 +349,7 @@ async fn gateway_peak_while(
     work: impl std::future::Future<Output = Result<u64>>,
 ) -> Result<u64> {
     let rss = |pid: u32| {
+        // A process already gone reads as no memory.
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap_or_default()
             .lines()

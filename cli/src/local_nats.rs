@@ -106,6 +106,7 @@ impl LocalNats {
             .await
             .is_err()
         {
+            // Already gone is as good as killed.
             let _ = self.child.kill().await;
         }
     }
@@ -141,6 +142,7 @@ pub async fn wait_for_agents(config: &Config) -> Result<()> {
                     .is_ok();
             }
             if all {
+                // Only a courtesy to the server that is being stopped.
                 let _ = client.drain().await;
                 return Ok(());
             }

@@ -66,6 +66,7 @@ pub async fn current(store: &kv::Store, key: &str) -> Result<Option<Held>, Recor
 
 fn placeholder_request(key: &str) -> crate::JobRequest {
     let mut request = crate::JobRequest::new(
+        // Keys are job ids; a stray key gets the nil id, which no job has.
         key.parse().unwrap_or_default(),
         "",
         String::new(),

@@ -47,6 +47,7 @@ pub fn continue_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
 pub fn continue_from_extractor(span: &tracing::Span, carrier: &dyn Extractor) {
     let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
     if cx.span().span_context().is_valid() {
+        // Fails only for a span already started, which this one is not.
         let _ = span.set_parent(cx);
     }
 }

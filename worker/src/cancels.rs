@@ -103,6 +103,7 @@ impl Cancels {
             }
             if let Ok(id) = Uuid::parse_str(&entry.key) {
                 let request: CancelRequest =
+                    // An unreadable request still cancels the job's first run.
                     decode(&entry.value, Format::MessagePack).unwrap_or_default();
                 self.requested(id, request.generation, retention);
             }

@@ -89,6 +89,7 @@ impl Cgroups {
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
+        // A poisoned pool leaves its directories to the next worker's start-up sweep.
         let dirs: Vec<PathBuf> = self.free.lock().map(|f| f.clone()).unwrap_or_default();
         for dir in dirs {
             // Empty by construction (killed and waited for); a failure leaves an empty cgroup behind.

@@ -207,6 +207,7 @@ fn take_text(buf: &mut Vec<u8>, last: bool) -> String {
             }
             Err(e) => {
                 let (good, bad) = rest.split_at(e.valid_up_to());
+                // `good` is the valid prefix `from_utf8` itself reported.
                 out.push_str(std::str::from_utf8(good).unwrap_or_default());
                 match e.error_len() {
                     Some(n) => {

@@ -96,6 +96,7 @@ where
     Fut: std::future::Future<Output = Result<(), async_nats::Error>>,
 {
     let grace =
+        // Validated finite and small at load.
         chrono::Duration::from_std(shared.config.worker.unknown_agent_grace()).unwrap_or_default();
     for _ in 0..LOOKUPS_PER_SUBJECT {
         let Ok(msg) = shared

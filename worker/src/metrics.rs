@@ -146,6 +146,7 @@ impl WorkerMetrics {
     }
 
     pub fn run_started(&self, record: &JobRecord) {
+        // A submission time ahead of this clock (skew) counts as no wait.
         let waited = (chrono::Utc::now() - record.request.submitted_at)
             .to_std()
             .unwrap_or_default();

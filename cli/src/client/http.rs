@@ -102,6 +102,7 @@ impl Client {
             return Ok(r);
         }
         let status = r.status();
+        // A body that is not JSON (a proxy's page) leaves only the status to report.
         let body: Value = r.json().await.unwrap_or_default();
         match (body["code"].as_str(), body["message"].as_str()) {
             (Some(code), Some(message)) => Err(failure(code, message)),
@@ -146,6 +147,7 @@ impl Client {
         if self.json {
             println!(
                 "{}",
+                // A JSON value always prints.
                 serde_json::to_string_pretty(value).unwrap_or_default()
             );
         } else {

@@ -114,6 +114,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
         if let Some(rewritten) = rewrite(buf) {
             self.pending = Some((rewritten, 0));
             // The caller's bytes are taken; the answer in their place goes out before anything else.
+            // Pending bytes are written by the next poll; only an error matters now.
             let _ = self.drain(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
@@ -130,6 +131,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
         if let [only] = bufs {
             if let Some(rewritten) = rewrite(only) {
                 self.pending = Some((rewritten, 0));
+                // Pending bytes are written by the next poll; only an error matters now.
                 let _ = self.drain(cx)?;
                 return Poll::Ready(Ok(only.len()));
             }

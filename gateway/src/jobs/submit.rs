@@ -377,6 +377,7 @@ fn is_queue_full(e: &async_nats::jetstream::context::PublishError) -> bool {
 fn fingerprint(r: &JobRequest) -> String {
     let mut h = Sha256::new();
     h.update(
+        // Plain data always serializes.
         serde_json::to_vec(&(
             &r.agent,
             &r.message,
@@ -483,6 +484,7 @@ async fn resolve_idempotency_key(
             return Ok(id);
         }
     }
+    // Strings and ids always serialize.
     let bytes = serde_json::to_vec(&entry).unwrap_or_default();
     match state.idempotency.create(&kv_key, bytes.into()).await {
         Ok(_) => Ok(request.id),

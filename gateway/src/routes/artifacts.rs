@@ -225,6 +225,7 @@ pub async fn download(
         )
     })?;
     let expires_at =
+        // Only past chrono's range (thousands of years) would it fail; then: expires now.
         chrono::Utc::now() + chrono::Duration::from_std(expires_in).unwrap_or_default();
     Ok(Json(Presigned { url, expires_at }).into_response())
 }

@@ -90,6 +90,7 @@ pub async fn websocket(
     let mut events = job_events(&state, &caller, id, after).await?;
     Ok(upgrade.on_upgrade(move |mut socket| async move {
         while let Some((seq, event)) = events.next().await {
+            // An event always serializes.
             let mut frame = serde_json::to_value(&event).unwrap_or_default();
             if let (Some(seq), Some(map)) = (seq, frame.as_object_mut()) {
                 map.insert("id".into(), seq.into());
@@ -102,6 +103,7 @@ pub async fn websocket(
                 return;
             }
         }
+        // The client may be gone already; closing is all that is left to do.
         let _ = socket.send(Message::Close(None)).await;
     }))
 }

@@ -185,6 +185,7 @@ impl FtpStore {
         }
         transfer.finish().await.map_err(|e| self.err(e))?;
         if let Err(e) = conn.rename(&partial, &target).await {
+            // Cleanup of a failed upload; the failure itself is what is reported.
             let _ = conn.rm(&partial).await;
             return Err(self.err(e));
         }
@@ -260,6 +261,7 @@ impl FtpStore {
         while let Some((dir, visited)) = stack.pop() {
             if visited {
                 if dir != root {
+                    // A directory still holding files stays; that is the point of trying.
                     let _ = conn.rmdir(&dir).await;
                 }
                 continue;
@@ -344,7 +346,9 @@ fn tls_config(ca_file: &str) -> Result<Arc<rustls::ClientConfig>, StoreError> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+        if let Err(e) = roots.add(cert) {
+            tracing::debug!(error = %e, "a system certificate rustls cannot use is left out");
+        }
     }
     if !ca_file.is_empty() {
         let certs = rustls_pki_types::CertificateDer::pem_file_iter(ca_file)

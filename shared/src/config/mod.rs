@@ -699,6 +699,7 @@ impl Config {
         }
         for (name, target) in &self.artifacts.targets {
             value["artifacts"]["targets"][name] =
+                // A configuration struct always serializes.
                 serde_json::to_value(target.masked()).unwrap_or_default();
         }
         for agent in value["agents"]

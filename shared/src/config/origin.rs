@@ -61,6 +61,7 @@ impl Sources {
             return Origin::Env(alias.to_string());
         }
         if let Some(path) = &self.file {
+            // Only to find a line number: an unreadable file names no line.
             let text = std::fs::read_to_string(path).unwrap_or_default();
             if let Some(line) = line_of(&text, key) {
                 return Origin::File {
