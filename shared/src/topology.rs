@@ -217,6 +217,11 @@ impl Topology {
         format!("{}.done.{job_id}", self.prefix)
     }
 
+    /// Every job's done notice.
+    pub fn done_subject_wildcard(&self) -> String {
+        format!("{}.done.*", self.prefix)
+    }
+
     pub fn events_subject(&self, job_id: &Uuid) -> String {
         format!("{}.events.{job_id}", self.prefix)
     }

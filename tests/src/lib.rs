@@ -28,6 +28,11 @@ pub struct NatsServer {
     extra: Vec<String>,
 }
 
+/// The names of the test fleets (the default prefix).
+pub fn topology() -> fleet_shared::Topology {
+    fleet_shared::Topology::new(clients::DEFAULT_PREFIX)
+}
+
 /// A loopback port free right now, for a server the test starts.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

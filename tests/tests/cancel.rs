@@ -162,7 +162,7 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
     wait_status(&api, &id, "running").await;
     let mut notices = nc
         .client
-        .subscribe(format!("fleet.done.{id}"))
+        .subscribe(nc.topology.done_subject(&id.parse().expect("job id")))
         .await
         .unwrap();
     let path = format!("/v1/jobs/{id}/cancel");
@@ -197,7 +197,7 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
         wait_status(&api, &id, "running").await;
         let mut notices = nc
             .client
-            .subscribe(format!("fleet.done.{id}"))
+            .subscribe(nc.topology.done_subject(&id.parse().expect("job id")))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -253,14 +253,14 @@ async fn nats_cancel_requests_reach_directly_published_jobs_before_any_worker_se
 
     let answer = nc
         .client
-        .request(format!("fleet.cancel.{id}"), "".into())
+        .request(nc.topology.cancel_subject(&id), "".into())
         .await
         .expect("a gateway answers");
     let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
     assert_eq!(answer["status"], "cancelling", "{answer}");
     let answer = nc
         .client
-        .request(format!("fleet.cancel.{blocker}"), "".into())
+        .request(nc.topology.cancel_subject(&blocker), "".into())
         .await
         .unwrap();
     let answer: Value = serde_json::from_slice(&answer.payload).unwrap();
@@ -277,7 +277,7 @@ async fn nats_cancel_requests_reach_directly_published_jobs_before_any_worker_se
     assert_eq!(content_type.as_deref(), Some("application/json"));
     let answer = nc
         .client
-        .request(format!("fleet.cancel.{id}"), "".into())
+        .request(nc.topology.cancel_subject(&id), "".into())
         .await
         .unwrap();
     let answer: Value = serde_json::from_slice(&answer.payload).unwrap();

@@ -89,7 +89,10 @@ async fn killing_a_node_of_a_three_node_cluster_mid_run_loses_no_job() {
     let observer = async_nats::connect(cluster.node_url(survivor))
         .await
         .expect("observer");
-    let mut done = observer.subscribe("fleet.done.*").await.expect("subscribe");
+    let mut done = observer
+        .subscribe(fleet_tests::topology().done_subject_wildcard())
+        .await
+        .expect("subscribe");
     observer.flush().await.expect("flush");
 
     let workers = vec![

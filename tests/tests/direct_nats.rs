@@ -33,7 +33,7 @@ async fn json_and_msgpack_publishers_get_their_record_on_the_reply_subject_and_i
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Fleet-Reply-To", "my.replies.2");
     nats.js
-        .publish_with_headers("fleet.jobs.echo", headers, payload.into())
+        .publish_with_headers(nats.topology.jobs_subject("echo"), headers, payload.into())
         .await
         .unwrap()
         .await
@@ -60,7 +60,11 @@ async fn garbage_and_unknown_agents_get_a_failed_record_not_silence() {
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Fleet-Reply-To", "bad.replies.garbage");
     nats.js
-        .publish_with_headers("fleet.jobs.echo", headers, "\u{1}not a job".into())
+        .publish_with_headers(
+            nats.topology.jobs_subject("echo"),
+            headers,
+            "\u{1}not a job".into(),
+        )
         .await
         .unwrap()
         .await

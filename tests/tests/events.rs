@@ -63,7 +63,7 @@ async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
     let job_id = uuid::Uuid::now_v7();
     let mut raw = nc
         .client
-        .subscribe(format!("fleet.events.{job_id}"))
+        .subscribe(nc.topology.events_subject(&job_id))
         .await
         .unwrap();
     let message = "lines:1-5000 sleep:1 lines:5001-10000 write:done.txt=3";
@@ -237,7 +237,7 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
     let job_id = uuid::Uuid::now_v7();
     let mut raw = nc
         .client
-        .subscribe(format!("fleet.events.{job_id}"))
+        .subscribe(nc.topology.events_subject(&job_id))
         .await
         .unwrap();
     let r = api
@@ -425,7 +425,7 @@ async fn a_job_whose_end_was_never_announced_still_ends_its_waiters_and_listener
     };
     nc.js
         .publish(
-            format!("fleet.events.{live}"),
+            fleet_tests::topology().events_subject(&live),
             fleet_shared::codec::to_msgpack(&partial).into(),
         )
         .await

@@ -288,7 +288,11 @@ async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds()
         .await;
     r.assert_problem(404, "job_not_found");
     let nc = fleet_tests::clients::NatsClient::connect(&nats.url()).await;
-    let cancels = nc.js.get_key_value("fleet_cancels").await.unwrap();
+    let cancels = nc
+        .js
+        .get_key_value(nc.topology.cancels_bucket())
+        .await
+        .unwrap();
     assert!(cancels.get(made_up.to_string()).await.unwrap().is_none());
     let future = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
         uuid::NoContext,
@@ -297,7 +301,7 @@ async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds()
     ));
     let answer = nc
         .client
-        .request(format!("fleet.cancel.{future}"), "".into())
+        .request(nc.topology.cancel_subject(&future), "".into())
         .await
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();

@@ -282,7 +282,8 @@ async fn a_wildcard_subject_never_wipes_the_queue() {
             .await;
         ids.push(id);
     }
-    for subject in ["fleet.jobs.>", "fleet.jobs.*", "fleet.jobs.py.a.b"] {
+    let jobs = |agent: &str| client.topology.jobs_subject(agent);
+    for subject in [jobs(">"), jobs("*"), format!("{}.a.b", jobs("py"))] {
         client
             .js
             .publish(subject, r#"{"message":"stray"}"#.into())
@@ -312,11 +313,13 @@ async fn a_wildcard_subject_never_wipes_the_queue() {
     client
         .js
         .publish_with_headers(
-            "fleet.jobs.shell",
+            client.topology.jobs_subject("shell"),
             headers,
-            serde_json::to_vec(&json!({"message": "echo hi", "reply_to": "fleet.jobs.py"}))
-                .unwrap()
-                .into(),
+            serde_json::to_vec(
+                &json!({"message": "echo hi", "reply_to": client.topology.jobs_subject("py")}),
+            )
+            .unwrap()
+            .into(),
         )
         .await
         .unwrap()
@@ -437,7 +440,7 @@ async fn a_forged_record_revision_never_replaces_an_ended_job() {
     client
         .js
         .publish_with_headers(
-            "fleet.jobs.py",
+            client.topology.jobs_subject("py"),
             headers,
             serde_json::to_vec(&body).unwrap().into(),
         )
