@@ -173,11 +173,20 @@ pub async fn run(
     let keys = tokio::spawn(follow_keys(state.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let forget = tokio::spawn(forget_idle_callers(state.clone()));
+    let history = tokio::spawn(state.history.clone().follow(state.records.clone()));
+    let sweep = tokio::spawn(
+        state
+            .history
+            .clone()
+            .sweep_expired(state.config.queue.retention()),
+    );
     let header_timeout = fleet_shared::config::secs(state.config.http.header_timeout_secs);
     let served = serve::serve(listener, app(state), header_timeout, shutdown).await;
     cancels.abort();
     keys.abort();
     forget.abort();
+    history.abort();
+    sweep.abort();
     served?;
     Ok(())
 }

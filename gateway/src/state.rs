@@ -48,6 +48,8 @@ pub struct Inner {
     pub completed: crate::jobs::completed::CompletedRecords,
     /// The OpenAPI document, serialized on its first request.
     pub openapi: std::sync::OnceLock<bytes::Bytes>,
+    /// The job history lists and counts are served from (`run` keeps it in step with the bucket).
+    pub history: Arc<crate::jobs::history::History>,
 }
 
 impl std::ops::Deref for AppState {
@@ -106,6 +108,7 @@ impl AppState {
             revoked,
             completed: Default::default(),
             openapi: Default::default(),
+            history: Default::default(),
         })))
     }
 }

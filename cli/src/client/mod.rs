@@ -56,12 +56,8 @@ pub enum ClientCommand {
     Jobs {
         #[command(flatten)]
         conn: ClientArgs,
-        #[arg(long)]
-        agent: Option<String>,
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
+        #[command(flatten)]
+        filters: JobFilters,
     },
     /// List the agents the fleet runs.
     Agents {
@@ -136,16 +132,8 @@ pub async fn run(early: EarlyClientArgs, mut command: ClientCommand) -> Result<i
         ClientCommand::Logs { id, follow, .. } => run::logs(&client, &id, follow).await,
         ClientCommand::Cancel { id, .. } => act(&client, &id, "cancel").await,
         ClientCommand::Retry { id, .. } => act(&client, &id, "retry").await,
-        ClientCommand::Jobs {
-            agent,
-            status,
-            limit,
-            ..
-        } => {
-            let mut query = vec![format!("limit={limit}")];
-            query.extend(agent.map(|a| format!("agent={a}")));
-            query.extend(status.map(|s| format!("status={s}")));
-            let path = format!("/v1/jobs?{}", query.join("&"));
+        ClientCommand::Jobs { filters, .. } => {
+            let path = filters.path();
             list(&client, &path, |l: &show::JobList| show::jobs(l, now)).await
         }
         ClientCommand::Agents { .. } => list(&client, "/v1/agents", show::agents).await,
@@ -163,6 +151,52 @@ pub async fn run(early: EarlyClientArgs, mut command: ClientCommand) -> Result<i
                 .coded("download_failed")?;
             Ok(0)
         }
+    }
+}
+
+/// Which jobs `fleet jobs` lists.
+#[derive(clap::Args, Clone)]
+pub struct JobFilters {
+    #[arg(long)]
+    agent: Option<String>,
+    /// queued, running, completed, failed, timeout or cancelled.
+    #[arg(long)]
+    status: Option<String>,
+    /// Text the message or the error contains.
+    #[arg(long)]
+    search: Option<String>,
+    /// Oldest first (default: newest first).
+    #[arg(long)]
+    oldest: bool,
+    /// Go on from where the previous page ended (the cursor it printed).
+    #[arg(long)]
+    cursor: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+}
+
+impl JobFilters {
+    fn path(&self) -> String {
+        let mut url = reqwest::Url::parse("http://gateway/v1/jobs").expect("a valid base");
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("limit", &self.limit.to_string());
+            let optional = [
+                ("agent", &self.agent),
+                ("status", &self.status),
+                ("q", &self.search),
+                ("cursor", &self.cursor),
+            ];
+            for (name, value) in optional {
+                if let Some(v) = value {
+                    q.append_pair(name, v);
+                }
+            }
+            if self.oldest {
+                q.append_pair("order", "oldest");
+            }
+        }
+        format!("/v1/jobs?{}", url.query().unwrap_or_default())
     }
 }
 

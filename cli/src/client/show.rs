@@ -132,6 +132,10 @@ fn took(r: &JobRecord) -> Option<String> {
 #[derive(Deserialize)]
 pub struct JobList {
     pub jobs: Vec<JobRecord>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 pub fn jobs(list: &JobList, now: DateTime<Utc>) {
@@ -152,6 +156,14 @@ pub fn jobs(list: &JobList, now: DateTime<Utc>) {
             humane::age(job.request.submitted_at, now),
             took(job).unwrap_or_else(|| "-".into())
         );
+    }
+    let of = list.total.map_or(String::new(), |t| format!(" of {t}"));
+    match &list.next_cursor {
+        Some(cursor) => eprintln!(
+            "{} jobs shown{of}; more with --cursor {cursor}",
+            list.jobs.len()
+        ),
+        None => eprintln!("{} jobs shown{of}", list.jobs.len()),
     }
 }
 

@@ -157,15 +157,28 @@ impl Caller {
 
     /// Whether the caller may see this job at all (others' jobs are reported as not found, not as forbidden).
     pub fn may_read(&self, record: &JobRecord) -> bool {
+        match self.readable_owners() {
+            None => true,
+            Some(owners) => record
+                .request
+                .owner
+                .as_deref()
+                .is_some_and(|owner| owners.iter().any(|o| o == owner)),
+        }
+    }
+
+    /// The owners whose jobs this caller may read, `None` when it may read every job: its principal's id, and
+    /// its name for records from before principals (whose owner is a bare name).
+    pub fn readable_owners(&self) -> Option<Vec<String>> {
         match self {
-            Self::Open => true,
-            Self::Authenticated { principal, scopes } => {
-                scopes.read_all
-                    || record
-                        .request
-                        .owner
-                        .as_deref()
-                        .is_some_and(|owner| principal.owns(owner))
+            Self::Open => None,
+            Self::Authenticated { scopes, .. } if scopes.read_all => None,
+            Self::Authenticated { principal, .. } => {
+                let mut owners = vec![principal.id.clone()];
+                if principal.owns(&principal.name) && principal.name != principal.id {
+                    owners.push(principal.name.clone());
+                }
+                Some(owners)
             }
         }
     }

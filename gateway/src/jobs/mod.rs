@@ -3,6 +3,9 @@
 
 pub mod cancel;
 pub mod completed;
+pub mod history;
+pub mod index;
+pub mod listing;
 pub mod live;
 pub mod records;
 pub mod scan;

@@ -352,6 +352,16 @@ pub struct StatsResponse {
     pub queue: BTreeMap<String, QueueDepth>,
 }
 
+fn count(out: &mut StatsResponse, agent: &str, status: JobStatus, n: u64) {
+    out.total += n;
+    *out.by_status.entry(status.as_str().into()).or_default() += n;
+    *out.by_agent
+        .entry(agent.to_string())
+        .or_default()
+        .entry(status.as_str().into())
+        .or_default() += n;
+}
+
 /// Job counts per status and agent (of the caller's own jobs, unless it may read all), and queue depth per agent
 /// (fleet-wide: it reveals no job).
 #[utoipa::path(get, path = "/stats", tag = "compatible", responses((status = 200, body = StatsResponse)))]
@@ -363,19 +373,27 @@ pub async fn stats(
     for s in JobStatus::ALL {
         out.by_status.insert(s.as_str().into(), 0);
     }
-    scan::each_record(&state, |r: JobRecord| {
-        if !caller.may_read(&r) {
-            return;
+    if state.history.is_ready() {
+        state.history.catch_up(&state.records).await;
+        let counts = state
+            .history
+            .read()
+            .counts(caller.readable_owners().as_deref());
+        for (agent, by_status) in counts {
+            for (status, n) in JobStatus::ALL.iter().zip(by_status) {
+                if n > 0 {
+                    count(&mut out, &agent, *status, n);
+                }
+            }
         }
-        out.total += 1;
-        *out.by_status.entry(r.status.as_str().into()).or_default() += 1;
-        *out.by_agent
-            .entry(r.request.agent)
-            .or_default()
-            .entry(r.status.as_str().into())
-            .or_default() += 1;
-    })
-    .await?;
+    } else {
+        scan::each_record(&state, |r: JobRecord| {
+            if caller.may_read(&r) {
+                count(&mut out, &r.request.agent, r.status, 1);
+            }
+        })
+        .await?;
+    }
     for a in state.agents.list().await? {
         out.queue.insert(
             a.name,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use fleet_shared::config::secs;
 use fleet_shared::{ErrorCode, JobRecord, JobStatus};
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,8 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
+use crate::jobs::listing::{self, Cursor, Filters};
 use crate::jobs::records;
-use crate::jobs::scan;
 use crate::jobs::submit::{submit, Submission};
 use crate::jobs::upload::JobBody;
 use crate::state::AppState;
@@ -190,18 +191,88 @@ pub struct ListParams {
     pub agent: Option<String>,
     /// queued, running, completed, failed, timeout or cancelled.
     pub status: Option<JobStatus>,
-    /// At most this many jobs, newest first (default 50).
+    /// At most this many jobs (default 50).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// `newest` (the default) or `oldest` first, by submission time.
+    pub order: Option<ListOrder>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Submitted after this time (RFC 3339).
+    pub submitted_after: Option<DateTime<Utc>>,
+    /// Submitted before this time (RFC 3339).
+    pub submitted_before: Option<DateTime<Utc>>,
+    /// Ended after this time (RFC 3339).
+    pub finished_after: Option<DateTime<Utc>>,
+    /// Ended before this time (RFC 3339).
+    pub finished_before: Option<DateTime<Utc>>,
+    /// Text the message or the error contains (case-insensitive).
+    pub q: Option<String>,
+    /// `key:value`: a metadata entry with this value.
+    pub metadata: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ListOrder {
+    Newest,
+    Oldest,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobRecord>,
+    /// Jobs on this page.
     pub count: usize,
+    /// Pass as `cursor` for the next page; absent on the last one. Stable while jobs are added or end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// How many jobs match in all, when known exactly (not with `q`, `metadata` or time windows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
-/// List jobs, newest first.
+impl ListParams {
+    fn filters(self) -> Result<Filters, ApiError> {
+        let invalid = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
+        let limit = match self.limit {
+            None => 50,
+            Some(n @ 1..=1000) => n as usize,
+            Some(n) => return Err(invalid(format!("limit must be 1 to 1000, not {n}"))),
+        };
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                Cursor::parse(c)
+                    .ok_or_else(|| invalid(format!("cursor `{c}` is not one a listing gave")))?,
+            ),
+        };
+        let metadata = match &self.metadata {
+            None => None,
+            Some(m) => {
+                let (k, v) = m
+                    .split_once(':')
+                    .ok_or_else(|| invalid(format!("metadata `{m}` is not key:value")))?;
+                Some((k.to_string(), v.to_string()))
+            }
+        };
+        Ok(Filters {
+            agent: self.agent,
+            status: self.status,
+            submitted_after: self.submitted_after,
+            submitted_before: self.submitted_before,
+            finished_after: self.finished_after,
+            finished_before: self.finished_before,
+            text: self.q.filter(|q| !q.is_empty()),
+            metadata,
+            oldest_first: self.order == Some(ListOrder::Oldest),
+            cursor,
+            limit,
+        })
+    }
+}
+
+/// List jobs, newest (or oldest) first by submission time, a page at a time.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams),
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
 pub async fn list_jobs(
@@ -209,33 +280,13 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
 ) -> Result<Json<JobList>, ApiError> {
-    let status = params.status;
-    let limit = match params.limit {
-        None => 50,
-        Some(n @ 1..=1000) => n as usize,
-        Some(n) => {
-            return Err(ApiError::new(
-                ErrorCode::InvalidRequest,
-                format!("limit must be 1 to 1000, not {n}"),
-            ))
-        }
-    };
-    let mut jobs = Vec::new();
-    scan::each_record(&state, |r| {
-        if caller.may_read(&r)
-            && params.agent.as_deref().is_none_or(|a| a == r.request.agent)
-            && status.is_none_or(|s| s == r.status)
-        {
-            jobs.push(r);
-        }
-    })
-    .await?;
-    // v7 ids sort by submission time.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
-    jobs.truncate(limit);
+    let filters = params.filters()?;
+    let listing = listing::list(&state, &caller, &filters).await?;
     Ok(Json(JobList {
-        count: jobs.len(),
-        jobs,
+        count: listing.jobs.len(),
+        jobs: listing.jobs,
+        next_cursor: listing.next.map(|c| c.to_string()),
+        total: listing.total,
     }))
 }
 
