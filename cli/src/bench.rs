@@ -17,6 +17,7 @@ use futures::StreamExt;
 
 use crate::bench_artifacts;
 use crate::bench_events;
+use crate::bench_history;
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -52,9 +53,19 @@ pub struct BenchArgs {
     /// The worker's run slots (`worker.max_concurrent`).
     #[arg(long, default_value_t = 32)]
     worker_concurrency: usize,
+    /// Also measure the job history: list queries and `/stats` at each of `--history-sizes` records, and a new
+    /// gateway's index build.
+    #[arg(long)]
+    history: bool,
+    /// Record counts the history part fills the bucket to, in order.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    history_sizes: Vec<usize>,
+    /// Skip the core latency, throughput and memory measures (to run only the parts asked for).
+    #[arg(long)]
+    skip_core: bool,
 }
 
-const AGENT: &str = "noop";
+pub(crate) const AGENT: &str = "noop";
 /// The subject prefix of the bench's fleet, written into its configuration.
 pub const PREFIX: &str = "bench";
 
@@ -134,8 +145,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         http: &http,
         base: &base,
     };
-    let core = measure_core(&args, &paths, dir.path(), &pids).await?;
-    core.print(&args, &pids);
+    if !args.skip_core {
+        let core = measure_core(&args, &paths, dir.path(), &pids).await?;
+        core.print(&args, &pids);
+    }
+    if args.history {
+        let records = js
+            .get_key_value(fleet_shared::Topology::new(PREFIX).jobs_bucket())
+            .await?;
+        let spawn_gateway = |addr: &str| roles.spawn_at("gateway", addr);
+        let history = bench_history::History {
+            paths: &paths,
+            records,
+            spawn_gateway: &spawn_gateway,
+            sizes: args.history_sizes.clone(),
+            samples: 200,
+        };
+        bench_history::run(&history).await?;
+    }
     if args.artifacts {
         let fleet = bench_artifacts::Fleet {
             client: &client,
@@ -191,6 +218,11 @@ struct Roles<'a> {
 
 impl Roles<'_> {
     fn spawn(&self, role: &str) -> Result<Child> {
+        self.spawn_at(role, self.http_addr)
+    }
+
+    /// `fleet ROLE` with the bench's settings, its HTTP listener on `http_addr`.
+    fn spawn_at(&self, role: &str, http_addr: &str) -> Result<Child> {
         Command::new(std::env::current_exe()?)
             .arg(role)
             .arg("--config")
@@ -199,7 +231,7 @@ impl Roles<'_> {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("RUST_LOG", "warn")
             .env("FLEET_NATS_URL", &self.nats_url)
-            .env("FLEET_HTTP_ADDR", self.http_addr)
+            .env("FLEET_HTTP_ADDR", http_addr)
             // The bench's gateway listens on loopback only.
             .env("FLEET_AUTH_MODE", "none")
             // The bench measures the fleet, not its rate limits.
@@ -220,11 +252,11 @@ impl Roles<'_> {
 }
 
 /// The two ways into the fleet the bench drives.
-struct Paths<'a> {
-    client: &'a async_nats::Client,
-    js: &'a async_nats::jetstream::Context,
-    http: &'a reqwest::Client,
-    base: &'a str,
+pub(crate) struct Paths<'a> {
+    pub client: &'a async_nats::Client,
+    pub js: &'a async_nats::jetstream::Context,
+    pub http: &'a reqwest::Client,
+    pub base: &'a str,
 }
 
 /// The core figures: latencies, throughput rounds, CPU per job, idle memory.
@@ -434,10 +466,10 @@ pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-struct Samples(Vec<Duration>);
+pub(crate) struct Samples(Vec<Duration>);
 
 impl Samples {
-    async fn collect<F, Fut>(n: usize, mut one: F) -> Result<Self>
+    pub(crate) async fn collect<F, Fut>(n: usize, mut one: F) -> Result<Self>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
@@ -452,7 +484,7 @@ impl Samples {
         Ok(Self(v))
     }
 
-    fn ms(&self, quantile: f64) -> f64 {
+    pub(crate) fn ms(&self, quantile: f64) -> f64 {
         let i = ((self.0.len() as f64 - 1.0) * quantile).round() as usize;
         self.0.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     }
@@ -691,7 +723,7 @@ fn own_cpu() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn rss_kb(pid: u32) -> u64 {
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     // A process already gone reads as no memory.
     let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
         .unwrap_or_default();

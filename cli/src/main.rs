@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod bench_artifacts;
 mod bench_events;
+mod bench_history;
 mod client;
 mod data_lock;
 mod failure;
