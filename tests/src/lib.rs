@@ -28,6 +28,15 @@ pub struct NatsServer {
     extra: Vec<String>,
 }
 
+/// Waits until the gateway listening on `http_addr` answers `/ready`.
+pub async fn wait_ready(http_addr: &str) {
+    let url = format!("http://{http_addr}/ready");
+    eventually("gateway ready", Duration::from_secs(20), || async {
+        reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
 /// The names of the test fleets (the default prefix).
 pub fn topology() -> fleet_shared::Topology {
     fleet_shared::Topology::new(clients::DEFAULT_PREFIX)

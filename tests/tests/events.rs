@@ -502,12 +502,7 @@ async fn a_gateway_stopped_under_live_listeners_exits_within_its_grace() {
     let log = logs.path().join("gateway.log");
     let gateway = FleetProcess::start_with_log("gateway", &cfg, &env, &log);
     let api = Api::new(&format!("http://{http_addr}"));
-    eventually("gateway ready", Duration::from_secs(20), || async {
-        reqwest::get(format!("http://{http_addr}/ready"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&http_addr).await;
     let r = api
         .post(
             "/v1/jobs",

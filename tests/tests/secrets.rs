@@ -60,16 +60,7 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
     wait_for_agents(&cfg.config).await;
     let _gateway = FleetProcess::start_with_log("gateway", &cfg, &with_addr, &gateway_log);
     let anonymous = Api::new(&format!("http://{http_addr}"));
-    eventually(
-        "gateway ready",
-        std::time::Duration::from_secs(20),
-        || async {
-            reqwest::get(format!("http://{http_addr}/ready"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
+    wait_ready(&http_addr).await;
     let (_, key) = create_key(
         &cfg,
         &[

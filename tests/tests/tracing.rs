@@ -92,12 +92,7 @@ async fn a_job_is_one_trace_from_the_http_request_to_the_reply() {
     wait_for_agents(&cfg.config).await;
     let _gateway = FleetProcess::start("gateway", &cfg, &otel);
     let api = Api::new(&format!("http://{http_addr}"));
-    eventually("gateway ready", Duration::from_secs(20), || async {
-        reqwest::get(format!("http://{http_addr}/ready"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    wait_ready(&http_addr).await;
 
     // Through the gateway: the job outlives the claim delay, so it is claimed too.
     let r = api
