@@ -289,6 +289,9 @@ impl Topology {
             // would leave its job without a terminal record.
             max_deliver: -1,
             max_ack_pending: -1,
+            // Workers renew their pulls every few seconds; a consumer nobody pulls from for this long belongs to
+            // an agent no worker runs any more, and the server removes it (the janitor then ends its jobs).
+            inactive_threshold: q.agent_idle(),
             metadata,
             ..Default::default()
         }

@@ -292,3 +292,53 @@ async fn first_runs_are_claimed_only_when_they_outlive_the_claim_delay() {
     );
     worker.stop().await;
 }
+
+/// An agent whose last worker is gone for good (here: removed from the only worker's configuration) is
+/// forgotten after `queue.agent_idle_secs`: its consumer is removed, new jobs for it are refused, and a job
+/// still queued for it ends `failed` / `unknown_agent` with a reply, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_workers_are_gone_is_forgotten_and_its_queued_jobs_fail() {
+    let server = NatsServer::start();
+    let settings = [
+        ("FLEET_QUEUE_AGENT_IDLE_SECS", "2"),
+        ("FLEET_WORKER_UNKNOWN_AGENT_GRACE_SECS", "1"),
+    ];
+    let cfg = test_config(&server.url(), &settings);
+    let both = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let listed = |body: &serde_json::Value, name: &str| {
+        body["agents"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == name))
+    };
+    assert!(listed(&api.get("/v1/agents").await.body, "fake"));
+    // The worker comes back serving `echo` only: nobody pulls for `fake` any more.
+    both.stop().await;
+    let mut echo_only_settings = settings.to_vec();
+    echo_only_settings.push(("FLEET_WORKER_AGENTS", "echo"));
+    let echo_only = start_worker(&test_config(&server.url(), &echo_only_settings).config).await;
+    let nc = NatsClient::connect(&server.url()).await;
+    let id = uuid::Uuid::now_v7();
+    nc.publish_job("fake", &json!({"id": id, "message": "print:never"}))
+        .await;
+
+    let r = nc
+        .wait_record(id, "the stranded job ended", |r| r.status.is_terminal())
+        .await;
+    assert_eq!(r.status, JobStatus::Failed, "{r:?}");
+    assert_eq!(
+        r.error.as_ref().map(|e| e.code),
+        Some(fleet_shared::ErrorCode::UnknownAgent)
+    );
+    eventually("fake no longer listed", Duration::from_secs(20), || async {
+        !listed(&api.get("/v1/agents").await.body, "fake")
+    })
+    .await;
+    let refused = api
+        .post("/v1/jobs", &json!({"agent": "fake", "message": "x"}))
+        .await;
+    refused.assert_problem(422, "unknown_agent");
+    assert!(listed(&api.get("/v1/agents").await.body, "echo"));
+    echo_only.stop().await;
+}

@@ -233,10 +233,13 @@ async fn agent_consumers(
             .await
             .map_err(|e| consumer_error(e.into()))?;
         let existing = &consumer.cached_info().config;
-        if existing.filter_subjects != cfg.filter_subjects || !existing.filter_subject.is_empty() {
-            // A consumer made by an earlier version filters on the agent's subject alone and would never see
-            // jobs carrying an owner token.
-            tracing::info!(agent = %agent_name, "updating the agent consumer's subjects");
+        let outdated = existing.filter_subjects != cfg.filter_subjects
+            || !existing.filter_subject.is_empty()
+            || existing.inactive_threshold != cfg.inactive_threshold;
+        if outdated {
+            // A consumer made by an earlier version filters on the agent's subject alone (and would never see
+            // jobs carrying an owner token), or is never removed when its agent's workers are gone.
+            tracing::info!(agent = %agent_name, "updating the agent consumer's settings");
             consumer = jobs
                 .update_consumer(cfg)
                 .await

@@ -114,6 +114,8 @@ pub struct QueueConfig {
     pub duplicate_window_secs: f64,
     pub ack_wait_secs: f64,
     pub max_attempts: u32,
+    /// An agent's consumer with no worker pulling from it for this long is removed by the server.
+    pub agent_idle_secs: f64,
     pub retention_hours: f64,
     /// Bytes of job events kept for replay, all jobs together (oldest dropped first).
     pub events_max_bytes: i64,
@@ -456,6 +458,9 @@ impl QueueConfig {
     pub fn ack_wait(&self) -> Duration {
         secs(self.ack_wait_secs)
     }
+    pub fn agent_idle(&self) -> Duration {
+        secs(self.agent_idle_secs)
+    }
     pub fn retention(&self) -> Duration {
         secs(self.retention_hours * 3600.0)
     }
@@ -634,9 +639,13 @@ impl Config {
                 builder = builder.set_override(*key, v.clone())?;
             }
         }
-        for key in &leaf_keys {
+        for (key, list) in &leaf_keys {
             if let Some(v) = sources.env.get(&env_name(key)) {
-                builder = builder.set_override(key.as_str(), v.clone())?;
+                builder = match list {
+                    // A list from a variable: comma-separated (`FLEET_WORKER_AGENTS=echo,python`).
+                    true => builder.set_override(key.as_str(), comma_list(v))?,
+                    false => builder.set_override(key.as_str(), v.clone())?,
+                };
             }
         }
         // The seeds' FTP_ENABLED switch chooses the backend rather than setting a value.
@@ -742,7 +751,8 @@ pub fn env_name(key: &str) -> String {
 }
 
 /// Every scalar key of the defaults outside the `agents` and `execute` tables, which are only set in files.
-fn leaf_keys() -> Result<Vec<String>, ConfigError> {
+/// Every settable key of the defaults, and whether it holds a list.
+fn leaf_keys() -> Result<Vec<(String, bool)>, ConfigError> {
     let defaults = config::File::from_str(DEFAULTS, config::FileFormat::Toml);
     let tree: serde_json::Value = config::Config::builder()
         .add_source(defaults)
@@ -750,11 +760,11 @@ fn leaf_keys() -> Result<Vec<String>, ConfigError> {
         .try_deserialize()?;
     let mut keys = Vec::new();
     collect_leaves(&tree, String::new(), &mut keys);
-    keys.retain(|k| !k.starts_with("agents.") && !k.starts_with("execute."));
+    keys.retain(|(k, _)| !k.starts_with("agents.") && !k.starts_with("execute."));
     Ok(keys)
 }
 
-fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
+fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<(String, bool)>) {
     match v {
         serde_json::Value::Object(map) => {
             for (k, child) in map {
@@ -766,9 +776,17 @@ fn collect_leaves(v: &serde_json::Value, path: String, out: &mut Vec<String>) {
                 collect_leaves(child, p, out);
             }
         }
-        serde_json::Value::Array(_) => {}
-        _ => out.push(path),
+        serde_json::Value::Array(_) => out.push((path, true)),
+        _ => out.push((path, false)),
     }
+}
+
+fn comma_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[cfg(test)]

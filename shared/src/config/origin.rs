@@ -75,13 +75,14 @@ impl Sources {
 
     /// The `FLEET_*` variables that set nothing: misspelt keys, or keys only a file can set, for a warning.
     pub fn unknown_variables(&self) -> Vec<String> {
+        // The built-in defaults always parse; without them there is nothing to compare against.
         let known = super::leaf_keys().unwrap_or_default();
         let mut unknown: Vec<String> = self
             .env
             .keys()
             .filter(|var| var.starts_with("FLEET_"))
             .filter(|var| !CLIENT_VARIABLES.contains(&var.as_str()))
-            .filter(|var| !known.iter().any(|key| env_name(key) == **var))
+            .filter(|var| !known.iter().any(|(key, _)| env_name(key) == **var))
             .cloned()
             .collect();
         unknown.sort();

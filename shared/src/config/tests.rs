@@ -120,3 +120,20 @@ fn summary_masks_credentials() {
     assert!(!s.contains("hunter2") && !s.contains("s3cr3t-value"), "{s}");
     assert!(s.contains("svc:***@127.0.0.1"), "{s}");
 }
+
+#[test]
+fn lists_come_from_variables_comma_separated() {
+    let c = Config::load(&env(&[("FLEET_WORKER_AGENTS", "echo, python")])).unwrap();
+    assert_eq!(c.worker_agents(), vec!["echo", "python"]);
+    let c = Config::load(&env(&[("FLEET_WORKER_AGENTS", "shell")])).unwrap();
+    assert_eq!(c.worker_agents(), vec!["shell"]);
+    let sources = env(&[("FLEET_WORKER_AGENTS", "echo")]);
+    assert!(
+        sources.unknown_variables().is_empty(),
+        "a list variable is a known one"
+    );
+    let err = Config::load(&env(&[("FLEET_WORKER_AGENTS", "echo,nobody")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("worker.agents"), "{err}");
+}

@@ -130,6 +130,7 @@ impl Config {
                 self.queue.duplicate_window_secs,
             ),
             ("queue.ack_wait_secs", self.queue.ack_wait_secs),
+            ("queue.agent_idle_secs", self.queue.agent_idle_secs),
             ("queue.retention_hours", self.queue.retention_hours),
             (
                 "worker.default_timeout_secs",
