@@ -16,6 +16,7 @@ use fleet_shared::{JobRecord, JobStatus};
 use futures::StreamExt;
 
 use crate::bench_artifacts;
+use crate::bench_depth;
 use crate::bench_events;
 use crate::bench_history;
 use crate::local_nats::{free_port, LocalNats};
@@ -60,6 +61,12 @@ pub struct BenchArgs {
     /// Record counts the history part fills the bucket to, in order.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     history_sizes: Vec<usize>,
+    /// Also measure deep queues and many agents: a queue of `--depth-jobs` drained against one of 1,000, and a
+    /// worker's idle memory with 200 agents against 3.
+    #[arg(long)]
+    depth: bool,
+    #[arg(long, default_value_t = 100_000)]
+    depth_jobs: usize,
     /// Skip the core latency, throughput and memory measures (to run only the parts asked for).
     #[arg(long)]
     skip_core: bool,
@@ -109,9 +116,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    let config = write_config(dir.path(), s3.as_ref().map(|(_, e)| e.as_str()))?;
+    let bench_config = write_config(dir.path(), s3.as_ref().map(|(_, e)| e.as_str()))?;
     let roles = Roles {
-        config: &config,
+        config: &bench_config,
         nats_url: nats.url(),
         http_addr: &http_addr,
         scratch: dir.path(),
@@ -148,6 +155,19 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if !args.skip_core {
         let core = measure_core(&args, &paths, dir.path(), &pids).await?;
         core.print(&args, &pids);
+    }
+    if args.depth {
+        let spawn_worker = |config: Option<&std::path::Path>, extra: &[(&str, String)]| {
+            roles.spawn_configured("worker", &http_addr, config.unwrap_or(&bench_config), extra)
+        };
+        let depth = bench_depth::Depth {
+            paths: &paths,
+            spawn_worker: &spawn_worker,
+            scratch: dir.path(),
+            shallow: 1_000,
+            deep: args.depth_jobs,
+        };
+        bench_depth::run(&depth).await?;
     }
     if args.history {
         let records = js
@@ -192,9 +212,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 fn write_config(dir: &std::path::Path, s3_endpoint: Option<&str>) -> Result<std::path::PathBuf> {
     let config = dir.join("bench.toml");
     let mut toml = format!(
-        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[agents.{depth}]\ncommand = [\"{}\", \"{}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
         COMMAND[0],
         COMMAND[1],
+        COMMAND[0],
+        COMMAND[1],
+        depth = bench_depth::DEPTH_AGENT,
         copy = bench_artifacts::COPY_AGENT,
         copy_cmd = bench_artifacts::COPY_COMMAND,
         tick = bench_events::TICK_AGENT,
@@ -223,10 +246,21 @@ impl Roles<'_> {
 
     /// `fleet ROLE` with the bench's settings, its HTTP listener on `http_addr`.
     fn spawn_at(&self, role: &str, http_addr: &str) -> Result<Child> {
+        self.spawn_configured(role, http_addr, self.config, &[])
+    }
+
+    /// `fleet ROLE` with configuration file `config`, the bench's settings and `extra` on top.
+    fn spawn_configured(
+        &self,
+        role: &str,
+        http_addr: &str,
+        config: &std::path::Path,
+        extra: &[(&str, String)],
+    ) -> Result<Child> {
         Command::new(std::env::current_exe()?)
             .arg(role)
             .arg("--config")
-            .arg(self.config)
+            .arg(config)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("RUST_LOG", "warn")
@@ -245,6 +279,7 @@ impl Roles<'_> {
             .env("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000000000")
             .env("FLEET_ARTIFACTS_MAX_JOB_BYTES", "100000000000")
             .env("FLEET_ARTIFACTS_MAX_FILES", "100000")
+            .envs(extra.iter().map(|(k, v)| (*k, v)))
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start `fleet {role}`"))

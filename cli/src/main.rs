@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod bench_artifacts;
+mod bench_depth;
 mod bench_events;
 mod bench_history;
 mod client;

@@ -17,13 +17,27 @@ where
     A: FnMut(kv::Entry),
 {
     let mut watch = Some(first);
+    let mut failures = 0u32;
     loop {
         if let Some(mut current) = watch.take() {
             while let Some(entry) = current.next().await {
                 match entry {
-                    Ok(entry) => apply(entry),
+                    Ok(entry) => {
+                        failures = 0;
+                        apply(entry);
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "watching {what} failed; watching it again");
+                        // Once is what a closing connection looks like (a process stopping): only a watch that
+                        // keeps failing is worth a warning.
+                        failures += 1;
+                        match failures {
+                            1 => {
+                                tracing::debug!(error = %e, "watching {what} failed; watching it again")
+                            }
+                            _ => {
+                                tracing::warn!(error = %e, failures, "watching {what} keeps failing; watching it again")
+                            }
+                        }
                         break;
                     }
                 }
