@@ -17,10 +17,12 @@ pub const DEPTH_AGENT: &str = "depth";
 /// Agents in the many-agents worker's configuration.
 const MANY: usize = 200;
 
+/// Starts a worker with a configuration file (the bench's when `None`) and settings added.
+pub type SpawnWorker<'a> = &'a dyn Fn(Option<&std::path::Path>, &[(&str, String)]) -> Result<Child>;
+
 pub struct Depth<'a> {
     pub paths: &'a Paths<'a>,
-    /// Starts a worker with this configuration file (the bench's by default) and these settings added.
-    pub spawn_worker: &'a dyn Fn(Option<&std::path::Path>, &[(&str, String)]) -> Result<Child>,
+    pub spawn_worker: SpawnWorker<'a>,
     pub scratch: &'a std::path::Path,
     pub shallow: usize,
     pub deep: usize,
