@@ -94,6 +94,22 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
     let out = fleet(&base, &["jobs", "--agent", "echo", "--json"]).await;
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["jobs"][0]["id"], id.as_str());
+    // A page of one says how to get the next; the cursor gets it.
+    let out = fleet(&base, &["jobs", "--limit", "1"]).await;
+    let err = text(&out.stderr);
+    assert!(err.starts_with("1 job shown of "), "{err}");
+    let cursor = err.rsplit("--cursor ").next().unwrap().trim().to_string();
+    let first_row = text(&out.stdout).lines().nth(1).unwrap().to_string();
+    let out = fleet(&base, &["jobs", "--limit", "1", "--cursor", &cursor]).await;
+    let second_row = text(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !second_row.is_empty() && second_row != first_row,
+        "{first_row} / {second_row}"
+    );
     let out = fleet(&base, &["agents"]).await;
     assert!(text(&out.stdout).contains("fake"), "{}", text(&out.stdout));
     let out = fleet(&base, &["workers"]).await;

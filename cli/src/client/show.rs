@@ -158,12 +158,13 @@ pub fn jobs(list: &JobList, now: DateTime<Utc>) {
         );
     }
     let of = list.total.map_or(String::new(), |t| format!(" of {t}"));
+    let shown = match list.jobs.len() {
+        1 => "1 job shown".to_string(),
+        n => format!("{n} jobs shown"),
+    };
     match &list.next_cursor {
-        Some(cursor) => eprintln!(
-            "{} jobs shown{of}; more with --cursor {cursor}",
-            list.jobs.len()
-        ),
-        None => eprintln!("{} jobs shown{of}", list.jobs.len()),
+        Some(cursor) => eprintln!("{shown}{of}; more with --cursor {cursor}"),
+        None => eprintln!("{shown}{of}"),
     }
 }
 
