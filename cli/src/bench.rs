@@ -664,6 +664,17 @@ async fn nats_throughput(
     total: usize,
     in_flight: usize,
 ) -> Result<f64> {
+    nats_throughput_of(client, js, AGENT, total, in_flight).await
+}
+
+/// Jobs per second of `agent` over NATS with `in_flight` jobs published ahead of their results.
+pub(crate) async fn nats_throughput_of(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    agent: &str,
+    total: usize,
+    in_flight: usize,
+) -> Result<f64> {
     let prefix = client.new_inbox();
     let mut replies = client.subscribe(format!("{prefix}.*")).await?;
     let start = Instant::now();
@@ -671,7 +682,7 @@ async fn nats_throughput(
     let mut done = 0usize;
     while sent < in_flight.min(total) {
         js.publish(
-            jobs_subject(AGENT),
+            jobs_subject(agent),
             job_payload(&format!("{prefix}.{sent}")).into(),
         )
         .await?;
@@ -685,7 +696,7 @@ async fn nats_throughput(
         done += 1;
         if sent < total {
             js.publish(
-                jobs_subject(AGENT),
+                jobs_subject(agent),
                 job_payload(&format!("{prefix}.{sent}")).into(),
             )
             .await?;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use fleet_shared::codec::to_msgpack;
 use futures::StreamExt;
 
-use crate::bench::{jobs_subject, rss_kb, Paths};
+use crate::bench::{jobs_subject, nats_throughput_of, rss_kb, Paths};
 
 /// The agent whose jobs the depth part queues (configured, but not run by the bench's worker).
 pub const DEPTH_AGENT: &str = "depth";
@@ -42,11 +42,15 @@ pub async fn run(d: &Depth<'_>) -> Result<()> {
     );
     println!("  {:>8} queued: drained at {deep:>7.0} jobs/s", d.deep);
     let ratio = deep / shallow;
-    let (few, many) = idle_memory(d).await?;
+    let [(few, few_rate), (many, many_rate)] = many_agents(d).await?;
     println!(
         "idle worker RSS: 3 agents {:.1} MB, {MANY} agents {:.1} MB",
         few as f64 / 1024.0,
         many as f64 / 1024.0
+    );
+    println!(
+        "one busy agent: {few_rate:.0} jobs/s beside 2 idle ones, {many_rate:.0} jobs/s beside {} idle ones",
+        MANY - 1
     );
     println!();
     println!(
@@ -61,6 +65,12 @@ pub async fn run(d: &Depth<'_>) -> Result<()> {
         } else {
             "MISSED "
         }
+    );
+    let busy = many_rate / few_rate;
+    println!(
+        "{} a busy agent beside {} idle ones keeps ≥ 0.9 × its rate beside 2 ({busy:.2} ×)",
+        if busy >= 0.9 { "met    " } else { "MISSED " },
+        MANY - 1
     );
     Ok(())
 }
@@ -122,8 +132,9 @@ async fn start_and_wait(
     anyhow::bail!("no worker for `{agent}` came up")
 }
 
-/// Idle RSS of a worker serving 3 agents, then of one serving `MANY`, each once its pulls are waiting.
-async fn idle_memory(d: &Depth<'_>) -> Result<(u64, u64)> {
+/// For a worker serving 3 agents, then one serving `MANY`: its idle RSS once its pulls are waiting, and the job
+/// rate of one of its agents kept busy.
+async fn many_agents(d: &Depth<'_>) -> Result<[(u64, f64); 2]> {
     // The bench fleet's prefix, so these workers join it.
     let nats = format!("[nats]\nprefix = \"{}\"\n\n", crate::bench::PREFIX);
     let mut few_agents = nats.clone();
@@ -147,10 +158,15 @@ async fn idle_memory(d: &Depth<'_>) -> Result<(u64, u64)> {
         let last = format!("many-{}", count - 1);
         let worker = start_and_wait(d, Some(&file), &settings, &last).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.push(rss_kb(worker.id()));
+        let idle = rss_kb(worker.id());
+        let p = d.paths;
+        // Warm, then measure.
+        nats_throughput_of(p.client, p.js, "many-0", 200, 64).await?;
+        let rate = nats_throughput_of(p.client, p.js, "many-0", 3000, 64).await?;
+        rss.push((idle, rate));
         stop(worker);
     }
-    Ok((rss[0], rss[1]))
+    Ok([rss[0], rss[1]])
 }
 
 fn stop(mut worker: Child) {
