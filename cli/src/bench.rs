@@ -103,18 +103,16 @@ impl Drop for Processes {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let nats_port = free_port()?;
     let nats = LocalNats::start(
         &dir.path().join("nats"),
         &dir.path().join("nats.log"),
-        nats_port,
+        free_port()?,
     )
     .await?;
     let http_addr = format!("127.0.0.1:{}", free_port()?);
-    let s3 = if args.artifacts {
-        bench_artifacts::start_s3(free_port()?).await?
-    } else {
-        None
+    let s3 = match args.artifacts {
+        true => bench_artifacts::start_s3(free_port()?).await?,
+        false => None,
     };
     let bench_config = write_config(dir.path(), s3.as_ref().map(|(_, e)| e.as_str()))?;
     let roles = Roles {
@@ -127,10 +125,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let worker = roles.spawn("worker")?;
     let gateway = roles.spawn("gateway")?;
     let (worker_pid, gateway_pid) = (worker.id(), gateway.id());
-    let s3_endpoint = s3.as_ref().map(|(_, e)| e.clone());
-    let mut children = vec![gateway, worker];
-    children.extend(s3.map(|(child, _)| child));
-    let processes = Processes { children };
+    let (s3_child, s3_endpoint) = s3.unzip();
+    let processes = Processes {
+        children: [gateway, worker].into_iter().chain(s3_child).collect(),
+    };
 
     let base = format!("http://{http_addr}");
     let http = reqwest::Client::new();
@@ -138,8 +136,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client.clone());
 
-    println!("fleet bench: agent `{AGENT}` = {COMMAND:?}; nats-server, `fleet gateway` and `fleet worker` (concurrency {}) on this machine ({} CPUs)",
-        args.worker_concurrency, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    announce(&args);
     let pids = [
         ("nats-server", nats.pid().unwrap_or(0)),
         ("worker", worker_pid),
@@ -157,31 +154,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         core.print(&args, &pids);
     }
     if args.depth {
-        let spawn_worker = |config: Option<&std::path::Path>, extra: &[(&str, String)]| {
-            roles.spawn_configured("worker", &http_addr, config.unwrap_or(&bench_config), extra)
-        };
-        let depth = bench_depth::Depth {
-            paths: &paths,
-            spawn_worker: &spawn_worker,
-            scratch: dir.path(),
-            shallow: 1_000,
-            deep: args.depth_jobs,
-        };
-        bench_depth::run(&depth).await?;
+        run_depth(&args, &paths, &roles, dir.path()).await?;
     }
     if args.history {
-        let records = js
-            .get_key_value(fleet_shared::Topology::new(PREFIX).jobs_bucket())
-            .await?;
-        let spawn_gateway = |addr: &str| roles.spawn_at("gateway", addr);
-        let history = bench_history::History {
-            paths: &paths,
-            records,
-            spawn_gateway: &spawn_gateway,
-            sizes: args.history_sizes.clone(),
-            samples: 200,
-        };
-        bench_history::run(&history).await?;
+        run_history(&args, &paths, &roles).await?;
     }
     if args.artifacts {
         let fleet = bench_artifacts::Fleet {
@@ -205,6 +181,56 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     drop(processes);
     nats.stop().await;
     Ok(())
+}
+
+fn announce(args: &BenchArgs) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "fleet bench: agent `{AGENT}` = {COMMAND:?}; nats-server, `fleet gateway` and `fleet worker` (concurrency {}) on this machine ({cpus} CPUs)",
+        args.worker_concurrency
+    );
+}
+
+/// Deep queues and many agents, with workers started for the purpose.
+async fn run_depth(
+    args: &BenchArgs,
+    paths: &Paths<'_>,
+    roles: &Roles<'_>,
+    scratch: &std::path::Path,
+) -> Result<()> {
+    let spawn_worker = |config: Option<&std::path::Path>, extra: &[(&str, String)]| {
+        roles.spawn_configured(
+            "worker",
+            roles.http_addr,
+            config.unwrap_or(roles.config),
+            extra,
+        )
+    };
+    let depth = bench_depth::Depth {
+        paths,
+        spawn_worker: &spawn_worker,
+        scratch,
+        shallow: 1_000,
+        deep: args.depth_jobs,
+    };
+    bench_depth::run(&depth).await
+}
+
+/// The job history at each of `--history-sizes` records.
+async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> Result<()> {
+    let records = paths
+        .js
+        .get_key_value(fleet_shared::Topology::new(PREFIX).jobs_bucket())
+        .await?;
+    let spawn_gateway = |addr: &str| roles.spawn_at("gateway", addr);
+    let history = bench_history::History {
+        paths,
+        records,
+        spawn_gateway: &spawn_gateway,
+        sizes: args.history_sizes.clone(),
+        samples: 200,
+    };
+    bench_history::run(&history).await
 }
 
 /// The bench fleet's configuration file: its agents (the no-op one, the copier, the ticker), its prefix, and

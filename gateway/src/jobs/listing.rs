@@ -4,7 +4,7 @@
 //! then carries a cursor to go on from where it stopped. Before the index is ready, the bucket is scanned.
 
 use chrono::{DateTime, Utc};
-use fleet_shared::{JobRecord, JobStatus};
+use fleet_shared::JobRecord;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -13,22 +13,15 @@ use crate::jobs::index::{Key, Query};
 use crate::jobs::{records, scan};
 use crate::state::AppState;
 
-/// What a caller asks of the list.
+/// What a caller asks of the list: what the index answers (its owners filled in from the caller), and the
+/// filters checked on records.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
-    pub agent: Option<String>,
-    pub status: Option<JobStatus>,
-    pub submitted_after: Option<DateTime<Utc>>,
-    pub submitted_before: Option<DateTime<Utc>>,
-    pub finished_after: Option<DateTime<Utc>>,
-    pub finished_before: Option<DateTime<Utc>>,
+    pub query: Query,
     /// Case-insensitive text in the message or the error.
     pub text: Option<String>,
     /// A metadata entry that must be present with this value (compared as a string).
     pub metadata: Option<(String, String)>,
-    pub oldest_first: bool,
-    pub cursor: Option<Cursor>,
-    pub limit: usize,
 }
 
 /// Where a page ends: the submission time (ms) and id of its last job.
@@ -68,8 +61,9 @@ pub async fn list(state: &AppState, caller: &Caller, f: &Filters) -> Result<List
     state.history.catch_up(&state.records).await;
     let post_filtered = f.text.is_some() || f.metadata.is_some();
     let mut query = index_query(caller, f);
-    query.limit = if post_filtered { CHUNK } else { f.limit };
-    let mut jobs = Vec::with_capacity(f.limit);
+    let limit = f.query.limit;
+    query.limit = if post_filtered { CHUNK } else { limit };
+    let mut jobs = Vec::with_capacity(limit);
     let mut examined = 0;
     loop {
         let page = state.history.read().page(&query);
@@ -82,7 +76,7 @@ pub async fn list(state: &AppState, caller: &Caller, f: &Filters) -> Result<List
             };
             if caller.may_read(&record) && passes(&record, f) {
                 jobs.push(record);
-                if jobs.len() == f.limit {
+                if jobs.len() == limit {
                     let next = jobs.last().map(|r| Cursor(key_of(r)));
                     return Ok(Listing {
                         jobs,
@@ -125,16 +119,8 @@ fn key_of(r: &JobRecord) -> Key {
 
 fn index_query(caller: &Caller, f: &Filters) -> Query {
     Query {
-        agent: f.agent.clone(),
-        status: f.status,
         owners: caller.readable_owners(),
-        submitted_after: f.submitted_after,
-        submitted_before: f.submitted_before,
-        finished_after: f.finished_after,
-        finished_before: f.finished_before,
-        oldest_first: f.oldest_first,
-        after: f.cursor.map(|c| c.0),
-        limit: f.limit,
+        ..f.query.clone()
     }
 }
 
@@ -177,17 +163,18 @@ fn within(
 
 /// The list from a scan of the whole bucket, while the index is being built.
 async fn scan_list(state: &AppState, caller: &Caller, f: &Filters) -> Result<Listing, ApiError> {
+    let q = &f.query;
     let mut jobs = Vec::new();
     scan::each_record(state, |r| {
-        let indexed = f.agent.as_deref().is_none_or(|a| a == r.request.agent)
-            && f.status.is_none_or(|s| s == r.status)
+        let indexed = q.agent.as_deref().is_none_or(|a| a == r.request.agent)
+            && q.status.is_none_or(|s| s == r.status)
             && within(
                 Some(r.request.submitted_at),
-                f.submitted_after,
-                f.submitted_before,
+                q.submitted_after,
+                q.submitted_before,
             )
-            && within(r.finished_at, f.finished_after, f.finished_before);
-        let after_cursor = f.cursor.is_none_or(|Cursor(c)| match f.oldest_first {
+            && within(r.finished_at, q.finished_after, q.finished_before);
+        let after_cursor = q.after.is_none_or(|c| match q.oldest_first {
             true => key_of(&r) > c,
             false => key_of(&r) < c,
         });
@@ -197,11 +184,11 @@ async fn scan_list(state: &AppState, caller: &Caller, f: &Filters) -> Result<Lis
     })
     .await?;
     jobs.sort_by_key(key_of);
-    if !f.oldest_first {
+    if !q.oldest_first {
         jobs.reverse();
     }
-    let more = jobs.len() > f.limit;
-    jobs.truncate(f.limit);
+    let more = jobs.len() > q.limit;
+    jobs.truncate(q.limit);
     let next = jobs.last().filter(|_| more).map(|r| Cursor(key_of(r)));
     Ok(Listing {
         jobs,

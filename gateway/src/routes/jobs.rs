@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
+use crate::jobs::index::Query as IndexQuery;
 use crate::jobs::listing::{self, Cursor, Filters};
 use crate::jobs::records;
 use crate::jobs::submit::{submit, Submission};
@@ -257,17 +258,20 @@ impl ListParams {
             }
         };
         Ok(Filters {
-            agent: self.agent,
-            status: self.status,
-            submitted_after: self.submitted_after,
-            submitted_before: self.submitted_before,
-            finished_after: self.finished_after,
-            finished_before: self.finished_before,
+            query: IndexQuery {
+                agent: self.agent,
+                status: self.status,
+                owners: None,
+                submitted_after: self.submitted_after,
+                submitted_before: self.submitted_before,
+                finished_after: self.finished_after,
+                finished_before: self.finished_before,
+                oldest_first: self.order == Some(ListOrder::Oldest),
+                after: cursor.map(|c: Cursor| c.0),
+                limit,
+            },
             text: self.q.filter(|q| !q.is_empty()),
             metadata,
-            oldest_first: self.order == Some(ListOrder::Oldest),
-            cursor,
-            limit,
         })
     }
 }
