@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{self, Operation};
 use fleet_shared::codec::{decode, Format};
-use fleet_shared::JobRecord;
 use uuid::Uuid;
 
-use crate::jobs::index::Index;
+use crate::jobs::index::{Index, Indexed};
 
 #[derive(Default)]
 pub struct History {
@@ -111,8 +110,8 @@ impl History {
             return;
         };
         match entry.operation {
-            Operation::Put => match decode::<JobRecord>(&entry.value, Format::MessagePack) {
-                Ok(record) => self.write().apply(&record),
+            Operation::Put => match decode::<Indexed>(&entry.value, Format::MessagePack) {
+                Ok(record) => self.write().take(&record),
                 Err(e) => {
                     tracing::error!(job_id = %id, error = %e, "unreadable job record left out of the history")
                 }

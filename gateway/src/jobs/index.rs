@@ -31,6 +31,42 @@ struct Entry {
     updated_ms: i64,
 }
 
+/// What the index keeps of a record, read straight from its stored form: the rest of the record (its output,
+/// files, history) is skipped by the decoder, not built, so following the bucket costs each gateway little.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Indexed {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub request: IndexedRequest,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct IndexedRequest {
+    pub agent: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+impl From<&JobRecord> for Indexed {
+    fn from(r: &JobRecord) -> Self {
+        Self {
+            id: r.id,
+            status: r.status,
+            request: IndexedRequest {
+                agent: r.request.agent.clone(),
+                owner: r.request.owner.clone(),
+                submitted_at: r.request.submitted_at,
+            },
+            finished_at: r.finished_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
 /// Which jobs a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -104,6 +140,11 @@ impl Index {
 
     /// Takes in a record as stored (a new job, or a change to one).
     pub fn apply(&mut self, record: &JobRecord) {
+        self.take(&Indexed::from(record));
+    }
+
+    /// Takes in what the index keeps of a record.
+    pub fn take(&mut self, record: &Indexed) {
         self.remove(&record.id);
         let agent = self.intern(&record.request.agent);
         let owner = match &record.request.owner {
@@ -429,6 +470,31 @@ mod tests {
             .is_empty());
         index.remove(&a.id);
         assert_eq!(index.counts(None)["echo"].iter().sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn the_indexed_fields_read_from_a_stored_record() {
+        let mut record = job("echo", Some("key:a"), 5).cancelled_before_start();
+        record.stdout = "a lot of output".into();
+        let stored = fleet_shared::codec::to_msgpack(&record);
+        let indexed: Indexed =
+            fleet_shared::codec::decode(&stored, fleet_shared::codec::Format::MessagePack).unwrap();
+        let direct = Indexed::from(&record);
+        assert_eq!(
+            (
+                indexed.id,
+                indexed.status,
+                indexed.request.owner,
+                indexed.finished_at
+            ),
+            (
+                direct.id,
+                direct.status,
+                direct.request.owner,
+                direct.finished_at
+            )
+        );
+        assert_eq!(indexed.request.submitted_at, record.request.submitted_at);
     }
 
     #[test]
