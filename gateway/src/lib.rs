@@ -8,6 +8,7 @@
 //! others. A handler goes in `routes/`; what two handlers share goes in the group of its role.
 
 pub mod auth;
+pub mod console;
 pub mod fleet;
 pub mod http;
 pub mod jobs;
@@ -117,6 +118,8 @@ pub fn app(state: AppState) -> Router {
             post(sharing::configure).get(sharing::current),
         )
         .route("/openapi.json", get(openapi::serve))
+        .route("/", get(console::index))
+        .route("/ui/{version}/{name}", get(console::asset))
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

@@ -687,3 +687,21 @@ pub fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
     let field = |k: &str| created[k].as_str().expect("key field").to_string();
     (field("id"), field("key"))
 }
+
+/// An argon2 hash of `password` from `fleet hash-password`, for `[auth.users]` in test configurations.
+pub fn hash_password(password: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(built_binary("fleet"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("fleet hash-password");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write");
+    let out = child.wait_with_output().expect("output");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}

@@ -11,23 +11,6 @@ use serde_json::{json, Value};
 
 const SECRET: &str = "test-signing-secret-0123456789abcdef";
 
-fn hash(password: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(built_binary("fleet"))
-        .arg("hash-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("fleet hash-password");
-    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write");
-    let out = child.wait_with_output().expect("output");
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
-
 async fn token(api: &Api, form: &[(&str, &str)]) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("{}/token", api.base))
@@ -66,7 +49,7 @@ async fn users_sign_in_and_refresh_tokens_rotate_with_reuse_detection() {
     let nats = NatsServer::start();
     let users = format!(
         "[auth.users.alice]\npassword_hash = \"{}\"\nagents = [\"echo\"]\ncancel = true\n",
-        hash("correct horse")
+        hash_password("correct horse")
     );
     let cfg = test_config_with(
         &nats.url(),
@@ -248,7 +231,7 @@ async fn a_replayed_refresh_token_revokes_the_sign_ins_access_tokens_on_every_ga
     let nats = NatsServer::start();
     let users = format!(
         "[auth.users.alice]\npassword_hash = \"{}\"\nagents = [\"echo\"]\n",
-        hash("correct horse")
+        hash_password("correct horse")
     );
     let cfg = test_config_with(
         &nats.url(),

@@ -214,6 +214,9 @@ fn is_public(path: &str) -> bool {
         "/health" | "/ready" | "/metrics" | "/openapi.json" | "/token"
     ) || path == "/docs"
         || path.starts_with("/docs/")
+        // The console's page and assets: it signs in through the API.
+        || path == "/"
+        || path.starts_with("/ui/")
 }
 
 fn presented_key(parts: &axum::http::HeaderMap) -> Option<&str> {

@@ -1,6 +1,7 @@
 //! A scriptable agent for tests: its arguments, split on whitespace, are steps run in order.
 //!   sleep:SECS         sleep
 //!   print:TEXT         write TEXT and a newline to stdout
+//!   stderr:TEXT        write TEXT and a newline to stderr
 //!   flood:BYTES        write BYTES bytes of output to stdout as fast as possible
 //!   invalid-utf8       write bytes that are not UTF-8
 //!   ignore-term        ignore SIGTERM from now on
@@ -29,6 +30,9 @@ fn main() {
             "print" => {
                 writeln!(out, "{arg}").ok();
                 out.flush().ok();
+            }
+            "stderr" => {
+                eprintln!("{arg}");
             }
             "flood" => {
                 let mut left: usize = arg.parse().expect("flood:BYTES");

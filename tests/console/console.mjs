@@ -1,0 +1,258 @@
+// End-to-end tests of the web console: Playwright drives Debian's headless Chromium against a fleet that
+// tests/tests/console.rs started. FLEET_URL is the gateway; FLEET_CONSOLE_SUITE picks `open` (no sign-in) or
+// `auth` (FLEET_API_KEY, FLEET_USER and FLEET_PASSWORD exist); screenshots go to SCREENSHOTS.
+// Prints one line per check and exits non-zero on the first failure.
+
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { chromium } from 'playwright-core';
+
+const BASE = process.env.FLEET_URL;
+const SHOTS = process.env.SCREENSHOTS;
+const SUITE = process.env.FLEET_CONSOLE_SUITE || 'open';
+const DESKTOP = { width: 1280, height: 860 };
+const PHONE = { width: 390, height: 844 };
+const WAIT = { timeout: 20000 };
+mkdirSync(SHOTS, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+const problems = [];
+let passed = 0;
+
+async function page(viewport = DESKTOP) {
+  const context = await browser.newContext({ viewport, acceptDownloads: true });
+  const p = await context.newPage();
+  p.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  p.on('console', (m) => { if (m.type() === 'error' && !expectedError(m.text())) problems.push(`console: ${m.text()}`); });
+  return p;
+}
+
+// The browser logs every non-2xx answer; the tests provoke 401s and 409s on purpose.
+function expectedError(text) {
+  return /Failed to load resource: the server responded with a status of (401|403|404|409)/.test(text);
+}
+
+async function check(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+  } catch (e) {
+    console.log(`FAIL ${name}: ${e.stack || e}`);
+    await browser.close();
+    process.exit(1);
+  }
+  passed += 1;
+  console.log(`ok   ${name} (${Date.now() - started} ms)`);
+}
+
+async function shot(p, name) {
+  await p.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
+}
+
+async function submitApi(message, headers = {}) {
+  const r = await fetch(`${BASE}/v1/jobs`, {
+    method: 'POST', headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify({ agent: 'fake', message }),
+  });
+  const body = await r.text();
+  assert.equal(r.status, 202, body);
+  return JSON.parse(body).job_id;
+}
+
+async function runFromForm(p, message, { shortcut = false } = {}) {
+  await p.goto(`${BASE}/#/run`);
+  await p.getByLabel('Agent').selectOption('fake');
+  await p.getByLabel('Message').fill(message);
+  if (shortcut) await p.getByLabel('Message').press('Control+Enter');
+  else await p.getByRole('button', { name: 'Run', exact: true }).click();
+  await p.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/, WAIT);
+  return p.url().split('/').pop();
+}
+
+const status = (p) => p.locator('.actions .status').first();
+const log = (p) => p.getByRole('log', { name: 'Output' });
+
+async function noSidewaysScroll(p, what) {
+  const { scroll, width } = await p.evaluate(() => ({
+    scroll: document.documentElement.scrollWidth, width: window.innerWidth }));
+  assert.ok(scroll <= width, `${what}: the page is ${scroll}px wide in a ${width}px viewport`);
+}
+
+async function openSuite() {
+  const p = await page();
+  let liveJob;
+  let failedJob;
+  await check('the page is served with a strict policy and gzip', async () => {
+    const r = await fetch(`${BASE}/`, { headers: { 'accept-encoding': 'gzip' } });
+    const csp = r.headers.get('content-security-policy');
+    assert.match(csp, /script-src 'self'/);
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.equal(r.headers.get('x-content-type-options'), 'nosniff');
+    assert.equal(r.headers.get('cache-control'), 'no-cache');
+    const asset = (await r.text()).match(/\/ui\/[0-9a-f]+\/app\.js/)[0];
+    const a = await fetch(`${BASE}${asset}`, { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(a.headers.get('content-encoding'), 'gzip');
+    assert.match(a.headers.get('cache-control'), /immutable/);
+  });
+  // How soon it is usable is measured, not asserted: timing targets belong to the benchmark.
+  await check('first load transfers at most 150 KB', async () => {
+    const fresh = await page();
+    let transferred = 0;
+    fresh.on('response', async (r) => { transferred += Number(r.headers()['content-length'] || 0); });
+    const started = Date.now();
+    await fresh.goto(`${BASE}/`);
+    await fresh.getByLabel('Agent').selectOption('fake');
+    const interactive = Date.now() - started;
+    assert.ok(transferred <= 150 * 1024, `${transferred} bytes`);
+    console.log(`     ${transferred} bytes; the run form usable after ${interactive} ms (fresh context)`);
+    await shot(fresh, 'run-desktop');
+    await fresh.context().close();
+  });
+  await check('run a job and see its output arrive live', async () => {
+    liveJob = await runFromForm(p, 'print:hello stderr:warning sleep:1.5 print:world write:report.txt=2000');
+    await log(p).getByText('hello').waitFor(WAIT);
+    assert.equal(await log(p).getByText('world').count(), 0, 'the second line came before its time');
+    await log(p).getByText('world').waitFor(WAIT);
+    await p.locator('.log .line.stderr', { hasText: 'warning' }).waitFor(WAIT);
+    await status(p).filter({ hasText: 'completed' }).waitFor(WAIT);
+    await shot(p, 'job-desktop');
+  });
+  await check('download a file', async () => {
+    const [download] = await Promise.all([p.waitForEvent('download', WAIT),
+      p.getByRole('button', { name: 'Download report.txt' }).click()]);
+    assert.equal(download.suggestedFilename(), 'report.txt');
+    const { size } = await stat(await download.path());
+    assert.equal(size, 2000);
+  });
+  await check('search the output', async () => {
+    await p.getByLabel('Search the output').fill('wor');
+    await p.locator('.log mark', { hasText: 'wor' }).waitFor(WAIT);
+    assert.equal(await p.locator('.log .line').count(), 1);
+  });
+  await check('cancel a running job (sent with Ctrl+Enter)', async () => {
+    await runFromForm(p, 'print:started sleep:60', { shortcut: true });
+    await log(p).getByText('started').waitFor(WAIT);
+    await p.getByRole('button', { name: 'Cancel', exact: true }).click();
+    await status(p).filter({ hasText: 'cancelled' }).waitFor(WAIT);
+  });
+  await check('retry a failed job', async () => {
+    failedJob = await runFromForm(p, 'print:trying exit:3');
+    await status(p).filter({ hasText: 'failed' }).waitFor(WAIT);
+    await p.getByRole('button', { name: 'Retry', exact: true }).click();
+    await p.getByRole('heading', { name: 'Earlier runs' }).waitFor(WAIT);
+    await status(p).filter({ hasText: 'failed' }).waitFor(WAIT);
+    await p.locator('.log .line.note', { hasText: 'attempt 2' }).waitFor(WAIT);
+  });
+  await check('filter the history', async () => {
+    await p.goto(`${BASE}/#/history`);
+    await p.locator(`tr[data-id="${liveJob}"]`).waitFor(WAIT);
+    await p.getByLabel('Status').selectOption('failed');
+    await p.waitForURL(/status=failed/, WAIT);
+    await p.locator(`tr[data-id="${failedJob}"]`).waitFor(WAIT);
+    await p.locator(`tr[data-id="${liveJob}"]`).waitFor({ state: 'detached', ...WAIT });
+    const statuses = await p.locator('tbody tr').evaluateAll((rows) => rows.map((r) => r.dataset.status));
+    assert.ok(statuses.length >= 1 && statuses.every((s) => s === 'failed'), statuses.join());
+    await p.getByLabel('Text').fill('no job says this');
+    await p.getByRole('button', { name: 'Filter' }).click();
+    await p.locator(`tr[data-id="${failedJob}"]`).waitFor({ state: 'detached', ...WAIT });
+    await p.goto(`${BASE}/#/history`);
+    await p.locator(`tr[data-id="${liveJob}"]`).waitFor(WAIT);
+    await shot(p, 'history-desktop');
+  });
+  await check('the fleet screen lists the live worker and its agents', async () => {
+    await p.goto(`${BASE}/#/fleet`);
+    await p.getByRole('cell', { name: 'fake', exact: true }).waitFor(WAIT);
+    await p.getByRole('cell', { name: /fake/ }).filter({ hasText: ',' }).waitFor(WAIT);
+    await p.getByRole('cell', { name: '0 / 4' }).or(p.getByRole('cell', { name: /\d+ \/ 4/ })).first().waitFor(WAIT);
+    await shot(p, 'fleet-desktop');
+  });
+  await check('every screen fits a phone (390×844) without sideways scrolling', async () => {
+    const phone = await page(PHONE);
+    for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'], ['fleet', '#/fleet']]) {
+      await phone.goto(`${BASE}/${hash}`);
+      await phone.locator('main h1').waitFor(WAIT);
+      await phone.waitForTimeout(500);
+      await noSidewaysScroll(phone, name);
+      await shot(phone, `${name}-phone`);
+    }
+    await phone.context().close();
+  });
+  await check("a 100,000-line job's page stays responsive while it streams", async () => {
+    const watched = await page();
+    await watched.addInitScript(() => {
+      window.longTasks = [];
+      new PerformanceObserver((list) => { for (const e of list.getEntries()) window.longTasks.push(e.duration); })
+        .observe({ type: 'longtask', buffered: true });
+    });
+    const id = await submitApi('lines:1-100000');
+    await watched.goto(`${BASE}/#/jobs/${id}`);
+    await log(watched).getByText('line 100000', { exact: true }).waitFor({ timeout: 60000 });
+    const tasks = await watched.evaluate(() => window.longTasks);
+    const worst = Math.max(0, ...tasks);
+    console.log(`     long tasks: ${tasks.length}, worst ${Math.round(worst)} ms`);
+    assert.ok(worst <= 200, `a task took ${worst} ms`);
+    await watched.context().close();
+  });
+  await p.context().close();
+}
+
+async function authSuite() {
+  const p = await page();
+  await check('a gateway that requires sign-in asks for it, and a wrong key is refused', async () => {
+    await p.goto(`${BASE}/`);
+    await p.getByLabel('API key').waitFor(WAIT);
+    await shot(p, 'signin-desktop');
+    await p.getByLabel('API key').fill('fk_wrong_key');
+    await p.getByRole('button', { name: 'Use key' }).click();
+    await p.locator('dialog [role=alert]').filter({ hasText: /./ }).waitFor(WAIT);
+  });
+  await check('sign in with a key, run a job', async () => {
+    await p.getByLabel('API key').fill(process.env.FLEET_API_KEY);
+    await p.getByRole('button', { name: 'Use key' }).click();
+    await p.getByLabel('API key').waitFor({ state: 'hidden', ...WAIT });
+    await runFromForm(p, 'print:with-a-key');
+    await log(p).getByText('with-a-key').waitFor(WAIT);
+    const url = p.url();
+    assert.ok(!url.includes('fk_'), 'the key is in the address');
+  });
+  await check('a 401 leads to sign-in and the typed message is still sent', async () => {
+    await p.goto(`${BASE}/#/run`);
+    await p.getByLabel('Agent').selectOption('fake');
+    await p.getByLabel('Message').fill('print:kept-while-signing-in');
+    await p.evaluate(() => { sessionStorage.clear(); localStorage.clear(); });
+    await p.getByRole('button', { name: 'Run', exact: true }).click();
+    await p.getByLabel('Username').fill(process.env.FLEET_USER);
+    await p.getByLabel('Password').fill(process.env.FLEET_PASSWORD);
+    await p.getByRole('button', { name: 'Sign in' }).click();
+    await p.waitForURL(/#\/jobs\//, WAIT);
+    await log(p).getByText('kept-while-signing-in').waitFor(WAIT);
+  });
+  await check('sign in with a password on a fresh page', async () => {
+    const fresh = await page(PHONE);
+    await fresh.goto(`${BASE}/#/history`);
+    await fresh.getByLabel('Username').fill(process.env.FLEET_USER);
+    await fresh.getByLabel('Password').fill('not the password');
+    await fresh.getByRole('button', { name: 'Sign in' }).click();
+    await fresh.locator('dialog [role=alert]').filter({ hasText: /password/ }).waitFor(WAIT);
+    await fresh.getByLabel('Password').fill(process.env.FLEET_PASSWORD);
+    await fresh.getByRole('button', { name: 'Sign in' }).click();
+    await fresh.locator('tbody tr').first().waitFor(WAIT);
+    await noSidewaysScroll(fresh, 'history after sign-in');
+    await shot(fresh, 'history-phone-signed-in');
+    await fresh.context().close();
+  });
+  await p.context().close();
+}
+
+await (SUITE === 'auth' ? authSuite() : openSuite());
+await browser.close();
+if (problems.length) {
+  console.log(`FAIL the pages logged errors:\n  ${problems.join('\n  ')}`);
+  process.exit(1);
+}
+console.log(`console ${SUITE}: ${passed} checks passed`);
