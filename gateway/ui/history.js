@@ -111,7 +111,7 @@ function localInput(iso) {
 function row(job, selected) {
   return h('tr', { dataset: { id: job.id, status: job.status } },
     h('td', {}, h('input', { type: 'checkbox', 'aria-label': `Select job ${job.id}`, checked: selected })),
-    h('td', { 'data-label': 'Job', class: 'wrap' }, h('a', { class: 'mono', href: `#/jobs/${job.id}` }, job.id.slice(0, 8)),
+    h('td', { 'data-label': 'Job', class: 'wrap' }, h('a', { class: 'mono', href: `#/jobs/${job.id}` }, job.id.slice(-8)),
       ' ', h('span', { class: 'muted' }, excerpt(job.request.message))),
     h('td', { 'data-label': 'Agent' }, job.request.agent),
     h('td', { 'data-label': 'Status' }, statusBadge(job.status)),
