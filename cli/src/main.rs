@@ -233,9 +233,8 @@ async fn gateway(args: &GatewayArgs) -> Result<()> {
             )
         })?;
     let started = Started {
-        api: Some(format!("http://{}", listener.local_addr()?)),
         sources: summary::sources_line(&sources),
-        ..Default::default()
+        ..Started::listening(listener.local_addr()?)
     };
     summary::print(&config, Role::Gateway, &started, args.log.is_json());
     let client = connect(&config, "fleet-gateway").await?;

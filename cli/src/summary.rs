@@ -15,12 +15,26 @@ pub enum Role {
 /// Facts known only once the process has started: where it listens and how it got there.
 #[derive(Default)]
 pub struct Started {
-    /// The API's base URL (gateway, up).
+    /// The API's base URL (gateway, up), as this machine opens it.
     pub api: Option<String>,
+    /// The console's address from elsewhere on the network, when the gateway listens beyond loopback.
+    pub lan: Option<String>,
     /// Notes to show under the listeners (`8080 was busy`), in order.
     pub notes: Vec<String>,
     /// Where the configuration came from (`fleet.toml`, variables).
     pub sources: String,
+}
+
+impl Started {
+    /// The addresses of a gateway listening on `addr`: as this machine opens it, and from the network.
+    pub fn listening(addr: std::net::SocketAddr) -> Self {
+        use fleet_gateway::console::address;
+        Self {
+            api: Some(address::local_url(addr).trim_end_matches('/').to_string()),
+            lan: address::lan_url(addr, &address::interface_ips()),
+            ..Default::default()
+        }
+    }
 }
 
 pub fn lines(config: &Config, role: Role, started: &Started) -> Vec<String> {
@@ -51,9 +65,15 @@ pub fn lines(config: &Config, role: Role, started: &Started) -> Vec<String> {
     out.extend(agents(config, role));
     if let Some(api) = &started.api {
         out.push(format!(
-            "  {:<12} {api}/docs  (API docs; the API is {api})",
+            "  {:<12} {api}/  (the console; API docs at {api}/docs)",
             "open"
         ));
+    }
+    if let Some(lan) = &started.lan {
+        out.push(format!("  {:<12} {lan}  (from a phone: scan)", "network"));
+        if let Some(code) = fleet_gateway::console::qr::terminal(lan) {
+            out.extend(code.lines().map(|l| format!("  {:<12} {l}", "")));
+        }
     }
     out
 }

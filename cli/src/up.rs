@@ -52,7 +52,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
     config.nats.url = nats.url(&config);
     let listener = bind_api(&sources, &config, &mut notes).await?;
     let api_addr = listener.local_addr()?;
-    let url = format!("http://{api_addr}");
+    let listening = Started::listening(api_addr);
+    let url = listening.api.clone().unwrap_or_default();
     config.http.addr = api_addr.to_string();
     // One machine's fleet: no keys while only this machine can reach it (a wider address keeps auth.mode).
     if api_addr.ip().is_loopback() {
@@ -81,13 +82,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     ));
 
     let started = Started {
-        api: Some(url.clone()),
         notes,
         sources: format!(
             "{} · data in {}",
             summary::sources_line(&sources),
             data_dir.display()
         ),
+        ..listening
     };
     summary::print(&config, Role::Up, &started, args.log.is_json());
     print_try(&config, &url);

@@ -104,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/agents", get(system::agents))
         .route("/v1/workers", get(system::workers))
+        .route("/v1/me", get(system::me))
         .route("/health", get(system::health))
         .route("/ready", get(system::ready))
         .route("/metrics", get(metrics::render))
@@ -119,6 +120,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/openapi.json", get(openapi::serve))
         .route("/", get(console::index))
+        .route("/qr", get(console::qr::page))
         .route("/ui/{version}/{name}", get(console::asset))
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .fallback(error::not_found)
@@ -172,6 +174,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     auth::check_mode(&config).map_err(GatewayError::Auth)?;
     let state = AppState::connect(config, client).await?;
+    let _ = state.listen.set(listener.local_addr()?);
     let cancels = tokio::spawn(cancel::serve_nats(state.clone()));
     let keys = tokio::spawn(follow_keys(state.clone()));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");

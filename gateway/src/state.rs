@@ -50,6 +50,8 @@ pub struct Inner {
     pub openapi: std::sync::OnceLock<bytes::Bytes>,
     /// The job history lists and counts are served from (`run` keeps it in step with the bucket).
     pub history: Arc<crate::jobs::history::History>,
+    /// Where `run` listens (unset for a router driven without a listener), for the console's `/qr`.
+    pub listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl std::ops::Deref for AppState {
@@ -109,6 +111,11 @@ impl AppState {
             completed: Default::default(),
             openapi: Default::default(),
             history: Default::default(),
+            listen: Default::default(),
         })))
+    }
+
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.get().copied()
     }
 }

@@ -50,6 +50,12 @@ export async function send(path, init = {}) {
   }
 }
 
+/** Who the caller is (`/v1/me`), or null when not signed in; never asks to sign in. */
+export async function whoAmI() {
+  const response = await fetch('/v1/me', { headers: { accept: 'application/json', ...authorization() } });
+  return response.ok ? response.json() : null;
+}
+
 /** A JSON request; throws ApiError for any problem answer. */
 export async function api(path, { method = 'GET', json, form, signal } = {}) {
   const init = { method, signal, headers: { accept: 'application/json' } };

@@ -2,23 +2,27 @@
 // To add a screen, write a module exporting `render(main, params, query)` (which may return a cleanup function)
 // and add one line to SCREENS.
 
-import { credentials, onSignInNeeded } from './api.js';
+import { credentials, onSignInNeeded, whoAmI } from './api.js';
 import { h, fill } from './dom.js';
 import { askSignIn } from './signin.js';
 import * as run from './run.js';
 import * as job from './job.js';
 import * as history from './history.js';
 import * as fleet from './fleet.js';
+import * as sharing from './sharing.js';
 
 const SCREENS = [
   { pattern: /^\/run$/, title: 'Run', nav: '#/run', screen: run },
   { pattern: /^\/jobs\/([0-9a-f-]{36})$/, title: 'Job', screen: job, under: '#/history' },
   { pattern: /^\/history$/, title: 'History', nav: '#/history', screen: history },
   { pattern: /^\/fleet$/, title: 'Fleet', nav: '#/fleet', screen: fleet },
+  // `needs`: the scope a screen is for; its link shows only to callers who hold it.
+  { pattern: /^\/sharing$/, title: 'Sharing', nav: '#/sharing', screen: sharing, needs: 'configure_sharing' },
 ];
 
 const main = document.getElementById('screen');
 let cleanup = null;
+let currentNav = null;
 
 function route() {
   const [path, search = ''] = (location.hash.slice(1) || '/run').split('?');
@@ -28,7 +32,8 @@ function route() {
   cleanup = null;
   const params = path.match(found.pattern).slice(1);
   document.title = `${found.title} · fleet`;
-  markNav(found.nav || found.under);
+  currentNav = found.nav || found.under;
+  markNav(currentNav);
   fill(main);
   cleanup = found.screen.render(main, params, new URLSearchParams(search));
   main.focus({ preventScroll: true });
@@ -41,9 +46,14 @@ function markNav(current) {
   }
 }
 
-function setUpNav() {
+/** The screens' links, less those needing a scope the caller lacks (asked quietly: no sign-in prompt). */
+async function setUpNav() {
+  const me = await whoAmI();
+  const scopes = me ? me.scopes : {};
   fill(document.getElementById('nav'),
-    SCREENS.filter((s) => s.nav).map((s) => h('a', { href: s.nav }, s.title)));
+    SCREENS.filter((s) => s.nav && (!s.needs || scopes[s.needs])).map((s) => h('a', { href: s.nav }, s.title)),
+    h('a', { href: '/qr', title: 'Open the console on a phone' }, 'Phone'));
+  markNav(currentNav);
 }
 
 const THEMES = ['auto', 'light', 'dark'];
@@ -74,6 +84,7 @@ function setUpSignOut() {
 
 onSignInNeeded(askSignIn);
 setUpNav();
+document.addEventListener('fleet:credentials', setUpNav);
 setUpTheme();
 setUpSignOut();
 window.addEventListener('hashchange', route);

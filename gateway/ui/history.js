@@ -1,11 +1,11 @@
 // History: the job list with filters (kept in the address, so a view can be bookmarked), cursor paging, live
 // updates that can be paused, and cancel or retry for several jobs at once.
 
-import { api } from './api.js';
+import { api, whoAmI } from './api.js';
 import { h, fill, statusBadge, when, duration, toast } from './dom.js';
 
 const STATUSES = ['queued', 'running', 'completed', 'failed', 'timeout', 'cancelled'];
-const FILTERS = ['agent', 'status', 'q', 'metadata', 'submitted_after', 'submitted_before'];
+const FILTERS = ['agent', 'status', 'owner', 'q', 'metadata', 'submitted_after', 'submitted_before'];
 const LIVE_EVERY_MS = 3000;
 
 export function render(main, _params, query) {
@@ -23,7 +23,7 @@ export function render(main, _params, query) {
       bulk.cancel, bulk.retry),
     summary, problem,
     h('table', { class: 'stack' },
-      h('thead', {}, h('tr', {}, h('th', {}, selectAll), ['Job', 'Agent', 'Status', 'Submitted', 'Took', 'Exit']
+      h('thead', {}, h('tr', {}, h('th', {}, selectAll), ['Job', 'Agent', 'Status', 'Owner', 'Submitted', 'Took', 'Exit']
         .map((t) => h('th', {}, t)))),
       rows),
     h('div', { class: 'actions' }, more));
@@ -68,17 +68,20 @@ function filterForm(query) {
     agent: h('select', { id: 'filter-agent' }, h('option', { value: '' }, 'any')),
     status: h('select', { id: 'filter-status' }, h('option', { value: '' }, 'any'),
       STATUSES.map((s) => h('option', { value: s }, s))),
+    owner: h('input', { id: 'filter-owner', placeholder: 'key:<id> or user:<name>', list: 'filter-owners' }),
     q: h('input', { id: 'filter-q', type: 'search', placeholder: 'in the message or error' }),
     metadata: h('input', { id: 'filter-metadata', placeholder: 'key:value' }),
     submitted_after: h('input', { id: 'filter-after', type: 'datetime-local' }),
     submitted_before: h('input', { id: 'filter-before', type: 'datetime-local' }),
   };
-  const labels = { agent: 'Agent', status: 'Status', q: 'Text', metadata: 'Metadata',
+  const labels = { agent: 'Agent', status: 'Status', owner: 'Owner', q: 'Text', metadata: 'Metadata',
     submitted_after: 'Submitted after', submitted_before: 'Submitted before' };
   api('/v1/agents').then(({ agents }) => {
     fields.agent.append(...agents.map((a) => h('option', { value: a.name }, a.name)));
     fields.agent.value = query.get('agent') || '';
   }).catch(() => {});
+  const owners = h('datalist', { id: 'filter-owners' });
+  whoAmI().then((me) => { if (me?.principal) owners.append(h('option', { value: me.principal }, 'my jobs')); });
   for (const name of FILTERS) {
     const value = query.get(name) || '';
     fields[name].value = name.startsWith('submitted') && value ? localInput(value) : value;
@@ -98,7 +101,7 @@ function filterForm(query) {
   form.element = h('form', { class: 'panel row', onsubmit: (e) => { e.preventDefault(); form.onchange(); },
     onchange: () => form.onchange() },
   FILTERS.map((name) => h('div', {}, h('label', { for: fields[name].id }, labels[name]), fields[name])),
-  h('div', { class: 'shrink' }, h('button', { type: 'submit', class: 'primary' }, 'Filter')));
+  h('div', { class: 'shrink' }, h('button', { type: 'submit', class: 'primary' }, 'Filter')), owners);
   return form;
 }
 
@@ -115,6 +118,7 @@ function row(job, selected) {
       ' ', h('span', { class: 'muted' }, excerpt(job.request.message))),
     h('td', { 'data-label': 'Agent' }, job.request.agent),
     h('td', { 'data-label': 'Status' }, statusBadge(job.status)),
+    h('td', { 'data-label': 'Owner', class: 'wrap muted' }, job.request.owner || ''),
     h('td', { 'data-label': 'Submitted' }, when(job.request.submitted_at)),
     h('td', { 'data-label': 'Took' }, duration(job.started_at, job.finished_at)),
     h('td', { 'data-label': 'Exit' }, job.exit_code ?? ''));

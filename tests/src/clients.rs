@@ -28,6 +28,17 @@ impl Reply {
             self.body
         );
     }
+
+    /// Asserts a successful job list of exactly `count` jobs.
+    #[track_caller]
+    pub fn assert_count(&self, count: u64, what: &str) {
+        assert_eq!(
+            (self.status, self.body["count"].as_u64()),
+            (200, Some(count)),
+            "{what}: {}",
+            self.body
+        );
+    }
 }
 
 #[derive(Clone)]

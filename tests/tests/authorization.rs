@@ -11,7 +11,7 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
-    let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
+    let (alice_id, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
     let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
     let (alice, mallory) = (
         gw.api().with_key(&alice_key),
@@ -124,6 +124,34 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
     let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();
     assert_eq!((alice_jobs, mallory_jobs), (3, 1));
+
+    // The owner filter narrows what a caller may read, never widens it.
+    let alice_owner = format!("key:{alice_id}");
+    let of_alice = format!("/v1/jobs?owner={alice_owner}");
+    mallory
+        .get(&of_alice)
+        .await
+        .assert_count(0, "mallory asking for alice's jobs");
+    alice.get(&of_alice).await.assert_count(3, "alice's own");
+    let (_, auditor_key) = create_key(&cfg, &["--name", "audit", "--read-all"]);
+    let auditor = gw.api().with_key(&auditor_key);
+    let listed = auditor.get(&of_alice).await;
+    listed.assert_count(3, "a read_all caller asking for alice's");
+    let owners = listed.body["jobs"].as_array().unwrap().iter();
+    assert!(owners.map(|j| &j["request"]["owner"]).all(|o| *o == alice_owner.as_str()));
+    auditor
+        .get("/v1/jobs?owner=user:nobody")
+        .await
+        .assert_count(0, "an owner with no jobs");
+
+    // `/v1/me`: who the caller is and what it may do, for a client to offer only that.
+    let me = alice.get("/v1/me").await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["principal"], alice_owner.as_str());
+    assert_eq!(me.body["name"], "alice");
+    assert_eq!(me.body["scopes"]["agents"], json!(["*"]));
+    assert_eq!(me.body["scopes"]["configure_sharing"], false);
+    gw.api().get("/v1/me").await.assert_problem(401, "unauthorized");
     worker.stop().await;
 }
 

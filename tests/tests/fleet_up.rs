@@ -203,3 +203,42 @@ async fn busy_default_ports_move_to_the_next_free_one() {
         ""
     );
 }
+
+/// Listening beyond loopback, `fleet up` prints the console's address on the network with its QR code, and `/qr`
+/// shows the same address (never 127.0.0.1, which a phone cannot open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_every_interface_shows_its_network_address_and_qr_code() {
+    use fleet_gateway::console::address;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let nats_port = free_port().to_string();
+    let mut fleet = FleetUp::start(
+        dir.path(),
+        &["--nats-port", &nats_port, "--http", &listen],
+        &[],
+    );
+    let summary = fleet.summary();
+    let local = format!("http://127.0.0.1:{port}/");
+    assert_eq!(row(&summary, "open"), local, "{summary}");
+    let page = reqwest::get(format!("{local}qr")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    match address::lan_url(listen.parse().unwrap(), &address::interface_ips()) {
+        Some(lan) => {
+            assert!(!lan.contains("127.0.0.1"), "{lan}");
+            assert_eq!(row(&summary, "network"), lan, "{summary}");
+            let code = summary.lines().filter(|l| l.contains('▄')).count();
+            assert!(code >= 10, "the QR code follows the address:\n{summary}");
+            assert!(page.contains(&format!("href=\"{lan}\"")), "{page}");
+        }
+        // A machine with no interface but loopback: nothing to show a phone, and the page says why.
+        None => {
+            assert!(!summary.contains("network"), "{summary}");
+            assert!(page.contains("loopback only"), "{page}");
+        }
+    }
+    assert!(page.contains("<svg"), "{page}");
+    unsafe { libc::kill(fleet.pid(), libc::SIGINT) };
+    assert!(fleet.exit_within(Duration::from_secs(20)).success());
+}

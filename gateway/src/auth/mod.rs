@@ -131,7 +131,6 @@ impl Caller {
         }
     }
 
-    /// The owner recorded on jobs this caller submits.
     /// The owner recorded on the caller's jobs (its principal's id).
     pub fn owner(&self) -> Option<String> {
         self.principal().map(|p| p.id.clone())
@@ -216,6 +215,7 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/docs/")
         // The console's page and assets: it signs in through the API.
         || path == "/"
+        || path == "/qr"
         || path.starts_with("/ui/")
 }
 

@@ -17,7 +17,7 @@ use crate::state::AppState;
     paths(
         jobs::submit_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job, jobs::retry_job, events::events, events::websocket,
         artifacts::list, artifacts::archive, artifacts::download, artifacts::download_compat,
-        system::health, system::ready, system::agents, system::workers, crate::http::metrics::render, crate::auth::tokens::token,
+        system::health, system::ready, system::agents, system::workers, system::me, crate::http::metrics::render, crate::auth::tokens::token,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
         keys::create, keys::list, keys::revoke,

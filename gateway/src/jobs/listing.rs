@@ -117,9 +117,18 @@ fn key_of(r: &JobRecord) -> Key {
     (r.request.submitted_at.timestamp_millis(), r.id)
 }
 
+/// The query with its owners narrowed to those the caller may read (an owner asked for that the caller may not
+/// read leaves none, so nothing is listed).
 fn index_query(caller: &Caller, f: &Filters) -> Query {
+    let owners = match (caller.readable_owners(), f.query.owners.clone()) {
+        (None, asked) => asked,
+        (Some(readable), None) => Some(readable),
+        (Some(readable), Some(asked)) => {
+            Some(asked.into_iter().filter(|o| readable.contains(o)).collect())
+        }
+    };
     Query {
-        owners: caller.readable_owners(),
+        owners,
         ..f.query.clone()
     }
 }
@@ -168,6 +177,9 @@ async fn scan_list(state: &AppState, caller: &Caller, f: &Filters) -> Result<Lis
     scan::each_record(state, |r| {
         let indexed = q.agent.as_deref().is_none_or(|a| a == r.request.agent)
             && q.status.is_none_or(|s| s == r.status)
+            && q.owners.as_ref().is_none_or(|o| {
+                r.request.owner.as_ref().is_some_and(|owner| o.contains(owner))
+            })
             && within(
                 Some(r.request.submitted_at),
                 q.submitted_after,

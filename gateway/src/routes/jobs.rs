@@ -211,6 +211,8 @@ pub struct ListParams {
     pub q: Option<String>,
     /// `key:value`: a metadata entry with this value.
     pub metadata: Option<String>,
+    /// Only jobs of this owner (`key:<id>` or `user:<name>`, as records name it), among those the caller may read.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
@@ -261,7 +263,7 @@ impl ListParams {
             query: IndexQuery {
                 agent: self.agent,
                 status: self.status,
-                owners: None,
+                owners: self.owner.filter(|o| !o.is_empty()).map(|o| vec![o]),
                 submitted_after: self.submitted_after,
                 submitted_before: self.submitted_before,
                 finished_after: self.finished_after,

@@ -1,4 +1,4 @@
-//! Liveness, readiness and the agent list.
+//! Liveness, readiness, the agent and worker lists, and who the caller is.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -6,6 +6,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::Caller;
 use crate::fleet::agents::AgentInfo;
 use crate::http::error::{ApiError, Json, Problem};
 use crate::state::AppState;
@@ -67,4 +68,27 @@ pub async fn workers(State(state): State<AppState>) -> Result<Json<WorkerList>, 
     Ok(Json(WorkerList {
         workers: crate::fleet::workers::list(&state).await?,
     }))
+}
+
+/// Who the caller is and what it may do, so a client offers only what it may use.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// `key:<id>` or `user:<name>`, as the caller's jobs name their owner; absent when authentication is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The key's name or the user's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub scopes: fleet_shared::auth::Scopes,
+}
+
+/// The caller's identity and scopes (everything when authentication is off).
+#[utoipa::path(get, path = "/v1/me", tag = "system", responses((status = 200, body = Me)))]
+pub async fn me(caller: Caller) -> Json<Me> {
+    let principal = caller.principal();
+    Json(Me {
+        principal: principal.map(|p| p.id.clone()),
+        name: principal.map(|p| p.name.clone()),
+        scopes: caller.scopes().into_owned(),
+    })
 }

@@ -9,6 +9,9 @@ use axum::response::{IntoResponse, Response};
 use crate::http::error::ApiError;
 use fleet_shared::ErrorCode;
 
+pub mod address;
+pub mod qr;
+
 pub struct Asset {
     pub name: &'static str,
     pub raw: &'static [u8],
@@ -47,7 +50,7 @@ pub async fn asset(
     }
 }
 
-fn find(name: &str) -> Option<&'static Asset> {
+pub(crate) fn find(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|asset| asset.name == name)
 }
 
