@@ -7,6 +7,7 @@ mod bench_artifacts;
 mod bench_depth;
 mod bench_events;
 mod bench_history;
+mod bench_measure;
 mod client;
 mod data_lock;
 mod failure;

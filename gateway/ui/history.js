@@ -68,7 +68,7 @@ function filterForm(query) {
     agent: h('select', { id: 'filter-agent' }, h('option', { value: '' }, 'any')),
     status: h('select', { id: 'filter-status' }, h('option', { value: '' }, 'any'),
       STATUSES.map((s) => h('option', { value: s }, s))),
-    owner: h('input', { id: 'filter-owner', placeholder: 'key:<id> or user:<name>', list: 'filter-owners' }),
+    owner: h('input', { id: 'filter-owner', placeholder: 'key:… or user:…', list: 'filter-owners' }),
     q: h('input', { id: 'filter-q', type: 'search', placeholder: 'in the message or error' }),
     metadata: h('input', { id: 'filter-metadata', placeholder: 'key:value' }),
     submitted_after: h('input', { id: 'filter-after', type: 'datetime-local' }),

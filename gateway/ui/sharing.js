@@ -39,7 +39,10 @@ export function render(main) {
       fields.map(([field, label, attrs]) => fieldBox(inputs, field, label, attrs)))]));
   const problem = h('p', { class: 'error', role: 'alert' });
   const save = h('button', { type: 'submit', class: 'primary' }, 'Save');
-  const showGroup = () => { for (const [name, g] of Object.entries(groups)) g.hidden = name !== method.value; };
+  // A hidden group is disabled too, so its required fields do not block saving another method.
+  const showGroup = () => {
+    for (const [name, g] of Object.entries(groups)) g.hidden = g.disabled = name !== method.value;
+  };
   method.addEventListener('change', showGroup);
   const form = h('form', { class: 'panel', onsubmit: (e) => { e.preventDefault(); submit(); } },
     h('label', { for: 'sharing-method' }, 'Store new jobs\' files in'), method, Object.values(groups),

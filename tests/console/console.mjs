@@ -171,9 +171,36 @@ async function openSuite() {
     await p.getByRole('cell', { name: '0 / 4' }).or(p.getByRole('cell', { name: /\d+ \/ 4/ })).first().waitFor(WAIT);
     await shot(p, 'fleet-desktop');
   });
+  await check('the sharing screen shows where files go, saves a target and explains a refusal', async () => {
+    await p.goto(`${BASE}/#/run`);
+    await p.getByRole('link', { name: 'Sharing' }).click();
+    const facts = p.locator('dl.facts');
+    await facts.getByText('never (the configuration)').waitFor(WAIT);
+    await p.getByLabel("Store new jobs' files in").selectOption('local');
+    await p.getByRole('button', { name: 'Save' }).click();
+    await facts.getByText('Local disk').waitFor(WAIT);
+    assert.notEqual(await facts.locator('dd.mono').nth(1).textContent(), 'default');
+    await p.getByLabel("Store new jobs' files in").selectOption('ftp');
+    await p.locator('form').getByLabel('Host').fill('127.0.0.1');
+    await p.locator('form').getByLabel('Password').fill('secret');
+    await p.getByRole('button', { name: 'Save' }).click();
+    await p.locator('form [role=alert]').filter({ hasText: 'forbidden' }).waitFor(WAIT);
+    await shot(p, 'sharing-desktop');
+    await p.getByLabel("Store new jobs' files in").selectOption('default');
+    await p.getByRole('button', { name: 'Save' }).click();
+    await facts.getByText('never (the configuration)').waitFor(WAIT);
+  });
+  await check('/qr shows the QR code of the console, and says a loopback gateway cannot be reached', async () => {
+    await p.goto(`${BASE}/`);
+    await p.getByRole('link', { name: 'Phone' }).click();
+    await p.getByRole('img', { name: "QR code of the console's address" }).waitFor(WAIT);
+    await p.getByText('loopback only').waitFor(WAIT);
+    await p.getByRole('link', { name: 'Back to the console' }).waitFor(WAIT);
+  });
   await check('every screen fits a phone (390×844) without sideways scrolling', async () => {
     const phone = await page(PHONE);
-    for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'], ['fleet', '#/fleet']]) {
+    for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'],
+      ['fleet', '#/fleet'], ['sharing', '#/sharing'], ['qr', 'qr']]) {
       await phone.goto(`${BASE}/${hash}`);
       await phone.locator('main h1').waitFor(WAIT);
       await phone.waitForTimeout(500);
@@ -245,6 +272,27 @@ async function authSuite() {
     await noSidewaysScroll(fresh, 'history after sign-in');
     await shot(fresh, 'history-phone-signed-in');
     await fresh.context().close();
+  });
+  await check('a caller without the scope has no Sharing screen', async () => {
+    await p.goto(`${BASE}/#/run`);
+    await p.getByRole('link', { name: 'Fleet', exact: true }).waitFor(WAIT);
+    assert.equal(await p.getByRole('link', { name: 'Sharing' }).count(), 0);
+  });
+  await check('the history filters by owner', async () => {
+    const audit = await page();
+    await audit.goto(`${BASE}/#/history`);
+    await audit.getByLabel('API key').fill(process.env.FLEET_AUDIT_KEY);
+    await audit.getByRole('button', { name: 'Use key' }).click();
+    const owners = () => audit.locator('tbody tr td[data-label=Owner]').allTextContents();
+    await audit.locator('tbody tr td[data-label=Owner]', { hasText: 'key:' }).first().waitFor(WAIT);
+    await audit.getByLabel('Owner').fill('user:carol');
+    await audit.getByRole('button', { name: 'Filter' }).click();
+    await audit.waitForURL(/owner=user%3Acarol/, WAIT);
+    await audit.locator('tbody tr td[data-label=Owner]', { hasText: 'key:' }).first()
+      .waitFor({ state: 'detached', ...WAIT });
+    const shown = await owners();
+    assert.ok(shown.length >= 1 && shown.every((o) => o === 'user:carol'), shown.join());
+    await audit.context().close();
   });
   await p.context().close();
 }

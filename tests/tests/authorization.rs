@@ -138,7 +138,9 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let listed = auditor.get(&of_alice).await;
     listed.assert_count(3, "a read_all caller asking for alice's");
     let owners = listed.body["jobs"].as_array().unwrap().iter();
-    assert!(owners.map(|j| &j["request"]["owner"]).all(|o| *o == alice_owner.as_str()));
+    assert!(owners
+        .map(|j| &j["request"]["owner"])
+        .all(|o| *o == alice_owner.as_str()));
     auditor
         .get("/v1/jobs?owner=user:nobody")
         .await
@@ -151,7 +153,10 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     assert_eq!(me.body["name"], "alice");
     assert_eq!(me.body["scopes"]["agents"], json!(["*"]));
     assert_eq!(me.body["scopes"]["configure_sharing"], false);
-    gw.api().get("/v1/me").await.assert_problem(401, "unauthorized");
+    gw.api()
+        .get("/v1/me")
+        .await
+        .assert_problem(401, "unauthorized");
     worker.stop().await;
 }
 

@@ -1,7 +1,7 @@
 //! The web console end to end in a real browser: `tests/console/console.mjs` (Playwright driving headless
 //! Chromium) against a fleet started here: run a job and see it live, download a file, cancel, retry, filter the
-//! history, the fleet screen, the phone viewport, a 100,000-line log; and, on a gateway that requires it, sign-in
-//! with a key and with a password. Screenshots of every screen land in `<target>/console-screenshots/`.
+//! history, the fleet screen, sharing, `/qr`, the phone viewport, a 100,000-line log; and, on a gateway that
+//! requires it, sign-in with a key and with a password, the owner filter, a screen hidden without its scope. Screenshots of every screen land in `<target>/console-screenshots/`.
 //! `scripts/deps test` installs Chromium and playwright-core.
 
 use std::path::{Path, PathBuf};
@@ -88,6 +88,7 @@ async fn the_console_signs_in_with_a_key_or_a_password() {
     let gw = start_gateway(&cfg.config).await;
     wait_for_agents(&cfg.config).await;
     let (_, key) = create_key(&cfg, &["--name", "console", "--agent", "fake", "--cancel"]);
+    let (_, audit_key) = create_key(&cfg, &["--name", "audit", "--read-all"]);
     let url = gw.url.clone();
     tokio::task::spawn_blocking(move || {
         run_suite(
@@ -95,6 +96,7 @@ async fn the_console_signs_in_with_a_key_or_a_password() {
             &url,
             &[
                 ("FLEET_API_KEY", &key),
+                ("FLEET_AUDIT_KEY", &audit_key),
                 ("FLEET_USER", "carol"),
                 ("FLEET_PASSWORD", "console password"),
             ],

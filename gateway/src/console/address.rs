@@ -118,13 +118,23 @@ mod tests {
 
     #[test]
     fn every_interface_prefers_a_private_ipv4_address() {
-        let here = ips(&["127.0.0.1", "fe80::1", "2001:db8::5", "203.0.113.9", "10.1.2.3"]);
+        let here = ips(&[
+            "127.0.0.1",
+            "fe80::1",
+            "2001:db8::5",
+            "203.0.113.9",
+            "10.1.2.3",
+        ]);
         assert_eq!(
             lan_url(at("0.0.0.0:8080"), &here).as_deref(),
             Some("http://10.1.2.3:8080/")
         );
         let v6_only = ips(&["::1", "fe80::1", "2001:db8::5"]);
-        assert_eq!(lan_url(at("0.0.0.0:8080"), &v6_only), None, "an IPv4 socket");
+        assert_eq!(
+            lan_url(at("0.0.0.0:8080"), &v6_only),
+            None,
+            "an IPv4 socket"
+        );
         assert_eq!(
             lan_url(at("[::]:8080"), &v6_only).as_deref(),
             Some("http://[2001:db8::5]:8080/")

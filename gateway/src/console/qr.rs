@@ -49,7 +49,8 @@ fn target(state: &AppState, headers: &HeaderMap) -> (String, Option<&'static str
     }
 }
 
-const LOOPBACK_ONLY: &str = "This gateway listens on loopback only, so only this machine can open it. \
+const LOOPBACK_ONLY: &str =
+    "This gateway listens on loopback only, so only this machine can open it. \
     Start it with --http 0.0.0.0:8080 (and API keys or users) to reach it from a phone.";
 
 /// The request's `Host`, unless it names this machine's loopback (or is missing or malformed).
@@ -151,7 +152,13 @@ mod tests {
 
     #[test]
     fn loopback_hosts_are_not_how_a_phone_arrives() {
-        for local in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST", "[::1]:80", "0.0.0.0:1"] {
+        for local in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST",
+            "[::1]:80",
+            "0.0.0.0:1",
+        ] {
             assert_eq!(outside_host(&host(local)), None, "{local}");
         }
         assert_eq!(outside_host(&HeaderMap::new()), None);
@@ -196,7 +203,11 @@ mod tests {
     fn svg_draws_one_square_per_dark_module() {
         let code = QrCode::new(b"http://10.0.0.2:8080/").unwrap();
         let drawn = svg(&code).matches("h1v1h-1z").count();
-        let dark = code.to_colors().iter().filter(|c| **c == Color::Dark).count();
+        let dark = code
+            .to_colors()
+            .iter()
+            .filter(|c| **c == Color::Dark)
+            .count();
         assert_eq!(drawn, dark);
     }
 

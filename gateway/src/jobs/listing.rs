@@ -178,7 +178,10 @@ async fn scan_list(state: &AppState, caller: &Caller, f: &Filters) -> Result<Lis
         let indexed = q.agent.as_deref().is_none_or(|a| a == r.request.agent)
             && q.status.is_none_or(|s| s == r.status)
             && q.owners.as_ref().is_none_or(|o| {
-                r.request.owner.as_ref().is_some_and(|owner| o.contains(owner))
+                r.request
+                    .owner
+                    .as_ref()
+                    .is_some_and(|owner| o.contains(owner))
             })
             && within(
                 Some(r.request.submitted_at),
