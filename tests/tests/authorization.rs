@@ -11,7 +11,7 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
-    let (alice_id, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
+    let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
     let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
     let (alice, mallory) = (
         gw.api().with_key(&alice_key),
@@ -124,19 +124,40 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
     let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();
     assert_eq!((alice_jobs, mallory_jobs), (3, 1));
+    worker.stop().await;
+}
 
-    // The owner filter narrows what a caller may read, never widens it.
+/// The owner filter narrows what a caller may read, never widens it; `/v1/me` says who calls and what it may do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_filter_only_narrows_and_me_names_the_caller() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let (alice_id, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
+    let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
+    let (alice, mallory) = (
+        gw.api().with_key(&alice_key),
+        gw.api().with_key(&mallory_key),
+    );
+    for caller in [&alice, &alice, &mallory] {
+        let job = json!({"agent": "echo", "message": "mine"});
+        let r = caller.post("/v1/jobs?wait=30", &job).await;
+        assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
+    }
+
     let alice_owner = format!("key:{alice_id}");
     let of_alice = format!("/v1/jobs?owner={alice_owner}");
     mallory
         .get(&of_alice)
         .await
         .assert_count(0, "mallory asking for alice's jobs");
-    alice.get(&of_alice).await.assert_count(3, "alice's own");
+    alice.get(&of_alice).await.assert_count(2, "alice's own");
     let (_, auditor_key) = create_key(&cfg, &["--name", "audit", "--read-all"]);
     let auditor = gw.api().with_key(&auditor_key);
+    auditor.get("/v1/jobs").await.assert_count(3, "everyone's");
     let listed = auditor.get(&of_alice).await;
-    listed.assert_count(3, "a read_all caller asking for alice's");
+    listed.assert_count(2, "a read_all caller asking for alice's");
     let owners = listed.body["jobs"].as_array().unwrap().iter();
     assert!(owners
         .map(|j| &j["request"]["owner"])
