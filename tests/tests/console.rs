@@ -20,8 +20,12 @@ fn screenshots() -> PathBuf {
         .join("console-screenshots")
 }
 
+/// One browser at a time: two headless Chromiums on two cores slowed each other past the checks' deadlines.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs one suite of console.mjs and fails with its output unless every check passed.
 fn run_suite(suite: &str, url: &str, env: &[(&str, &str)]) {
+    let _turn = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let modules = suite_dir().join("node_modules/playwright-core");
     assert!(
         modules.exists(),
