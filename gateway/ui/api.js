@@ -50,10 +50,17 @@ export async function send(path, init = {}) {
   }
 }
 
-/** Who the caller is (`/v1/me`), or null when not signed in; never asks to sign in. */
-export async function whoAmI() {
-  const response = await fetch('/v1/me', { headers: { accept: 'application/json', ...authorization() } });
-  return response.ok ? response.json() : null;
+let me = null;
+document.addEventListener('fleet:credentials', () => { me = null; });
+
+/**
+ * Who the caller is (`/v1/me`), or null when not signed in; never asks to sign in. Asked once per credential:
+ * the navigation and the screens share the answer.
+ */
+export function whoAmI() {
+  me ??= fetch('/v1/me', { headers: { accept: 'application/json', ...authorization() } })
+    .then((response) => (response.ok ? response.json() : null), () => null);
+  return me;
 }
 
 /** A JSON request; throws ApiError for any problem answer. */

@@ -5,18 +5,52 @@
 use fleet_tests::*;
 use serde_json::json;
 
+/// A fleet that requires keys, and two callers of it, alice and mallory, each with a key for every agent.
+struct TwoCallers {
+    _nats: NatsServer,
+    cfg: TestConfig,
+    worker: WorkerHandle,
+    gw: GatewayHandle,
+    alice_id: String,
+    alice: Api,
+    mallory: Api,
+}
+
+impl TwoCallers {
+    async fn start() -> Self {
+        let nats = NatsServer::start();
+        let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
+        let worker = start_worker(&cfg.config).await;
+        let gw = start_gateway(&cfg.config).await;
+        let (alice_id, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
+        let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
+        let (alice, mallory) = (
+            gw.api().with_key(&alice_key),
+            gw.api().with_key(&mallory_key),
+        );
+        Self {
+            _nats: nats,
+            cfg,
+            worker,
+            gw,
+            alice_id,
+            alice,
+            mallory,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_reaches_nothing_of_another_callers_jobs() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
-    let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
-    let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
-    let (alice, mallory) = (
-        gw.api().with_key(&alice_key),
-        gw.api().with_key(&mallory_key),
-    );
+    let TwoCallers {
+        _nats,
+        cfg,
+        worker,
+        gw,
+        alice_id: _,
+        alice,
+        mallory,
+    } = TwoCallers::start().await;
 
     let secret = "the-secret-4f1c";
     let r = alice
@@ -130,16 +164,15 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
 /// The owner filter narrows what a caller may read, never widens it; `/v1/me` says who calls and what it may do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_filter_only_narrows_and_me_names_the_caller() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
-    let (alice_id, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*"]);
-    let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*"]);
-    let (alice, mallory) = (
-        gw.api().with_key(&alice_key),
-        gw.api().with_key(&mallory_key),
-    );
+    let TwoCallers {
+        _nats,
+        cfg,
+        worker,
+        gw,
+        alice_id,
+        alice,
+        mallory,
+    } = TwoCallers::start().await;
     for caller in [&alice, &alice, &mallory] {
         let job = json!({"agent": "echo", "message": "mine"});
         let r = caller.post("/v1/jobs?wait=30", &job).await;

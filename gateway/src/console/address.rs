@@ -36,7 +36,7 @@ fn preference(ip: &IpAddr) -> u8 {
         IpAddr::V4(v4) if v4.is_private() => 0,
         IpAddr::V4(v4) if v4.is_link_local() => 3,
         IpAddr::V4(_) => 1,
-        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => 4,
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => 4,
         IpAddr::V6(_) => 2,
     }
 }

@@ -172,7 +172,7 @@ fn is_internal(ip: std::net::IpAddr) -> bool {
             v6.is_loopback()
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6.is_unicast_link_local()
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(v4.into()))
         }
     }
