@@ -16,10 +16,11 @@ use fleet_shared::{JobRecord, JobStatus};
 use futures::StreamExt;
 
 use crate::bench_artifacts;
+use crate::bench_console;
 use crate::bench_depth;
 use crate::bench_events;
 use crate::bench_history;
-use crate::bench_measure::{cpu_times, own_cpu};
+use crate::bench_measure::{cpu_times, own_cpu, verdict};
 pub(crate) use crate::bench_measure::{median, rss_kb, Samples};
 use crate::local_nats::{free_port, LocalNats};
 
@@ -69,6 +70,16 @@ pub struct BenchArgs {
     depth: bool,
     #[arg(long, default_value_t = 100_000)]
     depth_jobs: usize,
+    /// Also measure the web console: how soon its run form is usable after navigation, and its first load's
+    /// bytes, in headless Chromium.
+    #[arg(long)]
+    console: bool,
+    /// Cold loads of the console measured (each in a fresh browser context).
+    #[arg(long, default_value_t = 10)]
+    console_loads: usize,
+    /// The Chromium the console part drives.
+    #[arg(long, default_value = "/usr/bin/chromium")]
+    chromium: std::path::PathBuf,
     /// Skip the core latency, throughput and memory measures (to run only the parts asked for).
     #[arg(long)]
     skip_core: bool,
@@ -151,37 +162,55 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         http: &http,
         base: &base,
     };
+    run_parts(&args, &paths, &roles, &pids, s3_endpoint.as_deref()).await?;
+    // Gateway and worker first, so they never see NATS vanish under them.
+    drop(processes);
+    nats.stop().await;
+    Ok(())
+}
+
+/// The parts asked for, in an order where none disturbs the next one's figures.
+async fn run_parts(
+    args: &BenchArgs,
+    paths: &Paths<'_>,
+    roles: &Roles<'_>,
+    pids: &[(&str, u32); 4],
+    s3_endpoint: Option<&str>,
+) -> Result<()> {
     if !args.skip_core {
-        let core = measure_core(&args, &paths, dir.path(), &pids).await?;
-        core.print(&args, &pids);
+        let core = measure_core(args, paths, roles.scratch, pids).await?;
+        core.print(args, pids);
+    }
+    if args.console {
+        let chromium = bench_console::find_chromium(&args.chromium)?.to_path_buf();
+        let (base, loads) = (paths.base.to_string(), args.console_loads);
+        tokio::task::spawn_blocking(move || bench_console::run(&chromium, &base, loads)).await??;
     }
     if args.depth {
-        run_depth(&args, &paths, &roles, dir.path()).await?;
+        run_depth(args, paths, roles, roles.scratch).await?;
     }
     if args.history {
-        run_history(&args, &paths, &roles).await?;
+        run_history(args, paths, roles).await?;
     }
     if args.artifacts {
         let fleet = bench_artifacts::Fleet {
-            client: &client,
-            js: &js,
-            http: &http,
-            base: &base,
-            gateway_pid,
-            scratch: dir.path(),
+            client: paths.client,
+            js: paths.js,
+            http: paths.http,
+            base: paths.base,
+            gateway_pid: pids[3].1,
+            scratch: roles.scratch,
         };
-        run_artifacts(&args, &fleet, dir.path(), s3_endpoint.as_deref()).await?;
+        run_artifacts(args, &fleet, roles.scratch, s3_endpoint).await?;
     }
     // After the artifact cases: a hundred listeners leave the gateway's allocator holding memory that would
     // otherwise count against the streaming measurement.
     if args.events {
-        let throughput =
-            async || nats_throughput(&client, &js, args.throughput_jobs, args.in_flight).await;
-        bench_events::run(&http, &base, throughput, args.rounds).await?;
+        let throughput = async || {
+            nats_throughput(paths.client, paths.js, args.throughput_jobs, args.in_flight).await
+        };
+        bench_events::run(paths.http, paths.base, throughput, args.rounds).await?;
     }
-    // Gateway and worker first, so they never see NATS vanish under them.
-    drop(processes);
-    nats.stop().await;
     Ok(())
 }
 
@@ -474,7 +503,7 @@ impl Core {
             ("worker idle RSS ≤ 20 MB", self.worker_rss <= 20 * 1024),
         ];
         for (target, met) in targets {
-            println!("{} {target}", if met { "met    " } else { "MISSED " });
+            println!("{} {target}", verdict(met));
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::bench_measure::verdict;
 use anyhow::{bail, Context, Result};
 use fleet_shared::codec::{decode, to_msgpack, Format};
 use fleet_shared::{JobRecord, JobStatus};
@@ -149,19 +150,12 @@ pub async fn run(
     }
     println!();
     for (what, ratio) in &ratios {
-        println!(
-            "{} {what} ≥ 0.8 × direct",
-            if *ratio >= 0.8 { "met    " } else { "MISSED " }
-        );
+        println!("{} {what} ≥ 0.8 × direct", verdict(*ratio >= 0.8));
     }
     if flat_gb > 0 {
         println!(
             "{} gateway RSS ≤ 64 MB while streaming",
-            if peak_kb <= 64 * 1024 {
-                "met    "
-            } else {
-                "MISSED "
-            }
+            verdict(peak_kb <= 64 * 1024)
         );
     }
     Ok(())

@@ -11,6 +11,7 @@ use fleet_shared::codec::to_msgpack;
 use futures::StreamExt;
 
 use crate::bench::{jobs_subject, nats_throughput_of, rss_kb, Paths};
+use crate::bench_measure::verdict;
 
 /// The agent whose jobs the depth part queues (configured, but not run by the bench's worker).
 pub const DEPTH_AGENT: &str = "depth";
@@ -55,21 +56,17 @@ pub async fn run(d: &Depth<'_>) -> Result<()> {
     println!();
     println!(
         "{} a deep queue drains at ≥ 0.9 × a shallow one's rate ({ratio:.2} ×)",
-        if ratio >= 0.9 { "met    " } else { "MISSED " }
+        verdict(ratio >= 0.9)
     );
     let extra_mb = (many as f64 - few as f64) / 1024.0;
     println!(
         "{} {MANY} agents cost an idle worker ≤ 10 MB more than 3 ({extra_mb:.1} MB)",
-        if extra_mb <= 10.0 {
-            "met    "
-        } else {
-            "MISSED "
-        }
+        verdict(extra_mb <= 10.0)
     );
     let busy = many_rate / few_rate;
     println!(
         "{} a busy agent beside {} idle ones keeps ≥ 0.9 × its rate beside 2 ({busy:.2} ×)",
-        if busy >= 0.9 { "met    " } else { "MISSED " },
+        verdict(busy >= 0.9),
         MANY - 1
     );
     Ok(())

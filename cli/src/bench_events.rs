@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench_measure::verdict;
+
 /// The agent that prints timestamps: `fleet tick "COUNT INTERVAL_MS"`.
 pub const TICK_AGENT: &str = "ticker";
 
@@ -93,13 +95,10 @@ pub async fn run(
     let p50 = event_latency(http, base).await?;
     let loss = listener_cost(http, base, throughput, rounds).await?;
     println!();
-    println!(
-        "{} event latency p50 ≤ 5 ms",
-        if p50 <= 5.0 { "met    " } else { "MISSED " }
-    );
+    println!("{} event latency p50 ≤ 5 ms", verdict(p50 <= 5.0));
     println!(
         "{} throughput loss with 100 listeners ≤ 10%",
-        if loss <= 0.10 { "met    " } else { "MISSED " }
+        verdict(loss <= 0.10)
     );
     Ok(())
 }

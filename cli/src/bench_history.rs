@@ -12,6 +12,7 @@ use fleet_shared::{JobRecord, JobRequest};
 use futures::StreamExt;
 
 use crate::bench::{Paths, Samples, AGENT};
+use crate::bench_measure::verdict;
 
 /// The list queries timed at each size.
 const QUERIES: [(&str, &str); 4] = [
@@ -70,7 +71,7 @@ pub async fn run(h: &History<'_>) -> Result<()> {
         let ok = p50 <= 20.0 && p99 <= 100.0;
         println!(
             "{} {name} at {size}: p50 ≤ 20 ms and p99 ≤ 100 ms",
-            if ok { "met    " } else { "MISSED " }
+            verdict(ok)
         );
     }
     Ok(())

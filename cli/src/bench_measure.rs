@@ -6,6 +6,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+/// The word printed before a target: whether the figure beside it met it.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met {
+        "met    "
+    } else {
+        "MISSED "
+    }
+}
+
 pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
     v.sort_by(f64::total_cmp);

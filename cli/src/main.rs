@@ -4,10 +4,12 @@
 mod args;
 mod bench;
 mod bench_artifacts;
+mod bench_console;
 mod bench_depth;
 mod bench_events;
 mod bench_history;
 mod bench_measure;
+mod cdp;
 mod client;
 mod data_lock;
 mod failure;

@@ -24,6 +24,9 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "5",
             "--flat-memory-gb",
             "0",
+            "--console",
+            "--console-loads",
+            "1",
         ])
         .output()
         .expect("run fleet bench");
@@ -49,6 +52,9 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
         "1 × 1 MB upload",
         "5 × 4 KB download via gateway",
         "5 × 4 KB download via gateway, one .tar",
+        "run form usable after navigation",
+        "console usable ≤ 1000 ms after navigation",
+        "console first load ≤ 150 KB",
     ] {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
