@@ -505,7 +505,8 @@ pub fn new_job_id() -> Uuid {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
-    /// A worker started (or restarted, on a later attempt) the job.
+    /// A worker started (or restarted, on a later attempt) the job; or, in a retried job's stream, an earlier
+    /// run ended (gateways tell that run's `end` this way, for the stream goes on to the latest run).
     Status {
         status: JobStatus,
         attempt: u32,

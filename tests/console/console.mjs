@@ -4,7 +4,9 @@
 // Prints one line per check and exits non-zero on the first failure.
 
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { chromium } from 'playwright-core';
 
@@ -141,12 +143,18 @@ async function openSuite() {
     await status(p).filter({ hasText: 'cancelled' }).waitFor(WAIT);
   });
   await check('retry a failed job', async () => {
-    failedJob = await runFromForm(p, 'print:trying exit:3');
+    // The first run goes live (it outlives the claim delay); the retry ends at once and publishes no events:
+    // its output still comes, after the page resumed from the first run's last event.
+    const scratch = mkdtempSync(join(tmpdir(), 'fleet-console-'));
+    const first = join(scratch, 'first');
+    failedJob = await runFromForm(p, `once:${first} sleep:1 print:trying exit:3`);
     await status(p).filter({ hasText: 'failed' }).waitFor(WAIT);
     await p.getByRole('button', { name: 'Retry', exact: true }).click();
     await p.getByRole('heading', { name: 'Earlier runs' }).waitFor(WAIT);
     await status(p).filter({ hasText: 'failed' }).waitFor(WAIT);
     await p.locator('.log .line.note', { hasText: 'attempt 2' }).waitFor(WAIT);
+    assert.equal(await log(p).getByText('trying').count(), 2, 'each run\'s output once');
+    rmSync(scratch, { recursive: true });
   });
   await check('filter the history', async () => {
     await p.goto(`${BASE}/#/history`);

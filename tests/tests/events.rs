@@ -538,3 +538,87 @@ async fn a_gateway_stopped_under_live_listeners_exits_within_its_grace() {
     drop(gateway);
     worker.stop().await;
 }
+
+/// Reads events to the end; returns each `output` as (attempt, text), the other events' names, the last id and the
+/// `end` record.
+async fn runs_to_end(
+    reader: &mut SseReader,
+) -> (Vec<(u64, String)>, Vec<String>, Option<String>, Value) {
+    let (mut output, mut others, mut last_id) = (Vec::new(), Vec::new(), None);
+    while let Some(e) = reader.next().await {
+        last_id = e.id.clone().or(last_id);
+        match e.event.as_str() {
+            "output" => output.push((
+                e.data["attempt"].as_u64().expect("attempt"),
+                e.data["text"].as_str().expect("text").to_string(),
+            )),
+            "end" => {
+                assert!(
+                    reader.next().await.is_none(),
+                    "the stream closes after `end`"
+                );
+                return (output, others, last_id, e.data["record"].clone());
+            }
+            other => others.push(format!(
+                "{other}:{}",
+                e.data["status"].as_str().unwrap_or("")
+            )),
+        }
+    }
+    panic!("the stream closed without an `end` event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_job_s_events_go_on_to_its_latest_run() {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The first run outlives the claim delay, so its events go live; the retry ends at once and publishes none.
+    let message = format!(
+        "once:{} sleep:1 print:ran exit:3",
+        dir.path().join("first").display()
+    );
+    let r = api
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "fake", "message": message}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "failed", "{}", r.body);
+    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/jobs/{id}/events");
+    let (output, _, first_last_id, record) =
+        runs_to_end(&mut SseReader::open(&api, &path, None).await).await;
+    assert_eq!(output, [(1, "ran\n".to_string())]);
+    assert_eq!(record["attempt"], 1);
+    let first_last_id = first_last_id.expect("the live run's events have ids");
+
+    let r = api.post(&format!("/v1/jobs/{id}/retry"), &json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    // Resuming after the first run's end, as a page that showed it does: the retry's output and end follow,
+    // though the retry published no events of its own.
+    let mut resumed = SseReader::open(&api, &path, Some(&first_last_id)).await;
+    let (output, _, _, record) = runs_to_end(&mut resumed).await;
+    assert_eq!(output, [(2, "ran\n".to_string())], "{record}");
+    assert_eq!(
+        (record["attempt"].as_u64(), record["status"].as_str()),
+        (Some(2), Some("failed"))
+    );
+
+    // A listener from the start: the first run's output, its end told as a status (the stream goes on), then the
+    // retry's output and the latest run's end.
+    let (output, others, _, record) =
+        runs_to_end(&mut SseReader::open(&api, &path, None).await).await;
+    assert_eq!(
+        output,
+        [(1, "ran\n".to_string()), (2, "ran\n".to_string())],
+        "{others:?}"
+    );
+    assert!(others.contains(&"status:failed".to_string()), "{others:?}");
+    assert_eq!(record["attempt"], 2);
+    worker.stop().await;
+}

@@ -118,9 +118,21 @@ async fn job_events(
     // Subscribed before the record is read, so a job ending meanwhile cannot slip by.
     let watch = records::watch_end(state, &id).await?;
     let record = records::get_or_404(state, caller, &id).await?;
+    let generation = record.generation();
     let terminal = record.status.is_terminal().then_some(record);
+    let last = match &terminal {
+        Some(_) => last_stored_event(state, &id).await,
+        None => None,
+    };
     // A job that ended before its events went live has none: its record is the whole story.
-    let stored = terminal.is_none() || last_stored(state, &id).await.is_some();
+    let stored = terminal.is_none() || last.is_some();
+    // Whether the run's own attempt published events (a retried job's stream also holds earlier runs'); unknown,
+    // so assumed, while it runs.
+    let run_stored = match (&terminal, &last) {
+        (Some(record), Some(event)) => event_attempt(event).is_none_or(|a| a == output_attempt_of(record)),
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
     let mut tail = None;
     let messages = match (stored, &terminal) {
         (false, _) => futures::stream::empty().boxed(),
@@ -154,7 +166,9 @@ async fn job_events(
             terminal,
             ended: None,
             resumed: after.is_some(),
-            saw_output: false,
+            generation,
+            run_stored,
+            output_attempt: None,
             queue: VecDeque::new(),
             finished: false,
             last_id: after.unwrap_or(0),
@@ -175,6 +189,27 @@ enum Feed {
 impl From<(u64, u64, JobEvent)> for Feed {
     fn from((seq, pending, event): (u64, u64, JobEvent)) -> Self {
         Self::Event(seq, pending, event)
+    }
+}
+
+/// The job's last stored event, when this version can read it.
+async fn last_stored_event(state: &AppState, id: &Uuid) -> Option<JobEvent> {
+    let message = state
+        .events
+        .get_last_raw_message_by_subject(&state.topology.events_subject(id))
+        .await
+        .ok()?;
+    decode(&message.payload, Format::MessagePack).ok()
+}
+
+/// The attempt an event belongs to, when it says.
+fn event_attempt(event: &JobEvent) -> Option<u32> {
+    match event {
+        JobEvent::Status { attempt, .. }
+        | JobEvent::Output { attempt, .. }
+        | JobEvent::OutputLimit { attempt, .. } => Some(*attempt),
+        JobEvent::End { record, .. } => Some(record.attempt),
+        JobEvent::Artifact { .. } | JobEvent::Behind { .. } => None,
     }
 }
 
@@ -283,7 +318,12 @@ struct Follow {
     ended: Option<JobRecord>,
     /// The client resumed after an event id, so it saw earlier events on another connection.
     resumed: bool,
-    saw_output: bool,
+    /// The run (0 for the first, one more per retry) the listener follows: earlier runs' ends do not end it.
+    generation: u32,
+    /// The stream may hold events of the ended attempt (known when the job had ended at connect time).
+    run_stored: bool,
+    /// The attempt of the last `output` event sent here.
+    output_attempt: Option<u32>,
     /// The last events, sent before the stream ends.
     queue: VecDeque<(Option<u64>, JobEvent)>,
     /// The end is queued: nothing more is read.
@@ -311,7 +351,7 @@ impl Follow {
                     Some(item) => return self.event(item),
                     None => {
                         let record = self.terminal.take()?;
-                        let send_output = self.output_unseen();
+                        let send_output = self.output_unseen(&record);
                         self.finish(None, record, send_output);
                     }
                 }
@@ -327,7 +367,8 @@ impl Follow {
                 end = self.done.next(), if !awaiting_end => match end {
                     // Never went live: no events will come; the record holds its output.
                     Some(records::JobEnd { record, events_live: Some(false) }) => {
-                        let send_output = self.output_unseen();
+                        // That attempt published nothing, so no connection can have shown its output as events.
+                        let send_output = self.output_attempt != Some(output_attempt_of(&record));
                         self.finish(None, record, send_output);
                     }
                     // Went live, or unknown: its `end` should follow in the stream with any output still in
@@ -339,7 +380,7 @@ impl Follow {
                 // Re-armed on every pass, so each event forwarded restarts the quiet period.
                 _ = tokio::time::sleep(END_GRACE), if awaiting_end => {
                     let record = self.ended.take()?;
-                    let send_output = self.output_unseen();
+                    let send_output = self.output_unseen(&record);
                     self.finish(None, record, send_output);
                 }
             }
@@ -360,15 +401,20 @@ impl Follow {
         self.last_id = self.last_id.max(seq);
         let seq = (seq > 0).then_some(seq);
         if let JobEvent::End { record, .. } = event {
+            if record.generation() < self.generation {
+                return Some(((seq, earlier_run_ended(&record)), self));
+            }
             self.finish(seq, *record, false);
             let item = self.queue.pop_front()?;
             return Some((item, self));
         }
-        self.saw_output |= matches!(event, JobEvent::Output { .. });
+        if let JobEvent::Output { attempt, .. } = event {
+            self.output_attempt = Some(attempt);
+        }
         if pending == 0 {
             if let Some(record) = self.terminal.take() {
                 // Replayed to the end without an `end`: this event, then the record's.
-                let send_output = self.output_unseen();
+                let send_output = self.output_unseen(&record);
                 self.queue.push_back((seq, event));
                 self.finish(None, record, send_output);
                 let item = self.queue.pop_front()?;
@@ -378,9 +424,11 @@ impl Follow {
         Some(((seq, event), self))
     }
 
-    /// The client has seen none of the job's output as events, here or on an earlier connection.
-    fn output_unseen(&self) -> bool {
-        !self.saw_output && !self.resumed
+    /// The client has seen none of `record`'s attempt's output as events, here or on an earlier connection.
+    fn output_unseen(&self, record: &JobRecord) -> bool {
+        let shown_here = self.output_attempt == Some(output_attempt_of(record));
+        let maybe_shown_before = self.resumed && self.run_stored;
+        !shown_here && !maybe_shown_before
     }
 
     /// Queues the end: first the record's output as `output` events when it never went out as events (jobs that
@@ -397,7 +445,7 @@ impl Follow {
                     n += 1;
                     let output = JobEvent::Output {
                         stream,
-                        attempt: record.attempt.max(1),
+                        attempt: output_attempt_of(&record),
                         seq: n,
                         text: text.clone(),
                     };
@@ -411,6 +459,21 @@ impl Follow {
         };
         self.queue.push_back((seq, end));
         self.finished = true;
+    }
+}
+
+/// The attempt a record's output belongs to (a record that never started counts as the first).
+fn output_attempt_of(record: &JobRecord) -> u32 {
+    record.attempt.max(1)
+}
+
+/// An earlier run's `end` met in a retried job's stream: told as that run's final status, for the stream goes on.
+fn earlier_run_ended(record: &JobRecord) -> JobEvent {
+    JobEvent::Status {
+        status: record.status,
+        attempt: record.attempt,
+        worker: record.worker.clone().unwrap_or_default(),
+        at: record.finished_at.unwrap_or(record.updated_at),
     }
 }
 

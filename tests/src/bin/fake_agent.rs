@@ -12,6 +12,7 @@
 //!   write:NAME=BYTES   create file NAME (percent-encoded, directories made) holding BYTES bytes of a pattern
 //!   symlink:NAME=TARGET create symbolic link NAME pointing at TARGET
 //!   exit:CODE          exit with CODE
+//!   once:PATH          skip the next step if PATH exists, else create PATH (a step only the first run takes)
 
 use std::io::Write;
 
@@ -21,9 +22,17 @@ fn main() {
         .skip(1)
         .flat_map(|a| a.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .collect();
+    let mut skip_next = false;
     for step in steps {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
         let (name, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
         match name {
+            "once" => {
+                skip_next = std::path::Path::new(arg).exists();
+                std::fs::write(arg, "").expect("once:PATH");
+            }
             "sleep" => std::thread::sleep(std::time::Duration::from_secs_f64(
                 arg.parse().expect("sleep:SECS"),
             )),
