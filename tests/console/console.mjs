@@ -89,7 +89,7 @@ async function openSuite() {
   const p = await page();
   let liveJob;
   let failedJob;
-  await check('the page is served with a strict policy and gzip', async () => {
+  await check('the page is served with a strict policy, brotli and gzip', async () => {
     const r = await fetch(`${BASE}/`, { headers: { 'accept-encoding': 'gzip' } });
     const csp = r.headers.get('content-security-policy');
     assert.match(csp, /script-src 'self'/);
@@ -100,6 +100,9 @@ async function openSuite() {
     const a = await fetch(`${BASE}${asset}`, { headers: { 'accept-encoding': 'gzip' } });
     assert.equal(a.headers.get('content-encoding'), 'gzip');
     assert.match(a.headers.get('cache-control'), /immutable/);
+    const br = await fetch(`${BASE}${asset}`, { headers: { 'accept-encoding': 'gzip, deflate, br' } });
+    assert.equal(br.headers.get('content-encoding'), 'br');
+    assert.match(await br.text(), /import/, 'the brotli body decodes to the script');
   });
   // How soon it is usable is measured, not asserted: timing targets belong to the benchmark.
   await check('first load transfers at most 150 KB', async () => {

@@ -16,6 +16,15 @@ pub struct Asset {
     pub name: &'static str,
     pub raw: &'static [u8],
     pub gzip: &'static [u8],
+    pub brotli: &'static [u8],
+}
+
+/// How an asset goes over the wire.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Coding {
+    Brotli,
+    Gzip,
+    Identity,
 }
 
 include!(concat!(env!("OUT_DIR"), "/console_assets.rs"));
@@ -55,8 +64,12 @@ pub(crate) fn find(name: &str) -> Option<&'static Asset> {
 }
 
 fn serve(asset: &Asset, request: &HeaderMap, cache: &'static str) -> Response {
-    let gzip = accepts_gzip(request);
-    let body = if gzip { asset.gzip } else { asset.raw };
+    let coding = negotiate(request);
+    let (body, encoding) = match coding {
+        Coding::Brotli => (asset.brotli, Some("br")),
+        Coding::Gzip => (asset.gzip, Some("gzip")),
+        Coding::Identity => (asset.raw, None),
+    };
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -65,8 +78,8 @@ fn serve(asset: &Asset, request: &HeaderMap, cache: &'static str) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    if gzip {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    if let Some(encoding) = encoding {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
     }
     protect(headers);
     response
@@ -89,18 +102,39 @@ pub fn protect(headers: &mut HeaderMap) {
     );
 }
 
-fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+/// The smallest coding the request accepts (RFC 9110 §12.5.3): the highest weight wins, brotli before gzip on a
+/// tie; `*` stands for a coding not named; a weight of 0 refuses. Unencoded when neither is accepted.
+fn negotiate(headers: &HeaderMap) -> Coding {
+    let weights: Vec<(&str, f32)> = headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            let refused = parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
-        })
+        .map(weighted)
+        .collect();
+    let weight = |name: &str| {
+        let named = weights.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+        named
+            .or_else(|| weights.iter().find(|(n, _)| *n == "*"))
+            .map_or(0.0, |(_, q)| *q)
+    };
+    let (brotli, gzip) = (weight("br"), weight("gzip"));
+    match (brotli, gzip) {
+        (b, g) if b > 0.0 && b >= g => Coding::Brotli,
+        (_, g) if g > 0.0 => Coding::Gzip,
+        _ => Coding::Identity,
+    }
+}
+
+/// `name;q=0.5` as (name, 0.5); no weight is 1, a malformed one 0.
+fn weighted(coding: &str) -> (&str, f32) {
+    let mut parts = coding.split(';');
+    let name = parts.next().unwrap_or("").trim();
+    let q = parts
+        .filter_map(|p| p.trim().strip_prefix("q="))
+        .next()
+        .map_or(1.0, |q| q.trim().parse::<f32>().unwrap_or(0.0));
+    (name, q)
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -128,12 +162,23 @@ mod tests {
     }
 
     #[test]
-    fn gzip_only_when_accepted() {
-        assert!(accepts_gzip(&with_encoding("gzip, deflate, br")));
-        assert!(accepts_gzip(&with_encoding("br;q=1.0, GZIP;q=0.5")));
-        assert!(!accepts_gzip(&with_encoding("gzip;q=0, br")));
-        assert!(!accepts_gzip(&with_encoding("identity")));
-        assert!(!accepts_gzip(&HeaderMap::new()));
+    fn the_smallest_accepted_coding_is_chosen() {
+        let cases = [
+            ("gzip, deflate, br, zstd", Coding::Brotli),
+            ("br;q=1.0, GZIP;q=0.5", Coding::Brotli),
+            ("br;q=0.4, gzip;q=0.5", Coding::Gzip),
+            ("gzip;q=0, br", Coding::Brotli),
+            ("gzip", Coding::Gzip),
+            ("br;q=0, gzip;q=0.000", Coding::Identity),
+            ("*", Coding::Brotli),
+            ("*;q=0.3, br;q=0", Coding::Gzip),
+            ("br;q=nonsense, gzip", Coding::Gzip),
+            ("identity", Coding::Identity),
+        ];
+        for (header, coding) in cases {
+            assert_eq!(negotiate(&with_encoding(header)), coding, "{header}");
+        }
+        assert_eq!(negotiate(&HeaderMap::new()), Coding::Identity);
     }
 
     #[test]

@@ -129,7 +129,9 @@ async fn job_events(
     // Whether the run's own attempt published events (a retried job's stream also holds earlier runs'); unknown,
     // so assumed, while it runs.
     let run_stored = match (&terminal, &last) {
-        (Some(record), Some(event)) => event_attempt(event).is_none_or(|a| a == output_attempt_of(record)),
+        (Some(record), Some(event)) => {
+            event_attempt(event).is_none_or(|a| a == output_attempt_of(record))
+        }
         (Some(_), None) => false,
         (None, _) => true,
     };
