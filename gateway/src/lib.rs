@@ -56,7 +56,7 @@ where
 /// be added without the test seeing it.
 pub fn job_routes() -> Vec<JobRoute> {
     use axum::http::Method;
-    use routes::{artifacts, compat, events, jobs};
+    use routes::{artifacts, compat, events, jobs, links};
     vec![
         job_route("/v1/jobs/{id}", Method::GET, jobs::get_job),
         job_route("/v1/jobs/{id}/cancel", Method::POST, jobs::cancel_job),
@@ -64,6 +64,7 @@ pub fn job_routes() -> Vec<JobRoute> {
         job_route("/v1/jobs/{id}/events", Method::GET, events::events),
         job_route("/v1/jobs/{id}/ws", Method::GET, events::websocket),
         job_route("/v1/jobs/{id}/artifacts", Method::GET, artifacts::list),
+        job_route("/v1/jobs/{id}/links", Method::POST, links::create),
         job_route(
             "/v1/jobs/{id}/artifacts.tar",
             Method::GET,

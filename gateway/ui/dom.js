@@ -70,12 +70,10 @@ export async function copy(text, what) {
   }
 }
 
-/** Saves a fetched blob as a download. */
-export function saveBlob(blob, name) {
-  const url = URL.createObjectURL(blob);
+/** Hands `url` to the browser's download manager, saved as `name`. */
+export function startDownload(url, name) {
   const a = h('a', { href: url, download: name });
   document.body.append(a);
   a.click();
   a.remove();
-  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }

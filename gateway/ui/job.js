@@ -1,7 +1,7 @@
 // Job: status and attempts, the output live (resuming after the last event seen), details, files, Cancel/Retry.
 
 import { api, blob, follow } from './api.js';
-import { h, fill, statusBadge, when, duration, bytes, copy, saveBlob, toast } from './dom.js';
+import { h, fill, statusBadge, when, duration, bytes, copy, startDownload, toast } from './dom.js';
 import { LogView } from './log.js';
 
 const TERMINAL = ['completed', 'failed', 'timeout', 'cancelled'];
@@ -166,12 +166,21 @@ function fileUrl(id, name) {
   return `/v1/jobs/${id}/artifacts/${name.split('/').map(encodeURIComponent).join('/')}`;
 }
 
+// Through a short-lived download link, so the browser streams the file to disk however large it is (a fetched
+// blob would sit in the page's memory first, and a plain link cannot carry the credential).
 async function download(id, name) {
-  try { saveBlob(await blob(fileUrl(id, name)), name.split('/').pop()); } catch (e) { toast(e.message); }
+  await downloadThroughLink(id, { file: name }, name.split('/').pop());
 }
 
 async function downloadAll(id) {
-  try { saveBlob(await blob(`/v1/jobs/${id}/artifacts.tar`), `${id}.tar`); } catch (e) { toast(e.message); }
+  await downloadThroughLink(id, {}, `${id}.tar`);
+}
+
+async function downloadThroughLink(id, which, filename) {
+  try {
+    const { url } = await api(`/v1/jobs/${id}/links`, { method: 'POST', json: which });
+    startDownload(url, filename);
+  } catch (e) { toast(e.message); }
 }
 
 function showAttempts(box, r) {

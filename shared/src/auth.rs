@@ -142,14 +142,12 @@ pub fn parse(key: &str) -> Option<(&str, &str)> {
 impl StoredKey {
     /// Does `secret` belong to this key, and is the key still valid? Compares in constant time.
     pub fn accepts(&self, secret: &str) -> bool {
-        let presented = digest(secret);
-        let same = presented.len() == self.secret_sha256.len()
-            && presented
-                .bytes()
-                .zip(self.secret_sha256.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        same && self.revoked_at.is_none()
+        crate::seal::same(&self.secret_sha256, &digest(secret)) && self.in_force()
+    }
+
+    /// Not revoked.
+    pub fn in_force(&self) -> bool {
+        self.revoked_at.is_none()
     }
 }
 

@@ -65,15 +65,24 @@ impl Sealer {
     }
 
     pub fn verifies(&self, id: &Uuid, generation: u32, revision: u64, seal: &str) -> bool {
-        let expected = self.seal(id, generation, revision);
-        // Compared in full whatever differs first, so the time taken says nothing about the seal.
-        expected.len() == seal.len()
-            && expected
-                .bytes()
-                .zip(seal.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        same(&self.seal(id, generation, revision), seal)
     }
+
+    /// A key for `purpose`, derived from the fleet's, so a MAC made for one purpose never verifies for another.
+    pub fn derived(&self, purpose: &str) -> [u8; 32] {
+        hmac_sha256(&self.0, purpose.as_bytes())
+    }
+}
+
+/// Whether two MACs (as text) are equal, compared in full whatever differs first, so the time taken says nothing
+/// about the expected one.
+pub fn same(expected: &str, presented: &str) -> bool {
+    expected.len() == presented.len()
+        && expected
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// The fleet's key as the config bucket has it, followed by a watch: for workers, which only read the bucket (the

@@ -127,12 +127,8 @@ async function openSuite() {
     await status(p).filter({ hasText: 'completed' }).waitFor(WAIT);
     await shot(p, 'job-desktop');
   });
-  await check('download a file', async () => {
-    const [download] = await Promise.all([p.waitForEvent('download', WAIT),
-      p.getByRole('button', { name: 'Download report.txt' }).click()]);
-    assert.equal(download.suggestedFilename(), 'report.txt');
-    const { size } = await stat(await download.path());
-    assert.equal(size, 2000);
+  await check('download a file, and all of them as a tar, through short-lived links', async () => {
+    await downloadThroughLinks(p, 'report.txt', 2000);
   });
   await check('search the output', async () => {
     await p.getByLabel('Search the output').fill('wor');
@@ -239,6 +235,20 @@ async function openSuite() {
   await p.context().close();
 }
 
+/** The job page's Download and Download all (.tar) save the files; the browser's download manager fetches both
+ *  itself, through ticketed links (a navigation, which carries no Authorization header). */
+async function downloadThroughLinks(p, name, size) {
+  const [download] = await Promise.all([p.waitForEvent('download', WAIT),
+    p.getByRole('button', { name: `Download ${name}` }).click()]);
+  assert.equal(download.suggestedFilename(), name);
+  assert.equal((await stat(await download.path())).size, size);
+  const [tar] = await Promise.all([p.waitForEvent('download', WAIT),
+    p.getByRole('button', { name: 'Download all (.tar)' }).click()]);
+  assert.match(tar.suggestedFilename(), /\.tar$/);
+  assert.ok((await stat(await tar.path())).size > size);
+  for (const d of [download, tar]) assert.match(d.url(), /\?ticket=[0-9a-f-]+$/);
+}
+
 async function authSuite() {
   const p = await page();
   await check('a gateway that requires sign-in asks for it, and a wrong key is refused', async () => {
@@ -249,14 +259,15 @@ async function authSuite() {
     await p.getByRole('button', { name: 'Use key' }).click();
     await p.locator('dialog [role=alert]').filter({ hasText: /./ }).waitFor(WAIT);
   });
-  await check('sign in with a key, run a job', async () => {
+  await check('sign in with a key, run a job, download its files', async () => {
     await p.getByLabel('API key').fill(process.env.FLEET_API_KEY);
     await p.getByRole('button', { name: 'Use key' }).click();
     await p.getByLabel('API key').waitFor({ state: 'hidden', ...WAIT });
-    await runFromForm(p, 'print:with-a-key');
+    await runFromForm(p, 'print:with-a-key write:signed.txt=3000');
     await log(p).getByText('with-a-key').waitFor(WAIT);
     const url = p.url();
     assert.ok(!url.includes('fk_'), 'the key is in the address');
+    await downloadThroughLinks(p, 'signed.txt', 3000);
   });
   await check('a 401 leads to sign-in and the typed message is still sent', async () => {
     await p.goto(`${BASE}/#/run`);

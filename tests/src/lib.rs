@@ -669,15 +669,19 @@ pub fn process_alive(pid: i32) -> bool {
 
 /// Creates an API key with `fleet keys create --json ARGS` against the configuration's NATS; returns its id and
 /// the key itself.
-pub fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
-    let out = Command::new(built_binary("fleet"))
-        .args(["keys", "create", "--json"])
+/// `fleet ARGS` run to its end in the fleet of `cfg`.
+pub fn fleet_cli(cfg: &TestConfig, args: &[&str]) -> std::process::Output {
+    Command::new(built_binary("fleet"))
         .args(args)
         .env_clear()
         .envs(cfg.env_for_subprocess())
         .env("RUST_LOG", "warn")
         .output()
-        .expect("run fleet keys");
+        .expect("run fleet")
+}
+
+pub fn create_key(cfg: &TestConfig, args: &[&str]) -> (String, String) {
+    let out = fleet_cli(cfg, &[&["keys", "create", "--json"], args].concat());
     assert!(
         out.status.success(),
         "{}",

@@ -9,16 +9,6 @@ use fleet_tests::clients::NatsClient;
 use fleet_tests::*;
 use serde_json::{json, Value};
 
-fn fleet_cli(cfg: &TestConfig, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(built_binary("fleet"))
-        .args(args)
-        .env_clear()
-        .envs(cfg.env_for_subprocess())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run fleet")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
     let nats = NatsServer::start();

@@ -1,6 +1,9 @@
 //! What one caller may reach of another's (issue 15), through the real gateway and worker with keys on: a job's
 //! files cannot be copied into a foreign caller's job, idempotency keys are each owner's own, and `/stats` counts
-//! only the caller's jobs. Nothing of the owner's data appears in any answer the foreign caller gets.
+//! only the caller's jobs; a download link opens one file for its maker only. Nothing of the owner's data appears in
+//! any answer the foreign caller gets.
+
+use std::time::Duration;
 
 use fleet_tests::*;
 use serde_json::json;
@@ -384,4 +387,93 @@ async fn metrics_need_the_metrics_token_when_one_is_set() {
         assert!(ok.text().await.unwrap().contains("fleet_"), "{url}");
     }
     worker.stop().await;
+}
+
+/// A GET of `url` (a path on `api`'s gateway) with no credentials: its status and body bytes.
+async fn fetch_without_credentials(api: &Api, url: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::get(format!("{}{url}", api.base))
+        .await
+        .expect("gateway answers");
+    (r.status().as_u16(), r.bytes().await.expect("body").to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_link_opens_one_file_for_its_maker_and_nothing_else() {
+    let c = TwoCallers::start().await;
+    let r = c
+        .alice
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "fake", "message": "write:a%20b/r%C3%BCckblick.txt=100 write:other.txt=5"}),
+        )
+        .await;
+    assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
+    let job = r.body["job_id"].as_str().unwrap().to_string();
+    let links = format!("/v1/jobs/{job}/links");
+
+    let r = c
+        .alice
+        .post(&links, &json!({"file": "a b/rückblick.txt"}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let url = r.body["url"].as_str().unwrap().to_string();
+    assert!(r.body["expires_at"].is_string(), "{}", r.body);
+    assert!(!url.contains("fk_"), "the key went into the link: {url}");
+    let (status, body) = fetch_without_credentials(&c.alice, &url).await;
+    assert_eq!((status, body.len()), (200, 100));
+
+    // The ticket opens its own path only: not another file, not the archive, not with a changed character.
+    let ticket = url.split_once("?ticket=").unwrap().1.to_string();
+    let mut forged = ticket.clone();
+    forged.replace_range(
+        forged.len() - 1..,
+        if ticket.ends_with('0') { "1" } else { "0" },
+    );
+    for other in [
+        format!("/v1/jobs/{job}/artifacts/other.txt?ticket={ticket}"),
+        format!("/v1/jobs/{job}/artifacts.tar?ticket={ticket}"),
+        format!("/v1/jobs/{job}?ticket={ticket}"),
+        format!("/v1/jobs/{job}/artifacts/a%20b/r%C3%BCckblick.txt?ticket={forged}"),
+    ] {
+        let (status, _) = fetch_without_credentials(&c.alice, &other).await;
+        assert_eq!(status, 401, "{other}");
+    }
+
+    // All files as one archive; a link is asked for only what the caller may read.
+    let r = c.alice.post(&links, &json!({})).await;
+    let (status, tar) = fetch_without_credentials(&c.alice, r.body["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["a b/rückblick.txt", "other.txt"]);
+    c.mallory
+        .post(&links, &json!({}))
+        .await
+        .assert_problem(404, "job_not_found");
+    let r = c.alice.post(&links, &json!({"file": "missing.txt"})).await;
+    r.assert_problem(404, "not_found");
+    let r = c.alice.post(&links, &json!({"file": "../x"})).await;
+    r.assert_problem(400, "invalid_name");
+
+    // A link dies with the key that made it.
+    let out = fleet_cli(&c.cfg, &["keys", "revoke", &c.alice_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the revoked key's link refused",
+        Duration::from_secs(5),
+        || {
+            let (api, url) = (c.alice.clone(), url.clone());
+            async move { fetch_without_credentials(&api, &url).await.0 == 401 }
+        },
+    )
+    .await;
+    c.worker.stop().await;
 }

@@ -5,6 +5,7 @@
 //! key's name as their owner. Keys live hashed in the keys bucket; each gateway follows the bucket, so a revoked
 //! key stops working on every replica at once.
 
+pub mod links;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -253,7 +254,14 @@ pub async fn authenticate(
     } else if is_public(request.uri().path()) {
         return next.run(request).await;
     } else {
-        match identify(&state, request.headers()).await {
+        let ticket = links::presented(request.uri().query())
+            .filter(|_| request.method() == axum::http::Method::GET)
+            .filter(|_| presented_key(request.headers()).is_none());
+        let found = match ticket {
+            Some(ticket) => through_link(&state, ticket, request.uri().path()).await,
+            None => identify(&state, request.headers()).await,
+        };
+        match found {
             Ok(caller) => caller,
             Err(refusal) => return refusal,
         }
@@ -289,6 +297,35 @@ async fn identify(state: &AppState, headers: &axum::http::HeaderMap) -> Result<C
         Ok(_) => Err(unauthorized("the API key is unknown or revoked")),
         Err(e) => Err(e.into_response()),
     }
+}
+
+/// The caller a download link's ticket names, as it is now: a key still in the ring with its scopes, or a
+/// configured user.
+async fn through_link(state: &AppState, ticket: &str, path: &str) -> Result<Caller, Response> {
+    let now = chrono::Utc::now().timestamp();
+    let Some(principal) = links::verify(&state.sealer, ticket, path, now) else {
+        return Err(unauthorized(
+            "the download link is not for this path, or has expired (links work for a minute: ask for a new one)",
+        ));
+    };
+    let gone =
+        || unauthorized("the download link's API key was revoked, or its user no longer exists");
+    if let Some(key_id) = principal.strip_prefix("key:") {
+        return match state.keys.find(key_id).await {
+            Ok(Some(key)) if key.in_force() => Ok(Caller::Authenticated {
+                principal: Principal::key(key_id, &key.name),
+                scopes: key.scopes,
+            }),
+            Ok(_) => Err(gone()),
+            Err(e) => Err(e.into_response()),
+        };
+    }
+    let name = principal.strip_prefix("user:").ok_or_else(gone)?;
+    let user = state.config.auth.users.get(name).ok_or_else(gone)?;
+    Ok(Caller::Authenticated {
+        principal: Principal::user(name),
+        scopes: user.scopes(),
+    })
 }
 
 /// `auth.mode = none` is for a gateway only this machine can reach.

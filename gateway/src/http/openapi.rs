@@ -8,7 +8,7 @@ use fleet_shared::config::Config;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::routes::{artifacts, compat, events, jobs, keys, sharing, system};
+use crate::routes::{artifacts, compat, events, jobs, keys, links, sharing, system};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -16,7 +16,7 @@ use crate::state::AppState;
     info(title = "fleet", description = "Run AI agents and code jobs on a NATS JetStream worker fleet."),
     paths(
         jobs::submit_job, jobs::get_job, jobs::list_jobs, jobs::cancel_job, jobs::retry_job, events::events, events::websocket,
-        artifacts::list, artifacts::archive, artifacts::download, artifacts::download_compat,
+        artifacts::list, artifacts::archive, artifacts::download, artifacts::download_compat, links::create,
         system::health, system::ready, system::agents, system::workers, system::me, crate::http::metrics::render, crate::auth::tokens::token,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,

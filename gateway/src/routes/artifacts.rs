@@ -93,7 +93,8 @@ fn exactly(
 }
 
 /// All of a job's files as one tar archive, streamed (`curl -o out.tar`, then `tar -xf out.tar`).
-#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts.tar", tag = "jobs", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/v1/jobs/{id}/artifacts.tar", tag = "jobs", params(("id" = Uuid, Path),
+        ("ticket" = Option<String>, Query, description = "A download link's ticket (`POST /v1/jobs/{id}/links`)")),
     responses((status = 200, description = "A POSIX tar archive of the job's files", content_type = "application/x-tar"),
         (status = 404, body = Problem), (status = 503, body = Problem)))]
 pub async fn archive(
@@ -174,6 +175,8 @@ pub struct DownloadParams {
     /// Instead of the file, answer with a URL straight to the store valid this many seconds (S3 stores).
     #[param(minimum = 1, maximum = 604800)]
     pub presign: Option<f64>,
+    /// A download link's ticket (`POST /v1/jobs/{id}/links`), standing in for credentials on this path only.
+    pub ticket: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -238,6 +241,19 @@ async fn listed_file(
     id: Uuid,
     name: &str,
 ) -> Result<(FileEntry, StoreKey, ArtifactStore), ApiError> {
+    let (record, entry) = listed_entry(state, caller, id, name).await?;
+    let store = holder(state, &record).await?;
+    Ok((entry, store.key(&id, name), store))
+}
+
+/// Job `id`'s record and its entry for file `name`, if the caller may read the job, the name is safe and the
+/// record lists it.
+pub(crate) async fn listed_entry(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    name: &str,
+) -> Result<(std::sync::Arc<JobRecord>, FileEntry), ApiError> {
     if !is_safe_name(name) {
         return Err(ApiError::new(
             ErrorCode::InvalidName,
@@ -251,8 +267,7 @@ async fn listed_file(
             format!("job {id} has no stored file named `{name}`"),
         )
     })?;
-    let store = holder(state, &record).await?;
-    Ok((entry, store.key(&id, name), store))
+    Ok((record, entry))
 }
 
 /// The store holding a job's files, as its record names it.

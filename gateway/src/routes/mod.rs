@@ -5,5 +5,6 @@ pub mod compat;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod links;
 pub mod sharing;
 pub mod system;
