@@ -45,18 +45,11 @@ impl TwoCallers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_reaches_nothing_of_another_callers_jobs() {
-    let TwoCallers {
-        _nats,
-        cfg,
-        worker,
-        gw,
-        alice_id: _,
-        alice,
-        mallory,
-    } = TwoCallers::start().await;
+    let c = TwoCallers::start().await;
 
     let secret = "the-secret-4f1c";
-    let r = alice
+    let r = c
+        .alice
         .post(
             "/v1/jobs?wait=30",
             &json!({"agent": "shell", "message": format!("echo {secret} > secret.txt")}),
@@ -68,15 +61,15 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     // Copying alice's file into mallory's job: as if alice's job did not exist.
     let steal = json!({"agent": "shell", "message": "cat secret.txt",
         "input_files": [{"name": "secret.txt", "from": {"job_id": alice_job, "name": "secret.txt"}}]});
-    let r = mallory.post("/v1/jobs?wait=30", &steal).await;
+    let r = c.mallory.post("/v1/jobs?wait=30", &steal).await;
     r.assert_problem(404, "job_not_found");
     let made_up = json!({"agent": "shell", "message": "cat secret.txt",
         "input_files": [{"name": "secret.txt", "from": {"job_id": uuid::Uuid::now_v7(), "name": "secret.txt"}}]});
-    let unknown = mallory.post("/v1/jobs?wait=30", &made_up).await;
+    let unknown = c.mallory.post("/v1/jobs?wait=30", &made_up).await;
     unknown.assert_problem(404, "job_not_found");
     assert!(!r.body.to_string().contains(secret));
     // Alice herself may.
-    let r = alice.post("/v1/jobs?wait=30", &steal).await;
+    let r = c.alice.post("/v1/jobs?wait=30", &steal).await;
     assert_eq!(
         r.body["record"]["stdout"],
         format!("{secret}\n"),
@@ -93,23 +86,23 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
         )
         .await
     };
-    let a = post_keyed(alice.clone(), "alice's").await;
+    let a = post_keyed(c.alice.clone(), "alice's").await;
     assert_eq!(a.status, 202, "{}", a.body);
-    let m = post_keyed(mallory.clone(), "mallory's").await;
+    let m = post_keyed(c.mallory.clone(), "mallory's").await;
     assert_eq!(m.status, 202, "{}", m.body);
     assert_ne!(a.body["job_id"], m.body["job_id"]);
-    let again = post_keyed(mallory.clone(), "something else").await;
+    let again = post_keyed(c.mallory.clone(), "something else").await;
     again.assert_problem(409, "idempotency_conflict");
     assert!(!again
         .body
         .to_string()
         .contains(a.body["job_id"].as_str().unwrap()));
-    let same = post_keyed(alice.clone(), "alice's").await;
+    let same = post_keyed(c.alice.clone(), "alice's").await;
     assert_eq!(same.body["job_id"], a.body["job_id"], "{}", same.body);
 
     // A key manager names a new key after alice: a label only, it reads and cancels nothing of hers.
     let (_, manager_key) = create_key(
-        &cfg,
+        &c.cfg,
         &[
             "--name",
             "keys",
@@ -119,7 +112,7 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
             "--cancel",
         ],
     );
-    let manager = gw.api().with_key(&manager_key);
+    let manager = c.gw.api().with_key(&manager_key);
     let r = manager
         .post(
             "/v1/keys",
@@ -127,7 +120,7 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
         )
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let impostor = gw.api().with_key(r.body["key"].as_str().unwrap());
+    let impostor = c.gw.api().with_key(r.body["key"].as_str().unwrap());
     fleet_tests::eventually(
         "the new key accepted",
         std::time::Duration::from_secs(5),
@@ -146,8 +139,8 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
 
     // Sharing may name no remote host while artifacts.sharing_hosts is empty (the default): refused before any
     // connection, this machine's FTP port included.
-    let (_, sharer_key) = create_key(&cfg, &["--name", "sharer", "--configure-sharing"]);
-    let r = gw
+    let (_, sharer_key) = create_key(&c.cfg, &["--name", "sharer", "--configure-sharing"]);
+    let r = c.gw
         .api()
         .with_key(&sharer_key)
         .post(
@@ -158,42 +151,36 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
     r.assert_problem(403, "forbidden");
 
     // /stats: each caller counts its own jobs (queue depth stays fleet-wide).
-    let alice_jobs = alice.get("/stats").await.body["total"].as_u64().unwrap();
-    let mallory_jobs = mallory.get("/stats").await.body["total"].as_u64().unwrap();
+    let alice_jobs = c.alice.get("/stats").await.body["total"].as_u64().unwrap();
+    let mallory_jobs = c.mallory.get("/stats").await.body["total"]
+        .as_u64()
+        .unwrap();
     assert_eq!((alice_jobs, mallory_jobs), (3, 1));
-    worker.stop().await;
+    c.worker.stop().await;
 }
 
 /// The owner filter narrows what a caller may read, never widens it; `/v1/me` says who calls and what it may do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_filter_only_narrows_and_me_names_the_caller() {
-    let TwoCallers {
-        _nats,
-        cfg,
-        worker,
-        gw,
-        alice_id,
-        alice,
-        mallory,
-    } = TwoCallers::start().await;
-    for caller in [&alice, &alice, &mallory] {
+    let c = TwoCallers::start().await;
+    for caller in [&c.alice, &c.alice, &c.mallory] {
         let job = json!({"agent": "echo", "message": "mine"});
         let r = caller.post("/v1/jobs?wait=30", &job).await;
         assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
     }
 
-    let alice_owner = format!("key:{alice_id}");
+    let alice_owner = format!("key:{}", c.alice_id);
     let of_alice = format!("/v1/jobs?owner={alice_owner}");
-    mallory
+    c.mallory
         .get(&of_alice)
         .await
-        .assert_count(0, "mallory asking for alice's jobs");
-    alice.get(&of_alice).await.assert_count(2, "alice's own");
-    let (_, auditor_key) = create_key(&cfg, &["--name", "audit", "--read-all"]);
-    let auditor = gw.api().with_key(&auditor_key);
+        .assert_count(0, "mallory asking for c.alice's jobs");
+    c.alice.get(&of_alice).await.assert_count(2, "alice's own");
+    let (_, auditor_key) = create_key(&c.cfg, &["--name", "audit", "--read-all"]);
+    let auditor = c.gw.api().with_key(&auditor_key);
     auditor.get("/v1/jobs").await.assert_count(3, "everyone's");
     let listed = auditor.get(&of_alice).await;
-    listed.assert_count(2, "a read_all caller asking for alice's");
+    listed.assert_count(2, "a read_all caller asking for c.alice's");
     let owners = listed.body["jobs"].as_array().unwrap().iter();
     assert!(owners
         .map(|j| &j["request"]["owner"])
@@ -204,17 +191,17 @@ async fn the_owner_filter_only_narrows_and_me_names_the_caller() {
         .assert_count(0, "an owner with no jobs");
 
     // `/v1/me`: who the caller is and what it may do, for a client to offer only that.
-    let me = alice.get("/v1/me").await;
+    let me = c.alice.get("/v1/me").await;
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(me.body["principal"], alice_owner.as_str());
     assert_eq!(me.body["name"], "alice");
     assert_eq!(me.body["scopes"]["agents"], json!(["*"]));
     assert_eq!(me.body["scopes"]["configure_sharing"], false);
-    gw.api()
+    c.gw.api()
         .get("/v1/me")
         .await
         .assert_problem(401, "unauthorized");
-    worker.stop().await;
+    c.worker.stop().await;
 }
 
 /// Every route that takes a job id (the router's own list) answers a caller who may not read the job exactly as
