@@ -1,7 +1,7 @@
 //! The start-up summary a person reads: the effective configuration by section (secrets masked), the agents with
 //! their commands, the listeners and where to point a browser. With `--log-format json` it is one log event instead.
 
-use fleet_shared::config::{AgentConfig, AuthMode, Config};
+use fleet_shared::config::{AgentConfig, AgentKind, AuthMode, Config};
 
 /// What a process runs, so the summary shows only its sections.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -206,16 +206,31 @@ fn agents(c: &Config, role: Role) -> Vec<String> {
 /// The agent's argv as a person would type it (quoted where needed), its stdin and the settings that change
 /// how it runs; environment values are never shown.
 fn command_line(agent: &AgentConfig) -> String {
-    let mut line = agent
-        .command
-        .iter()
-        .map(|arg| quoted(arg))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut line = match agent.kind {
+        AgentKind::Command => String::new(),
+        kind => format!("[{}] ", kind.as_str()),
+    };
+    if agent.kind.is_model() {
+        let (url, model) = (agent.base_url.as_deref(), agent.model.as_deref());
+        line.push_str(&format!(
+            "{} model {}",
+            url.unwrap_or(""),
+            model.unwrap_or("")
+        ));
+    } else {
+        let argv: Vec<_> = agent.command.iter().map(|arg| quoted(arg)).collect();
+        line.push_str(&argv.join(" "));
+    }
     if let Some(stdin) = &agent.stdin {
         line.push_str(&format!(" < {}", quoted(stdin)));
     }
     let mut extras = Vec::new();
+    if let Some(var) = &agent.api_key_env {
+        extras.push(format!("key from ${var}"));
+    }
+    if let Some(file) = &agent.api_key_file {
+        extras.push(format!("key from {}", file.display()));
+    }
     if let Some(t) = agent.timeout {
         extras.push(format!("timeout {t} s"));
     }

@@ -102,6 +102,14 @@ mod tests {
             traceparent: None,
             owner: None,
             owner_name: None,
+            chat: vec![crate::chat::ChatMessage::new(
+                crate::chat::ChatRole::User,
+                "q",
+            )],
+            sampling: crate::chat::Sampling {
+                temperature: Some(0.0),
+                ..Default::default()
+            },
         })
     }
 

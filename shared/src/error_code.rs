@@ -26,6 +26,9 @@ pub enum ErrorCode {
     ArtifactUploadFailed,
     /// The agent hit one of its resource limits (the record's `killed` names it).
     LimitExceeded,
+    /// A model agent's server refused the request or answered something that is not a completion (the
+    /// message gives its status and words).
+    ModelError,
 
     // Request errors answered by the gateway.
     MalformedJson,
@@ -65,7 +68,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 32] = [
+    pub const ALL: [ErrorCode; 33] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -98,6 +101,7 @@ impl ErrorCode {
         Self::TooManyJobs,
         Self::HeadersTooLarge,
         Self::MalformedRequest,
+        Self::ModelError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +138,7 @@ impl ErrorCode {
             Self::TooManyJobs => "too_many_jobs",
             Self::HeadersTooLarge => "headers_too_large",
             Self::MalformedRequest => "malformed_request",
+            Self::ModelError => "model_error",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod artifacts;
 pub mod auth;
+pub mod chat;
 pub mod codec;
 pub mod config;
 pub mod error_code;

@@ -81,6 +81,8 @@ impl std::fmt::Display for Killed {
 pub enum Exit {
     Code(i32),
     Signal(i32),
+    /// No process ran: a model agent's request ended (its answer came, or it was stopped).
+    NoProcess,
 }
 
 /// What stopped a run before the agent ended by itself, if anything did.
@@ -139,6 +141,10 @@ impl JobRecord {
             resources: None,
             killed: None,
             error: None,
+            answer: None,
+            usage: None,
+            agent_session_id: None,
+            tool_calls: 0,
             updated_at: Utc::now(),
         }
     }
@@ -197,6 +203,15 @@ impl JobRecord {
         self.ended(JobStatus::Failed, Some(error))
     }
 
+    /// A model agent's server refused the question or garbled its answer: the job fails with `model_error`,
+    /// keeping what was answered before.
+    pub fn model_refused(self, why: impl Into<String>) -> Self {
+        self.ended(
+            JobStatus::Failed,
+            Some(JobError::new(ErrorCode::ModelError, why.into())),
+        )
+    }
+
     /// The run ended but its files could not all be stored: nothing is listed that is not stored, so the job
     /// fails, keeping its output and exit.
     pub fn files_not_stored(mut self, why: String) -> Self {
@@ -211,6 +226,7 @@ impl JobRecord {
         match end.exit {
             Exit::Code(code) => self.exit_code = Some(code),
             Exit::Signal(sig) => self.signal = Some(sig),
+            Exit::NoProcess => {}
         }
         let (status, error) = match (end.stop, end.exit) {
             (Some(Stop::Cancelled), _) => (
@@ -245,7 +261,7 @@ impl JobRecord {
                     )),
                 )
             }
-            (None, Exit::Code(0)) => (JobStatus::Completed, None),
+            (None, Exit::Code(0) | Exit::NoProcess) => (JobStatus::Completed, None),
             (None, Exit::Code(code)) => (
                 JobStatus::Failed,
                 Some(JobError::new(

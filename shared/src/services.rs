@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use crate::config::AgentKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -107,6 +108,8 @@ pub struct WorkerStatus {
 pub struct AgentMetadata {
     pub description: Option<String>,
     pub timeout_secs: Option<f64>,
+    /// How the agent runs (`command`, a CLI preset, `openai`, `ollama`): the front door offers model agents.
+    pub kind: AgentKind,
 }
 
 impl AgentMetadata {
@@ -118,6 +121,7 @@ impl AgentMetadata {
         if let Some(t) = self.timeout_secs {
             map.insert("timeout_secs".to_string(), t.to_string());
         }
+        map.insert("kind".to_string(), self.kind.as_str().to_string());
         map
     }
 
@@ -125,6 +129,11 @@ impl AgentMetadata {
         Self {
             description: map.get("description").cloned(),
             timeout_secs: map.get("timeout_secs").and_then(|t| t.parse().ok()),
+            // Consumers declared before kinds existed ran commands.
+            kind: map
+                .get("kind")
+                .and_then(|k| AgentKind::parse(k))
+                .unwrap_or_default(),
         }
     }
 }
@@ -148,6 +157,7 @@ mod tests {
         let agent = AgentMetadata {
             description: Some("Prints".into()),
             timeout_secs: Some(2.5),
+            kind: AgentKind::Openai,
         };
         assert_eq!(AgentMetadata::from_map(&agent.to_map()), agent);
         assert_eq!(

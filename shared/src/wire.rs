@@ -52,6 +52,13 @@ pub struct JobRequest {
     /// The owner's display name (a key's name, a user's name): a label, never used to decide access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_name: Option<String>,
+    /// For model agents: the conversation to continue (OpenAI's chat messages, the front door's request), asked
+    /// in place of `context` and `message`; `message` then holds its last user message, for lists and search.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chat: Vec<crate::chat::ChatMessage>,
+    /// For model agents: sampling asked for this job, over the agent's own settings.
+    #[serde(default, skip_serializing_if = "crate::chat::Sampling::is_empty")]
+    pub sampling: crate::chat::Sampling,
 }
 
 fn default_true() -> bool {
@@ -146,6 +153,8 @@ impl JobRequest {
             traceparent: None,
             owner: None,
             owner_name: None,
+            chat: Vec::new(),
+            sampling: Default::default(),
         }
     }
 
@@ -468,7 +477,31 @@ pub struct JobRecord {
     pub killed: Option<crate::lifecycle::Killed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// What an agent the fleet understands (a model agent, a CLI preset) answered: its final text. Raw stdout
+    /// stays in `stdout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Tokens the run used (and its cost, where the agent reports one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// The agent's own session id (Claude Code's `session_id`, Codex's thread id), where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_session_id: Option<String>,
+    /// Tool calls the agent made.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tool_calls: u64,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a run cost in tokens, as the agent or its model server reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// In US dollars, where the agent reports it (Claude Code does; a model server does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 impl JobRecord {
@@ -529,6 +562,26 @@ pub enum JobEvent {
     /// Sent by a gateway to a listener that fell too far behind the live events, just before it closes the
     /// stream: reconnect with `Last-Event-ID: last_id` (or `?after=`) to continue without a gap.
     Behind { last_id: u64 },
+    /// Assistant text from an agent the fleet understands: a model agent's tokens as they are generated, a CLI
+    /// preset's messages as it prints them.
+    Message { attempt: u32, text: String },
+    /// The agent called a tool (`input` as the agent gave it).
+    ToolCall {
+        attempt: u32,
+        name: String,
+        #[serde(default)]
+        input: serde_json::Value,
+    },
+    /// What a tool call returned to the agent (cut to a few KiB).
+    ToolResult {
+        attempt: u32,
+        #[serde(default)]
+        output: String,
+        #[serde(default)]
+        is_error: bool,
+    },
+    /// Tokens used so far (a model agent's or a CLI's final count).
+    Usage { attempt: u32, usage: Usage },
     /// The terminal record; always the last event. A job that ends within the claim delay publishes no events
     /// at all (its end is on `fleet.done.<id>` and its reply subject); gateways still serve it to listeners as
     /// `output` events made from the record, then `end`. `output_sent` is true on every published `end`.
@@ -556,7 +609,26 @@ impl JobEvent {
             Self::OutputLimit { .. } => "output_limit",
             Self::Artifact { .. } => "artifact",
             Self::Behind { .. } => "behind",
+            Self::Message { .. } => "message",
+            Self::ToolCall { .. } => "tool_call",
+            Self::ToolResult { .. } => "tool_result",
+            Self::Usage { .. } => "usage",
             Self::End { .. } => "end",
+        }
+    }
+
+    /// The attempt the event belongs to, when it says.
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            Self::Status { attempt, .. }
+            | Self::Output { attempt, .. }
+            | Self::OutputLimit { attempt, .. }
+            | Self::Message { attempt, .. }
+            | Self::ToolCall { attempt, .. }
+            | Self::ToolResult { attempt, .. }
+            | Self::Usage { attempt, .. } => Some(*attempt),
+            Self::End { record, .. } => Some(record.attempt),
+            Self::Artifact { .. } | Self::Behind { .. } => None,
         }
     }
 }
@@ -703,6 +775,10 @@ pub struct PublishedJob {
     pub owner: Option<String>,
     #[serde(default)]
     pub owner_name: Option<String>,
+    #[serde(default)]
+    pub chat: Vec<crate::chat::ChatMessage>,
+    #[serde(default)]
+    pub sampling: crate::chat::Sampling,
 }
 
 impl PublishedJob {
@@ -728,6 +804,8 @@ impl PublishedJob {
             traceparent: self.traceparent,
             owner: self.owner,
             owner_name: self.owner_name,
+            chat: self.chat,
+            sampling: self.sampling,
         }
     }
 }

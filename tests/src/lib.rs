@@ -2,6 +2,7 @@
 //! subprocesses of the real `fleet` binary, the fake agent, and bounded waiting.
 
 pub mod clients;
+pub mod llm;
 pub mod metrics;
 pub mod up;
 

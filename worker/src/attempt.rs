@@ -18,6 +18,7 @@ use crate::agent::run_spec;
 use crate::artifacts::{self, Collected, Inputs};
 use crate::dirs::JobDirs;
 use crate::events::Events;
+use crate::model;
 use crate::supervisor::{self, KillReason, RunOutcome, SpawnError};
 use crate::Shared;
 
@@ -59,8 +60,44 @@ pub type Attempted = Result<(RunOutcome, Option<Stored>), SpawnError>;
 /// The files stored, under the target id that holds them, or why storing failed.
 pub type Stored = Result<(String, Collected), fleet_shared::artifacts::StoreError>;
 
-/// Runs the job once in fresh directories, which go back to the pool (or away) however this ends.
+/// Runs the job once: a model agent's question, or the agent's process in fresh directories.
 pub async fn run(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
+    if job.agent.kind.is_model() {
+        return Ok((ask_model(shared, job, progress).await, None));
+    }
+    run_process(shared, job, progress).await
+}
+
+/// Asks a model agent's server the job's question (no process, no workspace, no files), supervised like a run.
+async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> RunOutcome {
+    let events = job_events(shared, job, &progress.held);
+    if progress.claim == ClaimState::Claimed {
+        events.go_live().await;
+    }
+    shared.metrics.run_started(&progress.held.record);
+    let stop = shared.kill_running.child_token();
+    let record = progress.held.record.clone();
+    let ask = model::Ask {
+        agent: job.agent,
+        record: &record,
+        events: &events,
+        timeout: crate::agent::timeout(&record, job.agent, &shared.config.worker),
+        cancel: job.cancel.clone(),
+        stop: stop.clone(),
+        answer_cap: crate::fit::output_cap(
+            &record,
+            shared.config.worker.output_cap_bytes,
+            record_limit(shared),
+        ),
+    };
+    let asking = model::ask(&shared.models, &ask).instrument(tracing::info_span!("ask_model"));
+    let answer = supervise(shared, job, &events, &stop, asking, progress).await;
+    progress.output_sent = events.is_live();
+    model::outcome(answer)
+}
+
+/// Runs the agent's process once in fresh directories, which go back to the pool (or away) however this ends.
+async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
     let mut dirs = shared
         .dirs
         .take(&progress.held.record)

@@ -124,6 +124,56 @@ impl Events {
 
     async fn send_output(&self, stream: OutputStream, text: String) {
         let bytes = text.len() as u64;
+        let Some(before) = self.spend(bytes).await else {
+            return;
+        };
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.publish(&JobEvent::Output {
+            stream,
+            attempt: self.attempt,
+            seq,
+            text,
+        })
+        .await;
+        self.flush_now_and_then(before, bytes).await;
+    }
+
+    /// Assistant text (a model's tokens, a CLI's messages), within the same budget as output. Typed events
+    /// have no copy in the record to wait in, so they make the events go live at once.
+    pub async fn message(&self, text: String) {
+        let bytes = text.len() as u64;
+        if text.is_empty() {
+            return;
+        }
+        let Some(before) = self.spend(bytes).await else {
+            return;
+        };
+        self.typed(JobEvent::Message {
+            attempt: self.attempt,
+            text,
+        })
+        .await;
+        self.flush_now_and_then(before, bytes).await;
+    }
+
+    pub async fn usage(&self, usage: fleet_shared::wire::Usage) {
+        self.typed(JobEvent::Usage {
+            attempt: self.attempt,
+            usage,
+        })
+        .await;
+    }
+
+    async fn typed(&self, event: JobEvent) {
+        if !self.is_live() {
+            self.go_live().await;
+        }
+        self.publish(&event).await;
+    }
+
+    /// Takes `bytes` from the events' budget, returning what it held before; none when the budget is spent
+    /// (the first time, listeners are told with an `output_limit` event).
+    async fn spend(&self, bytes: u64) -> Option<u64> {
         let left = self.budget.load(Ordering::Relaxed);
         if bytes > left {
             self.budget.store(0, Ordering::Relaxed);
@@ -134,19 +184,14 @@ impl Events {
                 })
                 .await;
             }
-            return;
+            return None;
         }
-        let before = self.budget.fetch_sub(bytes, Ordering::Relaxed);
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        self.publish(&JobEvent::Output {
-            stream,
-            attempt: self.attempt,
-            seq,
-            text,
-        })
-        .await;
-        // The client queues publishes in memory: wait for them to leave every so often, so a flood of output
-        // costs the worker a bounded amount of memory rather than the whole budget at once.
+        Some(self.budget.fetch_sub(bytes, Ordering::Relaxed))
+    }
+
+    /// The client queues publishes in memory: wait for them to leave every so often, so a flood of output
+    /// costs the worker a bounded amount of memory rather than the whole budget at once.
+    async fn flush_now_and_then(&self, before: u64, bytes: u64) {
         if (before / FLUSH_EVERY) != ((before - bytes) / FLUSH_EVERY) {
             if let Err(e) = self.client.flush().await {
                 tracing::debug!(error = %e, "flushing job events failed");

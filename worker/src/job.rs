@@ -380,8 +380,13 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
     let exit = match outcome.ending {
         Ending::Exited(code) => Exit::Code(code),
         Ending::Signaled(sig) => Exit::Signal(sig),
+        Ending::NoProcess => Exit::NoProcess,
     };
-    let mut record = held.record.clone().run_ended(RunEnd { exit, stop });
+    let mut record = match (&outcome.report.refused, stop) {
+        (Some(why), None) => held.record.clone().model_refused(why.clone()),
+        _ => held.record.clone().run_ended(RunEnd { exit, stop }),
+    };
+    outcome.report.apply(&mut record);
     record.stdout = outcome.stdout.lossy_text();
     record.stderr = outcome.stderr.lossy_text();
     record.stdout_bytes = outcome.stdout.total;

@@ -21,8 +21,10 @@ pub mod intake;
 pub mod janitor;
 pub mod job;
 pub mod metrics;
+pub mod model;
 pub mod output;
 pub mod pull;
+pub mod report;
 pub mod sandbox;
 pub mod supervisor;
 pub mod sweeper;
@@ -65,6 +67,8 @@ pub struct Shared {
     pub uids: sandbox::UidPool,
     /// Checks the gateway's seal on a message's record revision.
     pub sealer: fleet_shared::seal::FollowedSealer,
+    /// The HTTP client model agents ask their servers through (one connection pool for the worker).
+    pub models: reqwest::Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,8 @@ pub enum WorkerError {
     Store(#[from] fleet_shared::artifacts::StoreError),
     #[error(transparent)]
     Seal(#[from] fleet_shared::seal::SealError),
+    #[error("cannot make the model agents' HTTP client: {0}")]
+    ModelClient(reqwest::Error),
     #[error("cannot listen on {addr} (worker.http_addr): {source}")]
     Listen {
         addr: String,
@@ -221,6 +227,7 @@ async fn agent_consumers(
         let metadata = fleet_shared::services::AgentMetadata {
             description: agent.description.clone(),
             timeout_secs: agent.timeout,
+            kind: agent.kind,
         }
         .to_map();
         let cfg = topology.agent_consumer_config(&agent_name, &config.queue, metadata);
@@ -235,10 +242,12 @@ async fn agent_consumers(
         let existing = &consumer.cached_info().config;
         let outdated = existing.filter_subjects != cfg.filter_subjects
             || !existing.filter_subject.is_empty()
-            || existing.inactive_threshold != cfg.inactive_threshold;
+            || existing.inactive_threshold != cfg.inactive_threshold
+            || existing.metadata != cfg.metadata;
         if outdated {
             // A consumer made by an earlier version filters on the agent's subject alone (and would never see
-            // jobs carrying an owner token), or is never removed when its agent's workers are gone.
+            // jobs carrying an owner token), or is never removed when its agent's workers are gone; or the
+            // agent's description, timeout or kind changed.
             tracing::info!(agent = %agent_name, "updating the agent consumer's settings");
             consumer = jobs
                 .update_consumer(cfg)
@@ -282,6 +291,7 @@ async fn shared_state(
         cgroups: job_cgroups(),
         uids: sandbox::UidPool::default(),
         sealer: fleet_shared::seal::FollowedSealer::follow(&handles.config).await?,
+        models: model::client().map_err(WorkerError::ModelClient)?,
     })
 }
 

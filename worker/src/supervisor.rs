@@ -54,6 +54,8 @@ pub struct RunSpec {
 pub enum Ending {
     Exited(i32),
     Signaled(i32),
+    /// No process ran (a model agent).
+    NoProcess,
 }
 
 /// Why the supervisor ended the process itself.
@@ -75,6 +77,8 @@ pub struct RunOutcome {
     pub stdout: Captured,
     pub stderr: Captured,
     pub resources: Resources,
+    /// What an agent the fleet understands said it did (answer, usage, ...); empty for a plain command.
+    pub report: crate::report::Report,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +146,7 @@ pub async fn run(
         stdout: out,
         stderr: err,
         resources,
+        report: Default::default(),
     })
 }
 

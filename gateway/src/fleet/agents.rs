@@ -29,6 +29,9 @@ pub struct AgentInfo {
     pub description: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<f64>,
+    /// How the agent runs: `command`, a CLI preset (`claude-code`, `codex`, ...), or a model (`openai`,
+    /// `ollama`) that the OpenAI-compatible front door offers.
+    pub kind: String,
     /// Jobs waiting for a worker.
     pub queued: u64,
     /// Jobs a worker holds right now.
@@ -90,6 +93,7 @@ impl AgentDirectory {
                 Some(AgentInfo {
                     description: meta.description,
                     timeout_secs: meta.timeout_secs,
+                    kind: meta.kind.as_str().to_string(),
                     queued: info.num_pending,
                     running: info.num_ack_pending as u64,
                     waiting_pulls: info.num_waiting as u64,

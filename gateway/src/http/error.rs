@@ -52,7 +52,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::WorkerLost
         | ErrorCode::SpawnFailed
         | ErrorCode::Cancelled
-        | ErrorCode::LimitExceeded => StatusCode::BAD_GATEWAY,
+        | ErrorCode::LimitExceeded
+        | ErrorCode::ModelError => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -39,6 +39,9 @@ pub struct Submission {
     pub artifact_target: Option<String>,
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub idempotency_key: Option<String>,
+    /// A conversation for a model agent (the OpenAI front door).
+    pub chat: Vec<fleet_shared::chat::ChatMessage>,
+    pub sampling: fleet_shared::chat::Sampling,
 }
 
 pub struct Submitted {
@@ -77,6 +80,8 @@ pub async fn submit(
         traceparent: None,
         owner: caller.owner(),
         owner_name: caller.principal().map(|p| p.name.clone()),
+        chat: sub.chat,
+        sampling: sub.sampling,
     };
     check_request(state, caller, &request).await?;
     if let Some(key) = &sub.idempotency_key {

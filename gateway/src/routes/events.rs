@@ -130,7 +130,7 @@ async fn job_events(
     // so assumed, while it runs.
     let run_stored = match (&terminal, &last) {
         (Some(record), Some(event)) => {
-            event_attempt(event).is_none_or(|a| a == output_attempt_of(record))
+            JobEvent::attempt(event).is_none_or(|a| a == output_attempt_of(record))
         }
         (Some(_), None) => false,
         (None, _) => true,
@@ -202,17 +202,6 @@ async fn last_stored_event(state: &AppState, id: &Uuid) -> Option<JobEvent> {
         .await
         .ok()?;
     decode(&message.payload, Format::MessagePack).ok()
-}
-
-/// The attempt an event belongs to, when it says.
-fn event_attempt(event: &JobEvent) -> Option<u32> {
-    match event {
-        JobEvent::Status { attempt, .. }
-        | JobEvent::Output { attempt, .. }
-        | JobEvent::OutputLimit { attempt, .. } => Some(*attempt),
-        JobEvent::End { record, .. } => Some(record.attempt),
-        JobEvent::Artifact { .. } | JobEvent::Behind { .. } => None,
-    }
 }
 
 /// The stream sequence of the job's last stored event.

@@ -129,6 +129,7 @@ pub async fn submit_job(
         artifact_target: body.artifact_target,
         metadata: body.metadata,
         idempotency_key: idempotency_key(&headers)?,
+        ..Default::default()
     };
     let (record, created) = submit_and_wait(&state, &caller, sub, limit).await?;
     let status = if record.status.is_terminal() || !created {

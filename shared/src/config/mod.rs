@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::is_valid_agent_name;
 
+mod agent;
 mod cidr;
 mod origin;
 mod validate;
 
+pub use agent::{AgentConfig, AgentKind, AgentLimits};
 pub use cidr::Cidr;
 pub use origin::Origin;
 
@@ -382,75 +384,6 @@ impl TargetConfig {
     }
 }
 
-/// An agent is configuration, not code: an argv template and how to run it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// argv template; `{message}`, `{context}`, `{job_id}` and `{workspace}` are replaced inside each element,
-    /// never re-split, and no shell ever sees the result.
-    pub command: Vec<String>,
-    /// Template written to the child's stdin; absent means stdin is empty.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Variables given to the child on top of a minimal base environment.
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// Seconds; absent means `worker.default_timeout_secs`.
-    #[serde(default)]
-    pub timeout: Option<f64>,
-    #[serde(default)]
-    pub description: Option<String>,
-    /// Run the agent with stdout and stderr on a pseudo-terminal, for CLIs that only flush (or only print
-    /// progress) on a TTY. A terminal has one output stream: stderr arrives merged into stdout.
-    #[serde(default)]
-    pub pty: bool,
-    /// Resource limits of the agent's processes; a job that hits one fails with the limit named.
-    #[serde(default)]
-    pub limits: AgentLimits,
-    /// Run the agent as this user (a name, or `uid:gid`) instead of the worker's; needs a worker running as root.
-    /// A range `FIRST-LAST` of uids gives each running job a uid of its own (gid the same number), so jobs never
-    /// share a user at the same time: see [`AgentConfig::run_as_range`].
-    #[serde(default)]
-    pub run_as: Option<String>,
-    /// false: the agent runs in a network namespace of its own with no interfaces up (needs root).
-    #[serde(default = "network_default")]
-    pub network: bool,
-}
-
-impl AgentConfig {
-    /// The uid range of `run_as = "FIRST-LAST"`, if it is one.
-    pub fn run_as_range(&self) -> Option<std::ops::RangeInclusive<u32>> {
-        let (first, last) = self.run_as.as_deref()?.split_once('-')?;
-        Some(first.trim().parse().ok()?..=last.trim().parse().ok()?)
-    }
-}
-
-fn network_default() -> bool {
-    true
-}
-
-/// rlimits applied to an agent's process (and inherited by its children).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentLimits {
-    /// CPU seconds (RLIMIT_CPU): SIGXCPU when spent.
-    pub cpu_secs: Option<u64>,
-    /// Address space in bytes (RLIMIT_AS): allocations past it fail.
-    pub memory_bytes: Option<u64>,
-    /// Largest file the agent may write, in bytes (RLIMIT_FSIZE).
-    pub file_bytes: Option<u64>,
-    /// Open file descriptors (RLIMIT_NOFILE).
-    pub open_files: Option<u64>,
-    /// Processes of the agent's user (RLIMIT_NPROC): with `run_as`, a fork bomb stops here. Ignored for root.
-    pub processes: Option<u64>,
-}
-
-impl AgentLimits {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
 impl QueueConfig {
     pub fn duplicate_window(&self) -> Duration {
         secs(self.duplicate_window_secs)
@@ -665,6 +598,7 @@ impl Config {
                 .cloned()
                 .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
         }
+        agent::resolve(&mut config.agents, &sources.env)?;
         config.validate()?;
         Ok(config)
     }

@@ -137,3 +137,77 @@ fn lists_come_from_variables_comma_separated() {
         .to_string();
     assert!(err.contains("worker.agents"), "{err}");
 }
+
+/// Loads `toml` as the configuration file with `pairs` as the environment.
+fn load_file(name: &str, toml: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = std::env::temp_dir().join(format!("fleet-cfg-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fleet.toml");
+    std::fs::write(&file, toml).unwrap();
+    Config::load(&Sources {
+        file: Some(file),
+        ..env(pairs)
+    })
+}
+
+#[test]
+fn model_agents_take_their_key_from_the_environment_or_a_file_and_never_show_it() {
+    let toml = "[agents.m]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8080/v1\"\nmodel = \"x\"\napi_key_env = \"M_KEY\"\n";
+    let c = load_file("model-key", toml, &[("M_KEY", "sk-hidden")]).unwrap();
+    let agent = &c.agents["m"];
+    assert_eq!(
+        agent.api_key.as_ref().map(|k| k.expose()),
+        Some("sk-hidden")
+    );
+    assert!(agent.command.is_empty(), "a model agent runs no process");
+    assert!(!format!("{agent:?}").contains("sk-hidden"));
+    assert!(!serde_json::to_string(agent).unwrap().contains("sk-hidden"));
+    let err = load_file("model-nokey", toml, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("agents.m.api_key_env") && err.contains("M_KEY"),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_agents_are_refused_without_a_server_or_a_model_or_with_a_command() {
+    let cases = [
+        ("kind = \"openai\"\nmodel = \"x\"", "agents.m.base_url"),
+        ("kind = \"ollama\"\nbase_url = \"ftp://h/\"\nmodel = \"x\"", "agents.m.base_url"),
+        ("kind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"", "agents.m.model"),
+        (
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"x\"\ncommand = [\"sh\"]",
+            "agents.m.command",
+        ),
+        (
+            "kind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\nmodel = \"x\"\ntemperature = 3.0",
+            "agents.m.temperature",
+        ),
+        ("command = [\"echo\"]\nmodel = \"x\"", "agents.m.base_url"),
+        ("kind = \"gpt\"\ncommand = [\"echo\"]", "agents.m"),
+    ];
+    for (i, (agent, key)) in cases.iter().enumerate() {
+        let err = load_file(
+            &format!("model-bad-{i}"),
+            &format!("[agents.m]\n{agent}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(key), "{agent}: {err}");
+    }
+}
+
+#[test]
+fn a_cli_preset_runs_its_own_argv_unless_given_one() {
+    let toml = "[agents.claude]\nkind = \"claude-code\"\n[agents.mine]\nkind = \"codex\"\ncommand = [\"/opt/codex\", \"exec\", \"--json\", \"{message}\"]\n";
+    let c = load_file("presets", toml, &[]).unwrap();
+    assert_eq!(
+        c.agents["claude"].command[..3],
+        ["claude", "-p", "{message}"].map(String::from)
+    );
+    assert!(c.agents["claude"]
+        .command
+        .contains(&"stream-json".to_string()));
+    assert_eq!(c.agents["mine"].command[0], "/opt/codex");
+}

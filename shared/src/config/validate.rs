@@ -224,10 +224,17 @@ impl Config {
                     "agent names are letters, digits, '-' or '_'",
                 ));
             }
-            if agent.command.is_empty() || agent.command[0].is_empty() {
+            if agent.kind.is_model() {
+                super::agent::validate_model(name, agent)?;
+            } else if agent.command.is_empty() || agent.command[0].is_empty() {
                 return Err(invalid(
                     format!("agents.{name}.command"),
                     "must name a program",
+                ));
+            } else if agent.base_url.is_some() || agent.model.is_some() {
+                return Err(invalid(
+                    format!("agents.{name}.base_url"),
+                    "base_url and model are for model agents (kind = \"openai\" or \"ollama\")",
                 ));
             }
             if let Some(t) = agent.timeout {

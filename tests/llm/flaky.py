@@ -1,0 +1,51 @@
+"""A model server that is busy at first: answers 429 (with Retry-After) to its first N requests, then passes
+requests on to a real one. Records each request's Authorization header, so a test can check the key was sent.
+
+usage: flaky.py PORT UPSTREAM_BASE FAILURES RETRY_AFTER LOG   — prints "ready" once listening.
+"""
+import http.client
+import http.server
+import sys
+import urllib.parse
+
+
+def main():
+    port, upstream, failures, retry_after, log = (
+        int(sys.argv[1]), urllib.parse.urlsplit(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    seen = {"requests": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen["requests"] += 1
+            with open(log, "a") as f:
+                f.write(f"{self.headers.get('Authorization', '')}\n")
+            if seen["requests"] <= failures:
+                answer = b'{"error":{"code":429,"message":"busy, try again"}}'
+                self.send_response(429)
+                self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
+            conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
+            conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.getheader("Content-Type", "text/event-stream"))
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

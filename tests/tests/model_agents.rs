@@ -1,0 +1,307 @@
+//! Model agents (`kind = "openai"` and `"ollama"`) against a real llama.cpp server with a real small model: the
+//! answer streams as `message` events, the record carries the answer and the tokens used, cancel and timeout
+//! stop generation at once, a busy server is asked again as its `Retry-After` says, a refusal fails the job
+//! with `model_error`, and the API key reaches the server but nothing the fleet shows.
+//! Assertions are on structure, never on the model's words.
+
+use std::time::{Duration, Instant};
+
+use fleet_tests::llm::{LlamaServer, MODEL};
+use fleet_tests::*;
+use serde_json::{json, Value};
+
+/// A model agent on `base_url`, answering at temperature 0 with a fixed seed.
+fn model_agent(name: &str, kind: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "[agents.{name}]\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\nmodel = \"{MODEL}\"\n\
+         temperature = 0.0\nseed = 42\n{extra}\n"
+    )
+}
+
+async fn submit(api: &Api, agent: &str, message: &str) -> String {
+    let r = api
+        .post("/v1/jobs", &json!({"agent": agent, "message": message}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    r.body["job_id"].as_str().expect("job id").to_string()
+}
+
+/// Every event of the job until its `end`.
+async fn events_until_end(api: &Api, id: &str) -> Vec<SseEvent> {
+    let mut sse = SseReader::open(api, &format!("/v1/jobs/{id}/events"), None).await;
+    let mut events = Vec::new();
+    while let Some(event) = sse.next().await {
+        let end = event.event == "end";
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    events
+}
+
+fn texts_of(events: &[SseEvent], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == kind)
+        .map(|e| e.data["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn assert_answered(record: &Value) {
+    assert_eq!(record["status"], "completed", "{record}");
+    let answer = record["answer"].as_str().expect("an answer");
+    assert!(!answer.is_empty(), "{record}");
+    assert_eq!(
+        record["stdout"], answer,
+        "the answer is the run's output too"
+    );
+    assert!(
+        record["usage"]["input_tokens"].as_u64().unwrap_or(0) > 0,
+        "{record}"
+    );
+    assert!(
+        record["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0,
+        "{record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_agent_streams_its_answer_and_records_the_answer_and_its_tokens() {
+    let llm = LlamaServer::start();
+    let nats = NatsServer::start();
+    let agents = model_agent("smol", "openai", &llm.openai_base(), "max_tokens = 16")
+        + &model_agent(
+            "smol-ollama",
+            "ollama",
+            &llm.openai_base(),
+            "max_tokens = 8",
+        );
+    let cfg = test_config_with(&nats.url(), &[], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let id = submit(&api, "smol", "Say hello to the fleet.").await;
+    let events = events_until_end(&api, &id).await;
+    let streamed = texts_of(&events, "message");
+    assert!(
+        streamed.len() > 1,
+        "tokens arrive as several message events: {events:?}"
+    );
+    let usage = events
+        .iter()
+        .find(|e| e.event == "usage")
+        .expect("a usage event");
+    assert!(
+        usage.data["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0,
+        "{usage:?}"
+    );
+    let record = api.get(&format!("/v1/jobs/{id}")).await.body;
+    assert_answered(&record);
+    assert_eq!(
+        record["answer"],
+        streamed.concat(),
+        "the events add up to the answer"
+    );
+    assert!(
+        record["usage"]["output_tokens"].as_u64().unwrap() <= 16,
+        "max_tokens holds"
+    );
+    assert!(
+        record.get("exit_code").is_none_or(Value::is_null),
+        "no process ran: {record}"
+    );
+
+    // The `ollama` kind through an OpenAI-compatible root (`…/v1`), as Ollama serves it too.
+    let id = submit(&api, "smol-ollama", "Name a colour.").await;
+    let record = api
+        .poll(&format!("/v1/jobs/{id}"), "ollama job ends", |r| {
+            r["status"] != "queued" && r["status"] != "running"
+        })
+        .await;
+    assert_answered(&record);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_stop_a_model_mid_answer() {
+    let llm = LlamaServer::start();
+    let nats = NatsServer::start();
+    let agents = model_agent("long", "openai", &llm.openai_base(), "max_tokens = 4000")
+        + &model_agent(
+            "hasty",
+            "openai",
+            &llm.openai_base(),
+            "max_tokens = 4000\ntimeout = 1.5",
+        );
+    let cfg = test_config_with(&nats.url(), &[], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let id = submit(&api, "long", "Write a very long story about ships.").await;
+    let mut sse = SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
+    while let Some(event) = sse.next().await {
+        if event.event == "message" {
+            break;
+        }
+    }
+    let asked = Instant::now();
+    let r = api.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+    assert!(r.status < 300, "cancel: {} {}", r.status, r.body);
+    let record = api
+        .poll(&format!("/v1/jobs/{id}"), "cancelled", |r| {
+            r["status"] == "cancelled"
+        })
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(record["error"]["code"], "cancelled", "{record}");
+    assert!(
+        !record["answer"].as_str().unwrap_or_default().is_empty(),
+        "what was said is kept"
+    );
+    idle_server(&llm).await;
+
+    let started = Instant::now();
+    let id = submit(&api, "hasty", "Write a very long story about trains.").await;
+    let record = api
+        .poll(&format!("/v1/jobs/{id}"), "timed out", |r| {
+            r["status"] == "timeout"
+        })
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "timeout took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(record["error"]["code"], "timeout", "{record}");
+    idle_server(&llm).await;
+    worker.stop().await;
+}
+
+/// The server stopped generating: none of its slots is busy (llama.cpp stops a request whose client went away).
+async fn idle_server(llm: &LlamaServer) {
+    let url = format!("{}/slots", llm.base());
+    eventually(
+        "the model server idle again",
+        Duration::from_secs(5),
+        || {
+            let url = url.clone();
+            async move {
+                let Ok(r) = reqwest::get(&url).await else {
+                    return false;
+                };
+                let slots: Value = r.json().await.unwrap_or(Value::Null);
+                slots.as_array().is_some_and(|s| {
+                    !s.is_empty() && s.iter().all(|slot| slot["is_processing"] == false)
+                })
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_server_is_asked_again_with_the_key_and_a_refusal_is_a_model_error() {
+    let llm = LlamaServer::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let seen = dir.path().join("authorization.log");
+    let _flaky = Flaky::start(port, &llm.base(), 2, "1", &seen);
+    let nats = NatsServer::start();
+    let secret = "sk-fleet-test-5ecret";
+    let agents = model_agent(
+        "busy",
+        "openai",
+        &format!("http://127.0.0.1:{port}/v1"),
+        "max_tokens = 8\napi_key_env = \"SMOL_API_KEY\"",
+    ) + &model_agent("lost", "openai", &format!("{}/nope", llm.openai_base()), "");
+    let cfg = test_config_with(&nats.url(), &[("SMOL_API_KEY", secret)], &agents);
+    let log = dir.path().join("worker.log");
+    let _worker = FleetProcess::start_with_log("worker", &cfg, &[("RUST_LOG", "info")], &log);
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    wait_for_agents(&cfg.config).await;
+
+    let started = Instant::now();
+    let id = submit(&api, "busy", "Hello?").await;
+    let events = events_until_end(&api, &id).await;
+    let record = api.get(&format!("/v1/jobs/{id}")).await.body;
+    assert_answered(&record);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "two 429s with Retry-After: 1 wait two seconds, took {:?}",
+        started.elapsed()
+    );
+    let sent = std::fs::read_to_string(&seen).unwrap();
+    assert_eq!(
+        sent.lines().count(),
+        3,
+        "two refusals, then the answer: {sent}"
+    );
+    assert!(
+        sent.lines().all(|l| l == format!("Bearer {secret}")),
+        "{sent}"
+    );
+    let shown = format!(
+        "{record} {events:?} {}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert!(!shown.contains(secret), "the key shows somewhere: {shown}");
+
+    let id = submit(&api, "lost", "Hello?").await;
+    let record = api
+        .poll(&format!("/v1/jobs/{id}"), "refused", |r| {
+            r["status"] == "failed"
+        })
+        .await;
+    assert_eq!(record["error"]["code"], "model_error", "{record}");
+    let why = record["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("404"), "the server's status is named: {why}");
+}
+
+/// `tests/llm/flaky.py`: answers 429 to its first `failures` requests, then passes them on to `upstream`.
+struct Flaky(std::process::Child);
+
+impl Flaky {
+    fn start(
+        port: u16,
+        upstream: &str,
+        failures: u32,
+        retry_after: &str,
+        log: &std::path::Path,
+    ) -> Self {
+        use std::io::BufRead;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/flaky.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args([
+                &port.to_string(),
+                upstream,
+                &failures.to_string(),
+                retry_after,
+            ])
+            .arg(log)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("flaky.py output");
+        assert_eq!(line.trim(), "ready");
+        Self(child)
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
