@@ -87,7 +87,7 @@ pub fn job_routes() -> Vec<JobRoute> {
 }
 
 pub fn app(state: AppState) -> Router {
-    use routes::{compat, jobs, keys, sharing, system};
+    use routes::{chat, compat, jobs, keys, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     let mut router = Router::new();
     for route in job_routes() {
@@ -104,6 +104,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys", post(keys::create).get(keys::list))
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/agents", get(system::agents))
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(chat::models))
         .route("/v1/workers", get(system::workers))
         .route("/v1/me", get(system::me))
         .route("/health", get(system::health))

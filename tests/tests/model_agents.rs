@@ -305,3 +305,145 @@ impl Drop for Flaky {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_gets_queued_completions_through_the_front_door() {
+    let llm = LlamaServer::start();
+    let nats = NatsServer::start();
+    let agents = model_agent("smol", "openai", &llm.openai_base(), "max_tokens = 16")
+        + &model_agent("long", "openai", &llm.openai_base(), "max_tokens = 4000");
+    let cfg = test_config_with(&nats.url(), &[("FLEET_DEFAULT_AGENT", "smol")], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/sdk.py");
+    let base = format!("{}/v1", api.base);
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([&base, "smol", "long"])
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "sdk.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("sdk.py prints JSON");
+
+    let whole = &seen["whole"];
+    assert_eq!(whole["object"], "chat.completion", "{seen}");
+    assert_eq!(
+        (whole["model"].as_str(), whole["role"].as_str()),
+        (Some("smol"), Some("assistant"))
+    );
+    assert!(
+        !whole["content"].as_str().unwrap_or_default().is_empty(),
+        "{seen}"
+    );
+    assert_eq!(whole["finish_reason"], "stop");
+    let usage = &whole["usage"];
+    assert!(
+        usage["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{seen}"
+    );
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(
+            usage["prompt_tokens"].as_u64().unwrap_or(0)
+                + usage["completion_tokens"].as_u64().unwrap_or(0)
+        )
+    );
+    // Every completion is a job with a record: the completion's id names it.
+    let job = whole["id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("chatcmpl-"))
+        .expect("job id");
+    let record = api.get(&format!("/v1/jobs/{job}")).await.body;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert_eq!(record["answer"], whole["content"], "{record}");
+    assert_eq!(record["request"]["chat"][0]["role"], "system", "{record}");
+    assert_eq!(record["request"]["message"], "Say hello.");
+    assert_eq!(record["request"]["sampling"]["max_tokens"], 12);
+    assert_eq!(record["request"]["metadata"]["api"], "chat.completions");
+
+    let stream = &seen["stream"];
+    assert!(
+        stream["pieces"].as_array().is_some_and(|p| p.len() > 1),
+        "{seen}"
+    );
+    assert_eq!(stream["finish_reason"], "stop", "{seen}");
+    assert!(
+        stream["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{seen}"
+    );
+    assert_eq!(
+        stream["ids"].as_array().map(Vec::len),
+        Some(1),
+        "one id for every chunk"
+    );
+
+    assert_eq!(seen["unknown"]["status"], 422, "{seen}");
+    assert_eq!(seen["unknown"]["code"], "unknown_agent", "{seen}");
+    assert!(seen["unknown"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no-such-model"));
+
+    // A stream the client closed early cancels its job, and the model stops generating.
+    let closed = seen["closed"]["id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("chatcmpl-"))
+        .expect("id");
+    api.poll(
+        &format!("/v1/jobs/{closed}"),
+        "closed stream cancelled",
+        |r| r["status"] == "cancelled",
+    )
+    .await;
+    idle_server(&llm).await;
+
+    // Only model agents are models; `fake` and the built-in code runners are not.
+    assert_eq!(seen["models"], json!(["long", "smol"]), "{seen}");
+
+    // The comms server's /generate answers from the default agent (a model here) through the same path.
+    let r = api
+        .post("/generate", &json!({"prompt": "Say hi.", "max_gen": 4}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["from"], "smol");
+    assert!(
+        !r.body["text"].as_str().unwrap_or_default().is_empty(),
+        "{}",
+        r.body
+    );
+
+    // A command agent is not a model: a clear refusal in both OpenAI's and the fleet's words.
+    let r = api
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "fake", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["code"], "invalid_request");
+    assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("command agent"));
+    let r = api
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "smol", "messages": [{"role": "system", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{}",
+        r.body
+    );
+    worker.stop().await;
+}

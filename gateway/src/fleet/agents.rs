@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream;
+use fleet_shared::config::AgentKind;
 use fleet_shared::services::AgentMetadata;
 use fleet_shared::Topology;
 use futures::TryStreamExt;
@@ -57,21 +58,31 @@ impl AgentDirectory {
                 return Ok(true);
             }
         }
+        Ok(self.metadata(agent).await?.is_some())
+    }
+
+    /// How the agent runs, if the fleet runs it.
+    pub async fn kind(&self, agent: &str) -> Result<Option<AgentKind>, ApiError> {
+        Ok(self.metadata(agent).await?.map(|meta| meta.kind))
+    }
+
+    /// The metadata of the agent's consumer, if it has one; a name found is remembered as known.
+    async fn metadata(&self, agent: &str) -> Result<Option<AgentMetadata>, ApiError> {
         match self
             .jobs
             .consumer_info(self.topology.agent_consumer(agent))
             .await
         {
-            Ok(_) => {
+            Ok(info) => {
                 if let Ok(mut known) = self.known.lock() {
                     known.insert(agent.to_string(), Instant::now());
                 }
-                Ok(true)
+                Ok(Some(AgentMetadata::from_map(&info.config.metadata)))
             }
             Err(e)
                 if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(ApiError::unavailable("looking up the agent failed", e)),
         }

@@ -21,6 +21,58 @@ pub struct Problem {
     pub code: ErrorCode,
     pub message: String,
     pub request_id: String,
+    /// On the OpenAI-compatible routes only: the same error where OpenAI's SDKs look for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<OpenAiErrorDetail>,
+}
+
+/// OpenAI's error object (`{"message", "type", "code"}`), also sent as a streamed answer's last event when the
+/// job behind it fails.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OpenAiErrorDetail {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: ErrorCode,
+}
+
+impl OpenAiErrorDetail {
+    pub fn of(error: &ApiError) -> Self {
+        let kind = match status_of(error.code) {
+            s if s.is_server_error() => "server_error",
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "authentication_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+            _ => "invalid_request_error",
+        };
+        Self {
+            message: error.message.clone(),
+            kind,
+            code: error.code,
+        }
+    }
+}
+
+/// `{"error": {...}}`: how an OpenAI stream says it failed.
+#[derive(Debug, Serialize)]
+pub struct OpenAiErrorEvent {
+    pub error: OpenAiErrorDetail,
+}
+
+/// An error on the OpenAI-compatible routes: the same status and problem body, with OpenAI's `error` beside.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let detail = OpenAiErrorDetail::of(&self.0);
+        self.0.respond(Some(detail))
+    }
 }
 
 pub fn status_of(code: ErrorCode) -> StatusCode {
@@ -90,6 +142,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.respond(None)
+    }
+}
+
+impl ApiError {
+    fn respond(self, openai: Option<OpenAiErrorDetail>) -> Response {
         let status = status_of(self.code);
         let request_id = uuid::Uuid::now_v7().to_string();
         if status.is_server_error() {
@@ -99,6 +157,7 @@ impl IntoResponse for ApiError {
             code: self.code,
             message: self.message,
             request_id,
+            error: openai,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after {

@@ -8,7 +8,7 @@ use fleet_shared::config::Config;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::routes::{artifacts, compat, events, jobs, keys, links, sharing, system};
+use crate::routes::{artifacts, chat, compat, events, jobs, keys, links, sharing, system};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -20,7 +20,7 @@ use crate::state::AppState;
         system::health, system::ready, system::agents, system::workers, system::me, crate::http::metrics::render, crate::auth::tokens::token,
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
-        keys::create, keys::list, keys::revoke,
+        keys::create, keys::list, keys::revoke, chat::completions, chat::models,
     ),
     modifiers(&CommonContract),
     tags(
@@ -30,6 +30,7 @@ use crate::state::AppState;
         (name = "system", description = "Health"),
         (name = "auth", description = "Sign-in tokens for configured users"),
         (name = "keys", description = "API keys (the `manage_keys` scope)"),
+        (name = "openai", description = "OpenAI-compatible front door: model agents as OpenAI models"),
     )
 )]
 pub struct ApiDoc;

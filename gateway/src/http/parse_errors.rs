@@ -58,6 +58,7 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         code,
         message: message.to_string(),
         request_id: uuid::Uuid::now_v7().to_string(),
+        error: None,
     })
     .ok()?;
     let mut out = format!(

@@ -1,8 +1,11 @@
 //! What the gateway does with jobs: submit and retry, cancel (and take cancelled ones off the queue), read and
-//! list records, follow running jobs live, take uploads, stream archives of a job's files.
+//! list records, follow running jobs live, take uploads, stream archives of a job's files, and put a chat
+//! completion to a model agent as a job.
 
 pub mod cancel;
+pub mod chat;
 pub mod completed;
+pub mod follow;
 pub mod history;
 pub mod index;
 pub mod listing;

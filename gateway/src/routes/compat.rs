@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem};
+use crate::jobs::chat;
 use crate::jobs::records;
 use crate::jobs::scan;
 use crate::jobs::submit::{submit, Submission};
@@ -254,7 +255,7 @@ pub async fn job_results(
 pub struct GenerateRequest {
     #[schema(pattern = r"^[^\x00]*$")]
     pub prompt: String,
-    /// Accepted for compatibility; agents decide their own output length.
+    /// For a model agent, the most tokens its answer may have; other agents decide their own output length.
     #[serde(default)]
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
     pub max_gen: Option<u32>,
@@ -276,41 +277,16 @@ pub async fn generate(
     Json(body): Json<GenerateRequest>,
 ) -> Result<Json<GenerateResponse>, ApiError> {
     let agent = state.config.default_agent.clone();
-    let sub = Submission {
-        agent: agent.clone(),
-        message: body.prompt,
-        return_files: false,
-        ..Default::default()
-    };
-    let (record, _) = submit_and_wait(
-        &state,
-        &caller,
-        sub,
-        secs(state.config.http.generate_wait_secs),
-    )
-    .await?;
-    match record.status {
-        JobStatus::Completed => Ok(Json(GenerateResponse {
-            text: record.stdout.trim_end().to_string(),
-            from: agent,
-        })),
-        s if s.is_terminal() => {
-            let e = record
-                .error
-                .unwrap_or_else(|| JobError::new(ErrorCode::NonzeroExit, "the agent failed"));
-            Err(ApiError::new(
-                e.code,
-                format!("job {} ended {}: {}", record.id, s.as_str(), e.message),
-            ))
-        }
-        _ => Err(ApiError::new(
-            ErrorCode::Timeout,
-            format!(
-                "job {} is still running; poll /results/{}",
-                record.id, record.id
-            ),
-        )),
+    let sub = chat::prompt_submission(&agent, body.prompt, body.max_gen);
+    let limit = secs(state.config.http.generate_wait_secs);
+    let (record, _) = submit_and_wait(&state, &caller, sub, limit).await?;
+    if !chat::is_answer(&record) {
+        return Err(chat::not_completed(&record));
     }
+    Ok(Json(GenerateResponse {
+        text: chat::answer_of(&record),
+        from: agent,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! One module per resource.
 
 pub mod artifacts;
+pub mod chat;
 pub mod compat;
 pub mod events;
 pub mod jobs;
