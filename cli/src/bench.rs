@@ -581,6 +581,7 @@ fn log_target(scratch: &Path, name: &str) -> fleet_worker::output::LogTarget {
 /// NATS: the part of a job's latency that is process handling.
 async fn supervised_spawn(scratch: &Path) -> Result<()> {
     let spec = fleet_worker::supervisor::RunSpec {
+        parse: None,
         sandbox: Default::default(),
         pty: false,
         events: None,

@@ -142,6 +142,7 @@ impl JobRecord {
             killed: None,
             error: None,
             answer: None,
+            answer_truncated_bytes: 0,
             usage: None,
             agent_session_id: None,
             tool_calls: 0,

@@ -481,6 +481,9 @@ pub struct JobRecord {
     /// stays in `stdout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Bytes of the answer cut to keep the record within NATS's message size.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub answer_truncated_bytes: u64,
     /// Tokens the run used (and its cost, where the agent reports one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,

@@ -60,6 +60,7 @@ pub fn run_spec(
         env.push((k.clone(), v.clone()));
     }
     RunSpec {
+        parse: Some(agent.kind).filter(|k| k.is_preset()),
         pty: agent.pty,
         events: None,
         sandbox,

@@ -145,14 +145,40 @@ impl Events {
         if text.is_empty() {
             return;
         }
+        let event = JobEvent::Message {
+            attempt: self.attempt,
+            text,
+        };
+        self.typed_within_budget(event, bytes).await;
+    }
+
+    /// The agent called a tool; counted against the events' budget like output.
+    pub async fn tool_call(&self, name: String, input: serde_json::Value) {
+        let bytes = (name.len() + input.to_string().len()) as u64;
+        let event = JobEvent::ToolCall {
+            attempt: self.attempt,
+            name,
+            input,
+        };
+        self.typed_within_budget(event, bytes).await;
+    }
+
+    /// What a tool call returned (already cut short by the caller).
+    pub async fn tool_result(&self, output: String, is_error: bool) {
+        let bytes = output.len() as u64;
+        let event = JobEvent::ToolResult {
+            attempt: self.attempt,
+            output,
+            is_error,
+        };
+        self.typed_within_budget(event, bytes).await;
+    }
+
+    async fn typed_within_budget(&self, event: JobEvent, bytes: u64) {
         let Some(before) = self.spend(bytes).await else {
             return;
         };
-        self.typed(JobEvent::Message {
-            attempt: self.attempt,
-            text,
-        })
-        .await;
+        self.typed(event).await;
         self.flush_now_and_then(before, bytes).await;
     }
 

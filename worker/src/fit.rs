@@ -19,17 +19,22 @@ pub fn output_cap(record: &JobRecord, configured: usize, limit: usize) -> usize 
     configured.min(room)
 }
 
-/// Trims `record` until it encodes within `limit` bytes: first the output text (its full log holds it when the
-/// capture cut it, and the cut is counted in `*_truncated_bytes`), then the listed files (counted in
+/// Trims `record` until it encodes within `limit` bytes: first the output text and the answer, longest first (a
+/// full log holds the output when the capture cut it; each cut is counted in `*_truncated_bytes`), then the listed files (counted in
 /// `files_omitted`, all listed in the manifest).
 pub fn fit(record: &mut JobRecord, limit: usize) {
     let mut size = to_msgpack(record).len();
     while size > limit {
         let over = size - limit;
-        let (text, truncated) = if record.stdout.len() >= record.stderr.len() {
-            (&mut record.stdout, &mut record.stdout_truncated_bytes)
-        } else {
-            (&mut record.stderr, &mut record.stderr_truncated_bytes)
+        let answer_len = record.answer.as_ref().map_or(0, String::len);
+        let (text, truncated) = match record.answer.as_mut() {
+            Some(answer) if answer_len > record.stdout.len().max(record.stderr.len()) => {
+                (answer, &mut record.answer_truncated_bytes)
+            }
+            _ if record.stdout.len() >= record.stderr.len() => {
+                (&mut record.stdout, &mut record.stdout_truncated_bytes)
+            }
+            _ => (&mut record.stderr, &mut record.stderr_truncated_bytes),
         };
         if !text.is_empty() {
             let half = text.len() / 2;
@@ -76,6 +81,7 @@ mod tests {
         ));
         record.stdout = "é".repeat(40_000);
         record.stderr = "e".repeat(70_000);
+        record.answer = Some("a".repeat(90_000));
         record.files = (0..2000)
             .map(|i| FileEntry {
                 name: format!("{i:0>200}"),
@@ -98,6 +104,7 @@ mod tests {
     fn an_oversized_record_is_trimmed_to_fit_and_counts_every_cut() {
         let mut record = big_record();
         let (out, err, files) = (record.stdout.len(), record.stderr.len(), record.files.len());
+        let answer = record.answer.as_ref().map_or(0, String::len) as u64;
         fit(&mut record, 1024 * 1024 - HEADER_ROOM);
         assert!(to_msgpack(&record).len() <= 1024 * 1024 - HEADER_ROOM);
         assert_eq!(
@@ -107,6 +114,12 @@ mod tests {
         assert_eq!(
             record.stderr.len() as u64 + record.stderr_truncated_bytes,
             err as u64
+        );
+        let kept = record.answer.as_ref().map_or(0, String::len) as u64;
+        assert_eq!(kept + record.answer_truncated_bytes, answer);
+        assert!(
+            record.answer_truncated_bytes > 0,
+            "the longest text is cut first"
         );
         assert_eq!(
             record.files.len() as u64 + record.files_omitted,

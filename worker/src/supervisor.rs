@@ -17,7 +17,9 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::JobCgroup;
-use crate::output::{capture, Captured, LogTarget};
+use crate::output::{capture, Captured, LogTarget, NoSink};
+use crate::presets::{self, ParsingSink};
+use crate::report::Report;
 
 /// How long output pipes may stay open after the process group is gone (a process that left the group with
 /// `setsid` could hold them forever).
@@ -48,6 +50,8 @@ pub struct RunSpec {
     pub events: Option<std::sync::Arc<crate::events::Events>>,
     /// rlimits, user and network of the agent's processes.
     pub sandbox: crate::sandbox::Sandbox,
+    /// A CLI preset whose stdout is read by its parser (typed events and the run's report).
+    pub parse: Option<fleet_shared::config::AgentKind>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,7 @@ pub async fn run(
     let pid = child.id() as libc::pid_t;
     let streams = child_streams(&mut child, master);
     let (mut out, mut err) = (Captured::default(), Captured::default());
+    let mut report = Report::default();
     let sandbox = spec.sandbox;
     let limits = Limits {
         timeout: spec.timeout,
@@ -130,7 +135,7 @@ pub async fn run(
         resources.wall_ms = started.elapsed().as_millis() as u64;
         (ending, resources, killed)
     };
-    let io = serve_io(&mut spec, streams, &mut out, &mut err);
+    let io = serve_io(&mut spec, streams, &mut out, &mut err, &mut report);
     let (ending, resources, killed) = until_ended(control, io).await;
     drop(child);
     let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
@@ -146,7 +151,7 @@ pub async fn run(
         stdout: out,
         stderr: err,
         resources,
-        report: Default::default(),
+        report,
     })
 }
 
@@ -290,28 +295,38 @@ async fn wait_or_end(
     killed
 }
 
-/// Feeds the input and captures both outputs, all inside one future (no extra tasks per job).
-async fn serve_io(spec: &mut RunSpec, streams: Streams, out: &mut Captured, err: &mut Captured) {
+/// Feeds the input and captures both outputs, all inside one future (no extra tasks per job); a CLI preset's
+/// stdout also goes through its parser, whose report lands in `report`.
+async fn serve_io(
+    spec: &mut RunSpec,
+    streams: Streams,
+    out: &mut Captured,
+    err: &mut Captured,
+    report: &mut Report,
+) {
     let events = spec.events.clone();
     let cap = spec.output_cap;
+    let stdout = Capture {
+        log: spec.stdout_log.take(),
+        cap,
+        events: events.as_deref(),
+        stream: OutputStream::Stdout,
+    };
+    let stderr = Capture {
+        log: spec.stderr_log.take(),
+        stream: OutputStream::Stderr,
+        ..stdout.clone()
+    };
+    let parser = spec.parse.and_then(|kind| presets::parser(kind, cap));
     tokio::join!(
         feed(streams.stdin, spec.stdin.take()),
-        capture_into(
-            streams.stdout,
-            spec.stdout_log.take(),
-            cap,
-            out,
-            events.as_deref(),
-            OutputStream::Stdout
-        ),
-        capture_into(
-            streams.stderr,
-            spec.stderr_log.take(),
-            cap,
-            err,
-            events.as_deref(),
-            OutputStream::Stderr
-        ),
+        async {
+            match parser {
+                Some(parser) => *report = stdout.parsed(streams.stdout, out, parser).await,
+                None => stdout.run(streams.stdout, out).await,
+            }
+        },
+        stderr.run(streams.stderr, err),
     );
 }
 
@@ -361,18 +376,55 @@ async fn feed(pipe: Option<tokio::process::ChildStdin>, bytes: Option<Vec<u8>>) 
     }
 }
 
-async fn capture_into(
-    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+/// How one output stream is captured.
+#[derive(Clone)]
+struct Capture<'a> {
     log: Option<LogTarget>,
     cap: usize,
-    into: &mut Captured,
-    events: Option<&crate::events::Events>,
+    events: Option<&'a crate::events::Events>,
     stream: OutputStream,
-) {
-    let Some(pipe) = pipe else { return };
-    match events {
-        Some(events) => capture(pipe, log, cap, into, &mut events.sink(stream)).await,
-        None => capture(pipe, log, cap, into, &mut crate::output::NoSink).await,
+}
+
+impl Capture<'_> {
+    async fn run(self, pipe: Option<impl tokio::io::AsyncRead + Unpin>, into: &mut Captured) {
+        let Some(pipe) = pipe else { return };
+        match self.events {
+            Some(events) => {
+                capture(
+                    pipe,
+                    self.log,
+                    self.cap,
+                    into,
+                    &mut events.sink(self.stream),
+                )
+                .await
+            }
+            None => capture(pipe, self.log, self.cap, into, &mut NoSink).await,
+        }
+    }
+
+    /// Like `run`, each line also read by `parser`; what it made of them all.
+    async fn parsed(
+        self,
+        pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+        into: &mut Captured,
+        parser: Box<dyn presets::Parse>,
+    ) -> Report {
+        let Some(pipe) = pipe else {
+            return parser.report();
+        };
+        match self.events {
+            Some(events) => {
+                let mut sink = ParsingSink::new(events.sink(self.stream), parser, Some(events));
+                capture(pipe, self.log, self.cap, into, &mut sink).await;
+                sink.into_report()
+            }
+            None => {
+                let mut sink = ParsingSink::new(NoSink, parser, None);
+                capture(pipe, self.log, self.cap, into, &mut sink).await;
+                sink.into_report()
+            }
+        }
     }
 }
 
@@ -477,6 +529,7 @@ mod tests {
 
     fn spec(argv: &[&str]) -> RunSpec {
         RunSpec {
+            parse: None,
             pty: false,
             sandbox: Default::default(),
             events: None,

@@ -168,6 +168,11 @@ impl AgentKind {
         Self::Ollama,
     ];
 
+    /// A coding CLI whose machine-readable output the worker parses.
+    pub fn is_preset(self) -> bool {
+        !matches!(self, Self::Command | Self::Openai | Self::Ollama)
+    }
+
     /// A model the worker asks over HTTP: no process, no command.
     pub fn is_model(self) -> bool {
         matches!(self, Self::Openai | Self::Ollama)

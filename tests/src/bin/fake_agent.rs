@@ -13,6 +13,7 @@
 //!   symlink:NAME=TARGET create symbolic link NAME pointing at TARGET
 //!   exit:CODE          exit with CODE
 //!   once:PATH          skip the next step if PATH exists, else create PATH (a step only the first run takes)
+//!   cat:PATH           print the file at PATH line by line, flushing each (a CLI's recorded stream, replayed)
 
 use std::io::Write;
 
@@ -39,6 +40,12 @@ fn main() {
             "print" => {
                 writeln!(out, "{arg}").ok();
                 out.flush().ok();
+            }
+            "cat" => {
+                for line in std::fs::read_to_string(arg).expect("cat:PATH").lines() {
+                    writeln!(out, "{line}").ok();
+                    out.flush().ok();
+                }
             }
             "stderr" => {
                 eprintln!("{arg}");

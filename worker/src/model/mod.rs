@@ -3,7 +3,6 @@
 //! once (the server sees its connection close and stops generating); 429 and 5xx are asked again with backoff
 //! within the job's deadline; anything else the server refuses or garbles ends as `model_error`.
 
-mod lines;
 mod ollama;
 mod openai;
 mod retry;
@@ -19,11 +18,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::Events;
+use crate::lines::Lines;
 use crate::output::Captured;
 use crate::report::Report;
 use crate::supervisor::{Ending, KillReason, RunOutcome};
 use fleet_shared::wire::Resources;
-use lines::Lines;
 
 /// The worker's client for model servers. No overall timeout: a job's own deadline bounds each request.
 pub fn client() -> reqwest::Result<reqwest::Client> {
@@ -336,13 +335,13 @@ async fn stream(
                 return End::Refused(format!("the model server's stream broke: {}", chain(&e)))
             }
         };
-        let Ok(complete) = lines.push(&chunk) else {
-            return End::Refused("the model server sent a line longer than 1 MiB".into());
-        };
-        for line in complete {
+        for line in lines.push(&chunk) {
             if let Some(end) = take(protocol, &line, events, answer, &mut finished).await {
                 return end;
             }
+        }
+        if lines.is_too_long() {
+            return End::Refused("the model server sent a line longer than 1 MiB".into());
         }
     }
     if let Some(line) = lines.finish() {

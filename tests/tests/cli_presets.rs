@@ -1,0 +1,194 @@
+//! Coding CLI presets through a real process: each CLI's documented stream (the transcripts in
+//! `tests/transcripts/`, replayed by the fake agent as the preset's overridden command) becomes typed events and
+//! a record that says what the agent meant — answer, usage, the CLI's session id, tool calls — while stdout stays
+//! byte for byte what was printed and a line no parser knows still arrives as output.
+
+use std::path::PathBuf;
+
+use fleet_tests::*;
+use serde_json::{json, Value};
+
+fn transcript(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("transcripts")
+        .join(name)
+}
+
+/// The preset `kind`, its command overridden by the fake agent replaying `file`, then the job's own steps.
+fn preset(name: &str, kind: &str, file: &str) -> String {
+    format!(
+        "[agents.{name}]\nkind = \"{kind}\"\ncommand = [\"{}\", \"cat:{}\", \"{{message}}\"]\n",
+        fake_agent(),
+        transcript(file).display()
+    )
+}
+
+/// Runs `agent` with `steps` after its transcript: every event until `end`, and the record.
+async fn run(api: &Api, agent: &str, steps: &str) -> (Vec<SseEvent>, Value) {
+    let r = api
+        .post("/v1/jobs", &json!({"agent": agent, "message": steps}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.body["job_id"].as_str().expect("job id").to_string();
+    let mut sse = SseReader::open(api, &format!("/v1/jobs/{id}/events"), None).await;
+    let mut events = Vec::new();
+    while let Some(event) = sse.next().await {
+        let end = event.event == "end";
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    let record = api.get(&format!("/v1/jobs/{id}")).await.body;
+    (events, record)
+}
+
+fn kinds(events: &[SseEvent], kind: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e.event == kind)
+        .map(|e| e.data.clone())
+        .collect()
+}
+
+fn output_text(events: &[SseEvent]) -> String {
+    kinds(events, "output")
+        .iter()
+        .filter_map(|d| d["text"].as_str())
+        .collect()
+}
+
+struct Expect {
+    agent: &'static str,
+    file: &'static str,
+    answer: &'static str,
+    session: &'static str,
+    tool_calls: u64,
+    tokens: (u64, u64),
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cli_s_stream_becomes_typed_events_and_a_record_that_says_what_it_meant() {
+    let nats = NatsServer::start();
+    let agents = preset("claude", "claude-code", "claude-code.jsonl")
+        + &preset("codex", "codex", "codex.jsonl")
+        + &preset("gemini", "gemini", "gemini.jsonl")
+        + &preset("qwen", "qwen", "gemini.jsonl")
+        + &preset("opencode", "opencode", "opencode.jsonl")
+        + &preset("aider", "aider", "aider.txt");
+    let cfg = test_config_with(&nats.url(), &[], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    let expected = [
+        Expect {
+            agent: "claude",
+            file: "claude-code.jsonl",
+            answer: "There are two files: a.txt and b.txt.",
+            session: "9f1c2d3e-0000-4000-8000-000000000001",
+            tool_calls: 1,
+            tokens: (3210, 74),
+        },
+        Expect {
+            agent: "codex",
+            file: "codex.jsonl",
+            answer: "Two files: a.txt and b.txt. I wrote notes.md.",
+            session: "0199a213-81c0-7800-8aa1-bbab2a035a53",
+            tool_calls: 3,
+            tokens: (24763, 122),
+        },
+        Expect {
+            agent: "gemini",
+            file: "gemini.jsonl",
+            answer: "There are two files.",
+            session: "c2a7a0de-2f0e-4b53-9a55-0c0b0d7e1e11",
+            tool_calls: 2,
+            tokens: (1600, 50),
+        },
+        Expect {
+            agent: "qwen",
+            file: "gemini.jsonl",
+            answer: "There are two files.",
+            session: "c2a7a0de-2f0e-4b53-9a55-0c0b0d7e1e11",
+            tool_calls: 2,
+            tokens: (1600, 50),
+        },
+        Expect {
+            agent: "opencode",
+            file: "opencode.jsonl",
+            answer: "There are two files: a.txt and b.txt.",
+            session: "ses_494719016ffe85dkDMj0FPRbHK",
+            tool_calls: 1,
+            tokens: (4300, 52),
+        },
+    ];
+    for e in &expected {
+        // A line no parser knows, printed after the stream: it must arrive as output.
+        let (events, record) = run(&api, e.agent, "print:progress-line-no-parser-knows").await;
+        let what = format!("{}: {record}", e.agent);
+        assert_eq!(record["status"], "completed", "{what}");
+        assert_eq!(record["answer"], e.answer, "{what}");
+        assert_eq!(record["agent_session_id"], e.session, "{what}");
+        assert_eq!(record["tool_calls"], e.tool_calls, "{what}");
+        assert_eq!(
+            (
+                record["usage"]["input_tokens"].as_u64(),
+                record["usage"]["output_tokens"].as_u64()
+            ),
+            (Some(e.tokens.0), Some(e.tokens.1)),
+            "{what}"
+        );
+        let printed = std::fs::read_to_string(transcript(e.file)).expect("transcript")
+            + "progress-line-no-parser-knows\n";
+        assert_eq!(record["stdout"], printed, "stdout stays as printed: {what}");
+
+        assert!(
+            !kinds(&events, "message").is_empty(),
+            "{}: {events:?}",
+            e.agent
+        );
+        let calls = kinds(&events, "tool_call");
+        assert_eq!(calls.len() as u64, e.tool_calls, "{}: {calls:?}", e.agent);
+        assert!(
+            calls
+                .iter()
+                .all(|c| c["name"].as_str().is_some_and(|n| !n.is_empty())),
+            "{calls:?}"
+        );
+        assert!(!kinds(&events, "tool_result").is_empty(), "{}", e.agent);
+        assert!(!kinds(&events, "usage").is_empty(), "{}", e.agent);
+        assert_eq!(
+            output_text(&events),
+            "progress-line-no-parser-knows\n",
+            "only the unknown line is output: {}",
+            e.agent
+        );
+    }
+
+    // aider has no stream: everything it prints is output, its answer follows the banner, its tokens line the usage.
+    let (events, record) = run(&api, "aider", "").await;
+    assert_eq!(
+        record["answer"], "The two files are a.txt and b.txt.",
+        "{record}"
+    );
+    assert_eq!(record["usage"]["cost_usd"], 0.0031, "{record}");
+    assert!(output_text(&events).contains("Aider v0.86.1"), "{events:?}");
+
+    // Garbage in a CLI's stream never fails the job.
+    let (_, record) = run(
+        &api,
+        "claude",
+        "print:{\"type\":\"assistant\",\"message\":7} print:{oops exit:0",
+    )
+    .await;
+    assert_eq!(record["status"], "completed", "{record}");
+    assert!(
+        record["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("{oops\n"),
+        "{record}"
+    );
+    worker.stop().await;
+}
