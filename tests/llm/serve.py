@@ -1,6 +1,7 @@
 """llama.cpp's own server (PyPI xllamacpp) on a loopback port with a small real model, for the fleet's tests.
 
-usage: serve.py GGUF PORT   — prints "ready" once /health answers, serves until stdin closes or it is killed.
+usage: serve.py GGUF PORT [SLOTS [CONTEXT]]   — prints "ready" once /health answers, serves until stdin closes
+or it is killed. SLOTS requests run at once (default 8), sharing CONTEXT tokens (default 4096).
 """
 import sys
 import time
@@ -11,12 +12,14 @@ import xllamacpp
 
 def main():
     gguf, port = sys.argv[1], int(sys.argv[2])
+    slots = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    context = int(sys.argv[4]) if len(sys.argv) > 4 else 4096
     p = xllamacpp.CommonParams()
     p.model.path = gguf
     p.hostnames = ["127.0.0.1"]
     p.port = port
-    p.n_ctx = 4096
-    p.n_parallel = 8
+    p.n_ctx = context
+    p.n_parallel = slots
     p.cpuparams.n_threads = 2
     p.cpuparams_batch.n_threads = 2
     p.model_alias = {"smollm2"}

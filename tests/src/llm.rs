@@ -19,7 +19,13 @@ pub struct LlamaServer {
 }
 
 impl LlamaServer {
+    /// Eight requests at once, 512 tokens of context each.
     pub fn start() -> Self {
+        Self::start_with(8, 4096)
+    }
+
+    /// `slots` requests at once sharing `context` tokens (a coding CLI's prompt needs one roomy slot).
+    pub fn start_with(slots: u32, context: u32) -> Self {
         let gguf = model_file();
         let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/serve.py");
@@ -27,6 +33,7 @@ impl LlamaServer {
             .arg(script)
             .arg(&gguf)
             .arg(port.to_string())
+            .args([slots.to_string(), context.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -192,3 +192,65 @@ async fn each_cli_s_stream_becomes_typed_events_and_a_record_that_says_what_it_m
     );
     worker.stop().await;
 }
+
+/// Claude Code and Codex themselves (from npm), pointed at the tests' llama.cpp server: Claude Code through
+/// `ANTHROPIC_BASE_URL` (the server answers Anthropic's `/v1/messages`), Codex through a provider on its
+/// `/v1/responses`. A 135M model cannot hold their prompts, so its words are not judged: the streams they print
+/// must fill the record and the events as the transcripts' did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_claude_code_and_codex_against_a_local_model_fill_the_record_from_their_streams() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("cli-agents/node_modules/.bin");
+    let (claude, codex) = (bin.join("claude"), bin.join("codex"));
+    assert!(
+        claude.exists() && codex.exists(),
+        "Claude Code or Codex missing: install them with `scripts/deps test`"
+    );
+    // One slot with room for a coding CLI's system prompt and tools (3,000 to 4,500 tokens).
+    let llm = fleet_tests::llm::LlamaServer::start_with(1, 8192);
+    let nats = NatsServer::start();
+    let model = fleet_tests::llm::MODEL;
+    let agents = format!(
+        "[agents.claude]\nkind = \"claude-code\"\ntimeout = 150\n\
+         command = ['{claude}', '-p', '{{message}}', '--output-format', 'stream-json', '--verbose', '--model', '{model}']\n\
+         [agents.claude.env]\nANTHROPIC_BASE_URL = '{base}'\nANTHROPIC_API_KEY = 'sk-local-test'\n\
+         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = '1'\nDISABLE_AUTOUPDATER = '1'\nCLAUDE_CODE_MAX_OUTPUT_TOKENS = '48'\n\
+         [agents.codex]\nkind = \"codex\"\ntimeout = 150\n\
+         command = ['{codex}', 'exec', '--json', '--skip-git-repo-check', '-c', 'model_provider=local', '-c', \
+         'model_providers.local={{name=\"local\",base_url=\"{base}/v1\",wire_api=\"responses\"}}', '-m', '{model}', '{{message}}']\n",
+        claude = claude.display(),
+        codex = codex.display(),
+        base = llm.base(),
+    );
+    let cfg = test_config_with(&nats.url(), &[], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+
+    for (agent, first_type, session_key) in [
+        ("claude", "system", "session_id"),
+        ("codex", "thread.started", "thread_id"),
+    ] {
+        let (events, record) = run(&api, agent, "Say hello.").await;
+        let stdout = record["stdout"].as_str().unwrap_or_default();
+        let first: Value = serde_json::from_str(stdout.lines().next().unwrap_or_default())
+            .unwrap_or_else(|_| panic!("{agent} printed JSON lines: {record}"));
+        assert_eq!(first["type"], first_type, "{record}");
+        // Claude Code exits 1 when its result is an error (a model this small overruns its token limit).
+        assert!(
+            matches!(record["status"].as_str(), Some("completed" | "failed")),
+            "{record}"
+        );
+        assert_eq!(record["agent_session_id"], first[session_key], "{record}");
+        assert!(
+            !record["answer"].as_str().unwrap_or_default().is_empty(),
+            "{record}"
+        );
+        assert!(
+            record["usage"]["input_tokens"].as_u64().unwrap_or(0) > 1000,
+            "its prompt was counted: {record}"
+        );
+        assert!(!kinds(&events, "message").is_empty(), "{agent}: {events:?}");
+        assert!(!kinds(&events, "usage").is_empty(), "{agent}: {events:?}");
+    }
+    worker.stop().await;
+}
