@@ -22,6 +22,7 @@ use crate::bench_events;
 use crate::bench_history;
 use crate::bench_measure::{cpu_times, own_cpu, verdict};
 pub(crate) use crate::bench_measure::{median, rss_kb, Samples};
+use crate::bench_models;
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -80,6 +81,13 @@ pub struct BenchArgs {
     /// The Chromium the console part drives.
     #[arg(long, default_value = "/usr/bin/chromium")]
     chromium: std::path::PathBuf,
+    /// Also measure model agents and the OpenAI-compatible front door against this model server (its OpenAI API
+    /// root, e.g. `http://127.0.0.1:8080/v1`), asked directly in the same run.
+    #[arg(long)]
+    model_server: Option<String>,
+    /// The model to ask the model server for.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
     /// Skip the core latency, throughput and memory measures (to run only the parts asked for).
     #[arg(long)]
     skip_core: bool,
@@ -127,7 +135,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         true => bench_artifacts::start_s3(free_port()?).await?,
         false => None,
     };
-    let bench_config = write_config(dir.path(), s3.as_ref().map(|(_, e)| e.as_str()))?;
+    let relay = match &args.model_server {
+        Some(server) => Some(bench_models::Relay::start(bench_models::upstream_of(server)?).await?),
+        None => None,
+    };
+    let models_toml = match (&args.model_server, &relay) {
+        (Some(server), Some(relay)) => {
+            Some(bench_models::agents_toml(server, &args.model, relay.port))
+        }
+        _ => None,
+    };
+    let bench_config = write_config(
+        dir.path(),
+        s3.as_ref().map(|(_, e)| e.as_str()),
+        models_toml.as_deref(),
+    )?;
     let roles = Roles {
         config: &bench_config,
         nats_url: nats.url(),
@@ -163,6 +185,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         base: &base,
     };
     run_parts(&args, &paths, &roles, &pids, s3_endpoint.as_deref()).await?;
+    if let (Some(server), Some(relay)) = (&args.model_server, &relay) {
+        let models = bench_models::Models {
+            http: &http,
+            base: &base,
+            server,
+            model: &args.model,
+            relay,
+            rounds: args.rounds,
+        };
+        bench_models::run(&models).await?;
+    }
     // Gateway and worker first, so they never see NATS vanish under them.
     drop(processes);
     nats.stop().await;
@@ -264,12 +297,24 @@ async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> 
     bench_history::run(&history).await
 }
 
-/// The bench fleet's configuration file: its agents (the no-op one, the copier, the ticker), its prefix, and
-/// the S3 target when there is one.
-fn write_config(dir: &std::path::Path, s3_endpoint: Option<&str>) -> Result<std::path::PathBuf> {
+/// The bench fleet's configuration file: its agents (the no-op one, the copier, the ticker, and the model agents
+/// when there is a model server), its prefix, and the S3 target when there is one.
+fn write_config(
+    dir: &std::path::Path,
+    s3_endpoint: Option<&str>,
+    models_toml: Option<&str>,
+) -> Result<std::path::PathBuf> {
     let config = dir.join("bench.toml");
+    let models = match models_toml {
+        Some(_) => format!(
+            ", \"{}\", \"{}\"",
+            bench_models::MODEL_AGENT,
+            bench_models::TAPPED_AGENT
+        ),
+        None => String::new(),
+    };
     let mut toml = format!(
-        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[agents.{depth}]\ncommand = [\"{}\", \"{}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
+        "[agents.{AGENT}]\ncommand = [\"{}\", \"{}\"]\n\n[agents.{copy}]\ncommand = {copy_cmd:?}\n\n[agents.{tick}]\ncommand = [{fleet:?}, \"tick\", \"{{message}}\"]\n\n[agents.{depth}]\ncommand = [\"{}\", \"{}\"]\n\n[worker]\nagents = [\"{AGENT}\", \"{copy}\", \"{tick}\"{models}]\n\n[nats]\nprefix = \"{PREFIX}\"\n",
         COMMAND[0],
         COMMAND[1],
         COMMAND[0],
@@ -283,6 +328,7 @@ fn write_config(dir: &std::path::Path, s3_endpoint: Option<&str>) -> Result<std:
     if let Some(endpoint) = s3_endpoint {
         toml.push_str(&bench_artifacts::s3_target_toml(endpoint));
     }
+    toml.push_str(models_toml.unwrap_or(""));
     std::fs::write(&config, toml)?;
     Ok(config)
 }

@@ -9,6 +9,7 @@ mod bench_depth;
 mod bench_events;
 mod bench_history;
 mod bench_measure;
+mod bench_models;
 mod cdp;
 mod client;
 mod data_lock;

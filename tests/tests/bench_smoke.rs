@@ -59,3 +59,37 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
         assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
     }
 }
+
+/// The model part against the tests' llama.cpp server: it runs and prints each figure beside its target.
+#[test]
+fn bench_measures_the_front_door_against_the_model_server() {
+    let llm = fleet_tests::llm::LlamaServer::start();
+    let out = std::process::Command::new(built_binary("fleet"))
+        .args([
+            "bench",
+            "--skip-core",
+            "--rounds",
+            "1",
+            "--model-server",
+            &llm.openai_base(),
+        ])
+        .args(["--model", fleet_tests::llm::MODEL])
+        .output()
+        .expect("run fleet bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "8 concurrent streams (tokens/s)",
+        "first token p50",
+        "a token's way server → SSE client",
+        "front door tokens/s with 8 streams ≥ 0.9× direct",
+        "first token through the fleet ≤ direct + 5 ms (p50)",
+        "a token's way from the model server to an SSE client ≤ 2 ms (p50)",
+    ] {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
