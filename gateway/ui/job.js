@@ -70,6 +70,15 @@ function stream(id, view, signal, record) {
       seen.attempt = data.attempt;
       seen.any = true;
       view.log.write(data.stream, data.text);
+    } else if (data.type === 'message') {
+      // Assistant text: a model's tokens join up; a CLI's whole messages each end their line.
+      seen.any = true;
+      view.log.write('stdout', data.delta ? data.text : `${data.text}\n`);
+    } else if (data.type === 'tool_call') {
+      seen.any = true;
+      view.log.note(`⚙ ${data.name} ${clip(JSON.stringify(data.input ?? null), 160)}`);
+    } else if (data.type === 'tool_result') {
+      view.log.note(`${data.is_error ? '✗' : '↳'} ${clip((data.output || '').split('\n')[0], 160)}`);
     } else if (data.type === 'status') {
       view.status.replaceChildren(statusBadge(data.status));
     } else if (data.type === 'output_limit') {
@@ -94,6 +103,10 @@ function stream(id, view, signal, record) {
       if (e.status === 404 && TERMINAL.includes(record.status)) replayRecord(view.log, record);
       else view.problem.textContent = `Live output stopped: ${e.message}`;
     });
+}
+
+function clip(text, max) {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
 /** The record's own copy of the output, for jobs whose events have expired. */
@@ -122,6 +135,10 @@ function showFacts(dl, r) {
     ['Submitted', when(r.request.submitted_at)], ['Started', when(r.started_at)], ['Finished', when(r.finished_at)],
     ['Took', duration(r.started_at, r.finished_at)], ['Exit code', r.exit_code], ['Signal', r.signal],
     ['Stopped by', r.killed], ['Error', r.error && `${r.error.code}: ${r.error.message}`],
+    ['Answer', r.answer && h('pre', { class: 'mono preview' }, r.answer)],
+    ['Tokens', r.usage && `${r.usage.input_tokens} in, ${r.usage.output_tokens} out${r.usage.cost_usd != null ? `, $${r.usage.cost_usd.toFixed(4)}` : ''}`],
+    ['Tool calls', r.tool_calls || null],
+    ['Agent session', r.agent_session_id && h('span', { class: 'mono' }, r.agent_session_id)],
     ['Resources', r.resources && `${r.resources.wall_ms} ms wall, ${r.resources.user_cpu_ms + r.resources.system_cpu_ms} ms CPU, ${Math.round(r.resources.max_rss_kb / 1024)} MB peak memory`],
     ['Message', h('pre', { class: 'mono preview' }, r.request.message)],
     ['Context', r.request.context && h('pre', { class: 'mono preview' }, r.request.context)],

@@ -567,7 +567,14 @@ pub enum JobEvent {
     Behind { last_id: u64 },
     /// Assistant text from an agent the fleet understands: a model agent's tokens as they are generated, a CLI
     /// preset's messages as it prints them.
-    Message { attempt: u32, text: String },
+    Message {
+        attempt: u32,
+        text: String,
+        /// A piece of a message still being written (a model's tokens): pieces join without a break. A whole
+        /// message (a CLI's) has none.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
+    },
     /// The agent called a tool (`input` as the agent gave it).
     ToolCall {
         attempt: u32,

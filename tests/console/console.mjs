@@ -15,6 +15,7 @@ const SHOTS = process.env.SCREENSHOTS;
 const SUITE = process.env.FLEET_CONSOLE_SUITE || 'open';
 const DESKTOP = { width: 1280, height: 860 };
 const PHONE = { width: 390, height: 844 };
+const SMALL_PHONE = { width: 360, height: 800 };
 const WAIT = { timeout: 20000 };
 mkdirSync(SHOTS, { recursive: true });
 
@@ -56,10 +57,10 @@ async function shot(p, name) {
   await p.screenshot({ path: `${SHOTS}/${name}.png`, fullPage: true });
 }
 
-async function submitApi(message, headers = {}) {
+async function submitApi(message, headers = {}, agent = 'fake') {
   const r = await fetch(`${BASE}/v1/jobs`, {
     method: 'POST', headers: { 'content-type': 'application/json', ...headers },
-    body: JSON.stringify({ agent: 'fake', message }),
+    body: JSON.stringify({ agent, message }),
   });
   const body = await r.text();
   assert.equal(r.status, 202, body);
@@ -204,17 +205,64 @@ async function openSuite() {
     await p.getByText('loopback only').waitFor(WAIT);
     await p.getByRole('link', { name: 'Back to the console' }).waitFor(WAIT);
   });
-  await check('every screen fits a phone (390×844) without sideways scrolling', async () => {
-    const phone = await page(PHONE);
-    for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'],
-      ['fleet', '#/fleet'], ['sharing', '#/sharing'], ['qr', 'qr']]) {
-      await phone.goto(`${BASE}/${hash}`);
-      await phone.locator('main h1').waitFor(WAIT);
-      await phone.waitForTimeout(500);
-      await noSidewaysScroll(phone, name);
-      await shot(phone, `${name}-phone`);
+  await check("a coding CLI's job shows its messages, tool calls, answer and tokens", async () => {
+    const id = await submitApi('', {}, 'claude');
+    await p.goto(`${BASE}/#/jobs/${id}`);
+    await log(p).getByText("I'll list the files.").waitFor(WAIT);
+    await log(p).getByText('⚙ Bash {"command":"ls","description":"List files"}').waitFor(WAIT);
+    await status(p).filter({ hasText: 'completed' }).waitFor(WAIT);
+    const fact = (name) => p.locator('dl.facts dt', { hasText: name }).locator('xpath=following-sibling::dd[1]');
+    assert.equal(await fact('Answer').innerText(), 'There are two files: a.txt and b.txt.');
+    assert.equal(await fact('Tokens').innerText(), '3210 in, 74 out, $0.0123');
+    assert.equal(await fact('Tool calls').innerText(), '1');
+    await shot(p, 'job-cli-desktop');
+  });
+  await check('a keyboard alone runs a job and reaches its buttons, each focus visible', async () => {
+    const k = await page();
+    await k.goto(`${BASE}/#/run`);
+    await k.getByLabel('Agent').locator('option[value="fake"]').waitFor({ state: 'attached', ...WAIT });
+    const tabTo = async (name) => {
+      for (let i = 0; i < 40; i += 1) {
+        await k.keyboard.press('Tab');
+        const focused = await k.evaluate(() => {
+          const el = document.activeElement;
+          const label = el.labels?.[0]?.textContent?.trim() || el.getAttribute('aria-label') || el.textContent.trim();
+          return { label, outline: getComputedStyle(el).outlineStyle, shadow: getComputedStyle(el).boxShadow };
+        });
+        if (focused.label === name) {
+          assert.ok(focused.outline !== 'none' || focused.shadow !== 'none', `${name} shows no focus`);
+          return;
+        }
+      }
+      throw new Error(`Tab never reached ${name}`);
+    };
+    await tabTo('Agent');
+    await k.keyboard.type('fake');
+    assert.equal(await k.getByLabel('Agent').inputValue(), 'fake');
+    await tabTo('Message');
+    await k.keyboard.type('print:typed-by-keyboard sleep:30');
+    await tabTo('Run');
+    await k.keyboard.press('Enter');
+    await k.waitForURL(/#\/jobs\/[0-9a-f-]{36}$/, WAIT);
+    await log(k).getByText('typed-by-keyboard').waitFor(WAIT);
+    await tabTo('Cancel');
+    await k.keyboard.press('Enter');
+    await status(k).filter({ hasText: 'cancelled' }).waitFor(WAIT);
+    await k.context().close();
+  });
+  await check('every screen fits a phone (360×800 and 390×844) without sideways scrolling', async () => {
+    for (const [viewport, suffix] of [[SMALL_PHONE, 'phone-360'], [PHONE, 'phone']]) {
+      const phone = await page(viewport);
+      for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'],
+        ['fleet', '#/fleet'], ['sharing', '#/sharing'], ['qr', 'qr']]) {
+        await phone.goto(`${BASE}/${hash}`);
+        await phone.locator('main h1').waitFor(WAIT);
+        await phone.waitForTimeout(300);
+        await noSidewaysScroll(phone, `${name} at ${viewport.width}px`);
+        await shot(phone, `${name}-${suffix}`);
+      }
+      await phone.context().close();
     }
-    await phone.context().close();
   });
   await check("a 100,000-line job's page stays responsive while it streams", async () => {
     const watched = await page();

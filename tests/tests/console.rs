@@ -59,7 +59,19 @@ fn run_suite(suite: &str, url: &str, env: &[(&str, &str)]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_runs_follows_cancels_retries_and_browses_jobs() {
     let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_WORKER_MAX_CONCURRENT", "4")]);
+    // A Claude Code preset replaying its documented stream, for the job page's messages, tool calls and answer.
+    let transcript =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("transcripts/claude-code.jsonl");
+    let claude = format!(
+        "[agents.claude]\nkind = \"claude-code\"\ncommand = [\"{}\", \"cat:{}\", \"{{message}}\"]\n",
+        fake_agent(),
+        transcript.display()
+    );
+    let cfg = test_config_with(
+        &nats.url(),
+        &[("FLEET_WORKER_MAX_CONCURRENT", "4")],
+        &claude,
+    );
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     wait_for_agents(&cfg.config).await;

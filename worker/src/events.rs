@@ -141,6 +141,15 @@ impl Events {
     /// Assistant text (a model's tokens, a CLI's messages), within the same budget as output. Typed events
     /// have no copy in the record to wait in, so they make the events go live at once.
     pub async fn message(&self, text: String) {
+        self.assistant(text, false).await;
+    }
+
+    /// A piece of a message still being written (a model's tokens).
+    pub async fn delta(&self, text: String) {
+        self.assistant(text, true).await;
+    }
+
+    async fn assistant(&self, text: String, delta: bool) {
         let bytes = text.len() as u64;
         if text.is_empty() {
             return;
@@ -148,6 +157,7 @@ impl Events {
         let event = JobEvent::Message {
             attempt: self.attempt,
             text,
+            delta,
         };
         self.typed_within_budget(event, bytes).await;
     }

@@ -367,7 +367,7 @@ async fn take(
         match piece {
             Piece::Text(text) => {
                 answer.push(&text);
-                events.message(text).await;
+                events.delta(text).await;
             }
             Piece::Usage(usage) => answer.usage = Some(usage),
             Piece::Finished => *finished = true,

@@ -109,7 +109,7 @@ impl Parse for Claude {
                 match (v["event"]["type"].as_str(), delta["type"].as_str()) {
                     (Some("content_block_delta"), Some("text_delta")) => {
                         self.partial = true;
-                        text(delta, "text").map(Said::Message).into_iter().collect()
+                        text(delta, "text").map(Said::Delta).into_iter().collect()
                     }
                     _ => Vec::new(),
                 }
@@ -190,9 +190,6 @@ mod tests {
 {"type":"assistant","message":{"content":[{"type":"text","text":"Hello"}]},"session_id":"s"}"#;
         let (said, _) = run(AgentKind::ClaudeCode, transcript);
         let texts: Vec<Said> = said.into_iter().flatten().flatten().collect();
-        assert_eq!(
-            texts,
-            [Said::Message("Hel".into()), Said::Message("lo".into())]
-        );
+        assert_eq!(texts, [Said::Delta("Hel".into()), Said::Delta("lo".into())]);
     }
 }

@@ -52,7 +52,10 @@ impl Parse for Gemini {
             "message" if v["role"] == "assistant" => {
                 let content = text(&v, "content").unwrap_or_default();
                 self.answer.push(&content);
-                vec![Said::Message(content)]
+                match v["delta"].as_bool() {
+                    Some(true) => vec![Said::Delta(content)],
+                    _ => vec![Said::Message(content)],
+                }
             }
             "message" => Vec::new(),
             "tool_use" => {
@@ -105,7 +108,7 @@ mod tests {
                 "{kind:?}: every line known: {said:?}"
             );
             let said: Vec<Said> = said.into_iter().flatten().flatten().collect();
-            assert_eq!(said[0], Said::Message("Let me look.".into()));
+            assert_eq!(said[0], Said::Delta("Let me look.".into()));
             assert!(
                 matches!(&said[1], Said::ToolCall { name, input } if name == "run_shell_command" && input["command"] == "ls")
             );

@@ -25,9 +25,18 @@ const TOOL_RESULT_BYTES: usize = 4 * 1024;
 /// What one line said.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Said {
+    /// A whole message.
     Message(String),
-    ToolCall { name: String, input: Value },
-    ToolResult { output: String, is_error: bool },
+    /// A piece of a message still being written.
+    Delta(String),
+    ToolCall {
+        name: String,
+        input: Value,
+    },
+    ToolResult {
+        output: String,
+        is_error: bool,
+    },
     Usage(Usage),
 }
 
@@ -175,6 +184,7 @@ impl<'a, S: OutputSink + Send> ParsingSink<'a, S> {
         for said in said {
             match said {
                 Said::Message(text) => events.message(text).await,
+                Said::Delta(text) => events.delta(text).await,
                 Said::ToolCall { name, input } => events.tool_call(name, input).await,
                 Said::ToolResult { output, is_error } => {
                     let output = cut(&output, TOOL_RESULT_BYTES).to_string();
