@@ -281,6 +281,20 @@ impl SseReader {
         }
     }
 
+    /// Every event of job `id` until its `end` (included), from the start.
+    pub async fn job_until_end(api: &Api, id: &str) -> Vec<SseEvent> {
+        let mut sse = Self::open(api, &format!("/v1/jobs/{id}/events"), None).await;
+        let mut events = Vec::new();
+        while let Some(event) = sse.next().await {
+            let end = event.event == "end";
+            events.push(event);
+            if end {
+                break;
+            }
+        }
+        events
+    }
+
     /// The next event, or `None` when the server closed the stream.
     pub async fn next(&mut self) -> Option<SseEvent> {
         loop {

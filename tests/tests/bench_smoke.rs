@@ -2,11 +2,28 @@
 
 use fleet_tests::built_binary;
 
+/// `fleet bench ARGS`, which must succeed and print each of `lines`.
+fn bench_prints(args: &[&str], lines: &[&str]) {
+    let out = std::process::Command::new(built_binary("fleet"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run fleet bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in lines {
+        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
+    }
+}
+
 #[test]
 fn bench_runs_a_small_fleet_and_reports_every_measure() {
-    let out = std::process::Command::new(built_binary("fleet"))
-        .args([
-            "bench",
+    bench_prints(
+        &[
             "--samples",
             "5",
             "--throughput-jobs",
@@ -27,69 +44,52 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "--console",
             "--console-loads",
             "1",
-        ])
-        .output()
-        .expect("run fleet bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        &[
+            "raw spawn of the command",
+            "the worker's supervisor alone",
+            "job over NATS (publish→reply)",
+            "job over HTTP (POST ?wait)",
+            "raw spawn rate",
+            "NATS, 8 in flight",
+            "HTTP, 8 in flight",
+            "rounds (raw/NATS/HTTP jobs/s)",
+            "CPU per job in the NATS run",
+            "idle RSS: gateway",
+            "artifacts, local disk (MB/s)",
+            "artifacts, S3 (moto) (MB/s)",
+            "1 × 1 MB upload",
+            "5 × 4 KB download via gateway",
+            "5 × 4 KB download via gateway, one .tar",
+            "run form usable after navigation",
+            "console usable ≤ 1000 ms after navigation",
+            "console first load ≤ 150 KB",
+        ],
     );
-    for line in [
-        "raw spawn of the command",
-        "the worker's supervisor alone",
-        "job over NATS (publish→reply)",
-        "job over HTTP (POST ?wait)",
-        "raw spawn rate",
-        "NATS, 8 in flight",
-        "HTTP, 8 in flight",
-        "rounds (raw/NATS/HTTP jobs/s)",
-        "CPU per job in the NATS run",
-        "idle RSS: gateway",
-        "artifacts, local disk (MB/s)",
-        "artifacts, S3 (moto) (MB/s)",
-        "1 × 1 MB upload",
-        "5 × 4 KB download via gateway",
-        "5 × 4 KB download via gateway, one .tar",
-        "run form usable after navigation",
-        "console usable ≤ 1000 ms after navigation",
-        "console first load ≤ 150 KB",
-    ] {
-        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
-    }
 }
 
 /// The model part against the tests' llama.cpp server: it runs and prints each figure beside its target.
 #[test]
 fn bench_measures_the_front_door_against_the_model_server() {
     let llm = fleet_tests::llm::LlamaServer::start();
-    let out = std::process::Command::new(built_binary("fleet"))
-        .args([
-            "bench",
+    let (server, model) = (llm.openai_base(), fleet_tests::llm::MODEL);
+    bench_prints(
+        &[
             "--skip-core",
             "--rounds",
             "1",
             "--model-server",
-            &llm.openai_base(),
-        ])
-        .args(["--model", fleet_tests::llm::MODEL])
-        .output()
-        .expect("run fleet bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+            &server,
+            "--model",
+            model,
+        ],
+        &[
+            "8 concurrent streams (tokens/s)",
+            "first token p50",
+            "a token's way server → SSE client",
+            "front door tokens/s with 8 streams ≥ 0.9× direct",
+            "first token through the fleet ≤ direct + 5 ms (p50)",
+            "a token's way from the model server to an SSE client ≤ 2 ms (p50)",
+        ],
     );
-    for line in [
-        "8 concurrent streams (tokens/s)",
-        "first token p50",
-        "a token's way server → SSE client",
-        "front door tokens/s with 8 streams ≥ 0.9× direct",
-        "first token through the fleet ≤ direct + 5 ms (p50)",
-        "a token's way from the model server to an SSE client ≤ 2 ms (p50)",
-    ] {
-        assert!(stdout.contains(line), "missing `{line}` in:\n{stdout}");
-    }
 }

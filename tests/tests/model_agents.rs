@@ -18,26 +18,44 @@ fn model_agent(name: &str, kind: &str, base_url: &str, extra: &str) -> String {
     )
 }
 
+/// A fleet (in-process worker and gateway) whose agents are `agents` (each `(name, kind, extra settings)`) on a
+/// fresh llama.cpp server, with `env` added to its configuration.
+struct ModelFleet {
+    llm: LlamaServer,
+    api: Api,
+    worker: WorkerHandle,
+    _gw: GatewayHandle,
+    _nats: NatsServer,
+}
+
+impl ModelFleet {
+    async fn start(agents: &[(&str, &str, &str)], env: &[(&str, &str)]) -> Self {
+        let llm = LlamaServer::start();
+        let nats = NatsServer::start();
+        let base = llm.openai_base();
+        let toml: String = agents
+            .iter()
+            .map(|(name, kind, extra)| model_agent(name, kind, &base, extra))
+            .collect();
+        let cfg = test_config_with(&nats.url(), env, &toml);
+        let worker = start_worker(&cfg.config).await;
+        let gw = start_gateway(&cfg.config).await;
+        Self {
+            llm,
+            api: gw.api(),
+            worker,
+            _gw: gw,
+            _nats: nats,
+        }
+    }
+}
+
 async fn submit(api: &Api, agent: &str, message: &str) -> String {
     let r = api
         .post("/v1/jobs", &json!({"agent": agent, "message": message}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     r.body["job_id"].as_str().expect("job id").to_string()
-}
-
-/// Every event of the job until its `end`.
-async fn events_until_end(api: &Api, id: &str) -> Vec<SseEvent> {
-    let mut sse = SseReader::open(api, &format!("/v1/jobs/{id}/events"), None).await;
-    let mut events = Vec::new();
-    while let Some(event) = sse.next().await {
-        let end = event.event == "end";
-        events.push(event);
-        if end {
-            break;
-        }
-    }
-    events
 }
 
 fn texts_of(events: &[SseEvent], kind: &str) -> Vec<String> {
@@ -68,22 +86,18 @@ fn assert_answered(record: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_agent_streams_its_answer_and_records_the_answer_and_its_tokens() {
-    let llm = LlamaServer::start();
-    let nats = NatsServer::start();
-    let agents = model_agent("smol", "openai", &llm.openai_base(), "max_tokens = 16")
-        + &model_agent(
-            "smol-ollama",
-            "ollama",
-            &llm.openai_base(),
-            "max_tokens = 8",
-        );
-    let cfg = test_config_with(&nats.url(), &[], &agents);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
-    let api = gw.api();
+    let fleet = ModelFleet::start(
+        &[
+            ("smol", "openai", "max_tokens = 16"),
+            ("smol-ollama", "ollama", "max_tokens = 8"),
+        ],
+        &[],
+    )
+    .await;
+    let api = fleet.api.clone();
 
     let id = submit(&api, "smol", "Say hello to the fleet.").await;
-    let events = events_until_end(&api, &id).await;
+    let events = SseReader::job_until_end(&api, &id).await;
     let streamed = texts_of(&events, "message");
     assert!(
         streamed.len() > 1,
@@ -121,24 +135,25 @@ async fn a_model_agent_streams_its_answer_and_records_the_answer_and_its_tokens(
         })
         .await;
     assert_answered(&record);
-    worker.stop().await;
+    fleet.worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_timeout_stop_a_model_mid_answer() {
-    let llm = LlamaServer::start();
-    let nats = NatsServer::start();
-    let agents = model_agent("long", "openai", &llm.openai_base(), "max_tokens = 4000")
-        + &model_agent(
-            "hasty",
-            "openai",
-            &llm.openai_base(),
-            "max_tokens = 4000\ntimeout = 1.5",
-        );
-    let cfg = test_config_with(&nats.url(), &[], &agents);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
-    let api = gw.api();
+    let fleet = ModelFleet::start(
+        &[
+            ("long", "openai", "max_tokens = 4000"),
+            (
+                "hasty",
+                "openai",
+                "max_tokens = 4000
+timeout = 1.5",
+            ),
+        ],
+        &[],
+    )
+    .await;
+    let api = fleet.api.clone();
 
     let id = submit(&api, "long", "Write a very long story about ships.").await;
     let mut sse = SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
@@ -165,7 +180,7 @@ async fn cancel_and_timeout_stop_a_model_mid_answer() {
         !record["answer"].as_str().unwrap_or_default().is_empty(),
         "what was said is kept"
     );
-    idle_server(&llm).await;
+    idle_server(&fleet.llm).await;
 
     let started = Instant::now();
     let id = submit(&api, "hasty", "Write a very long story about trains.").await;
@@ -180,8 +195,8 @@ async fn cancel_and_timeout_stop_a_model_mid_answer() {
         started.elapsed()
     );
     assert_eq!(record["error"]["code"], "timeout", "{record}");
-    idle_server(&llm).await;
-    worker.stop().await;
+    idle_server(&fleet.llm).await;
+    fleet.worker.stop().await;
 }
 
 /// The server stopped generating: none of its slots is busy (llama.cpp stops a request whose client went away).
@@ -230,7 +245,7 @@ async fn a_busy_server_is_asked_again_with_the_key_and_a_refusal_is_a_model_erro
 
     let started = Instant::now();
     let id = submit(&api, "busy", "Hello?").await;
-    let events = events_until_end(&api, &id).await;
+    let events = SseReader::job_until_end(&api, &id).await;
     let record = api.get(&format!("/v1/jobs/{id}")).await.body;
     assert_answered(&record);
     assert!(
@@ -308,14 +323,15 @@ impl Drop for Flaky {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_gets_queued_completions_through_the_front_door() {
-    let llm = LlamaServer::start();
-    let nats = NatsServer::start();
-    let agents = model_agent("smol", "openai", &llm.openai_base(), "max_tokens = 16")
-        + &model_agent("long", "openai", &llm.openai_base(), "max_tokens = 4000");
-    let cfg = test_config_with(&nats.url(), &[("FLEET_DEFAULT_AGENT", "smol")], &agents);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
-    let api = gw.api();
+    let fleet = ModelFleet::start(
+        &[
+            ("smol", "openai", "max_tokens = 16"),
+            ("long", "openai", "max_tokens = 4000"),
+        ],
+        &[("FLEET_DEFAULT_AGENT", "smol")],
+    )
+    .await;
+    let api = fleet.api.clone();
 
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/sdk.py");
     let base = format!("{}/v1", api.base);
@@ -402,7 +418,7 @@ async fn the_openai_sdk_gets_queued_completions_through_the_front_door() {
         |r| r["status"] == "cancelled",
     )
     .await;
-    idle_server(&llm).await;
+    idle_server(&fleet.llm).await;
 
     // Only model agents are models; `fake` and the built-in code runners are not.
     assert_eq!(seen["models"], json!(["long", "smol"]), "{seen}");
@@ -445,5 +461,5 @@ async fn the_openai_sdk_gets_queued_completions_through_the_front_door() {
         "{}",
         r.body
     );
-    worker.stop().await;
+    fleet.worker.stop().await;
 }

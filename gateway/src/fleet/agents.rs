@@ -1,6 +1,6 @@
 //! Which agents the fleet runs: exactly those with a durable consumer on the jobs stream (workers create one per
-//! agent they serve, carrying its description in the consumer's metadata). Known names are cached briefly;
-//! an unknown name is always checked against NATS, so a newly started worker is seen at once.
+//! agent they serve, carrying its description and kind in the consumer's metadata). Known names and their kinds
+//! are cached briefly; an unknown name is always checked against NATS, so a newly started worker is seen at once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,7 +20,8 @@ const KNOWN_TTL: Duration = Duration::from_secs(10);
 pub struct AgentDirectory {
     jobs: stream::Stream,
     topology: Topology,
-    known: Mutex<HashMap<String, Instant>>,
+    /// Agents seen lately, with their kind: when each was looked up.
+    known: Mutex<HashMap<String, (Instant, AgentKind)>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -53,16 +54,18 @@ impl AgentDirectory {
     }
 
     pub async fn exists(&self, agent: &str) -> Result<bool, ApiError> {
-        if let Ok(known) = self.known.lock() {
-            if known.get(agent).is_some_and(|t| t.elapsed() < KNOWN_TTL) {
-                return Ok(true);
-            }
-        }
-        Ok(self.metadata(agent).await?.is_some())
+        Ok(self.kind(agent).await?.is_some())
     }
 
     /// How the agent runs, if the fleet runs it.
     pub async fn kind(&self, agent: &str) -> Result<Option<AgentKind>, ApiError> {
+        if let Ok(known) = self.known.lock() {
+            if let Some((at, kind)) = known.get(agent) {
+                if at.elapsed() < KNOWN_TTL {
+                    return Ok(Some(*kind));
+                }
+            }
+        }
         Ok(self.metadata(agent).await?.map(|meta| meta.kind))
     }
 
@@ -74,10 +77,11 @@ impl AgentDirectory {
             .await
         {
             Ok(info) => {
+                let metadata = AgentMetadata::from_map(&info.config.metadata);
                 if let Ok(mut known) = self.known.lock() {
-                    known.insert(agent.to_string(), Instant::now());
+                    known.insert(agent.to_string(), (Instant::now(), metadata.kind));
                 }
-                Ok(Some(AgentMetadata::from_map(&info.config.metadata)))
+                Ok(Some(metadata))
             }
             Err(e)
                 if e.kind() == async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound =>

@@ -3,7 +3,7 @@
 
 use fleet_shared::wire::Usage;
 
-use super::{Answer, Parse, Said};
+use super::{Parse, Said, Tally};
 use crate::report::Report;
 
 /// The banner lines aider prints before it answers.
@@ -22,15 +22,13 @@ const BANNER: &[&str] = &[
 ];
 
 pub struct Aider {
-    answer: Answer,
-    usage: Option<Usage>,
+    tally: Tally,
 }
 
 impl Aider {
     pub fn new(answer_cap: usize) -> Self {
         Self {
-            answer: Answer::new(answer_cap),
-            usage: None,
+            tally: Tally::new(answer_cap),
         }
     }
 }
@@ -65,28 +63,24 @@ fn usage_line(line: &str) -> Option<Usage> {
 impl Parse for Aider {
     fn line(&mut self, line: &str) -> Option<Vec<Said>> {
         if let Some(usage) = usage_line(line) {
-            self.usage = Some(usage.clone());
+            self.tally.usage = Some(usage.clone());
             return Some(vec![Said::Usage(usage)]);
         }
         // Every other line goes on as output; those after the banner are the answer.
         let banner = BANNER.iter().any(|b| line.starts_with(b));
-        let leading_blank = self.answer.text.is_empty() && line.trim().is_empty();
+        let leading_blank = self.tally.answer.text.is_empty() && line.trim().is_empty();
         if !banner && !leading_blank {
-            self.answer.push(line);
-            self.answer.push("\n");
+            self.tally.answer.push(line);
+            self.tally.answer.push("\n");
         }
         None
     }
 
     fn report(self: Box<Self>) -> Report {
-        let mut answer = self.answer;
-        let trimmed = answer.text.trim_end().len();
-        answer.text.truncate(trimmed);
-        Report {
-            answer: answer.into_option(),
-            usage: self.usage,
-            ..Report::default()
-        }
+        let mut tally = self.tally;
+        let trimmed = tally.answer.text.trim_end().len();
+        tally.answer.text.truncate(trimmed);
+        tally.report()
     }
 }
 

@@ -6,14 +6,11 @@
 use fleet_shared::wire::Usage;
 use serde_json::Value;
 
-use super::{count, text, typed_object, Answer, Parse, Said};
+use super::{count, text, typed_object, Parse, Said, Tally};
 use crate::report::Report;
 
 pub struct Claude {
-    answer: Answer,
-    session_id: Option<String>,
-    usage: Option<Usage>,
-    tool_calls: u64,
+    tally: Tally,
     /// Text already streamed as partial messages: the whole message's text is not sent again.
     partial: bool,
 }
@@ -21,10 +18,7 @@ pub struct Claude {
 impl Claude {
     pub fn new(answer_cap: usize) -> Self {
         Self {
-            answer: Answer::new(answer_cap),
-            session_id: None,
-            usage: None,
-            tool_calls: 0,
+            tally: Tally::new(answer_cap),
             partial: false,
         }
     }
@@ -37,7 +31,7 @@ impl Claude {
                     said.extend(text(block, "text").map(Said::Message))
                 }
                 Some("tool_use") => {
-                    self.tool_calls += 1;
+                    self.tally.tool_calls += 1;
                     said.push(Said::ToolCall {
                         name: text(block, "name").unwrap_or_default(),
                         input: block.get("input").cloned().unwrap_or(Value::Null),
@@ -51,7 +45,7 @@ impl Claude {
 
     fn result(&mut self, v: &Value) -> Vec<Said> {
         if let Some(answer) = text(v, "result") {
-            self.answer.replace(&answer);
+            self.tally.answer.replace(&answer);
         }
         let Some(usage) = v.get("usage") else {
             return Vec::new();
@@ -65,7 +59,7 @@ impl Claude {
             output_tokens: count(usage, &["output_tokens"]),
             cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
         };
-        self.usage = Some(usage.clone());
+        self.tally.usage = Some(usage.clone());
         vec![Said::Usage(usage)]
     }
 }
@@ -92,7 +86,7 @@ impl Parse for Claude {
     fn line(&mut self, line: &str) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         if let Some(id) = text(&v, "session_id") {
-            self.session_id = Some(id);
+            self.tally.session_id = Some(id);
         }
         let said = match kind.as_str() {
             "system" => Vec::new(),
@@ -122,13 +116,7 @@ impl Parse for Claude {
     }
 
     fn report(self: Box<Self>) -> Report {
-        Report {
-            answer: self.answer.into_option(),
-            usage: self.usage,
-            agent_session_id: self.session_id,
-            tool_calls: self.tool_calls,
-            refused: None,
-        }
+        self.tally.report()
     }
 }
 

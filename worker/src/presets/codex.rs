@@ -8,14 +8,11 @@ use std::collections::HashSet;
 use fleet_shared::wire::Usage;
 use serde_json::{Map, Value};
 
-use super::{count, text, typed_object, Answer, Parse, Said};
+use super::{count, text, typed_object, Parse, Said, Tally};
 use crate::report::Report;
 
 pub struct Codex {
-    answer: Answer,
-    thread_id: Option<String>,
-    usage: Option<Usage>,
-    tool_calls: u64,
+    tally: Tally,
     /// Tool items whose call was told when they started.
     started: HashSet<String>,
 }
@@ -23,10 +20,7 @@ pub struct Codex {
 impl Codex {
     pub fn new(answer_cap: usize) -> Self {
         Self {
-            answer: Answer::new(answer_cap),
-            thread_id: None,
-            usage: None,
-            tool_calls: 0,
+            tally: Tally::new(answer_cap),
             started: HashSet::new(),
         }
     }
@@ -36,7 +30,7 @@ impl Codex {
         if kind == "agent_message" {
             let message = text(item, "text").filter(|_| completed);
             if let Some(message) = &message {
-                self.answer.replace(message);
+                self.tally.answer.replace(message);
             }
             return Some(message.map(Said::Message).into_iter().collect());
         }
@@ -52,7 +46,7 @@ impl Codex {
             false => !self.started.insert(id),
         };
         if !told {
-            self.tool_calls += 1;
+            self.tally.tool_calls += 1;
             said.push(Said::ToolCall { name, input });
         }
         if completed {
@@ -99,7 +93,7 @@ impl Parse for Codex {
         let (v, kind) = typed_object(line)?;
         match kind.as_str() {
             "thread.started" => {
-                self.thread_id = text(&v, "thread_id");
+                self.tally.session_id = text(&v, "thread_id");
                 Some(Vec::new())
             }
             "turn.started" => Some(Vec::new()),
@@ -112,7 +106,7 @@ impl Parse for Codex {
                     output_tokens: count(&v["usage"], &["output_tokens"]),
                     cost_usd: None,
                 };
-                let total = match &self.usage {
+                let total = match &self.tally.usage {
                     Some(before) => Usage {
                         input_tokens: before.input_tokens + usage.input_tokens,
                         output_tokens: before.output_tokens + usage.output_tokens,
@@ -120,7 +114,7 @@ impl Parse for Codex {
                     },
                     None => usage,
                 };
-                self.usage = Some(total.clone());
+                self.tally.usage = Some(total.clone());
                 Some(vec![Said::Usage(total)])
             }
             _ => None,
@@ -128,13 +122,7 @@ impl Parse for Codex {
     }
 
     fn report(self: Box<Self>) -> Report {
-        Report {
-            answer: self.answer.into_option(),
-            usage: self.usage,
-            agent_session_id: self.thread_id,
-            tool_calls: self.tool_calls,
-            refused: None,
-        }
+        self.tally.report()
     }
 }
 

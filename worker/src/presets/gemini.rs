@@ -6,23 +6,17 @@
 use fleet_shared::wire::Usage;
 use serde_json::Value;
 
-use super::{count, text, typed_object, Answer, Parse, Said};
+use super::{count, text, typed_object, Parse, Said, Tally};
 use crate::report::Report;
 
 pub struct Gemini {
-    answer: Answer,
-    session_id: Option<String>,
-    usage: Option<Usage>,
-    tool_calls: u64,
+    tally: Tally,
 }
 
 impl Gemini {
     pub fn new(answer_cap: usize) -> Self {
         Self {
-            answer: Answer::new(answer_cap),
-            session_id: None,
-            usage: None,
-            tool_calls: 0,
+            tally: Tally::new(answer_cap),
         }
     }
 
@@ -36,7 +30,7 @@ impl Gemini {
             output_tokens: count(stats, &["output_tokens", "outputTokens", "output"]),
             cost_usd: None,
         };
-        self.usage = Some(usage.clone());
+        self.tally.usage = Some(usage.clone());
         vec![Said::Usage(usage)]
     }
 }
@@ -46,12 +40,12 @@ impl Parse for Gemini {
         let (v, kind) = typed_object(line)?;
         let said = match kind.as_str() {
             "init" => {
-                self.session_id = text(&v, "session_id").or_else(|| text(&v, "sessionId"));
+                self.tally.session_id = text(&v, "session_id").or_else(|| text(&v, "sessionId"));
                 Vec::new()
             }
             "message" if v["role"] == "assistant" => {
                 let content = text(&v, "content").unwrap_or_default();
-                self.answer.push(&content);
+                self.tally.answer.push(&content);
                 match v["delta"].as_bool() {
                     Some(true) => vec![Said::Delta(content)],
                     _ => vec![Said::Message(content)],
@@ -59,9 +53,9 @@ impl Parse for Gemini {
             }
             "message" => Vec::new(),
             "tool_use" => {
-                self.tool_calls += 1;
+                self.tally.tool_calls += 1;
                 // What was said before a tool call led up to it; the answer comes after the last one.
-                self.answer.clear();
+                self.tally.answer.clear();
                 vec![Said::ToolCall {
                     name: text(&v, "tool_name").unwrap_or_default(),
                     input: v.get("parameters").cloned().unwrap_or(Value::Null),
@@ -80,13 +74,7 @@ impl Parse for Gemini {
     }
 
     fn report(self: Box<Self>) -> Report {
-        Report {
-            answer: self.answer.into_option(),
-            usage: self.usage,
-            agent_session_id: self.session_id,
-            tool_calls: self.tool_calls,
-            refused: None,
-        }
+        self.tally.report()
     }
 }
 

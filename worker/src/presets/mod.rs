@@ -108,6 +108,34 @@ fn count(v: &Value, keys: &[&str]) -> u64 {
     keys.iter().find_map(|k| v.get(*k)?.as_u64()).unwrap_or(0)
 }
 
+/// What a parser has learnt of the run so far.
+#[derive(Debug, Default)]
+struct Tally {
+    answer: Answer,
+    session_id: Option<String>,
+    usage: Option<Usage>,
+    tool_calls: u64,
+}
+
+impl Tally {
+    fn new(answer_cap: usize) -> Self {
+        Self {
+            answer: Answer::new(answer_cap),
+            ..Self::default()
+        }
+    }
+
+    fn report(self) -> Report {
+        Report {
+            answer: self.answer.into_option(),
+            usage: self.usage,
+            agent_session_id: self.session_id,
+            tool_calls: self.tool_calls,
+            refused: None,
+        }
+    }
+}
+
 /// The answer as it grows, at most `cap` bytes of it.
 #[derive(Debug, Default)]
 struct Answer {

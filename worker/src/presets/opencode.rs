@@ -6,29 +6,23 @@
 use fleet_shared::wire::Usage;
 use serde_json::Value;
 
-use super::{count, text, typed_object, Answer, Parse, Said};
+use super::{count, text, typed_object, Parse, Said, Tally};
 use crate::report::Report;
 
 pub struct Opencode {
-    answer: Answer,
-    session_id: Option<String>,
-    usage: Option<Usage>,
-    tool_calls: u64,
+    tally: Tally,
 }
 
 impl Opencode {
     pub fn new(answer_cap: usize) -> Self {
         Self {
-            answer: Answer::new(answer_cap),
-            session_id: None,
-            usage: None,
-            tool_calls: 0,
+            tally: Tally::new(answer_cap),
         }
     }
 
     fn tool(&mut self, part: &Value) -> Vec<Said> {
-        self.tool_calls += 1;
-        self.answer.clear();
+        self.tally.tool_calls += 1;
+        self.tally.answer.clear();
         let state = &part["state"];
         let mut said = vec![Said::ToolCall {
             name: text(part, "tool").unwrap_or_default(),
@@ -50,7 +44,7 @@ impl Opencode {
 
     fn step_finished(&mut self, part: &Value) -> Vec<Said> {
         let tokens = &part["tokens"];
-        let before = self.usage.take().unwrap_or_default();
+        let before = self.tally.usage.take().unwrap_or_default();
         let cost = part["cost"].as_f64();
         let usage = Usage {
             // Cache reads and writes are prompt tokens counted apart.
@@ -66,7 +60,7 @@ impl Opencode {
                 (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
             },
         };
-        self.usage = Some(usage.clone());
+        self.tally.usage = Some(usage.clone());
         vec![Said::Usage(usage)]
     }
 }
@@ -75,14 +69,14 @@ impl Parse for Opencode {
     fn line(&mut self, line: &str) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         if let Some(id) = text(&v, "sessionID") {
-            self.session_id = Some(id);
+            self.tally.session_id = Some(id);
         }
         let part = &v["part"];
         let said = match kind.as_str() {
             "step_start" => Vec::new(),
             "text" => {
                 let message = text(part, "text").unwrap_or_default();
-                self.answer.push(&message);
+                self.tally.answer.push(&message);
                 vec![Said::Message(message)]
             }
             "tool_use" => self.tool(part),
@@ -93,13 +87,7 @@ impl Parse for Opencode {
     }
 
     fn report(self: Box<Self>) -> Report {
-        Report {
-            answer: self.answer.into_option(),
-            usage: self.usage,
-            agent_session_id: self.session_id,
-            tool_calls: self.tool_calls,
-            refused: None,
-        }
+        self.tally.report()
     }
 }
 
