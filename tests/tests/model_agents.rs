@@ -463,3 +463,64 @@ async fn the_openai_sdk_gets_queued_completions_through_the_front_door() {
     );
     fleet.worker.stop().await;
 }
+
+/// Keys apply at the front door as for any job: no key, no answer; a key sees and asks only the models it may run;
+/// a completion is a job its key owns. The model server here is never reachable (port 9 on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_front_door_answers_a_key_only_for_the_models_it_may_run() {
+    let nats = NatsServer::start();
+    let nowhere = "http://127.0.0.1:9/v1";
+    let agents = model_agent("open-model", "openai", nowhere, "timeout = 1.0")
+        + &model_agent("secret-model", "openai", nowhere, "");
+    let cfg = test_config_with(&nats.url(), &[("FLEET_AUTH_MODE", "required")], &agents);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    wait_for_agents(&cfg.config).await;
+    let (key_id, key) = create_key(&cfg, &["--name", "chat", "--agent", "open-model"]);
+    let anonymous = gw.api();
+    let ask =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+
+    anonymous
+        .get("/v1/models")
+        .await
+        .assert_problem(401, "unauthorized");
+    let r = anonymous
+        .post("/v1/chat/completions", &ask("open-model"))
+        .await;
+    r.assert_problem(401, "unauthorized");
+
+    let api = anonymous.with_key(&key);
+    let models = api.get("/v1/models").await.body;
+    assert_eq!(
+        models["data"],
+        json!([{"id": "open-model", "object": "model", "created": 0, "owned_by": "fleet"}])
+    );
+    let r = api.post("/v1/chat/completions", &ask("secret-model")).await;
+    r.assert_problem(403, "forbidden");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("secret-model"),
+        "{}",
+        r.body
+    );
+
+    // The server cannot be reached: asked again until the agent's timeout, then the job fails as a model error.
+    let r = api.post("/v1/chat/completions", &ask("open-model")).await;
+    r.assert_problem(502, "model_error");
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("cannot reach the model server"),
+        "{}",
+        r.body
+    );
+    let jobs = api.get("/v1/jobs?agent=open-model").await.body;
+    assert_eq!(
+        jobs["jobs"][0]["request"]["owner"],
+        format!("key:{key_id}"),
+        "{jobs}"
+    );
+    worker.stop().await;
+}
