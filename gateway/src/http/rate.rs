@@ -116,8 +116,10 @@ pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next)
 fn is_submission(request: &Request) -> bool {
     let path = request.uri().path();
     request.method() == Method::POST
-        && (matches!(path, "/v1/jobs" | "/interact" | "/execute" | "/generate")
-            || (path.starts_with("/v1/jobs/") && path.ends_with("/retry")))
+        && (matches!(
+            path,
+            "/v1/jobs" | "/interact" | "/execute" | "/generate" | "/v1/chat/completions"
+        ) || (path.starts_with("/v1/jobs/") && path.ends_with("/retry")))
 }
 
 /// Middleware, after authentication: submissions and other requests count against the caller.
