@@ -64,7 +64,8 @@ async function loadAgents(select, about, preferred, problem) {
     if (agents.some((a) => a.name === preferred)) select.value = preferred;
     const describe = () => {
       const a = agents.find((x) => x.name === select.value);
-      about.textContent = a ? `${a.description || 'No description.'} · ${a.queued} queued, ${a.running} running` : '';
+      const kind = a && a.kind && a.kind !== 'command' ? `${a.kind} · ` : '';
+      about.textContent = a ? `${kind}${a.description || 'No description.'} · ${a.queued} queued, ${a.running} running` : '';
     };
     select.addEventListener('change', describe);
     describe();
