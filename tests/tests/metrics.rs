@@ -21,10 +21,13 @@ async fn metrics_count_a_hundred_jobs_exactly() {
     let api = gw.api();
     let worker_url = format!("http://{worker_addr}");
 
-    let health = reqwest::get(format!("{worker_url}/health"))
-        .await
-        .expect("health");
-    assert_eq!(health.status(), 200);
+    // The worker's listener comes up with the rest of the worker, a moment after `start_worker` returns.
+    eventually("the worker's /health", Duration::from_secs(10), || async {
+        reqwest::get(format!("{worker_url}/health"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     let ready = reqwest::get(format!("{worker_url}/ready"))
         .await
         .expect("ready");

@@ -90,7 +90,11 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
             record_limit(shared),
         ),
     };
-    let asking = model::ask(&shared.models, &ask).instrument(tracing::info_span!("ask_model"));
+    let Some(http) = &shared.models else {
+        // Made at start whenever a served agent is a model: a job for one always finds it.
+        return model::outcome(model::unasked("the worker has no client for model servers"));
+    };
+    let asking = model::ask(http, &ask).instrument(tracing::info_span!("ask_model"));
     let answer = supervise(shared, job, &events, &stop, asking, progress).await;
     progress.output_sent = events.is_live();
     model::outcome(answer)

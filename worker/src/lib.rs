@@ -69,8 +69,9 @@ pub struct Shared {
     pub uids: sandbox::UidPool,
     /// Checks the gateway's seal on a message's record revision.
     pub sealer: fleet_shared::seal::FollowedSealer,
-    /// The HTTP client model agents ask their servers through (one connection pool for the worker).
-    pub models: reqwest::Client,
+    /// The HTTP client model agents ask their servers through (one connection pool for the worker); none for a
+    /// worker serving no model agent, which then never pays for making one.
+    pub models: Option<reqwest::Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +262,14 @@ async fn agent_consumers(
     Ok(consumers)
 }
 
+/// Whether this worker serves any model agent.
+fn serves_models(config: &Config) -> bool {
+    config
+        .worker_agents()
+        .iter()
+        .any(|name| config.agents.get(name).is_some_and(|a| a.kind.is_model()))
+}
+
 async fn shared_state(
     config: &Arc<Config>,
     topology: Topology,
@@ -293,7 +302,10 @@ async fn shared_state(
         cgroups: job_cgroups(),
         uids: sandbox::UidPool::default(),
         sealer: fleet_shared::seal::FollowedSealer::follow(&handles.config).await?,
-        models: model::client().map_err(WorkerError::ModelClient)?,
+        models: serves_models(config)
+            .then(model::client)
+            .transpose()
+            .map_err(WorkerError::ModelClient)?,
     })
 }
 

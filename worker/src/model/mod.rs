@@ -189,6 +189,18 @@ pub async fn ask(http: &reqwest::Client, ask: &Ask<'_>) -> Answer {
     answer
 }
 
+/// An answer that never was: the question could not be asked.
+pub fn unasked(why: &str) -> Answer {
+    Answer {
+        text: String::new(),
+        total: 0,
+        usage: None,
+        end: End::Refused(why.to_string()),
+        wall: Duration::ZERO,
+        cap: 0,
+    }
+}
+
 /// The run's outcome from the model's answer: the answer is the run's stdout too, and the report carries it,
 /// its usage, and why the server refused, if it did.
 pub fn outcome(answer: Answer) -> RunOutcome {
