@@ -87,7 +87,7 @@ pub fn job_routes() -> Vec<JobRoute> {
 }
 
 pub fn app(state: AppState) -> Router {
-    use routes::{chat, compat, jobs, keys, sharing, system};
+    use routes::{chat, compat, jobs, keys, sessions, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     let mut router = Router::new();
     for route in job_routes() {
@@ -105,6 +105,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/agents", get(system::agents))
         .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/messages", post(sessions::message))
         .route("/v1/models", get(chat::models))
         .route("/v1/workers", get(system::workers))
         .route("/v1/me", get(system::me))

@@ -42,6 +42,8 @@ pub struct Inner {
     pub rate: crate::http::rate::RateLimits,
     /// Refresh-token families of `POST /token`.
     pub tokens: kv::Store,
+    /// Sessions and their turns.
+    pub sessions: fleet_shared::session::SessionStore,
     /// Sign-ins whose access tokens no longer count, followed from `tokens`.
     pub revoked: crate::auth::tokens::Revoked,
     /// Completed records read lately, for the file routes.
@@ -107,6 +109,7 @@ impl AppState {
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
             tokens: handles.tokens.clone(),
+            sessions: fleet_shared::session::SessionStore::new(handles.sessions),
             revoked,
             completed: Default::default(),
             openapi: Default::default(),

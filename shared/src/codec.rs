@@ -110,6 +110,10 @@ mod tests {
                 temperature: Some(0.0),
                 ..Default::default()
             },
+            session: Some(crate::session::SessionTurn {
+                session_id: new_job_id(),
+                turn: 2,
+            }),
         })
     }
 

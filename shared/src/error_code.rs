@@ -37,6 +37,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     NotFound,
     JobNotFound,
+    /// No session with that id that the caller may see.
+    SessionNotFound,
     MethodNotAllowed,
     IdempotencyConflict,
     QueueFull,
@@ -68,7 +70,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 33] = [
+    pub const ALL: [ErrorCode; 34] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -102,6 +104,7 @@ impl ErrorCode {
         Self::HeadersTooLarge,
         Self::MalformedRequest,
         Self::ModelError,
+        Self::SessionNotFound,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +142,7 @@ impl ErrorCode {
             Self::HeadersTooLarge => "headers_too_large",
             Self::MalformedRequest => "malformed_request",
             Self::ModelError => "model_error",
+            Self::SessionNotFound => "session_not_found",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod nats;
 pub mod record_store;
 pub mod seal;
 pub mod services;
+pub mod session;
 pub mod topology;
 pub mod trace_context;
 pub mod watch;

@@ -141,6 +141,7 @@ impl JobRecord {
             resources: None,
             killed: None,
             error: None,
+            waiting: None,
             answer: None,
             answer_truncated_bytes: 0,
             usage: None,
@@ -160,8 +161,17 @@ impl JobRecord {
         debug_assert!(may_become(self.status, JobStatus::Running));
         self.status = JobStatus::Running;
         self.attempt += 1;
+        self.waiting = None;
         self.worker = Some(worker.to_string());
         self.started_at = Some(started_at);
+        self.updated_at = Utc::now();
+        self
+    }
+
+    /// Still queued, waiting for `why` (a session's earlier turn) rather than for a worker.
+    pub fn waiting_for(mut self, why: String) -> Self {
+        debug_assert_eq!(self.status, JobStatus::Queued);
+        self.waiting = Some(why);
         self.updated_at = Utc::now();
         self
     }

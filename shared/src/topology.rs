@@ -157,6 +157,11 @@ impl Topology {
         format!("{}_tokens", self.prefix)
     }
 
+    /// Sessions by id, and their turns by `<session id>.<turn>` (`session.rs`).
+    pub fn sessions_bucket(&self) -> String {
+        format!("{}_sessions", self.prefix)
+    }
+
     /// API keys (hashed), by key id.
     pub fn keys_bucket(&self) -> String {
         format!("{}_keys", self.prefix)
@@ -344,6 +349,20 @@ impl Topology {
         }
     }
 
+    fn sessions_bucket_config(&self, q: &QueueConfig) -> kv::Config {
+        kv::Config {
+            bucket: self.sessions_bucket(),
+            description:
+                "fleet sessions, key = session id, and their turns, key = <session id>.<turn>"
+                    .into(),
+            history: 1,
+            // Sessions outlive their turns' job records: they are kept until deleted.
+            storage: stream::StorageType::File,
+            num_replicas: q.replicas,
+            ..Default::default()
+        }
+    }
+
     fn tokens_bucket_config(&self, q: &QueueConfig) -> kv::Config {
         kv::Config {
             bucket: self.tokens_bucket(),
@@ -384,7 +403,9 @@ impl Topology {
         let cancels = get_or_create_bucket(js, self.cancels_bucket_config(q)).await?;
         let keys = get_or_create_bucket(js, self.keys_bucket_config(q)).await?;
         let tokens = get_or_create_bucket(js, self.tokens_bucket_config(q)).await?;
+        let sessions = get_or_create_bucket(js, self.sessions_bucket_config(q)).await?;
         Ok(Handles {
+            sessions,
             tokens,
             keys,
             events,
@@ -579,6 +600,7 @@ pub struct Handles {
     pub cancels: kv::Store,
     pub keys: kv::Store,
     pub tokens: kv::Store,
+    pub sessions: kv::Store,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,9 @@ pub struct JobRequest {
     /// For model agents: sampling asked for this job, over the agent's own settings.
     #[serde(default, skip_serializing_if = "crate::chat::Sampling::is_empty")]
     pub sampling: crate::chat::Sampling,
+    /// The session and turn this job is, when it is a session's turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<crate::session::SessionTurn>,
 }
 
 fn default_true() -> bool {
@@ -155,6 +158,7 @@ impl JobRequest {
             owner_name: None,
             chat: Vec::new(),
             sampling: Default::default(),
+            session: None,
         }
     }
 
@@ -477,6 +481,10 @@ pub struct JobRecord {
     pub killed: Option<crate::lifecycle::Killed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// Why a queued job has not started yet when it waits for something other than a worker (a session's turn
+    /// waiting for the turn before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// What an agent the fleet understands (a model agent, a CLI preset) answered: its final text. Raw stdout
     /// stays in `stdout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -789,6 +797,8 @@ pub struct PublishedJob {
     pub chat: Vec<crate::chat::ChatMessage>,
     #[serde(default)]
     pub sampling: crate::chat::Sampling,
+    #[serde(default)]
+    pub session: Option<crate::session::SessionTurn>,
 }
 
 impl PublishedJob {
@@ -816,6 +826,7 @@ impl PublishedJob {
             owner_name: self.owner_name,
             chat: self.chat,
             sampling: self.sampling,
+            session: self.session,
         }
     }
 }

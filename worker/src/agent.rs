@@ -34,11 +34,20 @@ pub fn run_spec(
     };
     let job_id = record.id.to_string();
     let workspace = dirs.workspace.to_string_lossy().into_owned();
+    let history_file = match record.request.session {
+        Some(_) => dirs
+            .workspace
+            .join(crate::session::HISTORY_FILE)
+            .to_string_lossy()
+            .into_owned(),
+        None => String::new(),
+    };
     let vars = Vars {
         message: &record.request.message,
         context: record.request.context.as_deref().unwrap_or(""),
         job_id: &job_id,
         workspace: &workspace,
+        history_file: &history_file,
     };
     let argv = agent.command.iter().map(|t| render(t, &vars)).collect();
     let stdin = agent.stdin.as_ref().map(|t| render(t, &vars).into_bytes());
@@ -55,6 +64,10 @@ pub fn run_spec(
         ("FLEET_AGENT".to_string(), record.request.agent.clone()),
         ("FLEET_ATTEMPT".to_string(), record.attempt.to_string()),
     ];
+    if let Some(st) = record.request.session {
+        env.push(("FLEET_SESSION_ID".to_string(), st.session_id.to_string()));
+        env.push(("FLEET_TURN".to_string(), st.turn.to_string()));
+    }
     for (k, v) in &agent.env {
         env.retain(|(existing, _)| existing != k);
         env.push((k.clone(), v.clone()));

@@ -50,6 +50,8 @@ pub struct Job<'a> {
     /// The job's record as it was queued (the claim's starting point).
     pub queued: &'a JobRecord,
     pub input_files: &'a [fleet_shared::wire::InputFile],
+    /// A session turn's earlier turns, oldest first (empty for a job outside a session).
+    pub history: &'a [fleet_shared::session::Turn],
     /// Cancelled when a cancel request for this run arrives.
     pub cancel: tokio_util::sync::CancellationToken,
 }
@@ -80,6 +82,7 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
     let ask = model::Ask {
         agent: job.agent,
         record: &record,
+        history: job.history,
         events: &events,
         timeout: crate::agent::timeout(&record, job.agent, &shared.config.worker),
         cancel: job.cancel.clone(),

@@ -97,6 +97,20 @@ async fn run_job(
     if shared.cancels.is_requested(&queued.id, intake.generation) {
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
+    let history = match queued.request.session {
+        Some(turn) => match crate::session::gate(shared, &turn, delivered).await {
+            Ok(crate::session::Gate::Go(history)) => history,
+            Ok(crate::session::Gate::Wait(delay)) => {
+                crate::session::mark_waiting(shared, &key, &turn).await;
+                return Settle::Retry(Some(delay));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the job's session failed; retrying later");
+                return Settle::Retry(Some(Duration::from_secs(1)));
+            }
+        },
+        None => Vec::new(),
+    };
     let registration = shared.cancels.register(queued.id, intake.generation);
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
@@ -108,12 +122,17 @@ async fn run_job(
             return record_worker_lost(shared, &key, *held, intake.format).await
         }
     };
+    let mut input_files = intake.request.input_files.clone();
+    if queued.request.session.is_some() && !agent.kind.is_model() {
+        input_files.push(crate::session::history_file(&history));
+    }
     let job = attempt::Job {
         msg,
         key: &key,
         agent,
         queued: &queued,
-        input_files: &intake.request.input_files,
+        input_files: &input_files,
+        history: &history,
         cancel: registration.token.clone(),
     };
     let attempted = attempt::run(shared, &job, &mut progress).await;
@@ -424,6 +443,7 @@ async fn write_and_announce(
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
             shared.metrics.ended(&record);
+            crate::session::turn_ended(shared, &record).await;
             crate::delivery::announce(
                 &shared.client,
                 &shared.topology,

@@ -28,6 +28,7 @@ pub mod presets;
 pub mod pull;
 pub mod report;
 pub mod sandbox;
+pub mod session;
 pub mod supervisor;
 pub mod sweeper;
 pub mod template;
@@ -72,6 +73,8 @@ pub struct Shared {
     /// The HTTP client model agents ask their servers through (one connection pool for the worker); none for a
     /// worker serving no model agent, which then never pays for making one.
     pub models: Option<reqwest::Client>,
+    /// Sessions and their turns (history, order).
+    pub sessions: fleet_shared::session::SessionStore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +309,7 @@ async fn shared_state(
             .then(model::client)
             .transpose()
             .map_err(WorkerError::ModelClient)?,
+        sessions: fleet_shared::session::SessionStore::new(handles.sessions.clone()),
     })
 }
 

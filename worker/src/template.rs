@@ -2,12 +2,14 @@
 //! so text inside the message is never itself expanded, and each argv element stays one argument: no shell ever
 //! parses the result.
 
-/// Values for `{message}`, `{context}`, `{job_id}` and `{workspace}`.
+/// Values for `{message}`, `{context}`, `{job_id}`, `{workspace}` and `{history_file}` (a session turn's
+/// history, empty outside a session).
 pub struct Vars<'a> {
     pub message: &'a str,
     pub context: &'a str,
     pub job_id: &'a str,
     pub workspace: &'a str,
+    pub history_file: &'a str,
 }
 
 impl Vars<'_> {
@@ -17,6 +19,7 @@ impl Vars<'_> {
             "context" => Some(self.context),
             "job_id" => Some(self.job_id),
             "workspace" => Some(self.workspace),
+            "history_file" => Some(self.history_file),
             _ => None,
         }
     }
@@ -57,6 +60,7 @@ mod tests {
             context: "ctx",
             job_id: "J",
             workspace: "/w",
+            history_file: "/w/.fleet/history.json",
         }
     }
 
@@ -69,6 +73,10 @@ mod tests {
         assert_eq!(
             render("{job_id}:{context}:{workspace}", &vars("")),
             "J:ctx:/w"
+        );
+        assert_eq!(
+            render("{history_file}", &vars("")),
+            "/w/.fleet/history.json"
         );
     }
 

@@ -157,13 +157,15 @@ impl Caller {
 
     /// Whether the caller may see this job at all (others' jobs are reported as not found, not as forbidden).
     pub fn may_read(&self, record: &JobRecord) -> bool {
+        self.may_read_owned_by(record.request.owner.as_deref())
+    }
+
+    /// The one authorization check of every reference a caller makes (a job, a session, their files): whether it
+    /// may see what `owner` owns.
+    pub fn may_read_owned_by(&self, owner: Option<&str>) -> bool {
         match self.readable_owners() {
             None => true,
-            Some(owners) => record
-                .request
-                .owner
-                .as_deref()
-                .is_some_and(|owner| owners.iter().any(|o| o == owner)),
+            Some(owners) => owner.is_some_and(|owner| owners.iter().any(|o| o == owner)),
         }
     }
 

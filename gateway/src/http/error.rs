@@ -87,7 +87,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::TargetUnreachable => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::NotFound | ErrorCode::JobNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::NotFound | ErrorCode::JobNotFound | ErrorCode::SessionNotFound => {
+            StatusCode::NOT_FOUND
+        }
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::RateLimited | ErrorCode::TooManyJobs => StatusCode::TOO_MANY_REQUESTS,

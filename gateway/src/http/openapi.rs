@@ -8,7 +8,9 @@ use fleet_shared::config::Config;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
-use crate::routes::{artifacts, chat, compat, events, jobs, keys, links, sharing, system};
+use crate::routes::{
+    artifacts, chat, compat, events, jobs, keys, links, sessions, sharing, system,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -21,6 +23,7 @@ use crate::state::AppState;
         compat::interact, compat::results, compat::execute, compat::job_status, compat::job_results,
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
         keys::create, keys::list, keys::revoke, chat::completions, chat::models,
+        sessions::create, sessions::list, sessions::get, sessions::delete, sessions::message,
     ),
     modifiers(&CommonContract),
     tags(
@@ -31,6 +34,7 @@ use crate::state::AppState;
         (name = "auth", description = "Sign-in tokens for configured users"),
         (name = "keys", description = "API keys (the `manage_keys` scope)"),
         (name = "openai", description = "OpenAI-compatible front door: model agents as OpenAI models"),
+        (name = "sessions", description = "Conversations with an agent that continue on any worker"),
     )
 )]
 pub struct ApiDoc;

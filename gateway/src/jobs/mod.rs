@@ -12,6 +12,7 @@ pub mod listing;
 pub mod live;
 pub mod records;
 pub mod scan;
+pub mod sessions;
 pub mod submit;
 pub mod tar;
 pub mod unqueue;

@@ -42,6 +42,8 @@ pub struct Submission {
     /// A conversation for a model agent (the OpenAI front door).
     pub chat: Vec<fleet_shared::chat::ChatMessage>,
     pub sampling: fleet_shared::chat::Sampling,
+    /// The session turn this job is (set by the sessions service only).
+    pub session: Option<fleet_shared::session::SessionTurn>,
 }
 
 pub struct Submitted {
@@ -82,6 +84,7 @@ pub async fn submit(
         owner_name: caller.principal().map(|p| p.name.clone()),
         chat: sub.chat,
         sampling: sub.sampling,
+        session: sub.session,
     };
     check_request(state, caller, &request).await?;
     if let Some(key) = &sub.idempotency_key {

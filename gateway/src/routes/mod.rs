@@ -7,5 +7,6 @@ pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod links;
+pub mod sessions;
 pub mod sharing;
 pub mod system;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fleet_shared::chat::{ChatMessage, ChatRole, Sampling};
 use fleet_shared::config::AgentConfig;
+use fleet_shared::session::Turn;
 use fleet_shared::wire::Usage;
 use fleet_shared::{JobRecord, JobRequest};
 use futures::StreamExt;
@@ -46,8 +47,8 @@ pub enum Piece {
 }
 
 /// The conversation a job asks: the agent's system prompt, then the job's own conversation where it carries one
-/// (the front door's), else its context and message.
-pub fn messages(agent: &AgentConfig, request: &JobRequest) -> Vec<ChatMessage> {
+/// (the front door's), else its context, its session's history and its message.
+pub fn messages(agent: &AgentConfig, request: &JobRequest, history: &[Turn]) -> Vec<ChatMessage> {
     let system = agent.system.iter().filter(|s| !s.is_empty());
     let system = system.map(|s| ChatMessage::new(ChatRole::System, s.clone()));
     if !request.chat.is_empty() {
@@ -56,6 +57,7 @@ pub fn messages(agent: &AgentConfig, request: &JobRequest) -> Vec<ChatMessage> {
     let context = request.context.iter().filter(|c| !c.is_empty());
     system
         .chain(context.map(|c| ChatMessage::new(ChatRole::System, c.clone())))
+        .chain(fleet_shared::session::history_chat(history))
         .chain([ChatMessage::new(ChatRole::User, request.message.clone())])
         .collect()
 }
@@ -97,11 +99,14 @@ impl Protocol {
     }
 
     /// The request's JSON body.
-    fn body(self, agent: &AgentConfig, request: &JobRequest) -> serde_json::Result<Vec<u8>> {
-        let (model, messages) = (
-            agent.model.as_deref().unwrap_or(""),
-            messages(agent, request),
-        );
+    fn body(
+        self,
+        agent: &AgentConfig,
+        request: &JobRequest,
+        history: &[Turn],
+    ) -> serde_json::Result<Vec<u8>> {
+        let model = agent.model.as_deref().unwrap_or("");
+        let messages = messages(agent, request, history);
         let sampling = sampling(agent, request);
         match self {
             Self::OpenAi => serde_json::to_vec(&openai::body(model, messages, sampling)),
@@ -121,6 +126,8 @@ impl Protocol {
 pub struct Ask<'a> {
     pub agent: &'a AgentConfig,
     pub record: &'a JobRecord,
+    /// A session turn's earlier turns, asked as the conversation so far.
+    pub history: &'a [Turn],
     pub events: &'a Events,
     pub timeout: Duration,
     /// The job's cancel.
@@ -253,7 +260,7 @@ async fn converse(
 ) -> End {
     let protocol = Protocol::of(ask.agent);
     let url = protocol.url(ask.agent.base_url.as_deref().unwrap_or(""));
-    let body = match protocol.body(ask.agent, &ask.record.request) {
+    let body = match protocol.body(ask.agent, &ask.record.request, ask.history) {
         Ok(body) => body,
         Err(e) => return End::Refused(format!("cannot write the model request: {e}")),
     };

@@ -1,0 +1,215 @@
+//! Sessions as the gateway serves them: created and read under the same ownership as jobs, listed for their
+//! owner, deleted, and given messages: each message becomes the session's next turn, a job naming its session
+//! and turn (the worker runs turns one at a time, in order, with the history so far).
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use fleet_shared::session::{self, SessionRecord, SessionStoreError, Turn};
+use fleet_shared::{ErrorCode, JobStatus};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::http::error::ApiError;
+use crate::jobs::records;
+use crate::jobs::submit::{submit, Submission, Submitted};
+use crate::state::AppState;
+
+fn store_error(e: SessionStoreError) -> ApiError {
+    ApiError::unavailable("the session store failed", e)
+}
+
+pub fn not_found(id: &Uuid) -> ApiError {
+    ApiError::new(
+        ErrorCode::SessionNotFound,
+        format!("no session with id {id}"),
+    )
+}
+
+/// The session, if the caller may see it; one it may not see answers exactly as one that does not exist.
+pub async fn get_or_404(
+    state: &AppState,
+    caller: &Caller,
+    id: &Uuid,
+) -> Result<SessionRecord, ApiError> {
+    match state.sessions.session(id).await.map_err(store_error)? {
+        Some(stored) if caller.may_read_owned_by(stored.value.owner.as_deref()) => Ok(stored.value),
+        _ => Err(not_found(id)),
+    }
+}
+
+/// What a new session is given.
+pub struct NewSession {
+    pub agent: String,
+    pub title: Option<String>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+pub async fn create(
+    state: &AppState,
+    caller: &Caller,
+    new: NewSession,
+) -> Result<SessionRecord, ApiError> {
+    caller.may_run(&new.agent)?;
+    if !fleet_shared::wire::is_valid_agent_name(&new.agent)
+        || !state.agents.exists(&new.agent).await?
+    {
+        return Err(ApiError::new(
+            ErrorCode::UnknownAgent,
+            format!(
+                "no agent `{}` in this fleet: GET /v1/agents lists them",
+                new.agent
+            ),
+        ));
+    }
+    let session = SessionRecord {
+        session_id: Uuid::now_v7(),
+        agent: new.agent,
+        title: new.title,
+        metadata: new.metadata,
+        owner: caller.owner(),
+        owner_name: caller.principal().map(|p| p.name.clone()),
+        created_at: Utc::now(),
+        turn_count: 0,
+        agent_session_id: None,
+    };
+    state.sessions.create(&session).await.map_err(store_error)?;
+    Ok(session)
+}
+
+/// A turn as a reader sees it: its live status comes from its job while it has not ended.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TurnView {
+    pub turn: u32,
+    pub job_id: Uuid,
+    pub message: String,
+    pub status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    pub submitted_at: chrono::DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<chrono::DateTime<Utc>>,
+}
+
+pub async fn turns(state: &AppState, session: &SessionRecord) -> Result<Vec<TurnView>, ApiError> {
+    let turns = state
+        .sessions
+        .turns(&session.session_id, 1, session.turn_count)
+        .await
+        .map_err(store_error)?;
+    let mut views = Vec::with_capacity(turns.len());
+    for turn in turns {
+        let status = match turn.status.is_terminal() {
+            true => turn.status,
+            false => records::get(state, &turn.job_id)
+                .await?
+                .map_or(turn.status, |r| r.status),
+        };
+        views.push(TurnView {
+            turn: turn.turn,
+            job_id: turn.job_id,
+            message: turn.message,
+            status,
+            answer: turn.answer,
+            submitted_at: turn.submitted_at,
+            ended_at: turn.ended_at,
+        });
+    }
+    Ok(views)
+}
+
+/// What a message to a session asks.
+pub struct Message {
+    pub message: String,
+    pub context: Option<String>,
+    pub timeout: Option<f64>,
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// Takes `message` as the session's next turn and queues its job. A turn whose job could not be queued is
+/// recorded as failed, so the turns after it do not wait for it.
+pub async fn take_turn(
+    state: &AppState,
+    caller: &Caller,
+    session: &SessionRecord,
+    message: Message,
+) -> Result<(Turn, Submitted), ApiError> {
+    caller.may_run(&session.agent)?;
+    let job_id = fleet_shared::wire::new_job_id();
+    let kept = session::kept(&message.message);
+    let make = |turn| Turn {
+        turn,
+        job_id,
+        message: kept.clone(),
+        submitted_at: Utc::now(),
+        status: JobStatus::Queued,
+        answer: None,
+        ended_at: None,
+    };
+    let id = session.session_id;
+    let turn = state
+        .sessions
+        .append(&id, make)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&id))?;
+    let sub = Submission {
+        id: Some(job_id),
+        agent: session.agent.clone(),
+        message: message.message,
+        context: message.context,
+        timeout: message.timeout,
+        return_files: true,
+        metadata: message.metadata,
+        session: Some(session::SessionTurn {
+            session_id: id,
+            turn: turn.turn,
+        }),
+        ..Default::default()
+    };
+    match submit(state, caller, sub).await {
+        Ok(submitted) => Ok((turn, submitted)),
+        Err(e) => {
+            let failed = Turn {
+                status: JobStatus::Failed,
+                answer: Some(format!("not queued: {}", e.message)),
+                ended_at: Some(Utc::now()),
+                ..turn
+            };
+            if let Err(undo) = state.sessions.end_turn(&id, &failed, None).await {
+                tracing::warn!(session_id = %id, error = %undo, "recording a turn that was not queued failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The caller's sessions, newest first, at most `limit`, optionally of one agent.
+pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    agent: Option<&str>,
+    limit: usize,
+) -> Result<Vec<SessionRecord>, ApiError> {
+    let mut sessions: Vec<SessionRecord> = state
+        .sessions
+        .list()
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .filter(|s| caller.may_read_owned_by(s.owner.as_deref()))
+        .filter(|s| agent.is_none_or(|a| a == s.agent))
+        .collect();
+    sessions.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then(b.session_id.cmp(&a.session_id))
+    });
+    sessions.truncate(limit);
+    Ok(sessions)
+}
+
+pub async fn delete(state: &AppState, session: &SessionRecord) -> Result<(), ApiError> {
+    state.sessions.delete(session).await.map_err(store_error)
+}

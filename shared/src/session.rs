@@ -1,0 +1,377 @@
+//! Sessions: a conversation with one agent that continues on any worker. A session is kept in the sessions bucket
+//! under its id; each turn under `<session id>.<turn>`, written when the turn is accepted and again when it ends
+//! (its message and the agent's answer: the history the next turn is given). A turn is a job like any other,
+//! whose request names its session and turn; turns of one session run one at a time, in order: a worker holding
+//! turn N waits until turn N-1 has ended.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::{decode, to_msgpack, Format};
+use crate::wire::JobStatus;
+
+/// Where a job stands in a session: carried in the job's request (and so in its record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionTurn {
+    pub session_id: Uuid,
+    /// 1 for the first turn.
+    pub turn: u32,
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SessionRecord {
+    pub session_id: Uuid,
+    pub agent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The creating caller's principal, as jobs record theirs; decides who may see the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_name: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// Turns accepted so far (each has a key of its own).
+    pub turn_count: u32,
+    /// The agent's own session id (a CLI's), from the last turn that reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_session_id: Option<String>,
+}
+
+/// One turn as stored: what was asked and, once it ended, how and what the agent answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Turn {
+    pub turn: u32,
+    pub job_id: Uuid,
+    pub message: String,
+    pub submitted_at: DateTime<Utc>,
+    /// `queued` until the turn's job ends (its live status is the job's record).
+    pub status: JobStatus,
+    /// The agent's answer, or what it printed when it has no answer of its own; at most [`KEPT_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A message or an answer is kept in its turn up to this many bytes (a KV value must fit a NATS message).
+pub const KEPT_BYTES: usize = 64 * 1024;
+
+/// The most earlier turns a turn is given as history.
+pub const HISTORY_TURNS: u32 = 100;
+
+/// The first `KEPT_BYTES` of `text`, on a character boundary.
+pub fn kept(text: &str) -> String {
+    let mut end = text.len().min(KEPT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+pub fn session_key(id: &Uuid) -> String {
+    id.to_string()
+}
+
+pub fn turn_key(id: &Uuid, turn: u32) -> String {
+    format!("{id}.{turn}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("unreadable session entry `{0}`")]
+    Unreadable(String),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SessionStoreError {
+    SessionStoreError::Unavailable(e.to_string())
+}
+
+/// A value as stored, with the revision a compare-and-set must expect.
+pub struct Stored<T> {
+    pub value: T,
+    pub revision: u64,
+}
+
+/// The sessions bucket's operations, shared by the gateway and the worker.
+#[derive(Clone)]
+pub struct SessionStore {
+    bucket: kv::Store,
+}
+
+impl SessionStore {
+    pub fn new(bucket: kv::Store) -> Self {
+        Self { bucket }
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Stored<T>>, SessionStoreError> {
+        let entry = self.bucket.entry(key).await.map_err(unavailable)?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let value = decode(&entry.value, Format::MessagePack)
+            .map_err(|_| SessionStoreError::Unreadable(key.to_string()))?;
+        Ok(Some(Stored {
+            value,
+            revision: entry.revision,
+        }))
+    }
+
+    pub async fn session(
+        &self,
+        id: &Uuid,
+    ) -> Result<Option<Stored<SessionRecord>>, SessionStoreError> {
+        self.read(&session_key(id)).await
+    }
+
+    pub async fn turn(
+        &self,
+        id: &Uuid,
+        turn: u32,
+    ) -> Result<Option<Stored<Turn>>, SessionStoreError> {
+        self.read(&turn_key(id, turn)).await
+    }
+
+    pub async fn create(&self, session: &SessionRecord) -> Result<(), SessionStoreError> {
+        let key = session_key(&session.session_id);
+        self.bucket
+            .create(&key, to_msgpack(session).into())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
+    /// Takes the next turn number for `make(turn)`: the turn's key is created (never overwritten, so two
+    /// gateways accepting at once get different numbers), then the session's count follows.
+    pub async fn append(
+        &self,
+        id: &Uuid,
+        make: impl Fn(u32) -> Turn,
+    ) -> Result<Option<Turn>, SessionStoreError> {
+        let Some(stored) = self.session(id).await? else {
+            return Ok(None);
+        };
+        let mut number = stored.value.turn_count + 1;
+        let turn = loop {
+            let turn = make(number);
+            let key = turn_key(id, number);
+            match self.bucket.create(&key, to_msgpack(&turn).into()).await {
+                Ok(_) => break turn,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => number += 1,
+                Err(e) => return Err(unavailable(e)),
+            }
+        };
+        self.raise_count(id, number).await?;
+        Ok(Some(turn))
+    }
+
+    /// Makes the session's count at least `number`.
+    async fn raise_count(&self, id: &Uuid, number: u32) -> Result<(), SessionStoreError> {
+        for _ in 0..20 {
+            let Some(stored) = self.session(id).await? else {
+                return Ok(());
+            };
+            if stored.value.turn_count >= number {
+                return Ok(());
+            }
+            let mut session = stored.value;
+            session.turn_count = number;
+            let write = self
+                .bucket
+                .update(
+                    &session_key(id),
+                    to_msgpack(&session).into(),
+                    stored.revision,
+                )
+                .await;
+            if write.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(SessionStoreError::Unavailable(
+            "the session's turn count kept changing".into(),
+        ))
+    }
+
+    /// Records how a turn ended (once: a turn already ended is left as it is) and the agent's session id.
+    pub async fn end_turn(
+        &self,
+        id: &Uuid,
+        ended: &Turn,
+        agent_session_id: Option<&str>,
+    ) -> Result<(), SessionStoreError> {
+        let key = turn_key(id, ended.turn);
+        for _ in 0..20 {
+            let Some(stored) = self.read::<Turn>(&key).await? else {
+                return Ok(()); // the session was deleted
+            };
+            if stored.value.status.is_terminal() {
+                break;
+            }
+            let write = self
+                .bucket
+                .update(&key, to_msgpack(ended).into(), stored.revision)
+                .await;
+            if write.is_ok() {
+                break;
+            }
+        }
+        if let Some(agent_session_id) = agent_session_id {
+            self.set_agent_session(id, agent_session_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_agent_session(
+        &self,
+        id: &Uuid,
+        agent_session_id: &str,
+    ) -> Result<(), SessionStoreError> {
+        for _ in 0..20 {
+            let Some(stored) = self.session(id).await? else {
+                return Ok(());
+            };
+            let mut session = stored.value;
+            session.agent_session_id = Some(agent_session_id.to_string());
+            let write = self
+                .bucket
+                .update(
+                    &session_key(id),
+                    to_msgpack(&session).into(),
+                    stored.revision,
+                )
+                .await;
+            if write.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(SessionStoreError::Unavailable(
+            "the session kept changing".into(),
+        ))
+    }
+
+    /// Turns `from..=to` that exist, in order.
+    pub async fn turns(
+        &self,
+        id: &Uuid,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<Turn>, SessionStoreError> {
+        let mut turns = Vec::new();
+        for number in from.max(1)..=to {
+            if let Some(stored) = self.turn(id, number).await? {
+                turns.push(stored.value);
+            }
+        }
+        Ok(turns)
+    }
+
+    /// Every session (their keys are the ones without a turn number).
+    pub async fn list(&self) -> Result<Vec<SessionRecord>, SessionStoreError> {
+        let mut keys = self.bucket.keys().await.map_err(unavailable)?;
+        let mut sessions = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(unavailable)?;
+            if key.contains('.') {
+                continue;
+            }
+            let Ok(id) = key.parse::<Uuid>() else {
+                continue;
+            };
+            if let Some(stored) = self.session(&id).await? {
+                sessions.push(stored.value);
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Removes the session and its turns.
+    pub async fn delete(&self, session: &SessionRecord) -> Result<(), SessionStoreError> {
+        let id = session.session_id;
+        for number in 1..=session.turn_count {
+            self.bucket
+                .purge(turn_key(&id, number))
+                .await
+                .map_err(unavailable)?;
+        }
+        self.bucket
+            .purge(session_key(&id))
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// A session's history as chat messages: each earlier turn's message, then its answer where it has one.
+pub fn history_chat(turns: &[Turn]) -> Vec<crate::chat::ChatMessage> {
+    use crate::chat::{ChatMessage, ChatRole};
+    turns
+        .iter()
+        .flat_map(|t| {
+            let answer = t.answer.as_ref().filter(|a| !a.is_empty());
+            std::iter::once(ChatMessage::new(ChatRole::User, t.message.clone()))
+                .chain(answer.map(|a| ChatMessage::new(ChatRole::Assistant, a.clone())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(n: u32, answer: Option<&str>) -> Turn {
+        Turn {
+            turn: n,
+            job_id: Uuid::now_v7(),
+            message: format!("m{n}"),
+            submitted_at: Utc::now(),
+            status: JobStatus::Completed,
+            answer: answer.map(str::to_string),
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn history_alternates_messages_and_answers_skipping_missing_answers() {
+        let chat = history_chat(&[turn(1, Some("a1")), turn(2, None), turn(3, Some("a3"))]);
+        let texts: Vec<_> = chat.iter().map(|m| (m.role, m.content.as_str())).collect();
+        use crate::chat::ChatRole::{Assistant, User};
+        assert_eq!(
+            texts,
+            [
+                (User, "m1"),
+                (Assistant, "a1"),
+                (User, "m2"),
+                (User, "m3"),
+                (Assistant, "a3")
+            ]
+        );
+    }
+
+    #[test]
+    fn kept_text_is_cut_on_a_character_boundary() {
+        let long = "é".repeat(KEPT_BYTES);
+        let cut = kept(&long);
+        assert!(cut.len() <= KEPT_BYTES && cut.len() > KEPT_BYTES - 2);
+        assert_eq!(kept("short"), "short");
+        assert_eq!(
+            turn_key(&Uuid::nil(), 3),
+            "00000000-0000-0000-0000-000000000000.3"
+        );
+    }
+}

@@ -1,0 +1,219 @@
+//! Sessions: turns run one at a time in the order they were accepted, on whichever worker is free, each given the
+//! history so far (a command agent as a file, a model as chat messages); a turn waiting for the one before it says
+//! so in its record; sessions obey the same ownership as jobs.
+
+use fleet_tests::llm::{LlamaServer, MODEL};
+use fleet_tests::*;
+use serde_json::{json, Value};
+
+/// Prints how many turns came before, this message, and the earlier messages; `sleep:S` sleeps S seconds first.
+const HISTORY_AGENT: &str = r#"
+[agents.hist]
+command = ["python3", "-c", """
+import json, sys, time
+history, message = json.load(open(sys.argv[1])), sys.argv[2]
+if message.startswith('sleep:'):
+    time.sleep(float(message[6:]))
+print(f"{len(history)}:{message}:" + '|'.join(t['message'] for t in history))
+""", "{history_file}", "{message}"]
+"#;
+
+async fn create(api: &Api, agent: &str) -> String {
+    let r = api
+        .post("/v1/sessions", &json!({"agent": agent, "title": "t"}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.body["session_id"]
+        .as_str()
+        .expect("session id")
+        .to_string()
+}
+
+async fn say(api: &Api, session: &str, message: &str) -> (String, u64) {
+    let r = api
+        .post(
+            &format!("/v1/sessions/{session}/messages"),
+            &json!({"message": message}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    (
+        r.body["job_id"].as_str().expect("job id").to_string(),
+        r.body["turn"].as_u64().expect("turn"),
+    )
+}
+
+async fn ended(api: &Api, job: &str) -> Value {
+    api.poll(&format!("/v1/jobs/{job}"), "turn ended", |r| {
+        r["status"]
+            .as_str()
+            .is_some_and(|s| s != "queued" && s != "running")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_run_in_order_with_their_history_on_whichever_worker_is_free() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(&nats.url(), &[], HISTORY_AGENT);
+    let first = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "hist").await;
+
+    let (one, turn) = say(&api, &session, "m1").await;
+    assert_eq!(turn, 1);
+    let one = ended(&api, &one).await;
+    assert_eq!(one["stdout"], "0:m1:\n", "{one}");
+    assert_eq!(
+        one["request"]["session"],
+        json!({"session_id": session, "turn": 1})
+    );
+    let first_worker = one["worker"].clone();
+
+    // The next turn on another worker: the history follows the session, not the worker.
+    first.stop().await;
+    let second = start_worker(&cfg.config).await;
+    let (two, _) = say(&api, &session, "m2").await;
+    let two = ended(&api, &two).await;
+    assert_eq!(two["stdout"], "1:m2:m1\n", "{two}");
+    assert_ne!(two["worker"], first_worker, "{two}");
+
+    // Turns sent at once keep their order; one waiting for the turn before says so in its record.
+    let (slow, _) = say(&api, &session, "sleep:1.5").await;
+    let sent: Vec<(String, u64)> = futures::future::join_all((4..=6).map(|n| {
+        let (api, session) = (api.clone(), session.clone());
+        async move { say(&api, &session, &format!("m{n}")).await }
+    }))
+    .await;
+    // Turn numbers follow acceptance, which among requests sent at once is whichever arrived first.
+    let mut sent = sent;
+    sent.sort_by_key(|(_, turn)| *turn);
+    assert_eq!(sent.iter().map(|(_, t)| *t).collect::<Vec<_>>(), [4, 5, 6]);
+    let waiting = api
+        .poll(&format!("/v1/jobs/{}", sent[0].0), "waiting noted", |r| {
+            r["waiting"].is_string()
+        })
+        .await;
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert!(
+        waiting["waiting"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("turn 3"),
+        "{waiting}"
+    );
+    ended(&api, &slow).await;
+    let mut turns: Vec<(u64, Value)> = Vec::new();
+    for (job, turn) in &sent {
+        turns.push((*turn, ended(&api, job).await));
+    }
+    turns.sort_by_key(|(turn, _)| *turn);
+    for (turn, record) in &turns {
+        let before = turn - 1;
+        let stdout = record["stdout"].as_str().unwrap_or_default();
+        assert!(
+            stdout.starts_with(&format!("{before}:")),
+            "turn {turn} saw {before} turns before it: {stdout}"
+        );
+        assert!(
+            record["waiting"].is_null(),
+            "a claimed turn waits no more: {record}"
+        );
+    }
+    let started = |r: &Value| r["started_at"].as_str().unwrap_or_default().to_string();
+    assert!(
+        turns
+            .windows(2)
+            .all(|w| started(&w[0].1) < started(&w[1].1)),
+        "one at a time, in order"
+    );
+
+    // The session tells its turns, each with its message, status and answer.
+    let view = api.get(&format!("/v1/sessions/{session}")).await.body;
+    assert_eq!(view["turns"].as_array().map(Vec::len), Some(6), "{view}");
+    assert_eq!(view["turns"][1]["answer"], "1:m2:m1", "{view}");
+    assert_eq!(view["turns"][5]["status"], "completed", "{view}");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_its_owner_s_alone_and_is_gone_when_deleted() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(
+        &nats.url(),
+        &[("FLEET_AUTH_MODE", "required")],
+        HISTORY_AGENT,
+    );
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    wait_for_agents(&cfg.config).await;
+    let alice = gw
+        .api()
+        .with_key(&create_key(&cfg, &["--name", "alice", "--agent", "hist"]).1);
+    let bob = gw
+        .api()
+        .with_key(&create_key(&cfg, &["--name", "bob", "--agent", "*"]).1);
+
+    let session = create(&alice, "hist").await;
+    let path = format!("/v1/sessions/{session}");
+    for r in [
+        bob.get(&path).await,
+        bob.post(&format!("{path}/messages"), &json!({"message": "x"}))
+            .await,
+        bob.send(bob.request(reqwest::Method::DELETE, &path)).await,
+    ] {
+        r.assert_problem(404, "session_not_found");
+    }
+    assert_eq!(bob.get("/v1/sessions").await.body["sessions"], json!([]));
+    assert_eq!(
+        alice.get("/v1/sessions").await.body["sessions"][0]["session_id"],
+        session.as_str()
+    );
+    let r = alice.post("/v1/sessions", &json!({"agent": "nope"})).await;
+    r.assert_problem(403, "forbidden");
+
+    let (job, _) = say(&alice, &session, "hello").await;
+    ended(&alice, &job).await;
+    let r = alice
+        .send(alice.request(reqwest::Method::DELETE, &path))
+        .await;
+    assert_eq!(r.status, 204);
+    alice
+        .get(&path)
+        .await
+        .assert_problem(404, "session_not_found");
+    worker.stop().await;
+}
+
+/// A model agent is given the earlier turns as chat messages: the second turn's prompt holds the first turn's
+/// message and answer (counted in its input tokens), whatever the model makes of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_agent_is_asked_with_the_session_s_history() {
+    let llm = LlamaServer::start();
+    let nats = NatsServer::start();
+    let agent = format!(
+        "[agents.smol]\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"{MODEL}\"\ntemperature = 0.0\nseed = 1\nmax_tokens = 24\n",
+        llm.openai_base()
+    );
+    let cfg = test_config_with(&nats.url(), &[], &agent);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "smol").await;
+
+    let (one, _) = say(&api, &session, "My name is Zed. Remember it.").await;
+    let one = ended(&api, &one).await;
+    let (two, _) = say(&api, &session, "What is my name?").await;
+    let two = ended(&api, &two).await;
+    let tokens = |r: &Value, k: &str| r["usage"][k].as_u64().unwrap_or(0);
+    assert_eq!(two["status"], "completed", "{two}");
+    assert!(
+        tokens(&two, "input_tokens")
+            >= tokens(&one, "input_tokens") + tokens(&one, "output_tokens"),
+        "the second prompt holds the first turn: {one} {two}"
+    );
+    let view = api.get(&format!("/v1/sessions/{session}")).await.body;
+    assert_eq!(view["turns"][0]["answer"], one["answer"], "{view}");
+    worker.stop().await;
+}
