@@ -134,6 +134,39 @@ async fn turns_run_in_order_with_their_history_on_whichever_worker_is_free() {
     assert_eq!(view["turns"].as_array().map(Vec::len), Some(6), "{view}");
     assert_eq!(view["turns"][1]["answer"], "1:m2:m1", "{view}");
     assert_eq!(view["turns"][5]["status"], "completed", "{view}");
+
+    // `POST /v1/jobs` naming the session does the same; `/v1/jobs?session=` lists a session's turns.
+    let r = api
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "hist", "message": "m7", "session_id": session}),
+        )
+        .await;
+    assert_eq!(
+        r.body["record"]["request"]["session"]["turn"], 7,
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["record"]["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("6:m7:m1|m2|"),
+        "{}",
+        r.body
+    );
+    let r = api
+        .post(
+            "/v1/jobs",
+            &json!({"agent": "echo", "message": "x", "session_id": session}),
+        )
+        .await;
+    r.assert_problem(422, "invalid_request");
+    let listed = api
+        .get(&format!("/v1/jobs?session={session}&limit=100"))
+        .await
+        .body;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(7), "{listed}");
     second.stop().await;
 }
 

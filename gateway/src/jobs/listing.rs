@@ -22,6 +22,8 @@ pub struct Filters {
     pub text: Option<String>,
     /// A metadata entry that must be present with this value (compared as a string).
     pub metadata: Option<(String, String)>,
+    /// Only the turns of this session.
+    pub session: Option<uuid::Uuid>,
 }
 
 /// Where a page ends: the submission time (ms) and id of its last job.
@@ -59,7 +61,7 @@ pub async fn list(state: &AppState, caller: &Caller, f: &Filters) -> Result<List
         return scan_list(state, caller, f).await;
     }
     state.history.catch_up(&state.records).await;
-    let post_filtered = f.text.is_some() || f.metadata.is_some();
+    let post_filtered = f.text.is_some() || f.metadata.is_some() || f.session.is_some();
     let mut query = index_query(caller, f);
     let limit = f.query.limit;
     query.limit = if post_filtered { CHUNK } else { limit };
@@ -156,7 +158,10 @@ fn passes(r: &JobRecord, f: &Filters) -> bool {
             }
         })
     });
-    text && metadata
+    let session = f
+        .session
+        .is_none_or(|id| r.request.session.is_some_and(|s| s.session_id == id));
+    text && metadata && session
 }
 
 fn within(

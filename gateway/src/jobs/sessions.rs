@@ -125,6 +125,23 @@ pub struct Message {
     pub context: Option<String>,
     pub timeout: Option<f64>,
     pub metadata: BTreeMap<String, serde_json::Value>,
+    pub input_files: Vec<fleet_shared::wire::InputFile>,
+    pub artifact_target: Option<String>,
+    pub return_files: bool,
+}
+
+impl Default for Message {
+    fn default() -> Self {
+        Self {
+            message: String::new(),
+            context: None,
+            timeout: None,
+            metadata: BTreeMap::new(),
+            input_files: Vec::new(),
+            artifact_target: None,
+            return_files: true,
+        }
+    }
 }
 
 /// Takes `message` as the session's next turn and queues its job. A turn whose job could not be queued is
@@ -160,7 +177,9 @@ pub async fn take_turn(
         message: message.message,
         context: message.context,
         timeout: message.timeout,
-        return_files: true,
+        return_files: message.return_files,
+        input_files: message.input_files,
+        artifact_target: message.artifact_target,
         metadata: message.metadata,
         session: Some(session::SessionTurn {
             session_id: id,

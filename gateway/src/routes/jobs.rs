@@ -53,6 +53,9 @@ pub struct SubmitJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Send the message to this session instead: the job is its next turn (`agent` must be the session's).
+    #[serde(default)]
+    pub session_id: Option<Uuid>,
 }
 
 fn yes() -> bool {
@@ -108,7 +111,8 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     responses(
         (status = 202, description = "Queued (or still running after `wait`)", body = JobAccepted),
         (status = 200, description = "Already existed, or ended within `wait`", body = JobAccepted),
-        (status = 400, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
+        (status = 400, body = Problem), (status = 404, description = "`session_id` names no session", body = Problem),
+        (status = 409, body = Problem), (status = 413, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn submit_job(
     caller: Caller,
@@ -118,6 +122,10 @@ pub async fn submit_job(
     JobBody(body): JobBody,
 ) -> Result<Response, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
+    if let Some(session_id) = body.session_id {
+        return crate::routes::sessions::turn_from_job(&state, &caller, session_id, body, limit)
+            .await;
+    }
     let sub = Submission {
         id: body.id,
         agent: body.agent,
@@ -214,6 +222,8 @@ pub struct ListParams {
     pub metadata: Option<String>,
     /// Only jobs of this owner (`key:<id>` or `user:<name>`, as records name it), among those the caller may read.
     pub owner: Option<String>,
+    /// Only the turns of this session.
+    pub session: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
@@ -231,7 +241,7 @@ pub struct JobList {
     /// Pass as `cursor` for the next page; absent on the last one. Stable while jobs are added or end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
-    /// How many jobs match in all, when known exactly (not with `q`, `metadata` or time windows).
+    /// How many jobs match in all, when known exactly (not with `q`, `metadata`, `session` or time windows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
 }
@@ -275,6 +285,7 @@ impl ListParams {
             },
             text: self.q.filter(|q| !q.is_empty()),
             metadata,
+            session: self.session,
         })
     }
 }

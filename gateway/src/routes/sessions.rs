@@ -166,11 +166,59 @@ pub async fn message(
         context: body.context,
         timeout: body.timeout,
         metadata: body.metadata,
+        ..Message::default()
     };
-    let (turn, submitted) = sessions::take_turn(&state, &caller, &session, message).await?;
+    send(&state, &caller, &session, message, limit).await
+}
+
+/// `POST /v1/jobs` naming a session: the job is the session's next turn.
+pub async fn turn_from_job(
+    state: &AppState,
+    caller: &Caller,
+    session_id: Uuid,
+    body: crate::routes::jobs::SubmitJob,
+    limit: std::time::Duration,
+) -> Result<Response, ApiError> {
+    let session = sessions::get_or_404(state, caller, &session_id).await?;
+    if body.agent != session.agent {
+        return Err(ApiError::new(
+            fleet_shared::ErrorCode::InvalidRequest,
+            format!(
+                "session {session_id} talks to agent `{}`, not `{}`",
+                session.agent, body.agent
+            ),
+        ));
+    }
+    if body.id.is_some() {
+        return Err(ApiError::new(
+            fleet_shared::ErrorCode::InvalidRequest,
+            "a session turn's job id is the session's to give: leave `id` out",
+        ));
+    }
+    let message = Message {
+        message: body.message,
+        context: body.context,
+        timeout: body.timeout,
+        metadata: body.metadata,
+        input_files: body.input_files,
+        artifact_target: body.artifact_target,
+        return_files: body.return_files,
+    };
+    send(state, caller, &session, message, limit).await
+}
+
+/// Takes the message as the session's next turn and answers with it (its record too when `limit` is waited).
+async fn send(
+    state: &AppState,
+    caller: &Caller,
+    session: &SessionRecord,
+    message: Message,
+    limit: std::time::Duration,
+) -> Result<Response, ApiError> {
+    let (turn, submitted) = sessions::take_turn(state, caller, session, message).await?;
     let record = match limit.is_zero() {
         true => submitted.record,
-        false => records::wait_existing(&state, &caller, &turn.job_id, limit).await?,
+        false => records::wait_existing(state, caller, &turn.job_id, limit).await?,
     };
     let status = match record.status.is_terminal() {
         true => StatusCode::OK,
