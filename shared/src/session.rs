@@ -183,29 +183,40 @@ impl SessionStore {
 
     /// Makes the session's count at least `number`.
     async fn raise_count(&self, id: &Uuid, number: u32) -> Result<(), SessionStoreError> {
+        self.update_session(id, |session| {
+            let raise = session.turn_count < number;
+            session.turn_count = session.turn_count.max(number);
+            raise
+        })
+        .await
+    }
+
+    /// Changes the session by compare-and-set, reading it again when another writer came first; `change` says
+    /// whether there is anything to write. A deleted session is left deleted.
+    async fn update_session(
+        &self,
+        id: &Uuid,
+        change: impl Fn(&mut SessionRecord) -> bool,
+    ) -> Result<(), SessionStoreError> {
         for _ in 0..20 {
             let Some(stored) = self.session(id).await? else {
                 return Ok(());
             };
-            if stored.value.turn_count >= number {
+            let mut session = stored.value;
+            if !change(&mut session) {
                 return Ok(());
             }
-            let mut session = stored.value;
-            session.turn_count = number;
+            let payload = to_msgpack(&session).into();
             let write = self
                 .bucket
-                .update(
-                    &session_key(id),
-                    to_msgpack(&session).into(),
-                    stored.revision,
-                )
+                .update(&session_key(id), payload, stored.revision)
                 .await;
             if write.is_ok() {
                 return Ok(());
             }
         }
         Err(SessionStoreError::Unavailable(
-            "the session's turn count kept changing".into(),
+            "the session kept changing".into(),
         ))
     }
 
@@ -243,27 +254,12 @@ impl SessionStore {
         id: &Uuid,
         agent_session_id: &str,
     ) -> Result<(), SessionStoreError> {
-        for _ in 0..20 {
-            let Some(stored) = self.session(id).await? else {
-                return Ok(());
-            };
-            let mut session = stored.value;
+        self.update_session(id, |session| {
+            let changed = session.agent_session_id.as_deref() != Some(agent_session_id);
             session.agent_session_id = Some(agent_session_id.to_string());
-            let write = self
-                .bucket
-                .update(
-                    &session_key(id),
-                    to_msgpack(&session).into(),
-                    stored.revision,
-                )
-                .await;
-            if write.is_ok() {
-                return Ok(());
-            }
-        }
-        Err(SessionStoreError::Unavailable(
-            "the session kept changing".into(),
-        ))
+            changed
+        })
+        .await
     }
 
     /// Turns `from..=to` that exist, in order.

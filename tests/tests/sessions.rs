@@ -250,3 +250,42 @@ async fn a_model_agent_is_asked_with_the_session_s_history() {
     assert_eq!(view["turns"][0]["answer"], one["answer"], "{view}");
     worker.stop().await;
 }
+
+/// A worker killed mid-turn leaves the session as it was before that turn: the turn runs again on another
+/// worker (its second attempt), and the next turn's history holds each earlier turn once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_turn_leaves_the_session_as_it_was_and_the_turn_runs_again() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(
+        &nats.url(),
+        &[("FLEET_QUEUE_ACK_WAIT_SECS", "2")],
+        HISTORY_AGENT,
+    );
+    let doomed = FleetProcess::worker(&cfg);
+    let gw = start_gateway(&cfg.config).await;
+    wait_for_agents(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "hist").await;
+    let (one, _) = say(&api, &session, "m1").await;
+    ended(&api, &one).await;
+
+    let (two, _) = say(&api, &session, "sleep:2").await;
+    api.poll(&format!("/v1/jobs/{two}"), "turn 2 running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    doomed.signal(libc::SIGKILL);
+    let rescuer = start_worker(&cfg.config).await;
+    let two = ended(&api, &two).await;
+    assert_eq!(
+        (two["status"].as_str(), two["attempt"].as_u64()),
+        (Some("completed"), Some(2)),
+        "{two}"
+    );
+    assert_eq!(two["stdout"], "1:sleep:2:m1\n", "{two}");
+
+    let (three, _) = say(&api, &session, "m3").await;
+    let three = ended(&api, &three).await;
+    assert_eq!(three["stdout"], "2:m3:m1|sleep:2\n", "{three}");
+    rescuer.stop().await;
+}
