@@ -289,3 +289,39 @@ async fn a_worker_killed_mid_turn_leaves_the_session_as_it_was_and_the_turn_runs
     assert_eq!(three["stdout"], "2:m3:m1|sleep:2\n", "{three}");
     rescuer.stop().await;
 }
+
+/// A publisher naming someone else's session turn in its job gets neither its history nor its place: the job is
+/// refused (`invalid_job`) and the turn is left as it was. Only a gateway gives a job a turn, after the owner's
+/// check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_naming_a_session_turn_that_is_not_its_own_is_refused_and_changes_nothing() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(&nats.url(), &[], HISTORY_AGENT);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "hist").await;
+    let (one, _) = say(&api, &session, "secret plan").await;
+    ended(&api, &one).await;
+    let before = api.get(&format!("/v1/sessions/{session}")).await.body;
+
+    let publisher = fleet_tests::clients::NatsClient::connect(&nats.url()).await;
+    let forged = uuid::Uuid::now_v7().to_string();
+    for turn in [1, 2] {
+        let id = if turn == 1 {
+            forged.clone()
+        } else {
+            uuid::Uuid::now_v7().to_string()
+        };
+        let job = json!({"id": id, "agent": "hist", "message": "leak",
+            "session": {"session_id": session, "turn": turn}});
+        publisher.publish_job("hist", &job).await;
+        let record = ended(&api, &id).await;
+        assert_eq!(record["status"], "failed", "{record}");
+        assert_eq!(record["error"]["code"], "invalid_job", "{record}");
+        assert_eq!(record["stdout"], "", "it never ran: {record}");
+    }
+    let after = api.get(&format!("/v1/sessions/{session}")).await.body;
+    assert_eq!(after["turns"], before["turns"], "the session is as it was");
+    worker.stop().await;
+}

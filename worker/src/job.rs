@@ -98,11 +98,16 @@ async fn run_job(
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
     let history = match queued.request.session {
-        Some(turn) => match crate::session::gate(shared, &turn, delivered).await {
+        Some(turn) => match crate::session::gate(shared, &queued.id, &turn, delivered).await {
             Ok(crate::session::Gate::Go(history)) => history,
             Ok(crate::session::Gate::Wait(delay)) => {
                 crate::session::mark_waiting(shared, &key, &turn).await;
                 return Settle::Retry(Some(delay));
+            }
+            Ok(crate::session::Gate::Refuse(why)) => {
+                tracing::warn!(reason = %why, "refusing a session turn");
+                let error = JobError::new(ErrorCode::InvalidJob, why);
+                return end_unrun(shared, &key, queued, error, intake.format).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reading the job's session failed; retrying later");
@@ -340,6 +345,37 @@ async fn check_direct_publish(
     let answer = JobRecord::failed_without_run(queued.request.clone(), error);
     crate::delivery::reply(&shared.client, &answer, format).await;
     Some(Settle::Ack)
+}
+
+/// A job that must not run: recorded failed with `error` unless it already ended; a message naming no job of a
+/// gateway's is recorded only under an id no job has.
+async fn end_unrun(
+    shared: &Shared,
+    key: &str,
+    queued: JobRecord,
+    error: JobError,
+    format: Format,
+) -> Settle {
+    match records::current(&shared.records, key).await {
+        Ok(Some(held)) if held.record.status.is_terminal() => Settle::Ack,
+        Ok(Some(held)) => {
+            let record = held.record.failed(error);
+            write_and_announce(shared, key, record, held.revision, format, false).await
+        }
+        Ok(None) => {
+            refuse(
+                shared,
+                key,
+                JobRecord::failed_without_run(queued.request, error),
+                format,
+            )
+            .await
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the job's record failed; retrying later");
+            Settle::Retry(Some(Duration::from_millis(500)))
+        }
+    }
 }
 
 /// A job cancelled before it started here: record it `cancelled` unless it already has a terminal record (the

@@ -26,14 +26,26 @@ pub enum Gate {
     Go(Vec<Turn>),
     /// The turn before it has not ended: hand the message back for this long.
     Wait(Duration),
+    /// It never may: its session has no such turn for this job (deleted, or a publisher naming a session that
+    /// is not its own: only a gateway, after the owner's check, gives a job a turn).
+    Refuse(String),
 }
 
-/// Decides whether turn `st` runs now; `delivered` counts the message's deliveries (waits grow with it).
+/// Decides whether turn `st` of job `job_id` runs now; `delivered` counts the message's deliveries (waits grow
+/// with it).
 pub async fn gate(
     shared: &Shared,
+    job_id: &uuid::Uuid,
     st: &SessionTurn,
     delivered: i64,
 ) -> Result<Gate, SessionStoreError> {
+    let own = shared.sessions.turn(&st.session_id, st.turn).await?;
+    if own.as_ref().is_none_or(|t| t.value.job_id != *job_id) {
+        return Ok(Gate::Refuse(format!(
+            "session {} has no turn {} for this job (deleted, or not this job's to join)",
+            st.session_id, st.turn
+        )));
+    }
     if st.turn > 1 && !previous_ended(shared, st).await? {
         let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
         return Ok(Gate::Wait(Duration::from_millis(100) * 2u32.pow(steps - 1)));
@@ -98,6 +110,9 @@ pub async fn turn_ended(shared: &Shared, record: &JobRecord) {
         let Some(stored) = shared.sessions.turn(&st.session_id, st.turn).await? else {
             return Ok(()); // the session was deleted meanwhile
         };
+        if stored.value.job_id != record.id {
+            return Ok(()); // a job naming a turn that is not its own (refused) changes nothing there
+        }
         let ended = ended_turn(stored.value, record);
         let agent_session = record.agent_session_id.as_deref();
         shared
