@@ -3,7 +3,6 @@
 //! command measured in the same run: sequential submit→result latency over NATS and over HTTP, throughput with
 //! many jobs in flight, and the idle memory of gateway and worker.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use crate::bench_history;
 use crate::bench_measure::{cpu_times, own_cpu, verdict};
 pub(crate) use crate::bench_measure::{median, rss_kb, Samples};
 use crate::bench_models;
+use crate::bench_spawn::{raw_spawn, raw_spawn_rate, supervised_spawn};
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -101,7 +101,7 @@ pub const PREFIX: &str = "bench";
 pub fn jobs_subject(agent: &str) -> String {
     fleet_shared::Topology::new(PREFIX).jobs_subject(agent)
 }
-const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
+pub(crate) const COMMAND: [&str; 2] = ["/bin/echo", "hi"];
 
 struct Processes {
     children: Vec<Child>,
@@ -611,80 +611,6 @@ async fn wait_until_agent_known(http: &reqwest::Client, base: &str) -> Result<()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("the fleet did not come up")
-}
-
-fn log_target(scratch: &Path, name: &str) -> fleet_worker::output::LogTarget {
-    let path = scratch.join(name);
-    // Logs are created where nothing exists yet; an earlier round's log would refuse the next.
-    let _ = std::fs::remove_file(&path);
-    fleet_worker::output::LogTarget {
-        path,
-        max_bytes: u64::MAX,
-    }
-}
-
-/// The command run by the worker's own supervisor (process group, pidfd, output capture, full logs), without
-/// NATS: the part of a job's latency that is process handling.
-async fn supervised_spawn(scratch: &Path) -> Result<()> {
-    let spec = fleet_worker::supervisor::RunSpec {
-        parse: None,
-        sandbox: Default::default(),
-        pty: false,
-        events: None,
-        cancel: tokio_util::sync::CancellationToken::new(),
-        argv: COMMAND.iter().map(|s| s.to_string()).collect(),
-        stdin: None,
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: scratch.to_path_buf(),
-        timeout: Duration::from_secs(30),
-        kill_grace: Duration::from_secs(1),
-        output_cap: 65536,
-        agent_dirs: Vec::new(),
-        stdout_log: Some(log_target(scratch, "stdout.log")),
-        stderr_log: Some(log_target(scratch, "stderr.log")),
-    };
-    let out = fleet_worker::supervisor::run(spec, tokio_util::sync::CancellationToken::new(), None)
-        .await?;
-    if out.stdout.head != b"hi\n" {
-        bail!("supervised run printed {:?}", out.stdout.head);
-    }
-    Ok(())
-}
-
-fn raw_spawn() -> Result<()> {
-    let out = Command::new(COMMAND[0])
-        .args(&COMMAND[1..])
-        .stdin(Stdio::null())
-        .output()?;
-    if !out.status.success() {
-        bail!("{COMMAND:?} failed");
-    }
-    Ok(())
-}
-
-/// Spawns of the command per second with one spawning thread per CPU.
-fn raw_spawn_rate(total: usize) -> Result<f64> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let next = next.clone();
-            std::thread::spawn(move || -> Result<()> {
-                while next.fetch_add(1, Ordering::Relaxed) < total {
-                    raw_spawn()?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("spawn thread panicked"))??;
-    }
-    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
 fn job_payload(reply_to: &str) -> Vec<u8> {

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nats;
+pub mod published;
 pub mod record_store;
 pub mod seal;
 pub mod services;
