@@ -198,26 +198,36 @@ impl SessionStore {
         id: &Uuid,
         change: impl Fn(&mut SessionRecord) -> bool,
     ) -> Result<(), SessionStoreError> {
+        self.update(&session_key(id), change).await
+    }
+
+    /// Changes the entry at `key` by compare-and-set, as `update_session` does; a missing entry is left missing.
+    async fn update<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        change: impl Fn(&mut T) -> bool,
+    ) -> Result<(), SessionStoreError> {
         for _ in 0..20 {
-            let Some(stored) = self.session(id).await? else {
+            let Some(stored) = self.read::<T>(key).await? else {
                 return Ok(());
             };
-            let mut session = stored.value;
-            if !change(&mut session) {
+            let mut value = stored.value;
+            if !change(&mut value) {
                 return Ok(());
             }
-            let payload = to_msgpack(&session).into();
-            let write = self
+            let payload = to_msgpack(&value).into();
+            if self
                 .bucket
-                .update(&session_key(id), payload, stored.revision)
-                .await;
-            if write.is_ok() {
+                .update(key, payload, stored.revision)
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }
-        Err(SessionStoreError::Unavailable(
-            "the session kept changing".into(),
-        ))
+        Err(SessionStoreError::Unavailable(format!(
+            "`{key}` kept changing"
+        )))
     }
 
     /// Records how a turn ended (once: a turn already ended is left as it is) and the agent's session id.
@@ -228,21 +238,14 @@ impl SessionStore {
         agent_session_id: Option<&str>,
     ) -> Result<(), SessionStoreError> {
         let key = turn_key(id, ended.turn);
-        for _ in 0..20 {
-            let Some(stored) = self.read::<Turn>(&key).await? else {
-                return Ok(()); // the session was deleted
-            };
-            if stored.value.status.is_terminal() {
-                break;
+        self.update(&key, |turn: &mut Turn| {
+            let open = !turn.status.is_terminal();
+            if open {
+                *turn = ended.clone();
             }
-            let write = self
-                .bucket
-                .update(&key, to_msgpack(ended).into(), stored.revision)
-                .await;
-            if write.is_ok() {
-                break;
-            }
-        }
+            open
+        })
+        .await?;
         if let Some(agent_session_id) = agent_session_id {
             self.set_agent_session(id, agent_session_id).await?;
         }
