@@ -44,6 +44,8 @@ pub struct Inner {
     pub tokens: kv::Store,
     /// Sessions and their turns.
     pub sessions: fleet_shared::session::SessionStore,
+    /// Where sessions' workspaces are kept between turns.
+    pub session_files: fleet_shared::artifacts::ArtifactStore,
     /// Sign-ins whose access tokens no longer count, followed from `tokens`.
     pub revoked: crate::auth::tokens::Revoked,
     /// Completed records read lately, for the file routes.
@@ -75,6 +77,7 @@ impl AppState {
             &config.artifacts,
             Some(handles.config.clone()),
         )?;
+        let session_files = fleet_shared::session_workspace::store(&config.artifacts)?;
         let agents = AgentDirectory::new(handles.jobs.clone(), topology.clone());
         let live = crate::jobs::live::LiveHub::new(
             client.clone(),
@@ -110,6 +113,7 @@ impl AppState {
             rate,
             tokens: handles.tokens.clone(),
             sessions: fleet_shared::session::SessionStore::new(handles.sessions),
+            session_files,
             revoked,
             completed: Default::default(),
             openapi: Default::default(),

@@ -29,6 +29,11 @@ pub enum ErrorCode {
     /// A model agent's server refused the request or answered something that is not a completion (the
     /// message gives its status and words).
     ModelError,
+    /// A session turn's workspace is over `artifacts.session_workspace_max_bytes` (or `_max_files`) when the
+    /// turn ends: the session keeps its workspace from before the turn.
+    WorkspaceTooLarge,
+    /// A session's workspace could not be restored before the turn or saved after it (its store failed).
+    WorkspaceUnavailable,
 
     // Request errors answered by the gateway.
     MalformedJson,
@@ -70,7 +75,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 34] = [
+    pub const ALL: [ErrorCode; 36] = [
         Self::NonzeroExit,
         Self::Timeout,
         Self::WorkerLost,
@@ -105,6 +110,8 @@ impl ErrorCode {
         Self::MalformedRequest,
         Self::ModelError,
         Self::SessionNotFound,
+        Self::WorkspaceTooLarge,
+        Self::WorkspaceUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -142,6 +149,8 @@ impl ErrorCode {
             Self::HeadersTooLarge => "headers_too_large",
             Self::MalformedRequest => "malformed_request",
             Self::ModelError => "model_error",
+            Self::WorkspaceTooLarge => "workspace_too_large",
+            Self::WorkspaceUnavailable => "workspace_unavailable",
             Self::SessionNotFound => "session_not_found",
         }
     }

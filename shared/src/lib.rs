@@ -17,6 +17,7 @@ pub mod record_store;
 pub mod seal;
 pub mod services;
 pub mod session;
+pub mod session_workspace;
 pub mod topology;
 pub mod trace_context;
 pub mod watch;

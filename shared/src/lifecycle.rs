@@ -147,6 +147,7 @@ impl JobRecord {
             usage: None,
             agent_session_id: None,
             tool_calls: 0,
+            session_workspace: None,
             updated_at: Utc::now(),
         }
     }
@@ -225,10 +226,16 @@ impl JobRecord {
 
     /// The run ended but its files could not all be stored: nothing is listed that is not stored, so the job
     /// fails, keeping its output and exit.
-    pub fn files_not_stored(mut self, why: String) -> Self {
+    pub fn files_not_stored(self, why: String) -> Self {
+        self.not_kept(JobError::new(ErrorCode::ArtifactUploadFailed, why))
+    }
+
+    /// The run ended but what it left could not be kept (its files, a session's workspace): the job fails with
+    /// `error`, keeping its output and exit.
+    pub fn not_kept(mut self, error: JobError) -> Self {
         debug_assert!(self.status.is_terminal());
         self.status = JobStatus::Failed;
-        self.error = Some(JobError::new(ErrorCode::ArtifactUploadFailed, why));
+        self.error = Some(error);
         self
     }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::codec::{decode, to_msgpack, Format};
+use crate::session_workspace::WorkspaceRef;
 use crate::wire::JobStatus;
 
 /// Where a job stands in a session: carried in the job's request (and so in its record).
@@ -46,6 +47,9 @@ pub struct SessionRecord {
     /// The agent's own session id (a CLI's), from the last turn that reported one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_session_id: Option<String>,
+    /// The workspace the next turn starts from: the latest turn's that saved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceRef>,
 }
 
 /// One turn as stored: what was asked and, once it ended, how and what the agent answered.
@@ -63,6 +67,9 @@ pub struct Turn {
     pub answer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// The workspace as this turn left it, where it saved one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceRef>,
 }
 
 /// A message or an answer is kept in its turn up to this many bytes (a KV value must fit a NATS message).
@@ -230,13 +237,14 @@ impl SessionStore {
         )))
     }
 
-    /// Records how a turn ended (once: a turn already ended is left as it is) and the agent's session id.
+    /// Records how a turn ended (once: a turn already ended is left as it is), the agent's session id, and the
+    /// workspace the turn left. Returns the workspace state this one replaced, which nothing reads any more.
     pub async fn end_turn(
         &self,
         id: &Uuid,
         ended: &Turn,
         agent_session_id: Option<&str>,
-    ) -> Result<(), SessionStoreError> {
+    ) -> Result<Option<WorkspaceRef>, SessionStoreError> {
         let key = turn_key(id, ended.turn);
         self.update(&key, |turn: &mut Turn| {
             let open = !turn.status.is_terminal();
@@ -246,23 +254,33 @@ impl SessionStore {
             open
         })
         .await?;
-        if let Some(agent_session_id) = agent_session_id {
-            self.set_agent_session(id, agent_session_id).await?;
-        }
-        Ok(())
-    }
-
-    async fn set_agent_session(
-        &self,
-        id: &Uuid,
-        agent_session_id: &str,
-    ) -> Result<(), SessionStoreError> {
+        let replaced = std::sync::Mutex::new(None);
         self.update_session(id, |session| {
-            let changed = session.agent_session_id.as_deref() != Some(agent_session_id);
-            session.agent_session_id = Some(agent_session_id.to_string());
+            let mut changed = false;
+            if let Some(agent_session_id) = agent_session_id {
+                changed |= session.agent_session_id.as_deref() != Some(agent_session_id);
+                session.agent_session_id = Some(agent_session_id.to_string());
+            }
+            let newer = |new: &&WorkspaceRef, now: Option<&WorkspaceRef>| {
+                now.is_none_or(|now| new.turn > now.turn)
+            };
+            let now = session.workspace.clone();
+            if let Some(new) = ended
+                .workspace
+                .as_ref()
+                .filter(|new| newer(new, now.as_ref()))
+            {
+                let old = session.workspace.replace(new.clone());
+                let unread = old.filter(|old| old.manifest != new.manifest);
+                if let Ok(mut replaced) = replaced.lock() {
+                    *replaced = unread;
+                }
+                changed = true;
+            }
             changed
         })
-        .await
+        .await?;
+        Ok(replaced.into_inner().unwrap_or_default())
     }
 
     /// Turns `from..=to` that exist, in order.
@@ -342,6 +360,7 @@ mod tests {
             status: JobStatus::Completed,
             answer: answer.map(str::to_string),
             ended_at: None,
+            workspace: None,
         }
     }
 

@@ -501,6 +501,9 @@ pub struct JobRecord {
     /// Tool calls the agent made.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tool_calls: u64,
+    /// A session turn's workspace as the turn left it, saved for the next turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_workspace: Option<crate::session_workspace::WorkspaceRef>,
     pub updated_at: DateTime<Utc>,
 }
 

@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod llm;
 pub mod metrics;
+pub mod sessions;
 pub mod up;
 
 pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply, SseEvent, SseReader};

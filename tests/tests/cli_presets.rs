@@ -242,6 +242,33 @@ async fn real_claude_code_and_codex_against_a_local_model_fill_the_record_from_t
         );
         assert!(!kinds(&events, "message").is_empty(), "{agent}: {events:?}");
         assert!(!kinds(&events, "usage").is_empty(), "{agent}: {events:?}");
+        resumes_its_own_session(&api, agent).await;
     }
     worker.stop().await;
+}
+
+/// A session's second turn resumes the CLI's own session from the first (its state is in the workspace, which
+/// follows the session, at the same path): the same session id, and a prompt holding the first turn.
+async fn resumes_its_own_session(api: &Api, agent: &str) {
+    use fleet_tests::sessions::{create, ended, say};
+    let session = create(api, agent).await;
+    let (one, _) = say(api, &session, "Say hello.").await;
+    let one = ended(api, &one).await;
+    let (two, _) = say(api, &session, "Say it again.").await;
+    let two = ended(api, &two).await;
+    assert!(
+        one["agent_session_id"].is_string(),
+        "{agent} reported its session: {one}"
+    );
+    assert_eq!(
+        two["agent_session_id"], one["agent_session_id"],
+        "{agent} resumed its session: {two}"
+    );
+    let input = |r: &Value| r["usage"]["input_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        input(&two) > input(&one),
+        "{agent}'s second prompt holds the first turn: {} then {}",
+        input(&one),
+        input(&two)
+    );
 }

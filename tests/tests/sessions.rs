@@ -3,6 +3,7 @@
 //! so in its record; sessions obey the same ownership as jobs.
 
 use fleet_tests::llm::{LlamaServer, MODEL};
+use fleet_tests::sessions::{create, ended, say};
 use fleet_tests::*;
 use serde_json::{json, Value};
 
@@ -17,40 +18,6 @@ if message.startswith('sleep:'):
 print(f"{len(history)}:{message}:" + '|'.join(t['message'] for t in history))
 """, "{history_file}", "{message}"]
 "#;
-
-async fn create(api: &Api, agent: &str) -> String {
-    let r = api
-        .post("/v1/sessions", &json!({"agent": agent, "title": "t"}))
-        .await;
-    assert_eq!(r.status, 201, "{}", r.body);
-    r.body["session_id"]
-        .as_str()
-        .expect("session id")
-        .to_string()
-}
-
-async fn say(api: &Api, session: &str, message: &str) -> (String, u64) {
-    let r = api
-        .post(
-            &format!("/v1/sessions/{session}/messages"),
-            &json!({"message": message}),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    (
-        r.body["job_id"].as_str().expect("job id").to_string(),
-        r.body["turn"].as_u64().expect("turn"),
-    )
-}
-
-async fn ended(api: &Api, job: &str) -> Value {
-    api.poll(&format!("/v1/jobs/{job}"), "turn ended", |r| {
-        r["status"]
-            .as_str()
-            .is_some_and(|s| s != "queued" && s != "running")
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turns_run_in_order_with_their_history_on_whichever_worker_is_free() {

@@ -20,8 +20,15 @@ pub fn timeout(record: &JobRecord, agent: &AgentConfig, worker: &WorkerConfig) -
         .unwrap_or_else(|| worker.default_timeout())
 }
 
+/// What the run is given beyond its record: for a session turn, the agent's own session to resume.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Resume<'a> {
+    pub agent_session: Option<&'a str>,
+}
+
 pub fn run_spec(
     record: &JobRecord,
+    resume: Resume<'_>,
     agent: &AgentConfig,
     worker: &WorkerConfig,
     artifacts: &ArtifactsConfig,
@@ -48,8 +55,14 @@ pub fn run_spec(
         job_id: &job_id,
         workspace: &workspace,
         history_file: &history_file,
+        agent_session: resume.agent_session.unwrap_or(""),
     };
-    let argv = agent.command.iter().map(|t| render(t, &vars)).collect();
+    // A turn after one that reported the agent's own session resumes it, where the agent says how.
+    let command = match resume.agent_session {
+        Some(_) if !agent.resume.is_empty() => &agent.resume,
+        _ => &agent.command,
+    };
+    let argv = command.iter().map(|t| render(t, &vars)).collect();
     let stdin = agent.stdin.as_ref().map(|t| render(t, &vars).into_bytes());
     // A minimal base; the worker's own environment (its NATS credentials, FLEET_* settings) never reaches agents.
     let mut env = vec![

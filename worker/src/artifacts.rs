@@ -21,7 +21,7 @@ use fleet_shared::config::ArtifactsConfig;
 use fleet_shared::wire::{FileEntry, InputFile, Manifest, SkippedFile};
 use fleet_shared::JobRecord;
 
-use crate::beneath::{self, Dir, Kind};
+use crate::beneath::{self, Dir};
 use crate::dirs::JobDirs;
 use crate::supervisor::RunOutcome;
 
@@ -58,6 +58,15 @@ struct Found {
 pub struct Inputs(HashMap<String, (u64, Option<SystemTime>)>);
 
 impl Inputs {
+    /// Counts a file the fleet put in the workspace (a session's restored file) as an input: stored as an
+    /// artifact only if the job changes it.
+    /// An input of the same name, written over it, stays as written.
+    pub fn insert(&mut self, name: &str, meta: &std::fs::Metadata) {
+        self.0
+            .entry(name.to_string())
+            .or_insert((meta.len(), meta.modified().ok()));
+    }
+
     fn unchanged(&self, f: &Found) -> bool {
         self.0.get(&f.name) == Some(&(f.size, f.modified))
     }
@@ -359,81 +368,27 @@ async fn store_one(
 }
 
 /// Regular files under `root`, by relative name, sorted; and what could not be taken (links, special files,
-/// names that are not UTF-8, the names the fleet keeps for itself). Nothing is followed: each directory is
-/// opened beneath its parent.
+/// names that are not UTF-8, the names the fleet keeps for itself). Nothing is followed.
 fn walk(root: &Dir) -> (Vec<Found>, Vec<SkippedFile>) {
-    let mut found = Vec::new();
-    let mut skipped = Vec::new();
-    let skip = |skipped: &mut Vec<SkippedFile>, name: String, reason: &str| {
-        skipped.push(SkippedFile {
+    const RESERVED: &str = "reserved name: the fleet stores the job's logs under `_logs/`";
+    let walked = crate::tree::walk(root, &[(LOGS_DIR, RESERVED)]);
+    let found = walked
+        .files
+        .into_iter()
+        .map(|(name, meta)| Found {
+            name,
+            size: meta.len(),
+            modified: meta.modified().ok(),
+        })
+        .collect();
+    let skipped = walked
+        .skipped
+        .into_iter()
+        .map(|(name, reason)| SkippedFile {
             name,
             size: 0,
             reason: reason.into(),
         })
-    };
-    let mut pending: Vec<(Option<Dir>, String)> = vec![(None, String::new())];
-    while let Some((dir, prefix)) = pending.pop() {
-        let here = dir.as_ref().unwrap_or(root);
-        let Ok(entries) = here.entries() else {
-            continue;
-        };
-        for (raw_name, kind) in entries {
-            let Some(part) = raw_name.to_str() else {
-                let name = format!("{prefix}{}", raw_name.to_string_lossy());
-                skip(&mut skipped, name, "file name is not UTF-8");
-                continue;
-            };
-            let name = format!("{prefix}{part}");
-            if prefix.is_empty() && part == LOGS_DIR {
-                skip(
-                    &mut skipped,
-                    name,
-                    "reserved name: the fleet stores the job's logs under `_logs/`",
-                );
-                continue;
-            }
-            match kind {
-                Kind::Dir => match here.dir(part.as_bytes()) {
-                    Ok(sub) => pending.push((Some(sub), format!("{name}/"))),
-                    Err(_) => skip(&mut skipped, name, "directory changed while being read"),
-                },
-                Kind::File => match here.file(part.as_bytes()) {
-                    Ok((file, size)) => found.push(Found {
-                        name,
-                        size,
-                        modified: file.metadata().and_then(|m| m.modified()).ok(),
-                    }),
-                    Err(_) => skip(&mut skipped, name, "not a regular file"),
-                },
-                Kind::Link => skip(&mut skipped, name, "symbolic link (not followed)"),
-                Kind::Other => skip(&mut skipped, name, "not a regular file"),
-            }
-        }
-    }
-    found.sort_by(|a, b| a.name.cmp(&b.name));
+        .collect();
     (found, skipped)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn walk_finds_nested_files_and_never_follows_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("out/deep")).unwrap();
-        std::fs::create_dir_all(root.join("_logs")).unwrap();
-        std::fs::write(root.join("_logs/stdout.log"), b"forged").unwrap();
-        std::fs::write(root.join("a b.txt"), b"1").unwrap();
-        std::fs::write(root.join("out/deep/ü.csv"), b"22").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", root.join("escape")).unwrap();
-        std::os::unix::fs::symlink("/etc", root.join("out/etc")).unwrap();
-        let (found, mut skipped) = walk(&Dir::open(root).unwrap());
-        let names: Vec<_> = found.iter().map(|f| (f.name.as_str(), f.size)).collect();
-        assert_eq!(names, [("a b.txt", 1), ("out/deep/ü.csv", 2)]);
-        skipped.sort_by(|a, b| a.name.cmp(&b.name));
-        let skipped: Vec<_> = skipped.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(skipped, ["_logs", "escape", "out/etc"]);
-    }
 }

@@ -11,6 +11,7 @@ use chrono::Utc;
 use fleet_shared::artifacts::ArtifactStore;
 use fleet_shared::config::AgentConfig;
 use fleet_shared::record_store::{self as records, Claim, Held};
+use fleet_shared::session_workspace::WorkspaceRef;
 use fleet_shared::JobRecord;
 use tracing::Instrument;
 
@@ -19,6 +20,7 @@ use crate::artifacts::{self, Collected, Inputs};
 use crate::dirs::JobDirs;
 use crate::events::Events;
 use crate::model;
+use crate::session_workspace::{self, Baseline, SaveError};
 use crate::supervisor::{self, KillReason, RunOutcome, SpawnError};
 use crate::Shared;
 
@@ -52,12 +54,24 @@ pub struct Job<'a> {
     pub input_files: &'a [fleet_shared::wire::InputFile],
     /// A session turn's earlier turns, oldest first (empty for a job outside a session).
     pub history: &'a [fleet_shared::session::Turn],
+    /// The workspace a session turn starts from (none: the session has not saved one).
+    pub restore_from: Option<&'a WorkspaceRef>,
+    /// The agent's own session a session turn resumes.
+    pub agent_session: Option<&'a str>,
     /// Cancelled when a cancel request for this run arrives.
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
-/// The run's outcome and, unless it was stopped for the worker's sake or superseded, the files it left.
-pub type Attempted = Result<(RunOutcome, Option<Stored>), SpawnError>;
+/// The run's outcome and what of it was kept.
+pub type Attempted = Result<(RunOutcome, Kept), SpawnError>;
+
+/// What a run left that was kept: unless it was stopped for the worker's sake or superseded, its files; for a
+/// session turn whose agent ended on its own, the session's workspace as saved (`None` inside: nothing to save).
+#[derive(Default)]
+pub struct Kept {
+    pub files: Option<Stored>,
+    pub workspace: Option<Result<Option<WorkspaceRef>, SaveError>>,
+}
 
 /// The files stored, under the target id that holds them, or why storing failed.
 pub type Stored = Result<(String, Collected), fleet_shared::artifacts::StoreError>;
@@ -65,7 +79,7 @@ pub type Stored = Result<(String, Collected), fleet_shared::artifacts::StoreErro
 /// Runs the job once: a model agent's question, or the agent's process in fresh directories.
 pub async fn run(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
     if job.agent.kind.is_model() {
-        return Ok((ask_model(shared, job, progress).await, None));
+        return Ok((ask_model(shared, job, progress).await, Kept::default()));
     }
     run_process(shared, job, progress).await
 }
@@ -105,32 +119,59 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
 
 /// Runs the agent's process once in fresh directories, which go back to the pool (or away) however this ends.
 async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
-    let mut dirs = shared
-        .dirs
-        .take(&progress.held.record)
-        .map_err(SpawnError::Workspace)?;
+    let session = progress.held.record.request.session;
+    let mut dirs = match session {
+        Some(st) => session_dirs(shared, job, &st.session_id).await?,
+        None => shared
+            .dirs
+            .take(&progress.held.record)
+            .map_err(SpawnError::Workspace)?,
+    };
     let target = progress.held.record.request.artifact_target.as_deref();
     let (target_id, store) = shared
         .stores
         .for_job(target)
         .map_err(|e| SpawnError::Input(e.to_string()))?;
+    let (_uid, sandbox) = confine(shared, job.agent).map_err(|source| SpawnError::Start {
+        program: job.agent.command.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    let baseline = match session {
+        Some(st) => {
+            let restoring = session_workspace::restore(
+                &shared.session_files,
+                &st.session_id,
+                job.restore_from,
+                &dirs.workspace,
+                sandbox.user,
+            );
+            with_heartbeat(job.msg, shared.config.queue.ack_wait(), restoring)
+                .instrument(tracing::info_span!("restore_workspace"))
+                .await
+                .map_err(SpawnError::SessionWorkspace)?
+        }
+        None => Baseline::default(),
+    };
     let writing = artifacts::write_inputs(
         &shared.stores,
         &shared.records,
         job.input_files,
         &dirs.workspace,
     );
-    let inputs = writing.await.map_err(|why| {
+    let mut inputs = writing.await.map_err(|why| {
         dirs.mark_dirty();
         SpawnError::Input(why)
     })?;
-    let (_uid, sandbox) = confine(shared, job.agent).map_err(|source| SpawnError::Start {
-        program: job.agent.command.first().cloned().unwrap_or_default(),
-        source,
-    })?;
+    for (name, meta) in &baseline.files {
+        inputs.insert(name, meta);
+    }
     let events = Arc::new(job_events(shared, job, &progress.held));
+    let resume = crate::agent::Resume {
+        agent_session: job.agent_session,
+    };
     let mut spec = run_spec(
         &progress.held.record,
+        resume,
         job.agent,
         &shared.config.worker,
         &shared.config.artifacts,
@@ -158,23 +199,79 @@ async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) ->
     {
         dirs.mark_dirty();
     }
-    let stored = match &ran {
-        Ok(outcome)
-            if outcome.killed != Some(KillReason::Requested)
-                && progress.claim != ClaimState::Superseded =>
-        {
-            let files = Files {
-                store: &store,
-                target_id,
-                dirs: &dirs,
-                inputs: &inputs,
-            };
-            Some(store_files(shared, job, &events, &progress.held.record, files, outcome).await)
-        }
-        _ => None,
+    let mut kept = Kept::default();
+    let Ok(outcome) = &ran else {
+        return ran.map(|outcome| (outcome, kept));
     };
+    if outcome.killed != Some(KillReason::Requested) && progress.claim != ClaimState::Superseded {
+        let files = Files {
+            store: &store,
+            target_id,
+            dirs: &dirs,
+            inputs: &inputs,
+        };
+        let storing = store_files(shared, job, &events, &progress.held.record, files, outcome);
+        let saving = async {
+            let st = session.filter(|_| outcome.killed.is_none() && outcome.limit.is_none())?;
+            Some(save_workspace(shared, job, st, &dirs, &baseline).await)
+        };
+        let (files, workspace) = tokio::join!(storing, saving);
+        kept = Kept {
+            files: Some(files),
+            workspace,
+        };
+    }
     progress.output_sent = events.is_live();
-    ran.map(|outcome| (outcome, stored))
+    ran.map(|outcome| (outcome, kept))
+}
+
+/// A session turn's directories: its session's own path on this machine, waited for while another run of the
+/// session here still holds it (a cancelled turn's process ending).
+async fn session_dirs<'s>(
+    shared: &'s Shared,
+    job: &Job<'_>,
+    session: &uuid::Uuid,
+) -> Result<crate::dirs::Leased<'s>, SpawnError> {
+    let waiting = async {
+        for _ in 0..600 {
+            match shared.dirs.take_session(session) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                taken => return taken.map_err(SpawnError::Workspace),
+            }
+        }
+        Err(SpawnError::SessionWorkspace(
+            "another run of this session on this machine kept its workspace for a minute".into(),
+        ))
+    };
+    with_heartbeat(job.msg, shared.config.queue.ack_wait(), waiting).await
+}
+
+/// Saves the session's workspace as this turn left it, keeping the message alive meanwhile.
+async fn save_workspace(
+    shared: &Shared,
+    job: &Job<'_>,
+    st: fleet_shared::session::SessionTurn,
+    dirs: &JobDirs,
+    baseline: &Baseline,
+) -> Result<Option<WorkspaceRef>, SaveError> {
+    let limits = &shared.config.artifacts;
+    let caps = session_workspace::Caps {
+        max_bytes: limits.session_workspace_max_bytes,
+        max_files: limits.session_workspace_max_files,
+    };
+    let saving = session_workspace::save(
+        &shared.session_files,
+        &st.session_id,
+        st.turn,
+        &dirs.workspace,
+        &dirs.root,
+        baseline,
+        caps,
+    )
+    .instrument(tracing::info_span!("save_workspace"));
+    with_heartbeat(job.msg, shared.config.queue.ack_wait(), saving).await
 }
 
 fn job_events(shared: &Shared, job: &Job<'_>, held: &Held) -> Events {

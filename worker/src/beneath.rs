@@ -14,6 +14,12 @@ use std::path::Path;
 /// An open directory.
 pub struct Dir(OwnedFd);
 
+impl AsRawFd for Dir {
+    fn as_raw_fd(&self) -> libc::c_int {
+        self.0.as_raw_fd()
+    }
+}
+
 /// What a directory entry is, as the directory itself says (never by following it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -68,6 +74,40 @@ impl Dir {
             ));
         }
         Ok((file, meta.len()))
+    }
+
+    /// The subdirectory `name`, made if missing (an existing link or file there is refused, never followed).
+    pub fn make_dir(&self, name: &[u8]) -> io::Result<Self> {
+        let c = c_name(name)?;
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        if unsafe { libc::mkdirat(self.0.as_raw_fd(), c.as_ptr(), 0o755) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+        }
+        self.dir(name)
+    }
+
+    /// A new regular file `name` with `mode`; any existing entry of that name (a planted link) fails it.
+    pub fn create_file(&self, name: &[u8], mode: libc::mode_t) -> io::Result<File> {
+        let name = c_name(name)?;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a valid directory fd and a NUL-terminated name; the result is a new fd or -1.
+        let fd = unsafe {
+            libc::openat(
+                self.0.as_raw_fd(),
+                name.as_ptr(),
+                flags,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just handed us this fd; we are its only owner.
+        Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
     /// The entries of this directory (without `.` and `..`).

@@ -26,6 +26,8 @@ pub struct JobDirs {
     kept: bool,
     /// Something beyond the workspace was written (a full log): the directory is not reused.
     dirty: bool,
+    /// A session turn's directories: at the session's own path, held exclusively on this machine.
+    session: Option<SessionLock>,
 }
 
 impl JobDirs {
@@ -38,6 +40,7 @@ impl JobDirs {
             root,
             kept,
             dirty: false,
+            session: None,
         }
     }
 
@@ -110,9 +113,48 @@ impl DirPool {
         Ok(dirs)
     }
 
+    /// Directories for a turn of session `id` at the same path on every worker sharing `worker.work_dir`
+    /// (coding CLIs key their own sessions by the absolute working directory), fresh however the last turn
+    /// here ended. `WouldBlock`: another run of this session on this machine still holds them.
+    pub fn take_session(&self, id: &uuid::Uuid) -> io::Result<Leased<'_>> {
+        let sessions = self.base.join("sessions");
+        std::fs::create_dir_all(&sessions)?;
+        let lock = SessionLock::take(&sessions.join(format!("{id}.lock")))?;
+        let root = sessions.join(id.to_string());
+        match std::fs::symlink_metadata(&root) {
+            Ok(_) => self.set_aside(&root)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut dirs = JobDirs::at(root, false);
+        dirs.create()?;
+        dirs.session = Some(lock);
+        Ok(Leased {
+            pool: self,
+            dirs: Some(dirs),
+        })
+    }
+
+    /// Moves `root` out of the way at once (its path is wanted again) and removes it off this thread.
+    fn set_aside(&self, root: &Path) -> io::Result<()> {
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let aside = self
+            .base
+            .join(format!("discarded-{}-{slot}", std::process::id()));
+        std::fs::rename(root, &aside)?;
+        discard(aside);
+        Ok(())
+    }
+
     /// Returns directories after the job: reused if clean, removed (off this thread) otherwise.
     fn give_back(&self, dirs: JobDirs) {
         if dirs.kept {
+            return;
+        }
+        if dirs.session.is_some() {
+            if let Err(e) = self.set_aside(&dirs.root) {
+                tracing::warn!(dir = %dirs.root.display(), error = %e, "setting a session's directory aside failed");
+            }
             return;
         }
         if !dirs.dirty && is_clean(&dirs.root) {
@@ -149,6 +191,46 @@ impl Drop for Leased<'_> {
     fn drop(&mut self) {
         if let Some(dirs) = self.dirs.take() {
             self.pool.give_back(dirs);
+        }
+    }
+}
+
+/// A session's directories held by this process: an exclusive `flock` on a lock file beside them, checked to
+/// still be the file at that path (a holder removes it when done, so a waiter may have locked a removed one).
+struct SessionLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl SessionLock {
+    fn take(path: &Path) -> io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        // SAFETY: a valid descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let held = file.metadata()?.ino();
+        match std::fs::metadata(path) {
+            Ok(at_path) if at_path.ino() == held => Ok(Self {
+                path: path.to_path_buf(),
+                _file: file,
+            }),
+            _ => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so nobody locks this file after us believing it current.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::debug!(error = %e, "removing a session's lock file failed");
         }
     }
 }

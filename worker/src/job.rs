@@ -97,9 +97,9 @@ async fn run_job(
     if shared.cancels.is_requested(&queued.id, intake.generation) {
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
-    let history = match queued.request.session {
+    let start = match queued.request.session {
         Some(turn) => match crate::session::gate(shared, &queued.id, &turn, delivered).await {
-            Ok(crate::session::Gate::Go(history)) => history,
+            Ok(crate::session::Gate::Go(start)) => start,
             Ok(crate::session::Gate::Wait(delay)) => {
                 crate::session::mark_waiting(shared, &key, &turn).await;
                 return Settle::Retry(Some(delay));
@@ -114,7 +114,7 @@ async fn run_job(
                 return Settle::Retry(Some(Duration::from_secs(1)));
             }
         },
-        None => Vec::new(),
+        None => crate::session::Start::default(),
     };
     let registration = shared.cancels.register(queued.id, intake.generation);
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
@@ -129,7 +129,7 @@ async fn run_job(
     };
     let mut input_files = intake.request.input_files.clone();
     if queued.request.session.is_some() && !agent.kind.is_model() {
-        input_files.push(crate::session::history_file(&history));
+        input_files.push(crate::session::history_file(&start.history));
     }
     let job = attempt::Job {
         msg,
@@ -137,7 +137,9 @@ async fn run_job(
         agent,
         queued: &queued,
         input_files: &input_files,
-        history: &history,
+        history: &start.history,
+        restore_from: start.workspace.as_ref(),
+        agent_session: start.agent_session.as_deref(),
         cancel: registration.token.clone(),
     };
     let attempted = attempt::run(shared, &job, &mut progress).await;
@@ -245,10 +247,11 @@ async fn record_attempt(
             let claimed = (claim == ClaimState::Claimed).then_some(&held);
             return hand_back(shared, job.key, &held.record.request.agent, claimed).await;
         }
-        Ok((outcome, stored)) => with_files(completed_record(&held, &outcome), stored),
+        Ok((outcome, kept)) => with_kept(completed_record(&held, &outcome), kept),
         Err(e) => {
             let code = match e {
                 SpawnError::Input(_) => ErrorCode::InvalidJob,
+                SpawnError::SessionWorkspace(_) => ErrorCode::WorkspaceUnavailable,
                 _ => ErrorCode::SpawnFailed,
             };
             let error = JobError::new(code, e.to_string());
@@ -266,6 +269,32 @@ async fn record_attempt(
     // Recording waits out NATS outages: keep the message ours meanwhile.
     let recording = write_and_announce(shared, job.key, record, held.revision, format, output_sent);
     attempt::with_heartbeat(job.msg, shared.config.queue.ack_wait(), recording).await
+}
+
+/// The ended run's record with what it kept: failed if its files or its session's workspace could not be kept.
+fn with_kept(record: JobRecord, kept: attempt::Kept) -> JobRecord {
+    use crate::session_workspace::SaveError;
+    let record = with_files(record, kept.files);
+    let (code, why) = match kept.workspace {
+        None => return record,
+        Some(Ok(state)) => {
+            return JobRecord {
+                session_workspace: state,
+                ..record
+            }
+        }
+        Some(Err(SaveError::TooLarge(why))) => (ErrorCode::WorkspaceTooLarge, why),
+        Some(Err(e @ SaveError::Store(_))) => (ErrorCode::WorkspaceUnavailable, e.to_string()),
+    };
+    tracing::warn!(code = code.as_str(), reason = %why, "the session's workspace was not saved");
+    if record
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == ErrorCode::ArtifactUploadFailed)
+    {
+        return record;
+    }
+    record.not_kept(JobError::new(code, why))
 }
 
 /// The ended run's record with the files it stored, or failed if they could not all be stored.

@@ -29,9 +29,11 @@ pub mod pull;
 pub mod report;
 pub mod sandbox;
 pub mod session;
+pub mod session_workspace;
 pub mod supervisor;
 pub mod sweeper;
 pub mod template;
+pub mod tree;
 
 use std::sync::Arc;
 
@@ -75,6 +77,8 @@ pub struct Shared {
     pub models: Option<reqwest::Client>,
     /// Sessions and their turns (history, order).
     pub sessions: fleet_shared::session::SessionStore,
+    /// Where sessions' workspaces are kept between turns.
+    pub session_files: fleet_shared::artifacts::ArtifactStore,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +314,7 @@ async fn shared_state(
             .transpose()
             .map_err(WorkerError::ModelClient)?,
         sessions: fleet_shared::session::SessionStore::new(handles.sessions.clone()),
+        session_files: fleet_shared::session_workspace::store(&config.artifacts)?,
     })
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_shared::record_store::{self as records, Replaced};
 use fleet_shared::session::{self, SessionStoreError, SessionTurn, Turn};
+use fleet_shared::session_workspace::WorkspaceRef;
 use fleet_shared::wire::InputFile;
 use fleet_shared::{JobRecord, JobStatus};
 use serde::Serialize;
@@ -22,13 +23,23 @@ const UNQUEUED_GRACE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Whether a turn may run now.
 pub enum Gate {
-    /// It may: the earlier turns, oldest first (at most `session::HISTORY_TURNS`).
-    Go(Vec<Turn>),
+    /// It may: from the earlier turns, oldest first (at most `session::HISTORY_TURNS`), and the workspace the
+    /// session keeps.
+    Go(Start),
     /// The turn before it has not ended: hand the message back for this long.
     Wait(Duration),
     /// It never may: its session has no such turn for this job (deleted, or a publisher naming a session that
     /// is not its own: only a gateway, after the owner's check, gives a job a turn).
     Refuse(String),
+}
+
+/// What a turn starts from.
+#[derive(Debug, Default)]
+pub struct Start {
+    pub history: Vec<Turn>,
+    pub workspace: Option<WorkspaceRef>,
+    /// The agent's own session id, as the turns before reported it.
+    pub agent_session: Option<String>,
 }
 
 /// Decides whether turn `st` of job `job_id` runs now; `delivered` counts the message's deliveries (waits grow
@@ -55,7 +66,15 @@ pub async fn gate(
         .sessions
         .turns(&st.session_id, from, st.turn - 1)
         .await?;
-    Ok(Gate::Go(history))
+    let session = shared.sessions.session(&st.session_id).await?;
+    let (workspace, agent_session) = session
+        .map(|s| (s.value.workspace, s.value.agent_session_id))
+        .unwrap_or_default();
+    Ok(Gate::Go(Start {
+        history,
+        workspace,
+        agent_session,
+    }))
 }
 
 /// Whether the turn before `st` has ended, reconciling its entry with its job's record when the worker that ran
@@ -97,6 +116,7 @@ pub fn ended_turn(turn: Turn, record: &JobRecord) -> Turn {
         status: record.status,
         answer: Some(session::kept(said)),
         ended_at: Some(record.finished_at.unwrap_or_else(Utc::now)),
+        workspace: record.session_workspace.clone(),
         ..turn
     }
 }
@@ -108,22 +128,34 @@ pub async fn turn_ended(shared: &Shared, record: &JobRecord) {
     };
     let ending = async {
         let Some(stored) = shared.sessions.turn(&st.session_id, st.turn).await? else {
-            return Ok(()); // the session was deleted meanwhile
+            return Ok::<(), SessionStoreError>(()); // the session was deleted meanwhile
         };
         if stored.value.job_id != record.id {
             return Ok(()); // a job naming a turn that is not its own (refused) changes nothing there
         }
         let ended = ended_turn(stored.value, record);
         let agent_session = record.agent_session_id.as_deref();
-        shared
+        let replaced = shared
             .sessions
             .end_turn(&st.session_id, &ended, agent_session)
-            .await
+            .await?;
+        if let (Some(old), Some(new)) = (replaced, ended.workspace) {
+            forget_later(shared, st.session_id, old, new);
+        }
+        Ok(())
     };
     if let Err(e) = ending.await {
         // The next turn reconciles it from this job's record.
         tracing::warn!(session_id = %st.session_id, turn = st.turn, error = %e, "recording the turn's end in its session failed");
     }
+}
+
+/// Removes a replaced workspace state off the turn's path (the next turn reads only the new one).
+fn forget_later(shared: &Shared, session: uuid::Uuid, old: WorkspaceRef, new: WorkspaceRef) {
+    let store = shared.session_files.clone();
+    tokio::spawn(async move {
+        crate::session_workspace::forget(&store, &session, &old, &new).await;
+    });
 }
 
 /// Says in a waiting turn's record what it waits for (once; the record stays `queued`).

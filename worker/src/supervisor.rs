@@ -98,6 +98,9 @@ pub enum SpawnError {
     /// An input file could not be provided (the job's fault, not the worker's).
     #[error("{0}")]
     Input(String),
+    /// A session's workspace could not be restored for its turn.
+    #[error("restoring the session's workspace failed: {0}")]
+    SessionWorkspace(String),
 }
 
 /// Runs the agent to its end. `stop` asks for the process group to be terminated early. With a `cgroup`, every

@@ -2,14 +2,16 @@
 //! so text inside the message is never itself expanded, and each argv element stays one argument: no shell ever
 //! parses the result.
 
-/// Values for `{message}`, `{context}`, `{job_id}`, `{workspace}` and `{history_file}` (a session turn's
-/// history, empty outside a session).
+/// Values for `{message}`, `{context}`, `{job_id}`, `{workspace}`, `{history_file}` (a session turn's
+/// history, empty outside a session) and `{agent_session}` (the agent's own session id from the session's
+/// turns before, empty where there is none).
 pub struct Vars<'a> {
     pub message: &'a str,
     pub context: &'a str,
     pub job_id: &'a str,
     pub workspace: &'a str,
     pub history_file: &'a str,
+    pub agent_session: &'a str,
 }
 
 impl Vars<'_> {
@@ -20,6 +22,7 @@ impl Vars<'_> {
             "job_id" => Some(self.job_id),
             "workspace" => Some(self.workspace),
             "history_file" => Some(self.history_file),
+            "agent_session" => Some(self.agent_session),
             _ => None,
         }
     }
@@ -61,6 +64,7 @@ mod tests {
             job_id: "J",
             workspace: "/w",
             history_file: "/w/.fleet/history.json",
+            agent_session: "s-1",
         }
     }
 

@@ -107,7 +107,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::SpawnFailed
         | ErrorCode::Cancelled
         | ErrorCode::LimitExceeded
-        | ErrorCode::ModelError => StatusCode::BAD_GATEWAY,
+        | ErrorCode::ModelError
+        | ErrorCode::WorkspaceTooLarge
+        | ErrorCode::WorkspaceUnavailable => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -73,6 +73,7 @@ pub async fn create(
         created_at: Utc::now(),
         turn_count: 0,
         agent_session_id: None,
+        workspace: None,
     };
     state.sessions.create(&session).await.map_err(store_error)?;
     Ok(session)
@@ -163,6 +164,7 @@ pub async fn take_turn(
         status: JobStatus::Queued,
         answer: None,
         ended_at: None,
+        workspace: None,
     };
     let id = session.session_id;
     let turn = state
@@ -229,6 +231,18 @@ pub async fn list(
     Ok(sessions)
 }
 
+/// Removes the session's workspace files, then the session and its turns (files first: a failure leaves the
+/// session there to delete again, never files nothing names).
 pub async fn delete(state: &AppState, session: &SessionRecord) -> Result<(), ApiError> {
+    state
+        .session_files
+        .delete_under(&session.session_id)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("removing the session's files: {e}"),
+            )
+        })?;
     state.sessions.delete(session).await.map_err(store_error)
 }

@@ -246,6 +246,18 @@ impl FtpStore {
         Ok(Download { size, range, body })
     }
 
+    /// Deletes the file at `key`; one already gone is no error.
+    pub(super) async fn delete(&self, key: &StoreKey) -> Result<(), StoreError> {
+        let mut conn = self.checkout().await?;
+        match conn.rm(self.path(key)).await {
+            Ok(()) => {}
+            Err(e) if is_unavailable(&e) => {}
+            Err(e) => return Err(self.err(e)),
+        }
+        self.checkin(conn);
+        Ok(())
+    }
+
     /// Deletes files under `dir` (a key prefix) last modified before `cutoff`, and the directories that leaves
     /// empty. Safe beside other sweepers: whatever another one removed first is skipped.
     pub(super) async fn delete_older_than(

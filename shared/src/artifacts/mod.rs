@@ -432,11 +432,40 @@ impl ArtifactStore {
         &self,
         cutoff: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, StoreError> {
+        self.delete_in(&self.prefix, cutoff).await
+    }
+
+    /// Deletes every object kept under `id` (`<prefix>/<id>/…`); returns how many.
+    pub async fn delete_under(&self, id: &Uuid) -> Result<usize, StoreError> {
+        let dir = match self.prefix.as_str() {
+            "" => id.to_string(),
+            prefix => format!("{prefix}/{id}"),
+        };
+        let everything = chrono::Utc::now() + chrono::Duration::days(1);
+        let deleted = self.delete_in(&dir, everything).await?;
+        if let Backend::Object {
+            local: Some(local), ..
+        } = &self.backend
+        {
+            if let Ok(path) = local.path_to_filesystem(&StorePath::from(dir.as_str())) {
+                // A local disk's directories are its own: those the deletion emptied go too. (Not in the
+                // sweeper's deletions: an upload may be about to write into a directory found empty.)
+                let _ = tokio::task::spawn_blocking(move || remove_empty_dirs(&path)).await;
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_in(
+        &self,
+        dir: &str,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, StoreError> {
         let inner = match &self.backend {
-            Backend::Ftp(ftp) => return ftp.delete_older_than(&self.prefix, cutoff.into()).await,
+            Backend::Ftp(ftp) => return ftp.delete_older_than(dir, cutoff.into()).await,
             Backend::Object { inner, .. } => inner,
         };
-        let prefix = (!self.prefix.is_empty()).then(|| StorePath::from(self.prefix.as_str()));
+        let prefix = (!dir.is_empty()).then(|| StorePath::from(dir));
         let mut listing = inner.list(prefix.as_ref());
         let mut deleted = 0;
         while let Some(meta) = listing.next().await {
@@ -455,6 +484,17 @@ impl ArtifactStore {
             }
         }
         Ok(deleted)
+    }
+
+    /// Deletes the object at `key`; one already gone is no error.
+    pub async fn delete(&self, key: &StorePath) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Ftp(ftp) => ftp.delete(key).await,
+            Backend::Object { inner, .. } => match inner.delete(key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.err(e)),
+            },
+        }
     }
 
     /// A URL that lets its holder GET `key` straight from the store for `expires_in`; `None` when the store
@@ -600,6 +640,19 @@ pub fn is_safe_name(name: &str) -> bool {
         && name
             .split('/')
             .all(|p| !p.is_empty() && p != "." && p != "..")
+}
+
+/// Removes `dir` and every directory beneath it that holds nothing else; a directory still holding files stays.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&entry.path());
+            }
+        }
+    }
+    // Fails, as it should, while anything is left inside.
+    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub struct AgentConfig {
     /// ([`AgentKind::preset_command`]); model agents have none.
     #[serde(default)]
     pub command: Vec<String>,
+    /// argv template of a session turn that resumes the agent's own session (`{agent_session}`: the id the
+    /// session's earlier turns reported). A CLI preset that resumes has one made from `command`; empty: every
+    /// turn runs `command`.
+    #[serde(default)]
+    pub resume: Vec<String>,
     /// Template written to the child's stdin; absent means stdin is empty.
     #[serde(default)]
     pub stdin: Option<String>,
@@ -178,6 +183,37 @@ impl AgentKind {
         matches!(self, Self::Openai | Self::Ollama)
     }
 
+    /// The argv of a session turn that resumes the CLI's own session: `command` with the CLI's resume option,
+    /// `{agent_session}` standing for the id the earlier turns reported. Empty where the kind cannot resume.
+    pub fn resume_command(self, command: &[String]) -> Vec<String> {
+        let mut argv = command.to_vec();
+        let with =
+            |argv: &mut Vec<String>, more: &[&str]| argv.extend(more.iter().map(|s| s.to_string()));
+        match self {
+            Self::ClaudeCode | Self::Gemini | Self::Qwen => {
+                with(&mut argv, &["--resume", "{agent_session}"])
+            }
+            Self::Opencode => with(&mut argv, &["--session", "{agent_session}"]),
+            // Aider keeps its chat in the workspace, which follows the session.
+            Self::Aider => with(&mut argv, &["--restore-chat-history"]),
+            Self::Codex => {
+                // `codex exec resume [OPTIONS] ID PROMPT`: the subcommand right after `exec`, the id before the
+                // prompt.
+                let Some(exec) = argv.iter().position(|a| a == "exec") else {
+                    return Vec::new();
+                };
+                argv.insert(exec + 1, "resume".into());
+                let prompt = argv
+                    .iter()
+                    .position(|a| a.contains("{message}"))
+                    .unwrap_or(argv.len());
+                argv.insert(prompt, "{agent_session}".into());
+            }
+            Self::Command | Self::Openai | Self::Ollama => return Vec::new(),
+        }
+        argv
+    }
+
     /// The non-interactive argv a CLI preset runs when its agent gives no `command`.
     pub fn preset_command(self) -> &'static [&'static str] {
         match self {
@@ -254,6 +290,9 @@ pub(super) fn resolve(
                 .map(|s| s.to_string())
                 .collect();
         }
+        if agent.resume.is_empty() {
+            agent.resume = agent.kind.resume_command(&agent.command);
+        }
         agent.api_key = api_key(name, agent, env)?;
     }
     Ok(())
@@ -310,10 +349,10 @@ pub(super) fn validate_model(name: &str, agent: &AgentConfig) -> Result<(), Conf
             "a model agent needs the model's name",
         ));
     }
-    if !agent.command.is_empty() || agent.stdin.is_some() || agent.pty {
+    if !agent.command.is_empty() || !agent.resume.is_empty() || agent.stdin.is_some() || agent.pty {
         return Err(invalid(
             key("command"),
-            "a model agent runs no process: leave out command, stdin and pty",
+            "a model agent runs no process: leave out command, resume, stdin and pty",
         ));
     }
     if agent.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {

@@ -237,6 +237,11 @@ pub struct ArtifactsConfig {
     pub max_file_bytes: u64,
     pub max_job_bytes: u64,
     pub max_files: usize,
+    /// Where sessions' workspaces are kept in the default store: `<sessions_prefix>/<session id>/…`.
+    pub sessions_prefix: String,
+    /// A session's workspace past this many bytes or files fails the turn that left it so (`workspace_too_large`).
+    pub session_workspace_max_bytes: u64,
+    pub session_workspace_max_files: usize,
     pub sweep_interval_secs: f64,
     /// Hosts a run-time sharing target may name, comma-separated (`*.` prefixes match subdomains); empty: any.
     pub sharing_hosts: String,

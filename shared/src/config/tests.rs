@@ -210,4 +210,23 @@ fn a_cli_preset_runs_its_own_argv_unless_given_one() {
         .command
         .contains(&"stream-json".to_string()));
     assert_eq!(c.agents["mine"].command[0], "/opt/codex");
+    // Resuming the CLI's own session: Claude Code takes an option, Codex a subcommand with the id before the
+    // prompt; a plain command resumes nothing unless told how.
+    assert_eq!(
+        c.agents["claude"].resume[c.agents["claude"].resume.len() - 2..],
+        ["--resume", "{agent_session}"].map(String::from)
+    );
+    assert_eq!(
+        c.agents["mine"].resume,
+        [
+            "/opt/codex",
+            "exec",
+            "resume",
+            "--json",
+            "{agent_session}",
+            "{message}"
+        ]
+        .map(String::from)
+    );
+    assert!(c.agents["echo"].resume.is_empty());
 }

@@ -179,6 +179,23 @@ impl Config {
             }
             target.validate(&format!("artifacts.targets.{name}."))?;
         }
+        self.validate_sessions_prefix()
+    }
+
+    /// Sessions' workspaces are kept until their session is deleted, so they must lie outside the keys the
+    /// artifact sweeper removes after retention.
+    fn validate_sessions_prefix(&self) -> Result<(), ConfigError> {
+        let sessions = self.artifacts.sessions_prefix.trim_matches('/');
+        let jobs = self.artifacts.prefix.trim_matches('/');
+        let within = |inner: &str, outer: &str| {
+            outer.is_empty() || inner == outer || inner.starts_with(&format!("{outer}/"))
+        };
+        if sessions.is_empty() || within(sessions, jobs) || within(jobs, sessions) {
+            return Err(invalid(
+                "artifacts.sessions_prefix",
+                "must be a non-empty prefix outside artifacts.prefix (artifacts there are removed after retention)",
+            ));
+        }
         Ok(())
     }
 

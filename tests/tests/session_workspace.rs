@@ -1,0 +1,175 @@
+//! A session's workspace follows it from turn to turn on whichever worker runs the turn: files a turn leaves are
+//! there for the next (only regular files and directories: links are not kept), at the same path, within a size
+//! cap; a turn killed with its worker, or over the cap, leaves the session's workspace as it was before it; a
+//! deleted session's files are gone.
+
+use fleet_tests::sessions::{create, ended, say};
+use fleet_tests::*;
+use serde_json::Value;
+
+/// `write` leaves files, an empty directory, an executable and a link; `change` reports and appends; `show`
+/// lists what it finds; `big` writes past the cap; `partial` notes whether `partial.txt` was there, writes it
+/// and sleeps.
+const WORKSPACE_AGENT: &str = r#"
+[agents.ws]
+command = ["python3", "-c", """
+import os, sys, time
+m = sys.argv[1]
+print('cwd=' + os.getcwd())
+read = lambda p: open(p).read() if os.path.exists(p) else '-'
+if m == 'write':
+    os.makedirs('notes'); os.makedirs('empty/inner')
+    open('notes/a.txt', 'w').write('one')
+    open('run.sh', 'w').write('#!/bin/sh\\n'); os.chmod('run.sh', 0o755)
+    os.symlink('/etc/hostname', 'escape')
+    open('.fleet/mine', 'w').write('x')
+elif m == 'change':
+    print('a=' + read('notes/a.txt'))
+    open('notes/a.txt', 'a').write(' two')
+    print('exec=%s escape=%s empty=%s fleet=%s' % (os.access('run.sh', os.X_OK),
+        os.path.lexists('escape'), os.path.isdir('empty/inner'), os.path.exists('.fleet/mine')))
+elif m == 'big':
+    open('big.bin', 'wb').write(b'x' * 5000)
+elif m == 'partial':
+    print('partial=%s' % os.path.exists('partial.txt'))
+    open('partial.txt', 'w').write('half')
+    time.sleep(3)
+files = sorted(os.path.join(d, f)[2:] for d, _, fs in os.walk('.') for f in fs if not d.startswith('./.fleet'))
+print('a=' + read('notes/a.txt') + ' files=' + ','.join(files))
+""", "{message}"]
+"#;
+
+fn line<'a>(record: &'a Value, key: &str) -> &'a str {
+    let stdout = record["stdout"].as_str().unwrap_or_default();
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_follow_the_session_from_worker_to_worker_within_the_cap() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(
+        &nats.url(),
+        &[("FLEET_ARTIFACTS_SESSION_WORKSPACE_MAX_BYTES", "4096")],
+        WORKSPACE_AGENT,
+    );
+    let first = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "ws").await;
+
+    let (one, _) = say(&api, &session, "write").await;
+    let one = ended(&api, &one).await;
+    assert_eq!(one["status"], "completed", "{one}");
+    assert_eq!(one["session_workspace"]["files"], 2, "{one}");
+    let cwd = line(&one, "cwd=").to_string();
+    assert!(
+        cwd.ends_with(&format!("sessions/{session}/workspace")),
+        "{cwd}"
+    );
+
+    // Turn 2 on another worker finds turn 1's files, directories and modes (not its link, nor the fleet's own
+    // directory), at the same path, and changes a file.
+    first.stop().await;
+    let second = start_worker(&cfg.config).await;
+    let (two, _) = say(&api, &session, "change").await;
+    let two = ended(&api, &two).await;
+    assert_ne!(two["worker"], one["worker"]);
+    assert_eq!(line(&two, "cwd="), cwd, "the same path on every worker");
+    assert_eq!(line(&two, "a=").split(' ').next(), Some("one"), "{two}");
+    assert_eq!(
+        line(&two, "exec="),
+        "True escape=False empty=True fleet=False",
+        "{two}"
+    );
+    let stored: Vec<&str> = two["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(
+        stored,
+        ["notes/a.txt"],
+        "only what the turn changed is its artifact"
+    );
+
+    // Turn 3 sees the change.
+    let (three, _) = say(&api, &session, "show").await;
+    let three = ended(&api, &three).await;
+    assert_eq!(
+        line(&three, "a="),
+        "one two files=notes/a.txt,run.sh",
+        "{three}"
+    );
+
+    // A turn leaving more than the cap fails, and the session keeps its workspace from before it.
+    let (four, _) = say(&api, &session, "big").await;
+    let four = ended(&api, &four).await;
+    assert_eq!(four["error"]["code"], "workspace_too_large", "{four}");
+    let (five, _) = say(&api, &session, "show").await;
+    let five = ended(&api, &five).await;
+    assert_eq!(
+        line(&five, "a="),
+        "one two files=notes/a.txt,run.sh",
+        "{five}"
+    );
+    let view = api.get(&format!("/v1/sessions/{session}")).await.body;
+    assert_eq!(view["workspace"]["turn"], 2, "{view}");
+
+    // Deleting the session removes its files.
+    let kept = cfg
+        .config
+        .artifacts
+        .local_dir
+        .join("sessions")
+        .join(&session);
+    assert!(kept.exists());
+    let path = format!("/v1/sessions/{session}");
+    let r = api.send(api.request(reqwest::Method::DELETE, &path)).await;
+    assert_eq!(r.status, 204);
+    assert!(!kept.exists(), "{} still there", kept.display());
+    second.stop().await;
+}
+
+/// A worker killed mid-turn leaves the session's workspace as it was: the turn's rerun starts from turn 1's
+/// files, not from what the killed run had half written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_killed_with_its_worker_reruns_from_the_workspace_before_it() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(
+        &nats.url(),
+        &[("FLEET_QUEUE_ACK_WAIT_SECS", "2")],
+        WORKSPACE_AGENT,
+    );
+    let doomed = FleetProcess::worker(&cfg);
+    let gw = start_gateway(&cfg.config).await;
+    wait_for_agents(&cfg.config).await;
+    let api = gw.api();
+    let session = create(&api, "ws").await;
+    let (one, _) = say(&api, &session, "write").await;
+    ended(&api, &one).await;
+
+    let (two, _) = say(&api, &session, "partial").await;
+    api.poll(&format!("/v1/jobs/{two}"), "turn 2 running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    doomed.signal(libc::SIGKILL);
+    let rescuer = start_worker(&cfg.config).await;
+    let two = ended(&api, &two).await;
+    assert_eq!(two["attempt"], 2, "{two}");
+    assert_eq!(line(&two, "partial="), "False", "{two}");
+
+    let (three, _) = say(&api, &session, "show").await;
+    let three = ended(&api, &three).await;
+    assert_eq!(
+        line(&three, "a="),
+        "one files=notes/a.txt,partial.txt,run.sh",
+        "{three}"
+    );
+    rescuer.stop().await;
+}
