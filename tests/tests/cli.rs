@@ -304,3 +304,69 @@ async fn fleet_run_prints_the_whole_output_or_says_what_is_missing() {
     }
     worker.stop().await;
 }
+
+/// `fleet chat`: one turn per line on one session, each answer printed as it comes (a command's output; a CLI
+/// preset's messages and tool calls, not its raw stream), the session kept to go on with; `fleet sessions`,
+/// `fleet session ID` and `--delete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_chat_talks_in_a_session_that_fleet_sessions_lists() {
+    let claude = format!(
+        "[agents.claude]\nkind = \"claude-code\"\ncommand = [\"{}\", \"cat:{}/transcripts/claude-code.jsonl\", \"{{message}}\"]\n",
+        fake_agent(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let hist = r#"
+[agents.hist]
+command = ["python3", "-c", """
+import json, sys
+history = json.load(open(sys.argv[1]))
+print(f"{len(history)}:{sys.argv[2]}:" + '|'.join(t['message'] for t in history))
+""", "{history_file}", "{message}"]
+"#;
+    let nats = NatsServer::start();
+    let cfg = test_config_with(&nats.url(), &[], &format!("{claude}{hist}"));
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    let base = gw.api().base.clone();
+
+    let out = fleet_with_stdin(&base, &["chat", "hist"], "m1\n\nm2\n").await;
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(text(&out.stdout), "0:m1:\n1:m2:m1\n", "{err}");
+    let id = err
+        .split_whitespace()
+        .nth(1)
+        .expect("the session's id first")
+        .to_string();
+    assert!(
+        err.contains(&format!("`fleet chat hist --session {id}`")),
+        "{err}"
+    );
+
+    let out = fleet_with_stdin(&base, &["chat", "hist", "--session", &id], "m3\n").await;
+    assert_eq!(text(&out.stdout), "2:m3:m1|m2\n", "{}", text(&out.stderr));
+    let out = fleet_with_stdin(&base, &["chat", "claude", "--session", &id], "x\n").await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is with agent hist"));
+
+    let out = fleet_with_stdin(&base, &["chat", "claude"], "x\n").await;
+    let (said, err) = (text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("There are two files: a.txt and b.txt."), "{said}");
+    assert!(!said.contains("\"type\""), "not the raw stream: {said}");
+    assert!(err.contains("[tool: "), "{err}");
+
+    let listed = text(&fleet(&base, &["sessions", "--agent", "hist"]).await.stdout);
+    let row = listed.lines().find(|l| l.starts_with(&id)).expect(&listed);
+    assert!(row.contains("hist") && row.contains(" 3 "), "{row}");
+    let shown = text(&fleet(&base, &["session", &id]).await.stdout);
+    assert!(
+        shown.contains("turn 3 · completed") && shown.contains("  > m3\n  2:m3:m1|m2\n"),
+        "{shown}"
+    );
+    let out = fleet(&base, &["session", &id, "--delete"]).await;
+    assert_eq!(text(&out.stdout), format!("session {id} deleted\n"));
+    let out = fleet(&base, &["session", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("session_not_found"));
+    worker.stop().await;
+}

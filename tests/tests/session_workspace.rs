@@ -6,6 +6,7 @@
 use fleet_tests::sessions::{create, ended, say};
 use fleet_tests::*;
 use serde_json::Value;
+use std::time::Duration;
 
 /// `write` leaves files, an empty directory, an executable and a link; `change` reports and appends; `show`
 /// lists what it finds; `big` writes past the cap; `partial` notes whether `partial.txt` was there, writes it
@@ -46,6 +47,21 @@ fn line<'a>(record: &'a Value, key: &str) -> &'a str {
         .rev()
         .find_map(|l| l.strip_prefix(key))
         .unwrap_or_default()
+}
+
+fn tar_names(path: &std::path::Path) -> Vec<String> {
+    let file = std::fs::File::open(path).expect("pack");
+    let mut archive = tar::Archive::new(file);
+    let entries = archive.entries().expect("a tar");
+    entries
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("name")
+                .display()
+                .to_string()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,6 +120,36 @@ async fn files_follow_the_session_from_worker_to_worker_within_the_cap() {
         line(&three, "a="),
         "one two files=notes/a.txt,run.sh",
         "{three}"
+    );
+
+    // Turn 2 sent only its change: a pack holding notes/a.txt alone, beside turn 1's still read for run.sh;
+    // turn 1's replaced manifest is removed.
+    let kept = cfg
+        .config
+        .artifacts
+        .local_dir
+        .join("sessions")
+        .join(&session);
+    let names = |dir: &str| -> Vec<std::path::PathBuf> {
+        let entries = std::fs::read_dir(kept.join(dir)).into_iter().flatten();
+        let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        paths
+    };
+    eventually(
+        "the replaced state removed",
+        Duration::from_secs(10),
+        || {
+            let left = names("state").len();
+            async move { left == 1 }
+        },
+    )
+    .await;
+    let packs: Vec<Vec<String>> = names("packs").iter().map(|p| tar_names(p)).collect();
+    assert_eq!(
+        packs,
+        [vec!["notes/a.txt", "run.sh"], vec!["notes/a.txt"]],
+        "packs in the order written"
     );
 
     // A turn leaving more than the cap fails, and the session keeps its workspace from before it.

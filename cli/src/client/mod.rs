@@ -6,6 +6,7 @@ mod download;
 mod http;
 pub(crate) mod humane;
 mod run;
+mod sessions;
 mod show;
 
 use std::path::PathBuf;
@@ -69,6 +70,33 @@ pub enum ClientCommand {
         #[command(flatten)]
         conn: ClientArgs,
     },
+    /// Talk with an agent in a session: one message per line, each answer printed as it comes. A new session
+    /// unless --session names one.
+    Chat {
+        #[command(flatten)]
+        conn: ClientArgs,
+        agent: String,
+        /// Go on with this session.
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// List your sessions, newest first.
+    Sessions {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show a session's turns (or delete it, its history and its files, with --delete).
+    Session {
+        #[command(flatten)]
+        conn: ClientArgs,
+        id: String,
+        #[arg(long)]
+        delete: bool,
+    },
     /// Save a job's files into DIR (default: the current directory).
     Download {
         #[command(flatten)]
@@ -89,6 +117,9 @@ impl ClientCommand {
             | ClientCommand::Jobs { conn, .. }
             | ClientCommand::Agents { conn }
             | ClientCommand::Workers { conn }
+            | ClientCommand::Chat { conn, .. }
+            | ClientCommand::Sessions { conn, .. }
+            | ClientCommand::Session { conn, .. }
             | ClientCommand::Download { conn, .. } => conn,
         }
     }
@@ -143,6 +174,35 @@ pub async fn run(early: EarlyClientArgs, mut command: ClientCommand) -> Result<i
             })
             .await
         }
+        ClientCommand::Chat { agent, session, .. } => {
+            sessions::chat(&client, &agent, session).await
+        }
+        ClientCommand::Sessions { agent, limit, .. } => {
+            let path = with_query(
+                "/v1/sessions",
+                &[("limit", Some(limit.to_string())), ("agent", agent)],
+            );
+            list(&client, &path, |l: &sessions::SessionList| {
+                sessions::list(l, now)
+            })
+            .await
+        }
+        ClientCommand::Session {
+            id, delete: true, ..
+        } => {
+            let path = client.url(&format!("/v1/sessions/{id}"));
+            client.send(client.http.delete(path)).await?;
+            let line = format!("session {id} deleted");
+            client.print_value(&json!({"session_id": id, "deleted": true}), &line);
+            Ok(0)
+        }
+        ClientCommand::Session { id, .. } => {
+            let path = format!("/v1/sessions/{id}");
+            list(&client, &path, |v: &sessions::SessionView| {
+                sessions::show(v, now)
+            })
+            .await
+        }
         ClientCommand::Download { id, dir, .. } => {
             let record: JobRecord = client.get(&format!("/v1/jobs/{id}")).await?;
             client
@@ -177,26 +237,30 @@ pub struct JobFilters {
 
 impl JobFilters {
     fn path(&self) -> String {
-        let mut url = reqwest::Url::parse("http://gateway/v1/jobs").expect("a valid base");
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("limit", &self.limit.to_string());
-            let optional = [
-                ("agent", &self.agent),
-                ("status", &self.status),
-                ("q", &self.search),
-                ("cursor", &self.cursor),
-            ];
-            for (name, value) in optional {
-                if let Some(v) = value {
-                    q.append_pair(name, v);
-                }
-            }
-            if self.oldest {
-                q.append_pair("order", "oldest");
-            }
+        let params = [
+            ("limit", Some(self.limit.to_string())),
+            ("agent", self.agent.clone()),
+            ("status", self.status.clone()),
+            ("q", self.search.clone()),
+            ("cursor", self.cursor.clone()),
+            ("order", self.oldest.then(|| "oldest".to_string())),
+        ];
+        with_query("/v1/jobs", &params)
+    }
+}
+
+/// `path` with the query parameters that have a value.
+fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let mut url = reqwest::Url::parse("http://gateway/").expect("a valid base");
+    url.set_path(path);
+    for (name, value) in params {
+        if let Some(value) = value {
+            url.query_pairs_mut().append_pair(name, value);
         }
-        format!("/v1/jobs?{}", url.query().unwrap_or_default())
+    }
+    match url.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_string(),
     }
 }
 

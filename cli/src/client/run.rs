@@ -45,10 +45,32 @@ pub struct RunArgs {
 
 /// Output already printed for the attempt being watched, so the end adds only what is missing.
 #[derive(Default)]
-struct Printed {
+pub(super) struct Printed {
     attempt: u32,
     stdout: u64,
     stderr: u64,
+    /// Bytes of the agent's messages printed (`Follow::Chat`).
+    pub(super) messages: u64,
+    /// The last thing printed was a piece of a message not ending its line.
+    pub(super) open_line: bool,
+}
+
+impl Printed {
+    pub(super) fn anything(&self) -> bool {
+        self.stdout + self.stderr + self.messages > 0
+    }
+}
+
+/// What watching a job prints while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// Only that it started.
+    Quiet,
+    /// Its output as it comes.
+    Output,
+    /// A conversation: what the agent says (its messages, or its output where it has none) and the tools it
+    /// calls, without the fleet's own lines.
+    Chat,
 }
 
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
@@ -63,8 +85,13 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     }
     let asked =
         std::io::stdin().is_terminal() && args.message.as_deref() != Some("-") && !args.stdin;
+    let follow = if args.follow {
+        Follow::Output
+    } else {
+        Follow::Quiet
+    };
     let watched = tokio::select! {
-        r = watch(client, &id, args.follow) => r?,
+        r = watch(client, &id, follow) => r?,
         _ = tokio::signal::ctrl_c() => return interrupted(client, &id, args.cancel_on_interrupt, asked).await,
     };
     let (record, printed) = watched;
@@ -84,7 +111,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
 pub async fn logs(client: &Client, id: &str, follow: bool) -> Result<i32> {
     let record: JobRecord = client.get(&format!("/v1/jobs/{id}")).await?;
     let (record, printed) = if follow && !record.status.is_terminal() {
-        watch(client, id, true).await?
+        watch(client, id, Follow::Output).await?
     } else {
         (record, Printed::default())
     };
@@ -143,9 +170,13 @@ async fn confirm(question: &str) -> bool {
     }
 }
 
-/// Follows the job's events until its end: prints `running` when a worker starts it and, with `live`, the output
+/// Follows the job's events until its end: prints `running` when a worker starts it and, as `follow` says, the output
 /// as it comes. Reconnects where it left off when the gateway says the listener fell behind or the stream drops.
-async fn watch(client: &Client, id: &str, live: bool) -> Result<(JobRecord, Printed)> {
+pub(super) async fn watch(
+    client: &Client,
+    id: &str,
+    follow: Follow,
+) -> Result<(JobRecord, Printed)> {
     let mut printed = Printed::default();
     let mut last_id: Option<String> = None;
     for round in 0..100 {
@@ -178,7 +209,7 @@ async fn watch(client: &Client, id: &str, live: bool) -> Result<(JobRecord, Prin
                 if let JobEvent::End { record, .. } = event {
                     return Ok((*record, printed));
                 }
-                client.show_event(id, event, live, &mut printed)?;
+                client.show_event(id, event, follow, &mut printed)?;
             }
         }
     }
@@ -193,9 +224,10 @@ impl Client {
         &self,
         id: &str,
         event: JobEvent,
-        live: bool,
+        follow: Follow,
         printed: &mut Printed,
     ) -> Result<()> {
+        let live = follow != Follow::Quiet && !self.json;
         match event {
             JobEvent::Status {
                 attempt, worker, ..
@@ -207,7 +239,7 @@ impl Client {
                     attempt,
                     ..Printed::default()
                 };
-                if !self.json {
+                if !self.json && follow != Follow::Chat {
                     eprintln!("job {id} running on {worker} (attempt {attempt})");
                 }
             }
@@ -216,7 +248,7 @@ impl Client {
                 attempt,
                 text,
                 ..
-            } if live && !self.json => {
+            } if live => {
                 if attempt != printed.attempt {
                     *printed = Printed {
                         attempt,
@@ -234,6 +266,18 @@ impl Client {
                         printed.stderr += text.len() as u64;
                     }
                 }
+            }
+            JobEvent::Message { text, delta, .. } if live && follow == Follow::Chat => {
+                print!("{text}");
+                if !delta {
+                    println!();
+                }
+                std::io::stdout().flush()?;
+                printed.messages += text.len() as u64;
+                printed.open_line = delta && !text.ends_with('\n');
+            }
+            JobEvent::ToolCall { name, .. } if live && follow == Follow::Chat => {
+                eprintln!("[tool: {name}]");
             }
             _ => {}
         }

@@ -16,6 +16,13 @@ pub fn status(r: &JobRecord, now: DateTime<Utc>) {
         "submitted",
         humane::time_and_age(r.request.submitted_at, now),
     );
+    if let Some(st) = &r.request.session {
+        row("session", format!("{} (turn {})", st.session_id, st.turn));
+    }
+    if let Some(w) = &r.session_workspace {
+        let size = crate::summary::bytes(w.bytes);
+        row("workspace", format!("{} files, {size}, kept for the next turn", w.files));
+    }
     if r.attempt > 0 {
         row("attempt", r.attempt.to_string());
     }
