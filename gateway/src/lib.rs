@@ -87,7 +87,7 @@ pub fn job_routes() -> Vec<JobRoute> {
 }
 
 pub fn app(state: AppState) -> Router {
-    use routes::{chat, compat, jobs, keys, sessions, sharing, system};
+    use routes::{chat, compat, conversations, jobs, keys, sessions, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
     let mut router = Router::new();
     for route in job_routes() {
@@ -111,6 +111,10 @@ pub fn app(state: AppState) -> Router {
             get(sessions::get).delete(sessions::delete),
         )
         .route("/v1/sessions/{id}/messages", post(sessions::message))
+        .route("/v1/conversations", post(conversations::create))
+        .route("/v1/conversations/{id}", get(conversations::get))
+        .route("/v1/conversations/{id}/cancel", post(conversations::cancel))
+        .route("/v1/conversations/{id}/events", get(conversations::events))
         .route("/v1/models", get(chat::models))
         .route("/v1/workers", get(system::workers))
         .route("/v1/me", get(system::me))

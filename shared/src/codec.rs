@@ -114,6 +114,12 @@ mod tests {
                 session_id: new_job_id(),
                 turn: 2,
             }),
+            conversation: Some(crate::conversation::ConversationStep {
+                conversation_id: new_job_id(),
+                exchange: 2,
+                follows: Some(new_job_id()),
+                stop_when: Some("done".into()),
+            }),
         })
     }
 

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod chat;
 pub mod codec;
 pub mod config;
+pub mod conversation;
 pub mod error_code;
 pub mod keys;
 pub mod lifecycle;

@@ -177,6 +177,15 @@ impl JobRecord {
         self
     }
 
+    /// A conversation's exchange told its message (the answer of the exchange before) as it is about to run.
+    pub fn told(mut self, message: String) -> Self {
+        debug_assert_eq!(self.status, JobStatus::Queued);
+        self.request.message = message;
+        self.waiting = None;
+        self.updated_at = Utc::now();
+        self
+    }
+
     /// Given back to the queue by a worker that stops (its attempt still counted).
     pub fn handed_back(mut self) -> Self {
         debug_assert!(may_become(self.status, JobStatus::Queued));
@@ -195,6 +204,14 @@ impl JobRecord {
                 ErrorCode::Cancelled,
                 "cancelled before it started",
             )),
+        )
+    }
+
+    /// Ended before any worker ran it, because what it was part of stopped (a conversation that ended).
+    pub fn stopped_before_start(self, why: String) -> Self {
+        self.ended(
+            JobStatus::Cancelled,
+            Some(JobError::new(ErrorCode::Cancelled, why)),
         )
     }
 

@@ -47,6 +47,9 @@ pub struct PublishedJob {
     pub sampling: crate::chat::Sampling,
     #[serde(default)]
     pub session: Option<crate::session::SessionTurn>,
+    /// Honoured only on a session turn a gateway gave this job (the worker checks).
+    #[serde(default)]
+    pub conversation: Option<crate::conversation::ConversationStep>,
 }
 
 impl PublishedJob {
@@ -75,6 +78,7 @@ impl PublishedJob {
             chat: self.chat,
             sampling: self.sampling,
             session: self.session,
+            conversation: self.conversation,
         }
     }
 }

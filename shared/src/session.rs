@@ -164,6 +164,26 @@ impl SessionStore {
             .map_err(unavailable)
     }
 
+    pub async fn conversation(
+        &self,
+        id: &Uuid,
+    ) -> Result<Option<crate::conversation::ConversationRecord>, SessionStoreError> {
+        let key = crate::conversation::conversation_key(id);
+        Ok(self.read(&key).await?.map(|stored| stored.value))
+    }
+
+    pub async fn create_conversation(
+        &self,
+        conversation: &crate::conversation::ConversationRecord,
+    ) -> Result<(), SessionStoreError> {
+        let key = crate::conversation::conversation_key(&conversation.conversation_id);
+        self.bucket
+            .create(&key, to_msgpack(conversation).into())
+            .await
+            .map(drop)
+            .map_err(unavailable)
+    }
+
     /// Takes the next turn number for `make(turn)`: the turn's key is created (never overwritten, so two
     /// gateways accepting at once get different numbers), then the session's count follows.
     pub async fn append(
@@ -281,6 +301,22 @@ impl SessionStore {
         })
         .await?;
         Ok(replaced.into_inner().unwrap_or_default())
+    }
+
+    /// Sets what turn `turn` was asked (a conversation's exchange learns its message only when it runs).
+    pub async fn set_turn_message(
+        &self,
+        id: &Uuid,
+        turn: u32,
+        message: &str,
+    ) -> Result<(), SessionStoreError> {
+        let message = kept(message);
+        self.update(&turn_key(id, turn), |t: &mut Turn| {
+            let changed = t.message != message;
+            t.message = message.clone();
+            changed
+        })
+        .await
     }
 
     /// Turns `from..=to` that exist, in order.

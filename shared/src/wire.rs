@@ -62,6 +62,9 @@ pub struct JobRequest {
     /// The session and turn this job is, when it is a session's turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<crate::session::SessionTurn>,
+    /// The conversation and exchange this job is, when it is one (always also a session's turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<crate::conversation::ConversationStep>,
 }
 
 fn default_true() -> bool {
@@ -159,6 +162,7 @@ impl JobRequest {
             chat: Vec::new(),
             sampling: Default::default(),
             session: None,
+            conversation: None,
         }
     }
 

@@ -351,7 +351,10 @@ print(f"{len(history)}:{sys.argv[2]}:" + '|'.join(t['message'] for t in history)
 
     let out = fleet_with_stdin(&base, &["chat", "claude"], "x\n").await;
     let (said, err) = (text(&out.stdout), text(&out.stderr));
-    assert!(said.contains("There are two files: a.txt and b.txt."), "{said}");
+    assert!(
+        said.contains("There are two files: a.txt and b.txt."),
+        "{said}"
+    );
     assert!(!said.contains("\"type\""), "not the raw stream: {said}");
     assert!(err.contains("[tool: "), "{err}");
 

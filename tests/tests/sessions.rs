@@ -288,6 +288,14 @@ async fn a_job_naming_a_session_turn_that_is_not_its_own_is_refused_and_changes_
         assert_eq!(record["error"]["code"], "invalid_job", "{record}");
         assert_eq!(record["stdout"], "", "it never ran: {record}");
     }
+    // Nor may a publisher make another job's answer its message by posing as a conversation's exchange.
+    let id = uuid::Uuid::now_v7().to_string();
+    let job = json!({"id": id, "agent": "hist", "message": "leak",
+        "conversation": {"conversation_id": session, "exchange": 2, "follows": one}});
+    publisher.publish_job("hist", &job).await;
+    let record = ended(&api, &id).await;
+    assert_eq!(record["error"]["code"], "invalid_job", "{record}");
+    assert_eq!(record["stdout"], "", "it never ran: {record}");
     let after = api.get(&format!("/v1/sessions/{session}")).await.body;
     assert_eq!(after["turns"], before["turns"], "the session is as it was");
     worker.stop().await;

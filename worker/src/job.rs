@@ -90,32 +90,27 @@ async fn run_job(
         tracing::warn!("no configuration for this agent on this worker; handing the job back");
         return Settle::Retry(Some(Duration::from_secs(1)));
     };
-    let (queued, queued_revision) = match queued_record(shared, &key, &intake).await {
+    let (mut queued, queued_revision) = match queued_record(shared, &key, &intake).await {
         Ok(found) => found,
         Err(settle) => return settle,
     };
     if shared.cancels.is_requested(&queued.id, intake.generation) {
         return cancel_before_start(shared, &key, queued, intake.format).await;
     }
-    let start = match queued.request.session {
-        Some(turn) => match crate::session::gate(shared, &queued.id, &turn, delivered).await {
-            Ok(crate::session::Gate::Go(start)) => start,
-            Ok(crate::session::Gate::Wait(delay)) => {
-                crate::session::mark_waiting(shared, &key, &turn).await;
-                return Settle::Retry(Some(delay));
-            }
-            Ok(crate::session::Gate::Refuse(why)) => {
-                tracing::warn!(reason = %why, "refusing a session turn");
-                let error = JobError::new(ErrorCode::InvalidJob, why);
-                return end_unrun(shared, &key, queued, error, intake.format).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the job's session failed; retrying later");
-                return Settle::Retry(Some(Duration::from_secs(1)));
-            }
-        },
-        None => crate::session::Start::default(),
+    let start = match session_start(shared, &key, &queued, delivered).await {
+        Ok(start) => start,
+        Err(Unrun::Settled(settle)) => return settle,
+        Err(Unrun::Ended(ending)) => {
+            return end_unrun(shared, &key, queued, ending, intake.format).await
+        }
     };
+    if let Some(message) = &start.message {
+        if let Err(e) = crate::session::record_message(shared, &key, message).await {
+            tracing::warn!(error = %e, "recording the exchange's message failed; retrying later");
+            return Settle::Retry(Some(Duration::from_secs(1)));
+        }
+        queued.request.message = message.clone();
+    }
     let registration = shared.cancels.register(queued.id, intake.generation);
     // First deliveries run at once and claim only if they outlive the claim delay; redeliveries (a worker was
     // lost, or handed the job back) claim first, so every attempt that could have died is counted.
@@ -144,6 +139,59 @@ async fn run_job(
     };
     let attempted = attempt::run(shared, &job, &mut progress).await;
     record_attempt(shared, &job, intake.format, progress, attempted).await
+}
+
+/// Why a job is ended or handed back without a run.
+enum Unrun {
+    Settled(Settle),
+    Ended(NeverRun),
+}
+
+/// How a job that never runs ends.
+enum NeverRun {
+    /// It must not run (refused): `failed`.
+    Refused(JobError),
+    /// What it was part of ended first: `cancelled`, saying why.
+    Stopped(String),
+}
+
+/// What a session's turn starts from, once the turns (and the conversation's exchange) before it have ended.
+async fn session_start(
+    shared: &Shared,
+    key: &str,
+    queued: &JobRecord,
+    delivered: i64,
+) -> Result<crate::session::Start, Unrun> {
+    use crate::session::Gate;
+    let Some(turn) = queued.request.session else {
+        if queued.request.conversation.is_some() {
+            let why =
+                "a conversation's exchange is always a session's turn, which only a gateway gives";
+            let error = JobError::new(ErrorCode::InvalidJob, why);
+            return Err(Unrun::Ended(NeverRun::Refused(error)));
+        }
+        return Ok(crate::session::Start::default());
+    };
+    match crate::session::gate(shared, &queued.request, &turn, delivered).await {
+        Ok(Gate::Go(start)) => Ok(start),
+        Ok(Gate::Wait(delay, why)) => {
+            crate::session::mark_waiting(shared, key, why).await;
+            Err(Unrun::Settled(Settle::Retry(Some(delay))))
+        }
+        Ok(Gate::Refuse(why)) => {
+            tracing::warn!(reason = %why, "refusing a session turn");
+            let error = JobError::new(ErrorCode::InvalidJob, why);
+            Err(Unrun::Ended(NeverRun::Refused(error)))
+        }
+        Ok(Gate::Stop(why)) => {
+            tracing::info!(reason = %why, "not running a conversation's exchange");
+            Err(Unrun::Ended(NeverRun::Stopped(why)))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the job's session failed; retrying later");
+            Err(Unrun::Settled(Settle::Retry(Some(Duration::from_secs(1)))))
+        }
+    }
 }
 
 /// The job's `queued` record and the revision a claim must expect: the gateway's (named in the message), or for a
@@ -376,29 +424,31 @@ async fn check_direct_publish(
     Some(Settle::Ack)
 }
 
-/// A job that must not run: recorded failed with `error` unless it already ended; a message naming no job of a
+/// A job that never runs: recorded as `ending` says unless it already ended; a message naming no job of a
 /// gateway's is recorded only under an id no job has.
 async fn end_unrun(
     shared: &Shared,
     key: &str,
     queued: JobRecord,
-    error: JobError,
+    ending: NeverRun,
     format: Format,
 ) -> Settle {
+    let end = |record: JobRecord| match &ending {
+        NeverRun::Refused(error) => record.failed(error.clone()),
+        NeverRun::Stopped(why) => record.stopped_before_start(why.clone()),
+    };
     match records::current(&shared.records, key).await {
         Ok(Some(held)) if held.record.status.is_terminal() => Settle::Ack,
         Ok(Some(held)) => {
-            let record = held.record.failed(error);
+            let record = end(held.record);
             write_and_announce(shared, key, record, held.revision, format, false).await
         }
         Ok(None) => {
-            refuse(
-                shared,
-                key,
-                JobRecord::failed_without_run(queued.request, error),
-                format,
-            )
-            .await
+            let record = match ending {
+                NeverRun::Refused(error) => JobRecord::failed_without_run(queued.request, error),
+                NeverRun::Stopped(_) => end(queued),
+            };
+            refuse(shared, key, record, format).await
         }
         Err(e) => {
             tracing::warn!(error = %e, "reading the job's record failed; retrying later");

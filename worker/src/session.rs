@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_shared::record_store::{self as records, Replaced};
+use fleet_shared::conversation::{self, ConversationStep};
+use fleet_shared::record_store as records;
 use fleet_shared::session::{self, SessionStoreError, SessionTurn, Turn};
 use fleet_shared::session_workspace::WorkspaceRef;
 use fleet_shared::wire::InputFile;
-use fleet_shared::{JobRecord, JobStatus};
+use fleet_shared::{JobRecord, JobRequest, JobStatus};
 use serde::Serialize;
 
 use crate::Shared;
@@ -26,11 +27,13 @@ pub enum Gate {
     /// It may: from the earlier turns, oldest first (at most `session::HISTORY_TURNS`), and the workspace the
     /// session keeps.
     Go(Start),
-    /// The turn before it has not ended: hand the message back for this long.
-    Wait(Duration),
+    /// The turn before it has not ended: hand the message back for this long; what it waits for.
+    Wait(Duration, String),
     /// It never may: its session has no such turn for this job (deleted, or a publisher naming a session that
     /// is not its own: only a gateway, after the owner's check, gives a job a turn).
     Refuse(String),
+    /// It never will: the conversation it is part of has ended before it.
+    Stop(String),
 }
 
 /// What a turn starts from.
@@ -40,26 +43,50 @@ pub struct Start {
     pub workspace: Option<WorkspaceRef>,
     /// The agent's own session id, as the turns before reported it.
     pub agent_session: Option<String>,
+    /// A conversation's exchange: its message, the answer of the exchange before.
+    pub message: Option<String>,
 }
 
-/// Decides whether turn `st` of job `job_id` runs now; `delivered` counts the message's deliveries (waits grow
-/// with it).
+/// Decides whether `request`, turn `st` of its session, runs now; `delivered` counts the message's deliveries
+/// (waits grow with it).
 pub async fn gate(
     shared: &Shared,
-    job_id: &uuid::Uuid,
+    request: &JobRequest,
     st: &SessionTurn,
     delivered: i64,
 ) -> Result<Gate, SessionStoreError> {
     let own = shared.sessions.turn(&st.session_id, st.turn).await?;
-    if own.as_ref().is_none_or(|t| t.value.job_id != *job_id) {
+    if own.as_ref().is_none_or(|t| t.value.job_id != request.id) {
         return Ok(Gate::Refuse(format!(
             "session {} has no turn {} for this job (deleted, or not this job's to join)",
             st.session_id, st.turn
         )));
     }
+    let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
+    let delay = Duration::from_millis(100) * 2u32.pow(steps - 1);
     if st.turn > 1 && !previous_ended(shared, st).await? {
-        let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
-        return Ok(Gate::Wait(Duration::from_millis(100) * 2u32.pow(steps - 1)));
+        let why = format!("waiting for turn {} of its session to end", st.turn - 1);
+        return Ok(Gate::Wait(delay, why));
+    }
+    let message = match &request.conversation {
+        None => None,
+        Some(step) => match said_before(shared, step, request.submitted_at).await? {
+            Said::Message(message) => message,
+            Said::Wait => {
+                let why = format!(
+                    "waiting for exchange {} of its conversation to end",
+                    step.exchange - 1
+                );
+                return Ok(Gate::Wait(delay, why));
+            }
+            Said::Stop(why) => return Ok(Gate::Stop(why)),
+        },
+    };
+    if let Some(message) = &message {
+        shared
+            .sessions
+            .set_turn_message(&st.session_id, st.turn, message)
+            .await?;
     }
     let from = st.turn.saturating_sub(session::HISTORY_TURNS).max(1);
     let history = shared
@@ -74,7 +101,57 @@ pub async fn gate(
         history,
         workspace,
         agent_session,
+        message,
     }))
+}
+
+/// What the exchange before a conversation's exchange said.
+enum Said {
+    /// Its answer, this exchange's message (none for the opening exchange, whose message is its own).
+    Message(Option<String>),
+    Wait,
+    Stop(String),
+}
+
+async fn said_before(
+    shared: &Shared,
+    step: &ConversationStep,
+    submitted_at: chrono::DateTime<Utc>,
+) -> Result<Said, SessionStoreError> {
+    let Some(follows) = step.follows else {
+        return Ok(Said::Message(None));
+    };
+    let key = shared.topology.record_key(&follows);
+    let held = records::current(&shared.records, &key)
+        .await
+        .map_err(|e| SessionStoreError::Unavailable(e.to_string()))?;
+    let before = step.exchange - 1;
+    let Some(held) = held else {
+        if Utc::now() - submitted_at > UNQUEUED_GRACE {
+            let why = format!("the conversation stopped: exchange {before} was never queued");
+            return Ok(Said::Stop(why));
+        }
+        return Ok(Said::Wait);
+    };
+    let record = held.record;
+    match record.status {
+        JobStatus::Completed => {}
+        status if status.is_terminal() => {
+            let why = format!(
+                "the conversation stopped: exchange {before} ended {}",
+                status.as_str()
+            );
+            return Ok(Said::Stop(why));
+        }
+        _ => return Ok(Said::Wait),
+    }
+    let answer = record
+        .answer
+        .unwrap_or_else(|| record.stdout.trim_end().to_string());
+    Ok(match conversation::next_runs(&answer, step) {
+        Ok(()) => Said::Message(Some(answer)),
+        Err(why) => Said::Stop(why),
+    })
 }
 
 /// Whether the turn before `st` has ended, reconciling its entry with its job's record when the worker that ran
@@ -159,29 +236,47 @@ fn forget_later(shared: &Shared, session: uuid::Uuid, old: WorkspaceRef, new: Wo
 }
 
 /// Says in a waiting turn's record what it waits for (once; the record stays `queued`).
-pub async fn mark_waiting(shared: &Shared, key: &str, st: &SessionTurn) {
-    let why = format!("waiting for turn {} of its session to end", st.turn - 1);
-    let Ok(Some(held)) = records::current(&shared.records, key).await else {
-        return;
+pub async fn mark_waiting(shared: &Shared, key: &str, why: String) {
+    let noting = amend_queued(shared, key, |record| {
+        (record.waiting.as_deref() != Some(why.as_str())).then(|| record.waiting_for(why.clone()))
+    });
+    if let Err(e) = noting.await {
+        tracing::debug!(error = %e, "noting what the turn waits for failed");
+    }
+}
+
+/// Writes a conversation's exchange's message into its `queued` record before it is claimed, so its record
+/// says what it was told from the moment it runs.
+pub async fn record_message(
+    shared: &Shared,
+    key: &str,
+    message: &str,
+) -> Result<(), fleet_shared::record_store::RecordError> {
+    amend_queued(shared, key, |record| {
+        (record.request.message != message).then(|| record.told(message.to_string()))
+    })
+    .await
+}
+
+/// Replaces the job's stored `queued` record with `amend`'s (none: nothing to change). A record that moved on
+/// meanwhile (claimed, cancelled) is left as it is: what moved it says more.
+async fn amend_queued(
+    shared: &Shared,
+    key: &str,
+    amend: impl Fn(JobRecord) -> Option<JobRecord>,
+) -> Result<(), fleet_shared::record_store::RecordError> {
+    let Some(held) = records::current(&shared.records, key).await? else {
+        return Ok(());
     };
     let (Some(revision), JobStatus::Queued) = (held.revision, held.record.status) else {
-        return;
+        return Ok(());
     };
-    if held.record.waiting.as_deref() == Some(why.as_str()) {
-        return;
-    }
-    match records::replace(
-        &shared.records,
-        key,
-        &held.record.waiting_for(why),
-        revision,
-    )
-    .await
-    {
-        // Moved: a claim or a cancel came first, and says more than this would.
-        Ok(Replaced::Written(_) | Replaced::Moved) => {}
-        Err(e) => tracing::debug!(error = %e, "noting what the turn waits for failed"),
-    }
+    let Some(amended) = amend(held.record) else {
+        return Ok(());
+    };
+    records::replace(&shared.records, key, &amended, revision)
+        .await
+        .map(|_| ())
 }
 
 #[derive(Serialize)]

@@ -21,7 +21,10 @@ pub fn status(r: &JobRecord, now: DateTime<Utc>) {
     }
     if let Some(w) = &r.session_workspace {
         let size = crate::summary::bytes(w.bytes);
-        row("workspace", format!("{} files, {size}, kept for the next turn", w.files));
+        row(
+            "workspace",
+            format!("{} files, {size}, kept for the next turn", w.files),
+        );
     }
     if r.attempt > 0 {
         row("attempt", r.attempt.to_string());

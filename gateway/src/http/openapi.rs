@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::routes::{
-    artifacts, chat, compat, events, jobs, keys, links, sessions, sharing, system,
+    artifacts, chat, compat, conversations, events, jobs, keys, links, sessions, sharing, system,
 };
 use crate::state::AppState;
 
@@ -24,6 +24,7 @@ use crate::state::AppState;
         compat::generate, compat::info, compat::stats, sharing::configure, sharing::current,
         keys::create, keys::list, keys::revoke, chat::completions, chat::models,
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::message,
+        conversations::create, conversations::get, conversations::cancel, conversations::events,
     ),
     modifiers(&CommonContract),
     tags(
@@ -34,7 +35,7 @@ use crate::state::AppState;
         (name = "auth", description = "Sign-in tokens for configured users"),
         (name = "keys", description = "API keys (the `manage_keys` scope)"),
         (name = "openai", description = "OpenAI-compatible front door: model agents as OpenAI models"),
-        (name = "sessions", description = "Conversations with an agent that continue on any worker"),
+        (name = "sessions", description = "Conversations with an agent that continue on any worker, and between agents"),
     )
 )]
 pub struct ApiDoc;

@@ -5,6 +5,7 @@
 pub mod cancel;
 pub mod chat;
 pub mod completed;
+pub mod conversations;
 pub mod follow;
 pub mod history;
 pub mod index;

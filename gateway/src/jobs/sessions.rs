@@ -16,7 +16,7 @@ use crate::jobs::records;
 use crate::jobs::submit::{submit, Submission, Submitted};
 use crate::state::AppState;
 
-fn store_error(e: SessionStoreError) -> ApiError {
+pub fn store_error(e: SessionStoreError) -> ApiError {
     ApiError::unavailable("the session store failed", e)
 }
 
@@ -122,6 +122,8 @@ pub async fn turns(state: &AppState, session: &SessionRecord) -> Result<Vec<Turn
 
 /// What a message to a session asks.
 pub struct Message {
+    /// The turn's job id, where the caller picked it beforehand (a conversation's exchanges name each other).
+    pub job_id: Option<Uuid>,
     pub message: String,
     pub context: Option<String>,
     pub timeout: Option<f64>,
@@ -129,11 +131,14 @@ pub struct Message {
     pub input_files: Vec<fleet_shared::wire::InputFile>,
     pub artifact_target: Option<String>,
     pub return_files: bool,
+    /// The conversation exchange the turn is.
+    pub conversation: Option<fleet_shared::conversation::ConversationStep>,
 }
 
 impl Default for Message {
     fn default() -> Self {
         Self {
+            job_id: None,
             message: String::new(),
             context: None,
             timeout: None,
@@ -141,6 +146,7 @@ impl Default for Message {
             input_files: Vec::new(),
             artifact_target: None,
             return_files: true,
+            conversation: None,
         }
     }
 }
@@ -154,7 +160,9 @@ pub async fn take_turn(
     message: Message,
 ) -> Result<(Turn, Submitted), ApiError> {
     caller.may_run(&session.agent)?;
-    let job_id = fleet_shared::wire::new_job_id();
+    let job_id = message
+        .job_id
+        .unwrap_or_else(fleet_shared::wire::new_job_id);
     let kept = session::kept(&message.message);
     let make = |turn| Turn {
         turn,
@@ -187,6 +195,7 @@ pub async fn take_turn(
             session_id: id,
             turn: turn.turn,
         }),
+        conversation: message.conversation,
         ..Default::default()
     };
     match submit(state, caller, sub).await {

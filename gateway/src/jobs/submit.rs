@@ -44,6 +44,8 @@ pub struct Submission {
     pub sampling: fleet_shared::chat::Sampling,
     /// The session turn this job is (set by the sessions service only).
     pub session: Option<fleet_shared::session::SessionTurn>,
+    /// The conversation exchange this job is (set by the conversations service only).
+    pub conversation: Option<fleet_shared::conversation::ConversationStep>,
 }
 
 pub struct Submitted {
@@ -85,6 +87,7 @@ pub async fn submit(
         chat: sub.chat,
         sampling: sub.sampling,
         session: sub.session,
+        conversation: sub.conversation,
     };
     check_request(state, caller, &request).await?;
     if let Some(key) = &sub.idempotency_key {

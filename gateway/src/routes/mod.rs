@@ -3,6 +3,7 @@
 pub mod artifacts;
 pub mod chat;
 pub mod compat;
+pub mod conversations;
 pub mod events;
 pub mod jobs;
 pub mod keys;

@@ -203,6 +203,7 @@ pub async fn turn_from_job(
         input_files: body.input_files,
         artifact_target: body.artifact_target,
         return_files: body.return_files,
+        ..Message::default()
     };
     send(state, caller, &session, message, limit).await
 }
