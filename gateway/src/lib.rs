@@ -87,7 +87,7 @@ pub fn job_routes() -> Vec<JobRoute> {
 }
 
 pub fn app(state: AppState) -> Router {
-    use routes::{chat, compat, conversations, jobs, keys, sessions, sharing, system};
+    use routes::{chat, compat, conversations, jobs, keys, sessions, sharing, system, transfer};
     let body_limit = state.config.http.max_body_bytes;
     let mut router = Router::new();
     for route in job_routes() {
@@ -115,6 +115,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/conversations/{id}", get(conversations::get))
         .route("/v1/conversations/{id}/cancel", post(conversations::cancel))
         .route("/v1/conversations/{id}/events", get(conversations::events))
+        .route("/v1/export", get(transfer::export))
+        .route(
+            "/v1/import",
+            post(transfer::import).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/models", get(chat::models))
         .route("/v1/workers", get(system::workers))
         .route("/v1/me", get(system::me))

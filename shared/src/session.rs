@@ -184,6 +184,19 @@ impl SessionStore {
             .map_err(unavailable)
     }
 
+    /// Stores `turn` as it is, unless the session already has that turn (an import); whether it was stored.
+    pub async fn create_turn(&self, id: &Uuid, turn: &Turn) -> Result<bool, SessionStoreError> {
+        match self
+            .bucket
+            .create(turn_key(id, turn.turn), to_msgpack(turn).into())
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Takes the next turn number for `make(turn)`: the turn's key is created (never overwritten, so two
     /// gateways accepting at once get different numbers), then the session's count follows.
     pub async fn append(

@@ -8,6 +8,7 @@ pub(crate) mod humane;
 mod run;
 mod sessions;
 mod show;
+mod transfer;
 
 use std::path::PathBuf;
 
@@ -97,6 +98,22 @@ pub enum ClientCommand {
         #[arg(long)]
         delete: bool,
     },
+    /// Save a session, a conversation, or your jobs since a time, as one archive another fleet imports.
+    Export {
+        #[command(flatten)]
+        conn: ClientArgs,
+        #[command(flatten)]
+        what: transfer::ExportWhat,
+        /// Where to write the archive.
+        #[arg(short, long, default_value = "fleet-export.tar")]
+        output: PathBuf,
+    },
+    /// Bring an archive of `fleet export` into this fleet (importing it twice changes nothing).
+    Import {
+        #[command(flatten)]
+        conn: ClientArgs,
+        archive: PathBuf,
+    },
     /// Save a job's files into DIR (default: the current directory).
     Download {
         #[command(flatten)]
@@ -120,6 +137,8 @@ impl ClientCommand {
             | ClientCommand::Chat { conn, .. }
             | ClientCommand::Sessions { conn, .. }
             | ClientCommand::Session { conn, .. }
+            | ClientCommand::Export { conn, .. }
+            | ClientCommand::Import { conn, .. }
             | ClientCommand::Download { conn, .. } => conn,
         }
     }
@@ -203,6 +222,10 @@ pub async fn run(early: EarlyClientArgs, mut command: ClientCommand) -> Result<i
             })
             .await
         }
+        ClientCommand::Export { what, output, .. } => {
+            transfer::export(&client, &what, &output).await
+        }
+        ClientCommand::Import { archive, .. } => transfer::import(&client, &archive).await,
         ClientCommand::Download { id, dir, .. } => {
             let record: JobRecord = client.get(&format!("/v1/jobs/{id}")).await?;
             client

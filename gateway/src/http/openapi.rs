@@ -10,6 +10,7 @@ use utoipa::OpenApi;
 
 use crate::routes::{
     artifacts, chat, compat, conversations, events, jobs, keys, links, sessions, sharing, system,
+    transfer,
 };
 use crate::state::AppState;
 
@@ -25,6 +26,7 @@ use crate::state::AppState;
         keys::create, keys::list, keys::revoke, chat::completions, chat::models,
         sessions::create, sessions::list, sessions::get, sessions::delete, sessions::message,
         conversations::create, conversations::get, conversations::cancel, conversations::events,
+        transfer::export, transfer::import,
     ),
     modifiers(&CommonContract),
     tags(

@@ -11,3 +11,4 @@ pub mod links;
 pub mod sessions;
 pub mod sharing;
 pub mod system;
+pub mod transfer;
