@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -348,23 +347,25 @@ impl SessionStore {
         Ok(turns)
     }
 
-    /// Every session (their keys are the ones without a turn number).
-    pub async fn list(&self) -> Result<Vec<SessionRecord>, SessionStoreError> {
-        let mut keys = self.bucket.keys().await.map_err(unavailable)?;
-        let mut sessions = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(unavailable)?;
-            if key.contains('.') {
-                continue;
-            }
-            let Ok(id) = key.parse::<Uuid>() else {
-                continue;
-            };
-            if let Some(stored) = self.session(&id).await? {
-                sessions.push(stored.value);
-            }
-        }
-        Ok(sessions)
+    /// The ids of every session, newest first (they are UUID v7): the bucket's one-token subjects, so turns and
+    /// conversations are never read.
+    pub async fn session_ids(&self) -> Result<Vec<Uuid>, SessionStoreError> {
+        use futures::TryStreamExt;
+        let filter = format!("{}*", self.bucket.prefix);
+        let stream = self.bucket.stream.clone();
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        let mut ids: Vec<Uuid> = subjects
+            .iter()
+            .filter_map(|(subject, _)| subject.strip_prefix(&self.bucket.prefix)?.parse().ok())
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(ids)
     }
 
     /// Removes the session and its turns.

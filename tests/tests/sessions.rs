@@ -170,6 +170,26 @@ async fn a_session_is_its_owner_s_alone_and_is_gone_when_deleted() {
         alice.get("/v1/sessions").await.body["sessions"][0]["session_id"],
         session.as_str()
     );
+    // Pages, newest first: every session once, none of anyone else's.
+    let newer = [create(&alice, "hist").await, create(&alice, "hist").await];
+    create(&bob, "hist").await;
+    let first = alice.get("/v1/sessions?limit=2").await.body;
+    let ids = |page: &Value| -> Vec<String> {
+        page["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["session_id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(ids(&first), [newer[1].clone(), newer[0].clone()], "{first}");
+    let cursor = first["next_cursor"].as_str().expect("more to come");
+    let second = alice
+        .get(&format!("/v1/sessions?limit=2&cursor={cursor}"))
+        .await
+        .body;
+    assert_eq!(ids(&second), [session.clone()], "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
     let r = alice.post("/v1/sessions", &json!({"agent": "nope"})).await;
     r.assert_problem(403, "forbidden");
 

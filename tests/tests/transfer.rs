@@ -50,7 +50,10 @@ async fn a_session_exported_from_one_fleet_continues_in_another() {
         ended(&a, &job).await;
     }
     let r = a
-        .post("/v1/jobs?wait=30", &json!({"agent": "shell", "message": "echo hi > out.txt"}))
+        .post(
+            "/v1/jobs?wait=30",
+            &json!({"agent": "shell", "message": "echo hi > out.txt"}),
+        )
         .await;
     let plain = r.body["job_id"].as_str().expect("job").to_string();
 
@@ -58,8 +61,17 @@ async fn a_session_exported_from_one_fleet_continues_in_another() {
     let archive = dir.path().join("session.tar");
     let jobs = dir.path().join("jobs.tar");
     let archive_arg = archive.to_string_lossy().into_owned();
-    let out = said(&fleet(&a.base, &["export", "--session", &session, "-o", &archive_arg]).await);
-    assert!(out.starts_with(&format!("exported session {session} to ")), "{out}");
+    let out = said(
+        &fleet(
+            &a.base,
+            &["export", "--session", &session, "-o", &archive_arg],
+        )
+        .await,
+    );
+    assert!(
+        out.starts_with(&format!("exported session {session} to ")),
+        "{out}"
+    );
     let since = "2000-01-01T00:00:00Z";
     let jobs_arg = jobs.to_string_lossy().into_owned();
     said(&fleet(&a.base, &["export", "--since", since, "-o", &jobs_arg]).await);
@@ -90,7 +102,10 @@ async fn a_session_exported_from_one_fleet_continues_in_another() {
 
     // Jobs since a time, with their files.
     let out = said(&fleet(&b.base, &["import", &jobs_arg]).await);
-    assert!(out.contains(" jobs, ") && out.contains("already here"), "{out}");
+    assert!(
+        out.contains(" jobs, ") && out.contains("already here"),
+        "{out}"
+    );
     let record = b.get(&format!("/v1/jobs/{plain}")).await;
     assert_eq!(record.status, 200, "{}", record.body);
     let file = reqwest::get(format!("{}/v1/jobs/{plain}/artifacts/out.txt", b.base))

@@ -89,6 +89,9 @@ pub enum ClientCommand {
         agent: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Go on from where the previous page ended (the cursor it printed).
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Show a session's turns (or delete it, its history and its files, with --delete).
     Session {
@@ -196,11 +199,18 @@ pub async fn run(early: EarlyClientArgs, mut command: ClientCommand) -> Result<i
         ClientCommand::Chat { agent, session, .. } => {
             sessions::chat(&client, &agent, session).await
         }
-        ClientCommand::Sessions { agent, limit, .. } => {
-            let path = with_query(
-                "/v1/sessions",
-                &[("limit", Some(limit.to_string())), ("agent", agent)],
-            );
+        ClientCommand::Sessions {
+            agent,
+            limit,
+            cursor,
+            ..
+        } => {
+            let params = [
+                ("limit", Some(limit.to_string())),
+                ("agent", agent),
+                ("cursor", cursor),
+            ];
+            let path = with_query("/v1/sessions", &params);
             list(&client, &path, |l: &sessions::SessionList| {
                 sessions::list(l, now)
             })

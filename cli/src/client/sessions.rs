@@ -17,6 +17,8 @@ use crate::failure::{failure, Coded};
 #[derive(Deserialize)]
 pub struct SessionList {
     pub sessions: Vec<SessionRow>,
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +49,9 @@ pub fn list(list: &SessionList, now: DateTime<Utc>) {
             humane::age(s.created_at, now),
             s.title.as_deref().unwrap_or("")
         );
+    }
+    if let Some(cursor) = &list.next_cursor {
+        eprintln!("more with --cursor {cursor}");
     }
 }
 

@@ -215,29 +215,37 @@ pub async fn take_turn(
     }
 }
 
-/// The caller's sessions, newest first, at most `limit`, optionally of one agent.
+/// Sessions read per request at most, past which the page ends early with a cursor to go on from.
+const READ_BUDGET: usize = 5_000;
+
+/// A page of the caller's sessions, newest first, optionally of one agent, after the session `after`; and the
+/// cursor of the next page when there may be more.
 pub async fn list(
     state: &AppState,
     caller: &Caller,
     agent: Option<&str>,
+    after: Option<Uuid>,
     limit: usize,
-) -> Result<Vec<SessionRecord>, ApiError> {
-    let mut sessions: Vec<SessionRecord> = state
-        .sessions
-        .list()
-        .await
-        .map_err(store_error)?
-        .into_iter()
-        .filter(|s| caller.may_read_owned_by(s.owner.as_deref()))
-        .filter(|s| agent.is_none_or(|a| a == s.agent))
-        .collect();
-    sessions.sort_by(|a, b| {
-        b.created_at
-            .cmp(&a.created_at)
-            .then(b.session_id.cmp(&a.session_id))
-    });
-    sessions.truncate(limit);
-    Ok(sessions)
+) -> Result<(Vec<SessionRecord>, Option<Uuid>), ApiError> {
+    let ids = state.sessions.session_ids().await.map_err(store_error)?;
+    let start = after.map_or(0, |after| ids.partition_point(|id| *id >= after));
+    let mut page = Vec::with_capacity(limit);
+    for (read, id) in ids[start..].iter().enumerate() {
+        if page.len() == limit || read == READ_BUDGET {
+            // Go on after the last session looked at (read ≥ 1: a page holds at least one).
+            return Ok((page, Some(ids[start + read - 1])));
+        }
+        let Some(stored) = state.sessions.session(id).await.map_err(store_error)? else {
+            continue; // deleted
+        };
+        let session = stored.value;
+        if caller.may_read_owned_by(session.owner.as_deref())
+            && agent.is_none_or(|a| a == session.agent)
+        {
+            page.push(session);
+        }
+    }
+    Ok((page, None))
 }
 
 /// Removes the session's workspace files, then the session and its turns (files first: a failure leaves the

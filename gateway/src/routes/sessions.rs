@@ -57,11 +57,16 @@ pub struct ListParams {
     /// At most this many (default 50, at most 500), newest first.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    /// Go on after this session (a page's `next_cursor`).
+    pub cursor: Option<Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionRecord>,
+    /// Where the next page starts, when there may be more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<Uuid>,
 }
 
 /// The caller's sessions, newest first.
@@ -81,8 +86,13 @@ pub async fn list(
             ))
         }
     };
-    let sessions = sessions::list(&state, &caller, params.agent.as_deref(), limit).await?;
-    Ok(Json(SessionList { sessions }))
+    let agent = params.agent.as_deref();
+    let (sessions, next_cursor) =
+        sessions::list(&state, &caller, agent, params.cursor, limit).await?;
+    Ok(Json(SessionList {
+        sessions,
+        next_cursor,
+    }))
 }
 
 /// A session with its turns.
