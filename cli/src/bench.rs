@@ -88,6 +88,10 @@ pub struct BenchArgs {
     /// The model to ask the model server for.
     #[arg(long, default_value = "smollm2")]
     model: String,
+    /// Also measure sessions: a turn's cost over a plain job, and a 10 MB workspace's save and restore against a
+    /// plain tar-and-put of it.
+    #[arg(long)]
+    sessions: bool,
     /// Skip the core latency, throughput and memory measures (to run only the parts asked for).
     #[arg(long)]
     skip_core: bool,
@@ -218,6 +222,9 @@ async fn run_parts(
         let chromium = bench_console::find_chromium(&args.chromium)?.to_path_buf();
         let (base, loads) = (paths.base.to_string(), args.console_loads);
         tokio::task::spawn_blocking(move || bench_console::run(&chromium, &base, loads)).await??;
+    }
+    if args.sessions {
+        crate::bench_sessions::run(paths.http, paths.base, roles.scratch).await?;
     }
     if args.depth {
         run_depth(args, paths, roles, roles.scratch).await?;

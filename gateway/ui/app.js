@@ -9,12 +9,16 @@ import * as run from './run.js';
 import * as job from './job.js';
 import * as history from './history.js';
 import * as fleet from './fleet.js';
+import * as sessions from './sessions.js';
+import * as session from './session.js';
 import * as sharing from './sharing.js';
 
 const SCREENS = [
   { pattern: /^\/run$/, title: 'Run', nav: '#/run', screen: run },
   { pattern: /^\/jobs\/([0-9a-f-]{36})$/, title: 'Job', screen: job, under: '#/history' },
   { pattern: /^\/history$/, title: 'History', nav: '#/history', screen: history },
+  { pattern: /^\/sessions$/, title: 'Sessions', nav: '#/sessions', screen: sessions },
+  { pattern: /^\/sessions\/([0-9a-f-]{36})$/, title: 'Session', screen: session, under: '#/sessions' },
   { pattern: /^\/fleet$/, title: 'Fleet', nav: '#/fleet', screen: fleet },
   // `needs`: the scope a screen is for; its link shows only to callers who hold it.
   { pattern: /^\/sharing$/, title: 'Sharing', nav: '#/sharing', screen: sharing, needs: 'configure_sharing' },

@@ -57,7 +57,7 @@ export function render(main) {
   }
 }
 
-async function loadAgents(select, about, preferred, problem) {
+export async function loadAgents(select, about, preferred, problem) {
   try {
     const { agents } = await api('/v1/agents');
     fill(select, agents.map((a) => h('option', { value: a.name }, a.name)));

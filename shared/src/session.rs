@@ -331,20 +331,21 @@ impl SessionStore {
         .await
     }
 
-    /// Turns `from..=to` that exist, in order.
+    /// Turns `from..=to` that exist, in order; read many at a time, so a long history costs a few round trips,
+    /// not one per turn.
     pub async fn turns(
         &self,
         id: &Uuid,
         from: u32,
         to: u32,
     ) -> Result<Vec<Turn>, SessionStoreError> {
-        let mut turns = Vec::new();
-        for number in from.max(1)..=to {
-            if let Some(stored) = self.turn(id, number).await? {
-                turns.push(stored.value);
-            }
-        }
-        Ok(turns)
+        use futures::{StreamExt, TryStreamExt};
+        let read: Vec<Option<Stored<Turn>>> = futures::stream::iter(from.max(1)..=to)
+            .map(|number| self.turn(id, number))
+            .buffered(32)
+            .try_collect()
+            .await?;
+        Ok(read.into_iter().flatten().map(|stored| stored.value).collect())
     }
 
     /// The ids of every session, newest first (they are UUID v7): the bucket's one-token subjects, so turns and

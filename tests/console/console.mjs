@@ -89,6 +89,7 @@ async function noSidewaysScroll(p, what) {
 async function openSuite() {
   const p = await page();
   let liveJob;
+  let liveSession;
   let failedJob;
   await check('the page is served with a strict policy, brotli and gzip', async () => {
     const r = await fetch(`${BASE}/`, { headers: { 'accept-encoding': 'gzip' } });
@@ -217,6 +218,30 @@ async function openSuite() {
     assert.equal(await fact('Tool calls').innerText(), '1');
     await shot(p, 'job-cli-desktop');
   });
+  await check('a session: start one, talk in turns, each answer streaming in and the workspace following', async () => {
+    await p.goto(`${BASE}/#/sessions`);
+    await p.getByLabel('Agent').locator('option[value="shell"]').waitFor({ state: 'attached', ...WAIT });
+    await p.getByLabel('Agent').selectOption('shell');
+    await p.getByLabel('Title').fill('notes');
+    await p.getByRole('button', { name: 'Start' }).click();
+    await p.waitForURL(/#\/sessions\/[0-9a-f-]{36}$/, WAIT);
+    liveSession = p.url().split('/').pop();
+    await p.getByRole('heading', { name: 'notes' }).waitFor(WAIT);
+    const answers = p.locator('.turn .answer');
+    await p.getByLabel('Message').fill('echo first > notes.txt; cat notes.txt');
+    await p.getByRole('button', { name: 'Send' }).click();
+    await answers.nth(0).filter({ hasText: 'first' }).waitFor(WAIT);
+    await p.getByLabel('Message').fill('echo second >> notes.txt; cat notes.txt');
+    await p.getByLabel('Message').press('Control+Enter');
+    await answers.nth(1).filter({ hasText: /first\s+second/ }).waitFor(WAIT);
+    await p.locator('.turn .status.completed').nth(1).waitFor(WAIT);
+    await p.reload();
+    await p.getByText('2 turns').waitFor(WAIT);
+    await shot(p, 'session-desktop');
+    await p.goto(`${BASE}/#/sessions`);
+    await p.getByRole('link', { name: liveSession.slice(-8) }).waitFor(WAIT);
+    await shot(p, 'sessions-desktop');
+  });
   await check('a keyboard alone runs a job and reaches its buttons, each focus visible', async () => {
     const k = await page();
     await k.goto(`${BASE}/#/run`);
@@ -254,7 +279,8 @@ async function openSuite() {
     for (const [viewport, suffix] of [[SMALL_PHONE, 'phone-360'], [PHONE, 'phone']]) {
       const phone = await page(viewport);
       for (const [name, hash] of [['run', '#/run'], ['job', `#/jobs/${liveJob}`], ['history', '#/history'],
-        ['fleet', '#/fleet'], ['sharing', '#/sharing'], ['qr', 'qr']]) {
+        ['fleet', '#/fleet'], ['sharing', '#/sharing'], ['sessions', '#/sessions'],
+        ['session', `#/sessions/${liveSession}`], ['qr', 'qr']]) {
         await phone.goto(`${BASE}/${hash}`);
         await phone.locator('main h1').waitFor(WAIT);
         await phone.waitForTimeout(300);
