@@ -142,9 +142,10 @@ async fn save_and_restore(store: &ArtifactStore, files: &Path, work: &Path) -> R
     let restored = work.join("session-restored");
     std::fs::create_dir_all(&restored)?;
     let started = Instant::now();
-    let saved = session_workspace::save(store, &session, 1, files, work, &Baseline::default(), caps)
-        .await?
-        .ok_or_else(|| anyhow!("nothing was saved"))?;
+    let saved =
+        session_workspace::save(store, &session, 1, files, work, &Baseline::default(), caps)
+            .await?
+            .ok_or_else(|| anyhow!("nothing was saved"))?;
     session_workspace::restore(store, &session, Some(&saved), &restored, None)
         .await
         .map_err(|e| anyhow!(e))?;

@@ -345,7 +345,11 @@ impl SessionStore {
             .buffered(32)
             .try_collect()
             .await?;
-        Ok(read.into_iter().flatten().map(|stored| stored.value).collect())
+        Ok(read
+            .into_iter()
+            .flatten()
+            .map(|stored| stored.value)
+            .collect())
     }
 
     /// The ids of every session, newest first (they are UUID v7): the bucket's one-token subjects, so turns and
