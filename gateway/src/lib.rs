@@ -110,7 +110,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{id}",
             get(sessions::get).delete(sessions::delete),
         )
-        .route("/v1/sessions/{id}/messages", post(sessions::message))
+        .route(
+            "/v1/sessions/{id}/messages",
+            post(sessions::message).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/conversations", post(conversations::create))
         .route("/v1/conversations/{id}", get(conversations::get))
         .route("/v1/conversations/{id}/cancel", post(conversations::cancel))

@@ -1,4 +1,5 @@
-//! The body of `POST /v1/jobs`: JSON (within `http.max_body_bytes`), or `multipart/form-data` carrying the job's
+//! The body of `POST /v1/jobs` and of a session's message: JSON (within `http.max_body_bytes`), or
+//! `multipart/form-data` carrying the job's
 //! fields plus input files of any size up to the artifact caps. Uploaded files stream to a temporary file (memory
 //! stays flat), then into the default artifact store under a content-derived id, and the job refers to them —
 //! so a retried upload of the same files makes the same request, and idempotency keys keep working.
@@ -21,10 +22,21 @@ const FILE_FIELDS: &[&str] = &["file", "files", "files[]", "input_files"];
 /// Folder, under the content id, holding an uploaded input.
 pub const INPUTS_DIR: &str = "_inputs";
 
-/// A job submission in either encoding.
-pub struct JobBody(pub SubmitJob);
+/// A request that may carry input files (a job, a session's message).
+pub trait WithInputs: serde::de::DeserializeOwned {
+    fn input_files(&mut self) -> &mut Vec<InputFile>;
+}
 
-impl FromRequest<AppState> for JobBody {
+impl WithInputs for SubmitJob {
+    fn input_files(&mut self) -> &mut Vec<InputFile> {
+        &mut self.input_files
+    }
+}
+
+/// A submission in either encoding.
+pub struct JobBody<T = SubmitJob>(pub T);
+
+impl<T: WithInputs + Send> FromRequest<AppState> for JobBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -49,7 +61,7 @@ impl FromRequest<AppState> for JobBody {
             .await
             .map_err(|e| unreadable_body(e, limit))?;
         let req = Request::from_parts(parts, Body::from(bytes));
-        let Json(job) = Json::<SubmitJob>::from_request(req, state).await?;
+        let Json(job) = Json::<T>::from_request(req, state).await?;
         Ok(JobBody(job))
     }
 }
@@ -69,7 +81,7 @@ fn unreadable_body(e: axum::Error, limit: usize) -> ApiError {
     )
 }
 
-async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, ApiError> {
+async fn read_form<T: WithInputs>(state: &AppState, mut form: Multipart) -> Result<T, ApiError> {
     let bad = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
     let limits = &state.config.artifacts;
     let mut fields = serde_json::Map::new();
@@ -132,11 +144,11 @@ async fn read_form(state: &AppState, mut form: Multipart) -> Result<SubmitJob, A
         None => serde_json::Map::new(),
     };
     object.extend(fields);
-    let mut job: SubmitJob = serde_json::from_value(serde_json::Value::Object(object))
+    let mut job: T = serde_json::from_value(serde_json::Value::Object(object))
         .map_err(|e| bad(format!("job fields: {e}")))?;
     for (file_name, spooled) in uploads {
-        job.input_files
-            .push(store_upload(state, &file_name, spooled).await?);
+        let stored = store_upload(state, &file_name, spooled).await?;
+        job.input_files().push(stored);
     }
     Ok(job)
 }

@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
 use crate::jobs::records;
 use crate::jobs::sessions::{self, Message, NewSession, TurnView};
+use crate::jobs::upload::{JobBody, WithInputs};
 use crate::routes::jobs::{wait_limit, WaitParams};
 use crate::state::AppState;
 
@@ -145,6 +146,16 @@ pub struct SendMessage {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Files written into the workspace before the turn runs (over the session's own): `{name, data_base64}`,
+    /// `{name, from: {job_id, name}}`, or parts of a multipart body.
+    #[serde(default)]
+    pub input_files: Vec<fleet_shared::wire::InputFile>,
+}
+
+impl WithInputs for SendMessage {
+    fn input_files(&mut self) -> &mut Vec<fleet_shared::wire::InputFile> {
+        &mut self.input_files
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -158,7 +169,8 @@ pub struct TurnAccepted {
 }
 
 /// Send a message: it becomes the session's next turn, run after the turns before it, with their history.
-#[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions", request_body = SendMessage,
+#[utoipa::path(post, path = "/v1/sessions/{id}/messages", tag = "sessions",
+    request_body(content((SendMessage = "application/json"), (SendMessage = "multipart/form-data"))),
     params(("id" = Uuid, Path), WaitParams),
     responses((status = 202, body = TurnAccepted), (status = 200, description = "Ended within `wait`", body = TurnAccepted),
         (status = 404, body = Problem), (status = 422, body = Problem)))]
@@ -167,7 +179,7 @@ pub async fn message(
     State(state): State<AppState>,
     Path(id): Path<Uuid>,
     Query(params): Query<WaitParams>,
-    Json(body): Json<SendMessage>,
+    JobBody(body): JobBody<SendMessage>,
 ) -> Result<Response, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
     let session = sessions::get_or_404(&state, &caller, &id).await?;
@@ -176,6 +188,7 @@ pub async fn message(
         context: body.context,
         timeout: body.timeout,
         metadata: body.metadata,
+        input_files: body.input_files,
         ..Message::default()
     };
     send(&state, &caller, &session, message, limit).await
