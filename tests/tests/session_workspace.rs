@@ -155,14 +155,28 @@ async fn files_follow_the_session_from_worker_to_worker_within_the_cap() {
     // A message may bring files (multipart here): they join the workspace, and stay for the turns after.
     let form = reqwest::multipart::Form::new()
         .text("message", "show")
-        .part("file", reqwest::multipart::Part::bytes(b"up".to_vec()).file_name("up.txt"));
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"up".to_vec()).file_name("up.txt"),
+        );
     let path = format!("/v1/sessions/{session}/messages");
-    let r = api.send(api.request(reqwest::Method::POST, &path).multipart(form)).await;
+    let r = api
+        .send(api.request(reqwest::Method::POST, &path).multipart(form))
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let with_file = ended(&api, r.body["job_id"].as_str().expect("job")).await;
-    assert_eq!(line(&with_file, "a="), "one two files=notes/a.txt,run.sh,up.txt", "{with_file}");
-    let r = api.post(&path, &serde_json::json!({"message": "show",
-        "input_files": [{"name": "b64.txt", "data_base64": "aGk="}]})).await;
+    assert_eq!(
+        line(&with_file, "a="),
+        "one two files=notes/a.txt,run.sh,up.txt",
+        "{with_file}"
+    );
+    let r = api
+        .post(
+            &path,
+            &serde_json::json!({"message": "show",
+        "input_files": [{"name": "b64.txt", "data_base64": "aGk="}]}),
+        )
+        .await;
     let with_json = ended(&api, r.body["job_id"].as_str().expect("job")).await;
     assert_eq!(
         line(&with_json, "a="),
