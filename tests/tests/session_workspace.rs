@@ -192,19 +192,13 @@ async fn files_follow_the_session_from_worker_to_worker_within_the_cap() {
     let five = ended(&api, &five).await;
     assert_eq!(
         line(&five, "a="),
-        "one two files=notes/a.txt,run.sh",
+        "one two files=b64.txt,notes/a.txt,run.sh,up.txt",
         "{five}"
     );
     let view = api.get(&format!("/v1/sessions/{session}")).await.body;
-    assert_eq!(view["workspace"]["turn"], 2, "{view}");
+    assert_eq!(view["workspace"]["turn"], 5, "{view}");
 
     // Deleting the session removes its files.
-    let kept = cfg
-        .config
-        .artifacts
-        .local_dir
-        .join("sessions")
-        .join(&session);
     assert!(kept.exists());
     let path = format!("/v1/sessions/{session}");
     let r = api.send(api.request(reqwest::Method::DELETE, &path)).await;
