@@ -55,7 +55,17 @@ pub async fn gate(
     st: &SessionTurn,
     delivered: i64,
 ) -> Result<Gate, SessionStoreError> {
-    let own = shared.sessions.turn(&st.session_id, st.turn).await?;
+    // The turn's own entry and the one before it, read together (one round trip for the common case).
+    let previous_number = st.turn.saturating_sub(1);
+    let (own, previous) = tokio::try_join!(
+        shared.sessions.turn(&st.session_id, st.turn),
+        async {
+            match previous_number {
+                0 => Ok(None),
+                n => shared.sessions.turn(&st.session_id, n).await,
+            }
+        }
+    )?;
     if own.as_ref().is_none_or(|t| t.value.job_id != request.id) {
         return Ok(Gate::Refuse(format!(
             "session {} has no turn {} for this job (deleted, or not this job's to join)",
@@ -64,7 +74,7 @@ pub async fn gate(
     }
     let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
     let delay = Duration::from_millis(100) * 2u32.pow(steps - 1);
-    if st.turn > 1 && !previous_ended(shared, st).await? {
+    if st.turn > 1 && !previous_ended(shared, st, previous.map(|p| p.value)).await? {
         let why = format!("waiting for turn {} of its session to end", st.turn - 1);
         return Ok(Gate::Wait(delay, why));
     }
@@ -89,11 +99,10 @@ pub async fn gate(
             .await?;
     }
     let from = st.turn.saturating_sub(session::HISTORY_TURNS).max(1);
-    let history = shared
-        .sessions
-        .turns(&st.session_id, from, st.turn - 1)
-        .await?;
-    let session = shared.sessions.session(&st.session_id).await?;
+    let (history, session) = tokio::try_join!(
+        shared.sessions.turns(&st.session_id, from, st.turn - 1),
+        shared.sessions.session(&st.session_id)
+    )?;
     let (workspace, agent_session) = session
         .map(|s| (s.value.workspace, s.value.agent_session_id))
         .unwrap_or_default();
@@ -156,11 +165,14 @@ async fn said_before(
 
 /// Whether the turn before `st` has ended, reconciling its entry with its job's record when the worker that ran
 /// it did not get to write it.
-async fn previous_ended(shared: &Shared, st: &SessionTurn) -> Result<bool, SessionStoreError> {
-    let Some(previous) = shared.sessions.turn(&st.session_id, st.turn - 1).await? else {
+async fn previous_ended(
+    shared: &Shared,
+    st: &SessionTurn,
+    previous: Option<Turn>,
+) -> Result<bool, SessionStoreError> {
+    let Some(previous) = previous else {
         return Ok(true); // deleted with its session
     };
-    let previous = previous.value;
     if previous.status.is_terminal() {
         return Ok(true);
     }
