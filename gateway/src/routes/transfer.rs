@@ -75,7 +75,8 @@ pub async fn export(
 /// Import an archive of `GET /v1/export`: what this fleet does not have yet is created, owned by the caller;
 /// importing the same archive again changes nothing.
 #[utoipa::path(post, path = "/v1/import", tag = "sessions",
-    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+        description = "The archive as `fleet export` wrote it (a tar; any content type is taken)"),
     responses((status = 200, body = ImportReport), (status = 413, body = Problem), (status = 422, body = Problem)))]
 pub async fn import(
     caller: Caller,
