@@ -57,15 +57,12 @@ pub async fn gate(
 ) -> Result<Gate, SessionStoreError> {
     // The turn's own entry and the one before it, read together (one round trip for the common case).
     let previous_number = st.turn.saturating_sub(1);
-    let (own, previous) = tokio::try_join!(
-        shared.sessions.turn(&st.session_id, st.turn),
-        async {
-            match previous_number {
-                0 => Ok(None),
-                n => shared.sessions.turn(&st.session_id, n).await,
-            }
+    let (own, previous) = tokio::try_join!(shared.sessions.turn(&st.session_id, st.turn), async {
+        match previous_number {
+            0 => Ok(None),
+            n => shared.sessions.turn(&st.session_id, n).await,
         }
-    )?;
+    })?;
     if own.as_ref().is_none_or(|t| t.value.job_id != request.id) {
         return Ok(Gate::Refuse(format!(
             "session {} has no turn {} for this job (deleted, or not this job's to join)",
