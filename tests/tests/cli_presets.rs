@@ -248,7 +248,8 @@ async fn real_claude_code_and_codex_against_a_local_model_fill_the_record_from_t
 }
 
 /// A session's second turn resumes the CLI's own session from the first (its state is in the workspace, which
-/// follows the session, at the same path): the same session id, and a prompt holding the first turn.
+/// follows the session, at the same path): the same session id, and the CLI's own transcript of that session,
+/// which the second turn wrote (so it is among its files), holds both turns' messages.
 async fn resumes_its_own_session(api: &Api, agent: &str) {
     use fleet_tests::sessions::{create, ended, say};
     let session = create(api, agent).await;
@@ -256,19 +257,34 @@ async fn resumes_its_own_session(api: &Api, agent: &str) {
     let one = ended(api, &one).await;
     let (two, _) = say(api, &session, "Say it again.").await;
     let two = ended(api, &two).await;
-    assert!(
-        one["agent_session_id"].is_string(),
-        "{agent} reported its session: {one}"
-    );
+    let id = one["agent_session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{agent} reported its session: {one}"));
     assert_eq!(
-        two["agent_session_id"], one["agent_session_id"],
+        two["agent_session_id"], id,
         "{agent} resumed its session: {two}"
     );
-    let input = |r: &Value| r["usage"]["input_tokens"].as_u64().unwrap_or(0);
-    assert!(
-        input(&two) > input(&one),
-        "{agent}'s second prompt holds the first turn: {} then {}",
-        input(&one),
-        input(&two)
-    );
+    let transcript = two["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["name"].as_str())
+        .find(|name| name.ends_with(&format!("{id}.jsonl")))
+        .unwrap_or_else(|| {
+            panic!("{agent}'s transcript of session {id} among the turn's files: {two}")
+        });
+    let job = two["id"].as_str().unwrap_or_default();
+    let url = format!("{}/v1/jobs/{job}/artifacts/{transcript}", api.base);
+    let text = reqwest::get(url)
+        .await
+        .expect("download")
+        .text()
+        .await
+        .expect("text");
+    for message in ["Say hello.", "Say it again."] {
+        assert!(
+            text.contains(message),
+            "{agent}'s transcript lacks `{message}`: {text}"
+        );
+    }
 }
