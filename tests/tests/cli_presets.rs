@@ -251,12 +251,22 @@ async fn real_claude_code_and_codex_against_a_local_model_fill_the_record_from_t
 /// follows the session, at the same path): the same session id, and the CLI's own transcript of that session,
 /// which the second turn wrote (so it is among its files), holds both turns' messages.
 async fn resumes_its_own_session(api: &Api, agent: &str) {
-    use fleet_tests::sessions::{create, ended, say};
-    let session = create(api, agent).await;
-    let (one, _) = say(api, &session, "Say hello.").await;
-    let one = ended(api, &one).await;
-    let (two, _) = say(api, &session, "Say it again.").await;
-    let two = ended(api, &two).await;
+    let session = fleet_tests::sessions::create(api, agent).await;
+    // A real CLI on a small model takes tens of seconds a turn: waited for up to its agent's timeout.
+    let say = |message: &'static str| {
+        let path = format!("/v1/sessions/{session}/messages?wait=150");
+        async move {
+            let r = api.post(&path, &json!({"message": message})).await;
+            assert_eq!(
+                r.status, 200,
+                "{agent}'s turn ended within its timeout: {}",
+                r.body
+            );
+            r.body["record"].clone()
+        }
+    };
+    let one = say("Say hello.").await;
+    let two = say("Say it again.").await;
     let id = one["agent_session_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{agent} reported its session: {one}"));
