@@ -18,7 +18,7 @@ use crate::bench_measure::{median, verdict};
 const ROUNDS: usize = 200;
 /// The workspace saved and restored: this many files of `FILE_BYTES`.
 const FILES: usize = 100;
-const FILE_BYTES: usize = 100 * 1024;
+const FILE_BYTES: usize = 100_000;
 
 pub async fn run(http: &reqwest::Client, base: &str, scratch: &Path) -> Result<()> {
     let (plain, turn) = turn_cost(http, base).await?;
@@ -28,7 +28,7 @@ pub async fn run(http: &reqwest::Client, base: &str, scratch: &Path) -> Result<(
     println!("  a plain job, p50: {plain:.2} ms; a session's turn, p50: {turn:.2} ms");
     println!(
         "  a {} MB workspace ({FILES} files): tar + put + get + untar {:.1} ms; session save + restore {:.1} ms",
-        FILES * FILE_BYTES / (1024 * 1024),
+        FILES * FILE_BYTES / 1_000_000,
         tar_put * 1000.0,
         ours * 1000.0
     );
