@@ -86,10 +86,35 @@ pub fn job_routes() -> Vec<JobRoute> {
     ]
 }
 
+/// Sessions, conversations between agents, and their export and import.
+fn session_routes(router: Router<AppState>) -> Router<AppState> {
+    use routes::{conversations, sessions, transfer};
+    router
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route(
+            "/v1/sessions/{id}/messages",
+            // Messages may carry uploads; the body extractor applies every limit itself.
+            post(sessions::message).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/conversations", post(conversations::create))
+        .route("/v1/conversations/{id}", get(conversations::get))
+        .route("/v1/conversations/{id}/cancel", post(conversations::cancel))
+        .route("/v1/conversations/{id}/events", get(conversations::events))
+        .route("/v1/export", get(transfer::export))
+        .route(
+            "/v1/import",
+            post(transfer::import).layer(DefaultBodyLimit::disable()),
+        )
+}
+
 pub fn app(state: AppState) -> Router {
-    use routes::{chat, compat, conversations, jobs, keys, sessions, sharing, system, transfer};
+    use routes::{chat, compat, jobs, keys, sharing, system};
     let body_limit = state.config.http.max_body_bytes;
-    let mut router = Router::new();
+    let mut router = session_routes(Router::new());
     for route in job_routes() {
         router = router.route(route.path, route.router);
     }
@@ -105,24 +130,6 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/v1/agents", get(system::agents))
         .route("/v1/chat/completions", post(chat::completions))
-        .route("/v1/sessions", post(sessions::create).get(sessions::list))
-        .route(
-            "/v1/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
-        )
-        .route(
-            "/v1/sessions/{id}/messages",
-            post(sessions::message).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/v1/conversations", post(conversations::create))
-        .route("/v1/conversations/{id}", get(conversations::get))
-        .route("/v1/conversations/{id}/cancel", post(conversations::cancel))
-        .route("/v1/conversations/{id}/events", get(conversations::events))
-        .route("/v1/export", get(transfer::export))
-        .route(
-            "/v1/import",
-            post(transfer::import).layer(DefaultBodyLimit::disable()),
-        )
         .route("/v1/models", get(chat::models))
         .route("/v1/workers", get(system::workers))
         .route("/v1/me", get(system::me))

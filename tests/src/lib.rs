@@ -378,6 +378,15 @@ pub fn built_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `fleet ARGS --url BASE` (a client command) off the async runtime and returns its output.
+pub async fn run_fleet(base: &str, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(built_binary("fleet"));
+    command.args(args).arg("--url").arg(base);
+    tokio::task::spawn_blocking(move || command.output().expect("run fleet"))
+        .await
+        .expect("join")
+}
+
 pub fn fake_agent() -> String {
     built_binary("fake_agent").to_string_lossy().into_owned()
 }

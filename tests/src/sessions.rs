@@ -40,3 +40,20 @@ pub async fn ended(api: &Api, job: &str) -> Value {
     })
     .await
 }
+
+/// Kills `doomed` while `job` runs, starts a worker in its place, and returns the job's record once its rerun
+/// has ended, with the new worker.
+pub async fn rerun_after_kill(
+    api: &Api,
+    cfg: &crate::TestConfig,
+    doomed: crate::FleetProcess,
+    job: &str,
+) -> (Value, crate::WorkerHandle) {
+    api.poll(&format!("/v1/jobs/{job}"), "the turn running", |r| {
+        r["status"] == "running"
+    })
+    .await;
+    doomed.signal(libc::SIGKILL);
+    let rescuer = crate::start_worker(&cfg.config).await;
+    (ended(api, job).await, rescuer)
+}

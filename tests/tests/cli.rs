@@ -4,17 +4,9 @@
 use std::process::Output;
 use std::time::Duration;
 
+use fleet_tests::run_fleet as fleet;
 use fleet_tests::*;
 use serde_json::Value;
-
-/// Runs `fleet ARGS --url BASE` off the async runtime and returns its output.
-async fn fleet(base: &str, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(built_binary("fleet"));
-    command.args(args).arg("--url").arg(base);
-    tokio::task::spawn_blocking(move || command.output().expect("run fleet"))
-        .await
-        .expect("join")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -3,7 +3,7 @@
 //! cap; a turn killed with its worker, or over the cap, leaves the session's workspace as it was before it; a
 //! deleted session's files are gone.
 
-use fleet_tests::sessions::{create, ended, say};
+use fleet_tests::sessions::{create, ended, rerun_after_kill, say};
 use fleet_tests::*;
 use serde_json::Value;
 use std::time::Duration;
@@ -226,13 +226,7 @@ async fn a_turn_killed_with_its_worker_reruns_from_the_workspace_before_it() {
     ended(&api, &one).await;
 
     let (two, _) = say(&api, &session, "partial").await;
-    api.poll(&format!("/v1/jobs/{two}"), "turn 2 running", |r| {
-        r["status"] == "running"
-    })
-    .await;
-    doomed.signal(libc::SIGKILL);
-    let rescuer = start_worker(&cfg.config).await;
-    let two = ended(&api, &two).await;
+    let (two, rescuer) = rerun_after_kill(&api, &cfg, doomed, &two).await;
     assert_eq!(two["attempt"], 2, "{two}");
     assert_eq!(line(&two, "partial="), "False", "{two}");
 

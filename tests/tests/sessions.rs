@@ -3,7 +3,7 @@
 //! so in its record; sessions obey the same ownership as jobs.
 
 use fleet_tests::llm::{LlamaServer, MODEL};
-use fleet_tests::sessions::{create, ended, say};
+use fleet_tests::sessions::{create, ended, rerun_after_kill, say};
 use fleet_tests::*;
 use serde_json::{json, Value};
 
@@ -257,13 +257,7 @@ async fn a_worker_killed_mid_turn_leaves_the_session_as_it_was_and_the_turn_runs
     ended(&api, &one).await;
 
     let (two, _) = say(&api, &session, "sleep:2").await;
-    api.poll(&format!("/v1/jobs/{two}"), "turn 2 running", |r| {
-        r["status"] == "running"
-    })
-    .await;
-    doomed.signal(libc::SIGKILL);
-    let rescuer = start_worker(&cfg.config).await;
-    let two = ended(&api, &two).await;
+    let (two, rescuer) = rerun_after_kill(&api, &cfg, doomed, &two).await;
     assert_eq!(
         (two["status"].as_str(), two["attempt"].as_u64()),
         (Some("completed"), Some(2)),

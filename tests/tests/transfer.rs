@@ -3,6 +3,7 @@
 
 use std::process::Output;
 
+use fleet_tests::run_fleet as fleet;
 use fleet_tests::sessions::{create, ended, say};
 use fleet_tests::*;
 use serde_json::json;
@@ -17,14 +18,6 @@ open('notes.txt', 'a').write(message + ',')
 print(len(history), open('notes.txt').read())
 """, "{history_file}", "{message}"]
 "#;
-
-async fn fleet(base: &str, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(built_binary("fleet"));
-    command.args(args).arg("--url").arg(base);
-    tokio::task::spawn_blocking(move || command.output().expect("run fleet"))
-        .await
-        .expect("join")
-}
 
 fn said(out: &Output) -> String {
     assert_eq!(

@@ -120,13 +120,7 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
 /// Runs the agent's process once in fresh directories, which go back to the pool (or away) however this ends.
 async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> Attempted {
     let session = progress.held.record.request.session;
-    let mut dirs = match session {
-        Some(st) => session_dirs(shared, job, &st.session_id).await?,
-        None => shared
-            .dirs
-            .take(&progress.held.record)
-            .map_err(SpawnError::Workspace)?,
-    };
+    let mut dirs = job_dirs(shared, job, &progress.held.record).await?;
     let target = progress.held.record.request.artifact_target.as_deref();
     let (target_id, store) = shared
         .stores
@@ -136,22 +130,7 @@ async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) ->
         program: job.agent.command.first().cloned().unwrap_or_default(),
         source,
     })?;
-    let baseline = match session {
-        Some(st) => {
-            let restoring = session_workspace::restore(
-                &shared.session_files,
-                &st.session_id,
-                job.restore_from,
-                &dirs.workspace,
-                sandbox.user,
-            );
-            with_heartbeat(job.msg, shared.config.queue.ack_wait(), restoring)
-                .instrument(tracing::info_span!("restore_workspace"))
-                .await
-                .map_err(SpawnError::SessionWorkspace)?
-        }
-        None => Baseline::default(),
-    };
+    let baseline = restore_workspace(shared, job, session, &dirs, sandbox.user).await?;
     let writing = artifacts::write_inputs(
         &shared.stores,
         &shared.records,
@@ -199,30 +178,84 @@ async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) ->
     {
         dirs.mark_dirty();
     }
-    let mut kept = Kept::default();
-    let Ok(outcome) = &ran else {
-        return ran.map(|outcome| (outcome, kept));
+    let kept = match &ran {
+        Ok(outcome)
+            if outcome.killed != Some(KillReason::Requested)
+                && progress.claim != ClaimState::Superseded =>
+        {
+            let files = Files {
+                store: &store,
+                target_id,
+                dirs: &dirs,
+                inputs: &inputs,
+            };
+            let record = &progress.held.record;
+            keep(shared, job, &events, record, files, outcome, &baseline).await
+        }
+        _ => Kept::default(),
     };
-    if outcome.killed != Some(KillReason::Requested) && progress.claim != ClaimState::Superseded {
-        let files = Files {
-            store: &store,
-            target_id,
-            dirs: &dirs,
-            inputs: &inputs,
-        };
-        let storing = store_files(shared, job, &events, &progress.held.record, files, outcome);
-        let saving = async {
-            let st = session.filter(|_| outcome.killed.is_none() && outcome.limit.is_none())?;
-            Some(save_workspace(shared, job, st, &dirs, &baseline).await)
-        };
-        let (files, workspace) = tokio::join!(storing, saving);
-        kept = Kept {
-            files: Some(files),
-            workspace,
-        };
-    }
     progress.output_sent = events.is_live();
     ran.map(|outcome| (outcome, kept))
+}
+
+/// A session turn's workspace as its session keeps it (nothing for a job outside a session).
+async fn restore_workspace(
+    shared: &Shared,
+    job: &Job<'_>,
+    session: Option<fleet_shared::session::SessionTurn>,
+    dirs: &JobDirs,
+    user: Option<(libc::uid_t, libc::gid_t)>,
+) -> Result<Baseline, SpawnError> {
+    let Some(st) = session else {
+        return Ok(Baseline::default());
+    };
+    let restoring = session_workspace::restore(
+        &shared.session_files,
+        &st.session_id,
+        job.restore_from,
+        &dirs.workspace,
+        user,
+    );
+    with_heartbeat(job.msg, shared.config.queue.ack_wait(), restoring)
+        .instrument(tracing::info_span!("restore_workspace"))
+        .await
+        .map_err(SpawnError::SessionWorkspace)
+}
+
+/// Stores the run's files and, for a session turn whose agent ended on its own, saves the workspace; both at once.
+async fn keep(
+    shared: &Shared,
+    job: &Job<'_>,
+    events: &Events,
+    record: &JobRecord,
+    files: Files<'_>,
+    outcome: &RunOutcome,
+    baseline: &Baseline,
+) -> Kept {
+    let dirs = files.dirs;
+    let storing = store_files(shared, job, events, record, files, outcome);
+    let saving = async {
+        let ended_on_its_own = outcome.killed.is_none() && outcome.limit.is_none();
+        let st = record.request.session.filter(|_| ended_on_its_own)?;
+        Some(save_workspace(shared, job, st, dirs, baseline).await)
+    };
+    let (files, workspace) = tokio::join!(storing, saving);
+    Kept {
+        files: Some(files),
+        workspace,
+    }
+}
+
+/// The attempt's directories: fresh ones from the pool, or a session turn's own.
+async fn job_dirs<'s>(
+    shared: &'s Shared,
+    job: &Job<'_>,
+    record: &JobRecord,
+) -> Result<crate::dirs::Leased<'s>, SpawnError> {
+    match record.request.session {
+        Some(st) => session_dirs(shared, job, &st.session_id).await,
+        None => shared.dirs.take(record).map_err(SpawnError::Workspace),
+    }
 }
 
 /// A session turn's directories: its session's own path on this machine, waited for while another run of the

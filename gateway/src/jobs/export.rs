@@ -65,18 +65,13 @@ pub struct Archive {
 
 impl Archive {
     async fn new() -> Result<Self, ApiError> {
-        let path = std::env::temp_dir().join(format!("fleet-export-{}.tar", Uuid::now_v7()));
-        let file = tokio::fs::File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        // Unlinked from the start: it lives as long as the response reading it.
+        let file = tokio::task::spawn_blocking(tempfile::tempfile)
             .await
+            .map_err(failed)?
             .map_err(failed)?;
-        // Gone from the directory at once: it lives as long as the response reading it.
-        tokio::fs::remove_file(&path).await.map_err(failed)?;
         Ok(Self {
-            file,
+            file: tokio::fs::File::from_std(file),
             contents: Contents {
                 version: VERSION,
                 exported_at: Some(Utc::now()),

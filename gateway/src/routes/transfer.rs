@@ -91,15 +91,12 @@ pub async fn import(
 /// The request body in an unlinked temporary file, refused past `most` bytes.
 async fn spool(body: Body, most: u64) -> Result<std::fs::File, ApiError> {
     let failed = |e: std::io::Error| ApiError::unavailable("spooling the archive failed", e);
-    let path = std::env::temp_dir().join(format!("fleet-import-{}.tar", Uuid::now_v7()));
-    let mut file = tokio::fs::File::options()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
+    let file = tokio::task::spawn_blocking(tempfile::tempfile)
         .await
+        .map_err(std::io::Error::other)
+        .and_then(|f| f)
         .map_err(failed)?;
-    tokio::fs::remove_file(&path).await.map_err(failed)?;
+    let mut file = tokio::fs::File::from_std(file);
     let mut stream = body.into_data_stream();
     let mut size = 0u64;
     while let Some(chunk) = stream.next().await {
