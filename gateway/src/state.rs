@@ -92,6 +92,7 @@ impl AppState {
             .map_err(|e| {
                 crate::GatewayError::Auth(format!("cannot follow the tokens bucket: {e}"))
             })?;
+        let sessions = fleet_shared::session::SessionStore::new(client.clone(), handles.sessions);
         Ok(Self(Arc::new(Inner {
             sealer,
             trusted_proxies: config.http.trusted_proxy_networks(),
@@ -112,7 +113,7 @@ impl AppState {
             keys: crate::auth::KeyRing::new(handles.keys.clone()),
             rate,
             tokens: handles.tokens.clone(),
-            sessions: fleet_shared::session::SessionStore::new(handles.sessions),
+            sessions,
             session_files,
             revoked,
             completed: Default::default(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conversation;
 pub mod error_code;
 pub mod keys;
+pub mod kv_batch;
 pub mod lifecycle;
 pub mod metrics;
 pub mod nats;

@@ -116,11 +116,13 @@ pub struct Stored<T> {
 #[derive(Clone)]
 pub struct SessionStore {
     bucket: kv::Store,
+    /// For the batched reads async-nats has no call for.
+    client: async_nats::Client,
 }
 
 impl SessionStore {
-    pub fn new(bucket: kv::Store) -> Self {
-        Self { bucket }
+    pub fn new(client: async_nats::Client, bucket: kv::Store) -> Self {
+        Self { bucket, client }
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
@@ -196,32 +198,29 @@ impl SessionStore {
         }
     }
 
-    /// Takes the next turn number for `make(turn)`: the turn's key is created (never overwritten, so two
-    /// gateways accepting at once get different numbers), then the session's count follows.
+    /// Takes the next turn number after `session`'s count for `make(turn)`: the turn's key is created (never
+    /// overwritten, so two gateways accepting at once get different numbers). The caller raises the session's
+    /// count after ([`Self::raise_count`]); until then a reader of the session does not list the turn.
     pub async fn append(
         &self,
-        id: &Uuid,
+        session: &SessionRecord,
         make: impl Fn(u32) -> Turn,
-    ) -> Result<Option<Turn>, SessionStoreError> {
-        let Some(stored) = self.session(id).await? else {
-            return Ok(None);
-        };
-        let mut number = stored.value.turn_count + 1;
-        let turn = loop {
+    ) -> Result<Turn, SessionStoreError> {
+        let id = &session.session_id;
+        let mut number = session.turn_count + 1;
+        loop {
             let turn = make(number);
             let key = turn_key(id, number);
             match self.bucket.create(&key, to_msgpack(&turn).into()).await {
-                Ok(_) => break turn,
+                Ok(_) => return Ok(turn),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => number += 1,
                 Err(e) => return Err(unavailable(e)),
             }
-        };
-        self.raise_count(id, number).await?;
-        Ok(Some(turn))
+        }
     }
 
     /// Makes the session's count at least `number`.
-    async fn raise_count(&self, id: &Uuid, number: u32) -> Result<(), SessionStoreError> {
+    pub async fn raise_count(&self, id: &Uuid, number: u32) -> Result<(), SessionStoreError> {
         self.update_session(id, |session| {
             let raise = session.turn_count < number;
             session.turn_count = session.turn_count.max(number);
@@ -237,18 +236,25 @@ impl SessionStore {
         id: &Uuid,
         change: impl Fn(&mut SessionRecord) -> bool,
     ) -> Result<(), SessionStoreError> {
-        self.update(&session_key(id), change).await
+        self.update(&session_key(id), None, change).await
     }
 
-    /// Changes the entry at `key` by compare-and-set, as `update_session` does; a missing entry is left missing.
+    /// Changes the entry at `key` by compare-and-set, as `update_session` does, starting from `seen` where the
+    /// caller has just read it; a missing entry is left missing.
     async fn update<T: Serialize + serde::de::DeserializeOwned>(
         &self,
         key: &str,
+        seen: Option<Stored<T>>,
         change: impl Fn(&mut T) -> bool,
     ) -> Result<(), SessionStoreError> {
+        let mut seen = seen;
         for _ in 0..20 {
-            let Some(stored) = self.read::<T>(key).await? else {
-                return Ok(());
+            let stored = match seen.take() {
+                Some(stored) => stored,
+                None => match self.read::<T>(key).await? {
+                    Some(stored) => stored,
+                    None => return Ok(()),
+                },
             };
             let mut value = stored.value;
             if !change(&mut value) {
@@ -269,49 +275,33 @@ impl SessionStore {
         )))
     }
 
-    /// Records how a turn ended (once: a turn already ended is left as it is), the agent's session id, and the
-    /// workspace the turn left. Returns the workspace state this one replaced, which nothing reads any more.
+    /// Records how a turn ended (once: a turn already ended is left as it is) and, in the session, the turn's
+    /// count, the agent's session id and the workspace the turn left; the two writes go together. Returns the
+    /// workspace state this one replaced, which nothing reads any more.
     pub async fn end_turn(
         &self,
         id: &Uuid,
         ended: &Turn,
         agent_session_id: Option<&str>,
+        seen: Seen,
     ) -> Result<Option<WorkspaceRef>, SessionStoreError> {
-        let key = turn_key(id, ended.turn);
-        self.update(&key, |turn: &mut Turn| {
+        let (turn_key, session_key) = (turn_key(id, ended.turn), session_key(id));
+        let turn_written = self.update(&turn_key, seen.turn, |turn: &mut Turn| {
             let open = !turn.status.is_terminal();
             if open {
                 *turn = ended.clone();
             }
             open
-        })
-        .await?;
+        });
         let replaced = std::sync::Mutex::new(None);
-        self.update_session(id, |session| {
-            let mut changed = false;
-            if let Some(agent_session_id) = agent_session_id {
-                changed |= session.agent_session_id.as_deref() != Some(agent_session_id);
-                session.agent_session_id = Some(agent_session_id.to_string());
+        let session_written = self.update(&session_key, seen.session, |session| {
+            let replacing = session_after(session, ended, agent_session_id);
+            if let Ok(mut replaced) = replaced.lock() {
+                *replaced = replacing.clone().flatten();
             }
-            let newer = |new: &&WorkspaceRef, now: Option<&WorkspaceRef>| {
-                now.is_none_or(|now| new.turn > now.turn)
-            };
-            let now = session.workspace.clone();
-            if let Some(new) = ended
-                .workspace
-                .as_ref()
-                .filter(|new| newer(new, now.as_ref()))
-            {
-                let old = session.workspace.replace(new.clone());
-                let unread = old.filter(|old| old.manifest != new.manifest);
-                if let Ok(mut replaced) = replaced.lock() {
-                    *replaced = unread;
-                }
-                changed = true;
-            }
-            changed
-        })
-        .await?;
+            replacing.is_some()
+        });
+        tokio::try_join!(turn_written, session_written)?;
         Ok(replaced.into_inner().unwrap_or_default())
     }
 
@@ -323,7 +313,7 @@ impl SessionStore {
         message: &str,
     ) -> Result<(), SessionStoreError> {
         let message = kept(message);
-        self.update(&turn_key(id, turn), |t: &mut Turn| {
+        self.update(&turn_key(id, turn), None, |t: &mut Turn| {
             let changed = t.message != message;
             t.message = message.clone();
             changed
@@ -331,25 +321,43 @@ impl SessionStore {
         .await
     }
 
-    /// Turns `from..=to` that exist, in order; read many at a time, so a long history costs a few round trips,
-    /// not one per turn.
+    /// Turns `from..=to` that exist, in order; read in batches (one round trip for a hundred turns), or many
+    /// gets at a time from a server without batched reads.
     pub async fn turns(
         &self,
         id: &Uuid,
         from: u32,
         to: u32,
     ) -> Result<Vec<Turn>, SessionStoreError> {
+        let keys: Vec<String> = (from.max(1)..=to).map(|n| turn_key(id, n)).collect();
+        let mut turns = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::kv_batch::MAX_KEYS) {
+            match crate::kv_batch::latest(&self.client, &self.bucket, chunk).await {
+                Ok(found) => {
+                    for (key, value) in found {
+                        let turn: Turn = decode(&value, Format::MessagePack)
+                            .map_err(|_| SessionStoreError::Unreadable(key))?;
+                        turns.push(turn);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading turns key by key");
+                    turns.extend(self.turns_one_by_one(chunk).await?);
+                }
+            }
+        }
+        turns.sort_unstable_by_key(|t| t.turn);
+        Ok(turns)
+    }
+
+    async fn turns_one_by_one(&self, keys: &[String]) -> Result<Vec<Turn>, SessionStoreError> {
         use futures::{StreamExt, TryStreamExt};
-        let read: Vec<Option<Stored<Turn>>> = futures::stream::iter(from.max(1)..=to)
-            .map(|number| self.turn(id, number))
+        let read: Vec<Option<Stored<Turn>>> = futures::stream::iter(keys.to_vec())
+            .map(|key| async move { self.read(&key).await })
             .buffered(32)
             .try_collect()
             .await?;
-        Ok(read
-            .into_iter()
-            .flatten()
-            .map(|stored| stored.value)
-            .collect())
+        Ok(read.into_iter().flatten().map(|s| s.value).collect())
     }
 
     /// The ids of every session, newest first (they are UUID v7): the bucket's one-token subjects, so turns and
@@ -387,6 +395,41 @@ impl SessionStore {
             .await
             .map_err(unavailable)
     }
+}
+
+/// What a writer has just read, so its compare-and-set need not read again.
+#[derive(Default)]
+pub struct Seen {
+    pub turn: Option<Stored<Turn>>,
+    pub session: Option<Stored<SessionRecord>>,
+}
+
+/// Changes `session` as `ended` leaves it: its count covers the turn, the agent's session id and the newest
+/// workspace are kept. None when nothing changes; else the workspace state replaced, if nothing reads it now.
+fn session_after(
+    session: &mut SessionRecord,
+    ended: &Turn,
+    agent_session_id: Option<&str>,
+) -> Option<Option<WorkspaceRef>> {
+    let mut changed = session.turn_count < ended.turn;
+    session.turn_count = session.turn_count.max(ended.turn);
+    if let Some(agent_session_id) = agent_session_id {
+        changed |= session.agent_session_id.as_deref() != Some(agent_session_id);
+        session.agent_session_id = Some(agent_session_id.to_string());
+    }
+    let newer = |new: &WorkspaceRef| {
+        session
+            .workspace
+            .as_ref()
+            .is_none_or(|now| new.turn > now.turn)
+    };
+    let mut replaced = None;
+    if let Some(new) = ended.workspace.as_ref().filter(|new| newer(new)) {
+        let old = session.workspace.replace(new.clone());
+        replaced = old.filter(|old| old.manifest != new.manifest);
+        changed = true;
+    }
+    changed.then_some(replaced)
 }
 
 /// A session's history as chat messages: each earlier turn's message, then its answer where it has one.

@@ -314,3 +314,61 @@ async fn a_job_naming_a_session_turn_that_is_not_its_own_is_refused_and_changes_
     assert_eq!(after["turns"], before["turns"], "the session is as it was");
     worker.stop().await;
 }
+
+/// A session's history is read in batches of many keys at once: every turn that holds a value comes back, in
+/// order, across more turns than one batch may name; removed turns are left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_read_in_batches_without_removed_turns() {
+    use fleet_shared::session::{SessionStore, Turn};
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), &[]);
+    let client = fleet_shared::nats::connect(&cfg.config.nats, "history-test")
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client.clone());
+    let handles = topology()
+        .ensure(&js, &cfg.config.queue)
+        .await
+        .expect("topology");
+    let bucket = handles.sessions.clone();
+    let store = SessionStore::new(client.clone(), handles.sessions);
+    let id = uuid::Uuid::now_v7();
+    let count = fleet_shared::kv_batch::MAX_KEYS as u32 + 76;
+    let turn = |n: u32| Turn {
+        turn: n,
+        job_id: uuid::Uuid::now_v7(),
+        message: format!("m{n}"),
+        submitted_at: chrono::Utc::now(),
+        status: fleet_shared::JobStatus::Completed,
+        answer: None,
+        ended_at: None,
+        workspace: None,
+    };
+    let writes = (1..=count).map(|n| {
+        let store = &store;
+        async move { store.create_turn(&id, &turn(n)).await }
+    });
+    futures::future::try_join_all(writes).await.expect("turns");
+    let key = |n: u32| fleet_shared::session::turn_key(&id, n);
+    bucket.purge(key(3)).await.expect("purge");
+    bucket.delete(key(1050)).await.expect("delete");
+
+    let read = store.turns(&id, 1, count + 5).await.expect("read");
+    let numbers: Vec<u32> = read.iter().map(|t| t.turn).collect();
+    let expected: Vec<u32> = (1..=count).filter(|n| ![3, 1050].contains(n)).collect();
+    assert_eq!(numbers, expected);
+    assert!(read.iter().all(|t| t.message == format!("m{}", t.turn)));
+
+    // One batch answers for many keys; none found is an empty answer, not an error.
+    let keys: Vec<String> = [2, 3, 4, 5000].map(key).to_vec();
+    let found = fleet_shared::kv_batch::latest(&client, &bucket, &keys)
+        .await
+        .expect("batch");
+    let mut found: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+    found.sort_unstable();
+    assert_eq!(found, [key(2), key(4)]);
+    let none = fleet_shared::kv_batch::latest(&client, &bucket, &[key(5000)])
+        .await
+        .expect("empty batch");
+    assert!(none.is_empty());
+}

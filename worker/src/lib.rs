@@ -313,7 +313,10 @@ async fn shared_state(
             .then(model::client)
             .transpose()
             .map_err(WorkerError::ModelClient)?,
-        sessions: fleet_shared::session::SessionStore::new(handles.sessions.clone()),
+        sessions: fleet_shared::session::SessionStore::new(
+            client.clone(),
+            handles.sessions.clone(),
+        ),
         session_files: fleet_shared::session_workspace::store(&config.artifacts)?,
     })
 }

@@ -55,14 +55,19 @@ pub async fn gate(
     st: &SessionTurn,
     delivered: i64,
 ) -> Result<Gate, SessionStoreError> {
-    // The turn's own entry and the one before it, read together (one round trip for the common case).
-    let previous_number = st.turn.saturating_sub(1);
-    let (own, previous) = tokio::try_join!(shared.sessions.turn(&st.session_id, st.turn), async {
-        match previous_number {
-            0 => Ok(None),
-            n => shared.sessions.turn(&st.session_id, n).await,
-        }
-    })?;
+    // Everything a turn that may go needs, read at once: its own entry, the history (whose last entry is the
+    // turn before it) and the session; one round trip in the common case.
+    let from = st.turn.saturating_sub(session::HISTORY_TURNS).max(1);
+    let read = || async {
+        tokio::try_join!(
+            shared.sessions.turn(&st.session_id, st.turn),
+            shared
+                .sessions
+                .turns(&st.session_id, from, st.turn.saturating_sub(1)),
+            shared.sessions.session(&st.session_id)
+        )
+    };
+    let (own, mut history, mut session) = read().await?;
     if own.as_ref().is_none_or(|t| t.value.job_id != request.id) {
         return Ok(Gate::Refuse(format!(
             "session {} has no turn {} for this job (deleted, or not this job's to join)",
@@ -71,9 +76,14 @@ pub async fn gate(
     }
     let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
     let delay = Duration::from_millis(100) * 2u32.pow(steps - 1);
-    if st.turn > 1 && !previous_ended(shared, st, previous.map(|p| p.value)).await? {
-        let why = format!("waiting for turn {} of its session to end", st.turn - 1);
-        return Ok(Gate::Wait(delay, why));
+    let previous = history.last().filter(|t| t.turn + 1 == st.turn).cloned();
+    match previous_ended(shared, st, previous).await? {
+        Previous::Ended => {}
+        Previous::Reconciled => (_, history, session) = read().await?,
+        Previous::Running => {
+            let why = format!("waiting for turn {} of its session to end", st.turn - 1);
+            return Ok(Gate::Wait(delay, why));
+        }
     }
     let message = match &request.conversation {
         None => None,
@@ -95,11 +105,6 @@ pub async fn gate(
             .set_turn_message(&st.session_id, st.turn, message)
             .await?;
     }
-    let from = st.turn.saturating_sub(session::HISTORY_TURNS).max(1);
-    let (history, session) = tokio::try_join!(
-        shared.sessions.turns(&st.session_id, from, st.turn - 1),
-        shared.sessions.session(&st.session_id)
-    )?;
     let (workspace, agent_session) = session
         .map(|s| (s.value.workspace, s.value.agent_session_id))
         .unwrap_or_default();
@@ -160,18 +165,26 @@ async fn said_before(
     })
 }
 
+/// Where the turn before a turn stands.
+enum Previous {
+    Ended,
+    /// It had ended without its entry saying so, which it says now.
+    Reconciled,
+    Running,
+}
+
 /// Whether the turn before `st` has ended, reconciling its entry with its job's record when the worker that ran
 /// it did not get to write it.
 async fn previous_ended(
     shared: &Shared,
     st: &SessionTurn,
     previous: Option<Turn>,
-) -> Result<bool, SessionStoreError> {
+) -> Result<Previous, SessionStoreError> {
     let Some(previous) = previous else {
-        return Ok(true); // deleted with its session
+        return Ok(Previous::Ended); // the first turn, or deleted with its session
     };
     if previous.status.is_terminal() {
-        return Ok(true);
+        return Ok(Previous::Ended);
     }
     let key = shared.topology.record_key(&previous.job_id);
     let held = records::current(&shared.records, &key)
@@ -179,20 +192,21 @@ async fn previous_ended(
         .map_err(|e| SessionStoreError::Unavailable(e.to_string()))?;
     let ended = match held {
         Some(held) if held.record.status.is_terminal() => ended_turn(previous, &held.record),
-        Some(_) => return Ok(false),
+        Some(_) => return Ok(Previous::Running),
         None if Utc::now() - previous.submitted_at > UNQUEUED_GRACE => Turn {
             status: JobStatus::Failed,
             answer: Some("its job was never queued, or its record is gone".into()),
             ended_at: Some(Utc::now()),
             ..previous
         },
-        None => return Ok(false),
+        None => return Ok(Previous::Running),
     };
+    let seen = session::Seen::default();
     shared
         .sessions
-        .end_turn(&st.session_id, &ended, None)
+        .end_turn(&st.session_id, &ended, None, seen)
         .await?;
-    Ok(true)
+    Ok(Previous::Reconciled)
 }
 
 /// The turn as its job ended: status, the agent's answer (or what it printed), when.
@@ -213,17 +227,25 @@ pub async fn turn_ended(shared: &Shared, record: &JobRecord) {
         return;
     };
     let ending = async {
-        let Some(stored) = shared.sessions.turn(&st.session_id, st.turn).await? else {
+        let (own, session) = tokio::try_join!(
+            shared.sessions.turn(&st.session_id, st.turn),
+            shared.sessions.session(&st.session_id)
+        )?;
+        let Some(own) = own else {
             return Ok::<(), SessionStoreError>(()); // the session was deleted meanwhile
         };
-        if stored.value.job_id != record.id {
+        if own.value.job_id != record.id {
             return Ok(()); // a job naming a turn that is not its own (refused) changes nothing there
         }
-        let ended = ended_turn(stored.value, record);
+        let ended = ended_turn(own.value.clone(), record);
         let agent_session = record.agent_session_id.as_deref();
+        let seen = session::Seen {
+            turn: Some(own),
+            session,
+        };
         let replaced = shared
             .sessions
-            .end_turn(&st.session_id, &ended, agent_session)
+            .end_turn(&st.session_id, &ended, agent_session, seen)
             .await?;
         if let (Some(old), Some(new)) = (replaced, ended.workspace) {
             forget_later(shared, st.session_id, old, new);

@@ -177,10 +177,9 @@ pub async fn take_turn(
     let id = session.session_id;
     let turn = state
         .sessions
-        .append(&id, make)
+        .append(session, make)
         .await
-        .map_err(store_error)?
-        .ok_or_else(|| not_found(&id))?;
+        .map_err(store_error)?;
     let sub = Submission {
         id: Some(job_id),
         agent: session.agent.clone(),
@@ -198,7 +197,14 @@ pub async fn take_turn(
         conversation: message.conversation,
         ..Default::default()
     };
-    match submit(state, caller, sub).await {
+    // The count is raised while the job is queued: neither waits for the other. A count left behind is
+    // raised again when the turn ends.
+    let raising = state.sessions.raise_count(&id, turn.turn);
+    let (raised, submitted) = tokio::join!(raising, submit(state, caller, sub));
+    if let Err(e) = raised {
+        tracing::warn!(session_id = %id, turn = turn.turn, error = %e, "raising the session's turn count failed");
+    }
+    match submitted {
         Ok(submitted) => Ok((turn, submitted)),
         Err(e) => {
             let failed = Turn {
@@ -207,7 +213,8 @@ pub async fn take_turn(
                 ended_at: Some(Utc::now()),
                 ..turn
             };
-            if let Err(undo) = state.sessions.end_turn(&id, &failed, None).await {
+            let seen = session::Seen::default();
+            if let Err(undo) = state.sessions.end_turn(&id, &failed, None, seen).await {
                 tracing::warn!(session_id = %id, error = %undo, "recording a turn that was not queued failed");
             }
             Err(e)
