@@ -107,6 +107,7 @@ fn unavailable(e: impl std::fmt::Display) -> SessionStoreError {
 }
 
 /// A value as stored, with the revision a compare-and-set must expect.
+#[derive(Debug, Clone)]
 pub struct Stored<T> {
     pub value: T,
     pub revision: u64,
@@ -287,9 +288,13 @@ impl SessionStore {
     ) -> Result<Option<WorkspaceRef>, SessionStoreError> {
         let (turn_key, session_key) = (turn_key(id, ended.turn), session_key(id));
         let turn_written = self.update(&turn_key, seen.turn, |turn: &mut Turn| {
+            // Only the ending's fields: the message may have been set since `ended` was read.
             let open = !turn.status.is_terminal();
             if open {
-                *turn = ended.clone();
+                turn.status = ended.status;
+                turn.answer.clone_from(&ended.answer);
+                turn.ended_at = ended.ended_at;
+                turn.workspace.clone_from(&ended.workspace);
             }
             open
         });

@@ -52,12 +52,8 @@ pub struct Job<'a> {
     /// The job's record as it was queued (the claim's starting point).
     pub queued: &'a JobRecord,
     pub input_files: &'a [fleet_shared::wire::InputFile],
-    /// A session turn's earlier turns, oldest first (empty for a job outside a session).
-    pub history: &'a [fleet_shared::session::Turn],
-    /// The workspace a session turn starts from (none: the session has not saved one).
-    pub restore_from: Option<&'a WorkspaceRef>,
-    /// The agent's own session a session turn resumes.
-    pub agent_session: Option<&'a str>,
+    /// What a session's turn starts from (empty for a job outside a session).
+    pub start: &'a crate::session::Start,
     /// Cancelled when a cancel request for this run arrives.
     pub cancel: tokio_util::sync::CancellationToken,
 }
@@ -96,7 +92,7 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
     let ask = model::Ask {
         agent: job.agent,
         record: &record,
-        history: job.history,
+        history: &job.start.history,
         events: &events,
         timeout: crate::agent::timeout(&record, job.agent, &shared.config.worker),
         cancel: job.cancel.clone(),
@@ -146,7 +142,7 @@ async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) ->
     }
     let events = Arc::new(job_events(shared, job, &progress.held));
     let resume = crate::agent::Resume {
-        agent_session: job.agent_session,
+        agent_session: job.start.agent_session.as_deref(),
     };
     let mut spec = run_spec(
         &progress.held.record,
@@ -212,7 +208,7 @@ async fn restore_workspace(
     let restoring = session_workspace::restore(
         &shared.session_files,
         &st.session_id,
-        job.restore_from,
+        job.start.workspace.as_ref(),
         &dirs.workspace,
         user,
     );

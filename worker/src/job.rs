@@ -132,9 +132,7 @@ async fn run_job(
         agent,
         queued: &queued,
         input_files: &input_files,
-        history: &start.history,
-        restore_from: start.workspace.as_ref(),
-        agent_session: start.agent_session.as_deref(),
+        start: &start,
         cancel: registration.token.clone(),
     };
     let attempted = attempt::run(shared, &job, &mut progress).await;
@@ -310,12 +308,22 @@ async fn record_attempt(
                 held.revision,
                 format,
                 false,
+                job.start.seen.as_ref(),
             )
             .await;
         }
     };
     // Recording waits out NATS outages: keep the message ours meanwhile.
-    let recording = write_and_announce(shared, job.key, record, held.revision, format, output_sent);
+    let seen = job.start.seen.as_ref();
+    let recording = write_and_announce(
+        shared,
+        job.key,
+        record,
+        held.revision,
+        format,
+        output_sent,
+        seen,
+    );
     attempt::with_heartbeat(job.msg, shared.config.queue.ack_wait(), recording).await
 }
 
@@ -441,7 +449,7 @@ async fn end_unrun(
         Ok(Some(held)) if held.record.status.is_terminal() => Settle::Ack,
         Ok(Some(held)) => {
             let record = end(held.record);
-            write_and_announce(shared, key, record, held.revision, format, false).await
+            write_and_announce(shared, key, record, held.revision, format, false, None).await
         }
         Ok(None) => {
             let record = match ending {
@@ -478,7 +486,7 @@ async fn cancel_before_start(
     let revision = held.as_ref().and_then(|h| h.revision);
     let record = held.map_or(queued, |h| h.record).cancelled_before_start();
     tracing::info!("job cancelled before it started");
-    write_and_announce(shared, key, record, revision, format, false).await
+    write_and_announce(shared, key, record, revision, format, false, None).await
 }
 
 async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Format) -> Settle {
@@ -487,7 +495,7 @@ async fn record_worker_lost(shared: &Shared, key: &str, held: Held, format: Form
         attempts = record.attempt,
         "attempts exhausted; recording worker_lost"
     );
-    write_and_announce(shared, key, record, held.revision, format, false).await
+    write_and_announce(shared, key, record, held.revision, format, false, None).await
 }
 
 /// Gives a job this worker must stop back to the queue; resets the record only if this worker claimed it.
@@ -532,7 +540,8 @@ fn completed_record(held: &Held, outcome: &RunOutcome) -> JobRecord {
 }
 
 /// Writes the terminal record unless the job already has one (`expected`: the revision last seen, if any),
-/// and announces it only when ours is the job's terminal record.
+/// and announces it only when ours is the job's terminal record; `seen`: a session turn's entries as its gate
+/// read them.
 async fn write_and_announce(
     shared: &Shared,
     key: &str,
@@ -540,6 +549,7 @@ async fn write_and_announce(
     revision: Option<u64>,
     format: Format,
     output_sent: bool,
+    seen: Option<&crate::session::SeenAtStart>,
 ) -> Settle {
     let mut record = record;
     crate::fit::fit(&mut record, attempt::record_limit(shared));
@@ -558,7 +568,7 @@ async fn write_and_announce(
         Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
             shared.metrics.ended(&record);
-            crate::session::turn_ended(shared, &record).await;
+            crate::session::turn_ended(shared, &record, seen).await;
             crate::delivery::announce(
                 &shared.client,
                 &shared.topology,

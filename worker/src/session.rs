@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_shared::conversation::{self, ConversationStep};
 use fleet_shared::record_store as records;
-use fleet_shared::session::{self, SessionStoreError, SessionTurn, Turn};
+use fleet_shared::session::{self, SessionStoreError, SessionTurn, Stored, Turn};
 use fleet_shared::session_workspace::WorkspaceRef;
 use fleet_shared::wire::InputFile;
 use fleet_shared::{JobRecord, JobRequest, JobStatus};
@@ -45,6 +45,16 @@ pub struct Start {
     pub agent_session: Option<String>,
     /// A conversation's exchange: its message, the answer of the exchange before.
     pub message: Option<String>,
+    /// The turn's entry and the session as the gate read them, for writing the turn's end without reading
+    /// them again.
+    pub seen: Option<SeenAtStart>,
+}
+
+/// The turn's own entry and its session as read when the turn was let go.
+#[derive(Debug, Clone)]
+pub struct SeenAtStart {
+    pub turn: Stored<Turn>,
+    pub session: Option<Stored<session::SessionRecord>>,
 }
 
 /// Decides whether `request`, turn `st` of its session, runs now; `delivered` counts the message's deliveries
@@ -68,18 +78,22 @@ pub async fn gate(
         )
     };
     let (own, mut history, mut session) = read().await?;
-    if own.as_ref().is_none_or(|t| t.value.job_id != request.id) {
+    let Some(mut own) = own.filter(|t| t.value.job_id == request.id) else {
         return Ok(Gate::Refuse(format!(
             "session {} has no turn {} for this job (deleted, or not this job's to join)",
             st.session_id, st.turn
         )));
-    }
+    };
     let steps = u32::try_from(delivered.clamp(1, 6)).unwrap_or(6);
     let delay = Duration::from_millis(100) * 2u32.pow(steps - 1);
     let previous = history.last().filter(|t| t.turn + 1 == st.turn).cloned();
     match previous_ended(shared, st, previous).await? {
         Previous::Ended => {}
-        Previous::Reconciled => (_, history, session) = read().await?,
+        Previous::Reconciled => {
+            let again = read().await?;
+            (history, session) = (again.1, again.2);
+            own = again.0.unwrap_or(own);
+        }
         Previous::Running => {
             let why = format!("waiting for turn {} of its session to end", st.turn - 1);
             return Ok(Gate::Wait(delay, why));
@@ -106,13 +120,15 @@ pub async fn gate(
             .await?;
     }
     let (workspace, agent_session) = session
-        .map(|s| (s.value.workspace, s.value.agent_session_id))
+        .as_ref()
+        .map(|s| (s.value.workspace.clone(), s.value.agent_session_id.clone()))
         .unwrap_or_default();
     Ok(Gate::Go(Start {
         history,
         workspace,
         agent_session,
         message,
+        seen: Some(SeenAtStart { turn: own, session }),
     }))
 }
 
@@ -221,22 +237,20 @@ pub fn ended_turn(turn: Turn, record: &JobRecord) -> Turn {
     }
 }
 
-/// Writes how a session's turn ended into the session, after its terminal record.
-pub async fn turn_ended(shared: &Shared, record: &JobRecord) {
+/// Writes how a session's turn ended into the session, after its terminal record; `seen`: the turn's entry
+/// and session as its gate read them (none for a job refused before it ran, whose turn may not be its own).
+pub async fn turn_ended(shared: &Shared, record: &JobRecord, seen: Option<&SeenAtStart>) {
     let Some(st) = record.request.session else {
         return;
     };
     let ending = async {
-        let (own, session) = tokio::try_join!(
-            shared.sessions.turn(&st.session_id, st.turn),
-            shared.sessions.session(&st.session_id)
-        )?;
-        let Some(own) = own else {
-            return Ok::<(), SessionStoreError>(()); // the session was deleted meanwhile
+        let (own, session) = match seen {
+            Some(seen) => (seen.turn.clone(), seen.session.clone()),
+            None => match own_turn(shared, &st, record).await? {
+                Some(read) => read,
+                None => return Ok(()),
+            },
         };
-        if own.value.job_id != record.id {
-            return Ok(()); // a job naming a turn that is not its own (refused) changes nothing there
-        }
         let ended = ended_turn(own.value.clone(), record);
         let agent_session = record.agent_session_id.as_deref();
         let seen = session::Seen {
@@ -250,12 +264,28 @@ pub async fn turn_ended(shared: &Shared, record: &JobRecord) {
         if let (Some(old), Some(new)) = (replaced, ended.workspace) {
             forget_later(shared, st.session_id, old, new);
         }
-        Ok(())
+        Ok::<(), SessionStoreError>(())
     };
     if let Err(e) = ending.await {
         // The next turn reconciles it from this job's record.
         tracing::warn!(session_id = %st.session_id, turn = st.turn, error = %e, "recording the turn's end in its session failed");
     }
+}
+
+/// The turn `record` names and its session, if the turn is that job's (none: deleted, or a job naming a turn
+/// that is not its own, which changes nothing there).
+async fn own_turn(
+    shared: &Shared,
+    st: &SessionTurn,
+    record: &JobRecord,
+) -> Result<Option<(Stored<Turn>, Option<Stored<session::SessionRecord>>)>, SessionStoreError> {
+    let (own, session) = tokio::try_join!(
+        shared.sessions.turn(&st.session_id, st.turn),
+        shared.sessions.session(&st.session_id)
+    )?;
+    Ok(own
+        .filter(|own| own.value.job_id == record.id)
+        .map(|own| (own, session)))
 }
 
 /// Removes a replaced workspace state off the turn's path (the next turn reads only the new one).
