@@ -208,6 +208,12 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let forget = tokio::spawn(forget_idle_callers(state.clone()));
     let history = tokio::spawn(state.history.clone().follow(state.records.clone()));
+    let session_list = tokio::spawn(
+        state
+            .session_list
+            .clone()
+            .follow(state.sessions.bucket().clone()),
+    );
     let sweep = tokio::spawn(
         state
             .history
@@ -220,6 +226,7 @@ pub async fn run(
     keys.abort();
     forget.abort();
     history.abort();
+    session_list.abort();
     sweep.abort();
     served?;
     Ok(())

@@ -54,6 +54,8 @@ pub struct Inner {
     pub openapi: std::sync::OnceLock<bytes::Bytes>,
     /// The job history lists and counts are served from (`run` keeps it in step with the bucket).
     pub history: Arc<crate::jobs::history::History>,
+    /// The sessions lists are served from (`run` keeps it in step with the sessions bucket).
+    pub session_list: Arc<crate::jobs::session_index::Sessions>,
     /// Where `run` listens (unset for a router driven without a listener), for the console's `/qr`.
     pub listen: std::sync::OnceLock<std::net::SocketAddr>,
 }
@@ -119,6 +121,7 @@ impl AppState {
             completed: Default::default(),
             openapi: Default::default(),
             history: Default::default(),
+            session_list: Default::default(),
             listen: Default::default(),
         })))
     }

@@ -126,6 +126,10 @@ impl SessionStore {
         Self { bucket, client }
     }
 
+    pub fn bucket(&self) -> &kv::Store {
+        &self.bucket
+    }
+
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
@@ -326,8 +330,7 @@ impl SessionStore {
         .await
     }
 
-    /// Turns `from..=to` that exist, in order; read in batches (one round trip for a hundred turns), or many
-    /// gets at a time from a server without batched reads.
+    /// Turns `from..=to` that exist, in order; one round trip for a hundred turns.
     pub async fn turns(
         &self,
         id: &Uuid,
@@ -335,34 +338,49 @@ impl SessionStore {
         to: u32,
     ) -> Result<Vec<Turn>, SessionStoreError> {
         let keys: Vec<String> = (from.max(1)..=to).map(|n| turn_key(id, n)).collect();
-        let mut turns = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(crate::kv_batch::MAX_KEYS) {
-            match crate::kv_batch::latest(&self.client, &self.bucket, chunk).await {
-                Ok(found) => {
-                    for (key, value) in found {
-                        let turn: Turn = decode(&value, Format::MessagePack)
-                            .map_err(|_| SessionStoreError::Unreadable(key))?;
-                        turns.push(turn);
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading turns key by key");
-                    turns.extend(self.turns_one_by_one(chunk).await?);
-                }
-            }
-        }
+        let mut turns: Vec<Turn> = self.read_many(&keys).await?;
         turns.sort_unstable_by_key(|t| t.turn);
         Ok(turns)
     }
 
-    async fn turns_one_by_one(&self, keys: &[String]) -> Result<Vec<Turn>, SessionStoreError> {
+    /// The sessions of `ids` that exist, in the order of `ids`.
+    pub async fn sessions(&self, ids: &[Uuid]) -> Result<Vec<SessionRecord>, SessionStoreError> {
+        let keys: Vec<String> = ids.iter().map(session_key).collect();
+        let read: Vec<SessionRecord> = self.read_many(&keys).await?;
+        let mut found: std::collections::HashMap<Uuid, SessionRecord> =
+            read.into_iter().map(|s| (s.session_id, s)).collect();
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
+    /// The values of `keys` that hold one, in no particular order: in batches, or many gets at a time from a
+    /// server without batched reads.
+    async fn read_many<T: serde::de::DeserializeOwned>(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<T>, SessionStoreError> {
         use futures::{StreamExt, TryStreamExt};
-        let read: Vec<Option<Stored<Turn>>> = futures::stream::iter(keys.to_vec())
-            .map(|key| async move { self.read(&key).await })
-            .buffered(32)
-            .try_collect()
-            .await?;
-        Ok(read.into_iter().flatten().map(|s| s.value).collect())
+        let mut values = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(crate::kv_batch::MAX_KEYS) {
+            match crate::kv_batch::latest(&self.client, &self.bucket, chunk).await {
+                Ok(found) => {
+                    for (key, value) in found {
+                        let value = decode(&value, Format::MessagePack)
+                            .map_err(|_| SessionStoreError::Unreadable(key))?;
+                        values.push(value);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading key by key");
+                    let read: Vec<Option<Stored<T>>> = futures::stream::iter(chunk.to_vec())
+                        .map(|key| async move { self.read(&key).await })
+                        .buffered(32)
+                        .try_collect()
+                        .await?;
+                    values.extend(read.into_iter().flatten().map(|s| s.value));
+                }
+            }
+        }
+        Ok(values)
     }
 
     /// The ids of every session, newest first (they are UUID v7): the bucket's one-token subjects, so turns and

@@ -372,3 +372,54 @@ async fn a_long_history_is_read_in_batches_without_removed_turns() {
         .expect("empty batch");
     assert!(none.is_empty());
 }
+
+/// Every gateway lists the same sessions in the same pages, whether it has just started over an existing bucket
+/// (reading the bucket until its index is ready) or has followed it all along; a deleted session leaves every list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_later_lists_the_same_pages() {
+    let nats = NatsServer::start();
+    let cfg = test_config_with(&nats.url(), &[], HISTORY_AGENT);
+    declare_agents_without_worker(&cfg.config).await;
+    let first = start_gateway(&cfg.config).await;
+    let api = first.api();
+    let mut made = Vec::new();
+    for _ in 0..7 {
+        made.push(create(&api, "hist").await);
+    }
+    // A turn and its end in the same bucket are not sessions.
+    say(&api, &made[6], "m").await;
+    let pages = |api: Api| async move {
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = api.get(&format!("/v1/sessions?limit=3{cursor}")).await.body;
+            let listed = page["sessions"].as_array().cloned().unwrap_or_default();
+            ids.push(
+                listed
+                    .iter()
+                    .map(|s| s["session_id"].clone())
+                    .collect::<Vec<_>>(),
+            );
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return ids,
+            }
+        }
+    };
+    let newest_first: Vec<Value> = made.iter().rev().map(|id| json!(id)).collect();
+    let expected: Vec<Vec<Value>> = newest_first.chunks(3).map(<[Value]>::to_vec).collect();
+    assert_eq!(pages(api.clone()).await, expected);
+    let second = start_gateway(&cfg.config).await;
+    assert_eq!(pages(second.api()).await, expected, "at once");
+    let r = api
+        .send(api.request(
+            reqwest::Method::DELETE,
+            &format!("/v1/sessions/{}", made[6]),
+        ))
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let rest: Vec<Value> = newest_first[1..].to_vec();
+    let expected: Vec<Vec<Value>> = rest.chunks(3).map(<[Value]>::to_vec).collect();
+    assert_eq!(pages(second.api()).await, expected, "after a delete");
+    assert_eq!(pages(api).await, expected);
+}

@@ -171,7 +171,7 @@ async fn session_start(
         return Ok(crate::session::Start::default());
     };
     match crate::session::gate(shared, &queued.request, &turn, delivered).await {
-        Ok(Gate::Go(start)) => Ok(start),
+        Ok(Gate::Go(start)) => Ok(*start),
         Ok(Gate::Wait(delay, why)) => {
             crate::session::mark_waiting(shared, key, why).await;
             Err(Unrun::Settled(Settle::Retry(Some(delay))))

@@ -26,7 +26,7 @@ const UNQUEUED_GRACE: chrono::Duration = chrono::Duration::seconds(60);
 pub enum Gate {
     /// It may: from the earlier turns, oldest first (at most `session::HISTORY_TURNS`), and the workspace the
     /// session keeps.
-    Go(Start),
+    Go(Box<Start>),
     /// The turn before it has not ended: hand the message back for this long; what it waits for.
     Wait(Duration, String),
     /// It never may: its session has no such turn for this job (deleted, or a publisher naming a session that
@@ -123,13 +123,13 @@ pub async fn gate(
         .as_ref()
         .map(|s| (s.value.workspace.clone(), s.value.agent_session_id.clone()))
         .unwrap_or_default();
-    Ok(Gate::Go(Start {
+    Ok(Gate::Go(Box::new(Start {
         history,
         workspace,
         agent_session,
         message,
         seen: Some(SeenAtStart { turn: own, session }),
-    }))
+    })))
 }
 
 /// What the exchange before a conversation's exchange said.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub type Key = (i64, Uuid);
 
 /// An interned agent or owner name; 0 is "none".
-type Sym = u32;
+use crate::jobs::symbols::{Sym, Symbols};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -100,8 +100,7 @@ pub struct Index {
     by_agent: HashMap<Sym, BTreeSet<Key>>,
     by_status: HashMap<JobStatus, BTreeSet<Key>>,
     counts: HashMap<(Sym, Sym), [u64; 6]>,
-    names: Vec<String>,
-    symbols: HashMap<String, Sym>,
+    symbols: Symbols,
 }
 
 fn status_slot(s: JobStatus) -> usize {
@@ -121,24 +120,6 @@ impl Index {
         self.jobs.is_empty()
     }
 
-    fn intern(&mut self, name: &str) -> Sym {
-        if let Some(&s) = self.symbols.get(name) {
-            return s;
-        }
-        if self.names.is_empty() {
-            self.names.push(String::new());
-        }
-        let s = self.names.len() as Sym;
-        self.names.push(name.to_string());
-        self.symbols.insert(name.to_string(), s);
-        s
-    }
-
-    fn symbol(&self, name: &str) -> Option<Sym> {
-        self.symbols.get(name).copied()
-    }
-
-    /// Takes in a record as stored (a new job, or a change to one).
     pub fn apply(&mut self, record: &JobRecord) {
         self.take(&Indexed::from(record));
     }
@@ -146,9 +127,9 @@ impl Index {
     /// Takes in what the index keeps of a record.
     pub fn take(&mut self, record: &Indexed) {
         self.remove(&record.id);
-        let agent = self.intern(&record.request.agent);
+        let agent = self.symbols.intern(&record.request.agent);
         let owner = match &record.request.owner {
-            Some(o) => self.intern(o),
+            Some(o) => self.symbols.intern(o),
             None => 0,
         };
         let entry = Entry {
@@ -211,7 +192,7 @@ impl Index {
             if allowed.as_ref().is_some_and(|a| !a.contains(&owner)) {
                 continue;
             }
-            let total = out.entry(self.names[agent as usize].clone()).or_default();
+            let total = out.entry(self.symbols.name(agent).to_string()).or_default();
             for (t, n) in total.iter_mut().zip(c) {
                 *t += n;
             }
@@ -221,7 +202,10 @@ impl Index {
     }
 
     fn owner_symbols(&self, owners: &[String]) -> Vec<Sym> {
-        owners.iter().filter_map(|o| self.symbol(o)).collect()
+        owners
+            .iter()
+            .filter_map(|o| self.symbols.symbol(o))
+            .collect()
     }
 
     /// A page of the jobs `q` asks for.
@@ -232,7 +216,7 @@ impl Index {
             total: Some(0),
         };
         let agent = match &q.agent {
-            Some(a) => match self.symbol(a) {
+            Some(a) => match self.symbols.symbol(a) {
                 Some(s) => Some(s),
                 None => return empty,
             },

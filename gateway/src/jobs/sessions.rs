@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::jobs::records;
+use crate::jobs::session_index::SessionQuery;
 use crate::jobs::submit::{submit, Submission, Submitted};
 use crate::state::AppState;
 
@@ -222,12 +223,37 @@ pub async fn take_turn(
     }
 }
 
-/// Sessions read per request at most, past which the page ends early with a cursor to go on from.
+/// Sessions read per request at most when listing without the index, past which the page ends early with a
+/// cursor to go on from.
 const READ_BUDGET: usize = 5_000;
 
 /// A page of the caller's sessions, newest first, optionally of one agent, after the session `after`; and the
-/// cursor of the next page when there may be more.
+/// cursor of the next page when there may be more. From the gateway's index once it has read the bucket; until
+/// then from the bucket itself.
 pub async fn list(
+    state: &AppState,
+    caller: &Caller,
+    agent: Option<&str>,
+    after: Option<Uuid>,
+    limit: usize,
+) -> Result<(Vec<SessionRecord>, Option<Uuid>), ApiError> {
+    if !state.session_list.is_ready() {
+        return list_from_bucket(state, caller, agent, after, limit).await;
+    }
+    state.session_list.catch_up(state.sessions.bucket()).await;
+    let owners = caller.readable_owners();
+    let query = SessionQuery {
+        agent,
+        owners: owners.as_deref(),
+        after,
+        limit,
+    };
+    let (ids, next) = state.session_list.read().page(&query);
+    let page = state.sessions.sessions(&ids).await.map_err(store_error)?;
+    Ok((page, next))
+}
+
+async fn list_from_bucket(
     state: &AppState,
     caller: &Caller,
     agent: Option<&str>,
@@ -236,20 +262,24 @@ pub async fn list(
 ) -> Result<(Vec<SessionRecord>, Option<Uuid>), ApiError> {
     let ids = state.sessions.session_ids().await.map_err(store_error)?;
     let start = after.map_or(0, |after| ids.partition_point(|id| *id >= after));
+    let rest = &ids[start..];
     let mut page = Vec::with_capacity(limit);
-    for (read, id) in ids[start..].iter().enumerate() {
-        if page.len() == limit || read == READ_BUDGET {
-            // Go on after the last session looked at (read ≥ 1: a page holds at least one).
-            return Ok((page, Some(ids[start + read - 1])));
+    let block = limit.clamp(16, fleet_shared::kv_batch::MAX_KEYS);
+    for (n, ids) in rest.chunks(block).enumerate() {
+        for session in state.sessions.sessions(ids).await.map_err(store_error)? {
+            let id = session.session_id;
+            if caller.may_read_owned_by(session.owner.as_deref())
+                && agent.is_none_or(|a| a == session.agent)
+            {
+                page.push(session);
+            }
+            if page.len() == limit {
+                // Go on after the last session looked at, if any is left.
+                return Ok((page, rest.last().filter(|last| **last != id).map(|_| id)));
+            }
         }
-        let Some(stored) = state.sessions.session(id).await.map_err(store_error)? else {
-            continue; // deleted
-        };
-        let session = stored.value;
-        if caller.may_read_owned_by(session.owner.as_deref())
-            && agent.is_none_or(|a| a == session.agent)
-        {
-            page.push(session);
+        if (n + 1) * block >= READ_BUDGET && (n + 1) * block < rest.len() {
+            return Ok((page, ids.last().copied()));
         }
     }
     Ok((page, None))
