@@ -29,10 +29,21 @@ pub struct Depth<'a> {
     pub deep: usize,
 }
 
+/// A worker serving only the depth agent.
+fn depth_only() -> [(&'static str, String); 1] {
+    [("FLEET_WORKER_AGENTS", DEPTH_AGENT.to_string())]
+}
+
+/// Gives the depth agent its consumer (a worker comes up for it and stops): jobs queued for it then wait,
+/// rather than being ended by the janitor as an unknown agent's.
+pub(crate) async fn declare(d: &Depth<'_>) -> Result<()> {
+    stop(start_and_wait(d, None, &depth_only(), DEPTH_AGENT).await?);
+    Ok(())
+}
+
 pub async fn run(d: &Depth<'_>) -> Result<()> {
-    let depth_only = [("FLEET_WORKER_AGENTS", DEPTH_AGENT.to_string())];
-    // The agent's consumer exists before anything is queued (else the janitor ends the jobs as unknown).
-    stop(start_and_wait(d, None, &depth_only, DEPTH_AGENT).await?);
+    let depth_only = depth_only();
+    declare(d).await?;
     let shallow = drain(d, &depth_only, d.shallow).await?;
     let deep = drain(d, &depth_only, d.deep).await?;
     println!();

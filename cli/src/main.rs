@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod bench_artifacts;
 mod bench_console;
+mod bench_deployed;
 mod bench_depth;
 mod bench_events;
 mod bench_history;

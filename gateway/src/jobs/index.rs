@@ -100,6 +100,8 @@ pub struct Index {
     by_agent: HashMap<Sym, BTreeSet<Key>>,
     by_status: HashMap<JobStatus, BTreeSet<Key>>,
     counts: HashMap<(Sym, Sym), [u64; 6]>,
+    /// Queued and running jobs per owner (the queue cap's count).
+    unfinished: HashMap<Sym, u64>,
     symbols: Symbols,
 }
 
@@ -147,6 +149,9 @@ impl Index {
             .or_default()
             .insert(entry.key);
         self.counts.entry((agent, owner)).or_default()[status_slot(entry.status)] += 1;
+        if !entry.status.is_terminal() {
+            *self.unfinished.entry(owner).or_default() += 1;
+        }
         self.jobs.insert(record.id, entry);
     }
 
@@ -166,6 +171,20 @@ impl Index {
             let slot = &mut c[status_slot(old.status)];
             *slot = slot.saturating_sub(1);
         }
+        if !old.status.is_terminal() {
+            if let Some(n) = self.unfinished.get_mut(&old.owner) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The jobs of `owner` queued or running, over every agent.
+    pub fn unfinished_of(&self, owner: &str) -> u64 {
+        self.symbols
+            .symbol(owner)
+            .and_then(|o| self.unfinished.get(&o))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Forgets jobs unchanged since before `cutoff` (their records have expired from the bucket); returns how
@@ -415,6 +434,24 @@ mod tests {
             seen.into_iter().collect::<std::collections::HashSet<_>>(),
             originals
         );
+    }
+
+    #[test]
+    fn unfinished_jobs_are_counted_per_owner() {
+        let mut index = Index::default();
+        let mut a = job("a", Some("alice"), 1);
+        index.apply(&a);
+        index.apply(&job("b", Some("alice"), 2));
+        index.apply(&job("a", Some("bob"), 3));
+        assert_eq!(index.unfinished_of("alice"), 2);
+        a.status = JobStatus::Running;
+        index.apply(&a);
+        assert_eq!(index.unfinished_of("alice"), 2);
+        a.status = JobStatus::Completed;
+        index.apply(&a);
+        assert_eq!(index.unfinished_of("alice"), 1);
+        assert_eq!(index.unfinished_of("bob"), 1);
+        assert_eq!(index.unfinished_of("carol"), 0);
     }
 
     #[test]

@@ -201,9 +201,10 @@ async fn create_record(
     }
 }
 
-/// Refuses a caller that already has its `max_queued` jobs waiting or running. Counted from the jobs stream,
-/// where every job of an owner sits under the owner's subject until its run ends; so the count is shared by all
-/// gateways and survives crashes (simultaneous submissions may overshoot by the number racing).
+/// Refuses a caller that already has its `max_queued` jobs waiting or running. Counted by the gateway's job
+/// history (no request on the submission's path); until it is ready, from the jobs stream, where every job of an
+/// owner sits under the owner's subject until its run ends. Both are shared by all gateways and survive crashes;
+/// simultaneous submissions may overshoot by the number racing (and the history by the moments it trails).
 async fn within_queue_cap(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let Some(owner) = caller.owner() else {
         return Ok(());
@@ -215,21 +216,11 @@ async fn within_queue_cap(state: &AppState, caller: &Caller) -> Result<(), ApiEr
     if cap == 0 {
         return Ok(());
     }
-    let counting = async {
-        let mut subjects = state
-            .jobs
-            .info_with_subjects(state.topology.owner_jobs_filter(&owner))
-            .await?;
-        let mut unfinished = 0usize;
-        while let Some((_, count)) = subjects.try_next().await? {
-            unfinished += count;
-        }
-        Ok::<_, async_nats::Error>(unfinished)
+    let unfinished = match state.history.is_ready() {
+        true => unfinished_in_history(state, &owner, cap).await,
+        false => unfinished_in_stream(state, &owner).await?,
     };
-    let unfinished = counting
-        .await
-        .map_err(|e| ApiError::unavailable("counting the caller's jobs failed", e))?;
-    if unfinished >= cap as usize {
+    if unfinished >= u64::from(cap) {
         return Err(ApiError::new(
             ErrorCode::TooManyJobs,
             format!(
@@ -240,6 +231,37 @@ async fn within_queue_cap(state: &AppState, caller: &Caller) -> Result<(), ApiEr
         .retry_after(5));
     }
     Ok(())
+}
+
+/// How far below its cap a caller is counted from the history as it stands; nearer, the history first takes in
+/// everything written so far (one request), so a caller at its cap is refused exactly.
+const NEAR_CAP: u64 = 64;
+
+async fn unfinished_in_history(state: &AppState, owner: &str, cap: u32) -> u64 {
+    let unfinished = state.history.read().unfinished_of(owner);
+    if unfinished + NEAR_CAP < u64::from(cap) {
+        return unfinished;
+    }
+    state.history.catch_up(&state.records).await;
+    state.history.read().unfinished_of(owner)
+}
+
+/// The owner's jobs in the jobs stream: queued, or running and not yet acknowledged.
+async fn unfinished_in_stream(state: &AppState, owner: &str) -> Result<u64, ApiError> {
+    let counting = async {
+        let mut subjects = state
+            .jobs
+            .info_with_subjects(state.topology.owner_jobs_filter(owner))
+            .await?;
+        let mut unfinished = 0u64;
+        while let Some((_, count)) = subjects.try_next().await? {
+            unfinished += count as u64;
+        }
+        Ok::<_, async_nats::Error>(unfinished)
+    };
+    counting
+        .await
+        .map_err(|e| ApiError::unavailable("counting the caller's jobs failed", e))
 }
 
 /// Room kept for a job message's headers below NATS's message size.
