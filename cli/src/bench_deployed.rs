@@ -15,11 +15,13 @@ use crate::bench_depth::DEPTH_AGENT;
 use crate::bench_measure::{median, verdict, Samples};
 use crate::bench_spawn::{raw_spawn, raw_spawn_rate};
 
+/// Starts a gateway with these settings on top of the bench's, listening at the address given.
+pub type SpawnGateway<'a> = &'a dyn Fn(&str, &[(&str, String)]) -> Result<Child>;
+
 /// What the part is given.
 pub struct Deployed<'a> {
     pub paths: &'a Paths<'a>,
-    /// Starts a gateway with these settings on top of the bench's, listening at the address given.
-    pub spawn_gateway: &'a dyn Fn(&str, &[(&str, String)]) -> Result<Child>,
+    pub spawn_gateway: SpawnGateway<'a>,
     /// The depth part's agent no worker serves here, whose consumer is declared (so the parked jobs wait
     /// rather than fail as unknown).
     pub parked: &'a crate::bench_depth::Depth<'a>,
