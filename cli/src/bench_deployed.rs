@@ -159,14 +159,11 @@ async fn unpark(js: &async_nats::jetstream::Context) -> Result<()> {
 fn report(d: &Deployed<'_>, quiet: &Figures, deep: &Figures) {
     println!();
     println!(
-        "as deployed (agent `{AGENT}`; HTTP through a gateway requiring API keys, with a key)",
+        "as deployed (agent `{AGENT}`; HTTP through a gateway requiring API keys, with a key; the deep queue \
+         holds {} jobs of another caller)",
+        d.queued
     );
-    println!(
-        "{:<44} {:>22} {:>22}",
-        "",
-        "empty queue",
-        format!("{} queued for another", d.queued)
-    );
+    println!("{:<44} {:>22} {:>22}", "", "empty queue", "deep queue");
     let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
         println!("{name:<44} {:>22} {:>22}", f(quiet), f(deep));
     };
