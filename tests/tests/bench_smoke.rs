@@ -44,6 +44,9 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "--console",
             "--console-loads",
             "1",
+            "--deployed",
+            "--deployed-queued",
+            "200",
         ],
         &[
             "raw spawn of the command",
@@ -64,6 +67,11 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "run form usable after navigation",
             "console usable ≤ 1000 ms after navigation",
             "console first load ≤ 150 KB",
+            "the worker's own CPU per job ≤ 120 µs",
+            "as deployed (agent `noop`; HTTP through a gateway requiring API keys",
+            "job over HTTP with a key, p50 / p99 (ms)",
+            "HTTP with a key ≥ 0.8 × raw",
+            ", deep queue",
         ],
     );
 }
