@@ -11,6 +11,7 @@ mod bench_events;
 mod bench_history;
 mod bench_measure;
 mod bench_models;
+mod bench_paths;
 mod bench_sessions;
 mod bench_spawn;
 mod cdp;

@@ -35,6 +35,7 @@ struct Indexed {
 }
 
 /// Which sessions a page lists: `owners` None lists every owner's.
+#[derive(Clone, Copy)]
 pub struct SessionQuery<'a> {
     pub agent: Option<&'a str>,
     pub owners: Option<&'a [String]>,

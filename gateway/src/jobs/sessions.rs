@@ -233,20 +233,16 @@ const READ_BUDGET: usize = 5_000;
 pub async fn list(
     state: &AppState,
     caller: &Caller,
-    agent: Option<&str>,
-    after: Option<Uuid>,
-    limit: usize,
+    asked: SessionQuery<'_>,
 ) -> Result<(Vec<SessionRecord>, Option<Uuid>), ApiError> {
     if !state.session_list.is_ready() {
-        return list_from_bucket(state, caller, agent, after, limit).await;
+        return list_from_bucket(state, caller, asked).await;
     }
     state.session_list.catch_up(state.sessions.bucket()).await;
     let owners = caller.readable_owners();
     let query = SessionQuery {
-        agent,
         owners: owners.as_deref(),
-        after,
-        limit,
+        ..asked
     };
     let (ids, next) = state.session_list.read().page(&query);
     let page = state.sessions.sessions(&ids).await.map_err(store_error)?;
@@ -256,10 +252,14 @@ pub async fn list(
 async fn list_from_bucket(
     state: &AppState,
     caller: &Caller,
-    agent: Option<&str>,
-    after: Option<Uuid>,
-    limit: usize,
+    asked: SessionQuery<'_>,
 ) -> Result<(Vec<SessionRecord>, Option<Uuid>), ApiError> {
+    let SessionQuery {
+        agent,
+        after,
+        limit,
+        ..
+    } = asked;
     let ids = state.sessions.session_ids().await.map_err(store_error)?;
     let start = after.map_or(0, |after| ids.partition_point(|id| *id >= after));
     let rest = &ids[start..];

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
 use crate::jobs::records;
+use crate::jobs::session_index::SessionQuery;
 use crate::jobs::sessions::{self, Message, NewSession, TurnView};
 use crate::jobs::upload::{JobBody, WithInputs};
 use crate::routes::jobs::{wait_limit, WaitParams};
@@ -87,9 +88,13 @@ pub async fn list(
             ))
         }
     };
-    let agent = params.agent.as_deref();
-    let (sessions, next_cursor) =
-        sessions::list(&state, &caller, agent, params.cursor, limit).await?;
+    let asked = SessionQuery {
+        agent: params.agent.as_deref(),
+        owners: None, // the caller's, decided by the listing
+        after: params.cursor,
+        limit,
+    };
+    let (sessions, next_cursor) = sessions::list(&state, &caller, asked).await?;
     Ok(Json(SessionList {
         sessions,
         next_cursor,
