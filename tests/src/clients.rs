@@ -105,6 +105,14 @@ impl Api {
         }
     }
 
+    /// `GET path` as the raw response, for its headers and bytes.
+    pub async fn fetch(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.request(reqwest::Method::GET, path)).await
     }

@@ -539,6 +539,18 @@ where
     }
 }
 
+/// The usual test fleet: a nats-server of its own, a configuration with `extra` settings, an in-process worker
+/// and gateway.
+pub async fn start_fleet(
+    extra: &[(&str, &str)],
+) -> (NatsServer, TestConfig, WorkerHandle, GatewayHandle) {
+    let nats = NatsServer::start();
+    let cfg = test_config(&nats.url(), extra);
+    let worker = start_worker(&cfg.config).await;
+    let gw = start_gateway(&cfg.config).await;
+    (nats, cfg, worker, gw)
+}
+
 /// An in-process gateway on a loopback port chosen by the OS.
 pub struct GatewayHandle {
     pub url: String,

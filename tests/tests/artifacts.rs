@@ -32,10 +32,7 @@ async fn run(api: &Api, message: &str, extra: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
 
     let script = "write:a.txt=5 write:out/r%C3%A9sum%C3%A9%20final.txt=1000 symlink:escape=/etc/passwd print:done";
@@ -65,11 +62,7 @@ async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() 
 
     // Whole file, with type and an exact unicode name.
     let url = format!("/v1/jobs/{id}/artifacts/out/r%C3%A9sum%C3%A9%20final.txt");
-    let r = api
-        .request(reqwest::Method::GET, &url)
-        .send()
-        .await
-        .unwrap();
+    let r = api.fetch(&url).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "text/plain");
     let disposition = r.headers()["content-disposition"]
@@ -104,11 +97,7 @@ async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() 
     );
 
     // The seed path.
-    let r = api
-        .request(reqwest::Method::GET, &format!("/download/{id}/a.txt"))
-        .send()
-        .await
-        .unwrap();
+    let r = api.fetch(&format!("/download/{id}/a.txt")).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), pattern(5));
 
@@ -212,13 +201,8 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
     assert_eq!(record["logs"][0]["truncated"], true);
     let id = record["id"].as_str().unwrap();
     let r = api
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}/artifacts/_logs/stdout.log"),
-        )
-        .send()
-        .await
-        .unwrap();
+        .fetch(&format!("/v1/jobs/{id}/artifacts/_logs/stdout.log"))
+        .await;
     let log = r.bytes().await.unwrap().to_vec();
     assert_eq!(&log[..100], &[b'x'; 100][..]);
     assert_eq!(
@@ -264,14 +248,7 @@ async fn files_round_trip_through_a_real_s3_server_including_multipart() {
         .starts_with("s3://fleet-test/jobs/"));
     let id = record["id"].as_str().unwrap();
 
-    let r = api
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}/artifacts/big.bin"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = api.fetch(&format!("/v1/jobs/{id}/artifacts/big.bin")).await;
     assert_eq!(r.headers()["content-length"], big.to_string().as_str());
     assert_eq!(
         hex::encode(Sha256::digest(r.bytes().await.unwrap())),
@@ -358,10 +335,7 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_files_are_written_first_and_only_changed_ones_come_back() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
@@ -615,47 +589,29 @@ async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
     assert_eq!(again.body["job_id"], r.body["job_id"]);
 
     // Limits: per file (MAX_FILE_SIZE), names, and JSON bodies keep theirs.
-    let over = reqwest::multipart::Form::new()
-        .text("agent", "shell")
-        .text("message", "true")
-        .part("file", form_file("big.bin", pattern(6_000_001)));
-    let r = api
-        .send(
-            api.request(reqwest::Method::POST, "/v1/jobs")
-                .multipart(over),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{}",
-        r.body
-    );
-    let sneaky = reqwest::multipart::Form::new()
-        .text("agent", "shell")
-        .text("message", "true")
-        .part("file", form_file("../escape.txt", b"x".to_vec()));
-    let r = api
-        .send(
-            api.request(reqwest::Method::POST, "/v1/jobs")
-                .multipart(sneaky),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (400, Some("invalid_name")),
-        "{}",
-        r.body
-    );
+    let post = |form: reqwest::multipart::Form| {
+        let api = api.clone();
+        async move {
+            api.send(
+                api.request(reqwest::Method::POST, "/v1/jobs")
+                    .multipart(form),
+            )
+            .await
+        }
+    };
+    let shell = || {
+        reqwest::multipart::Form::new()
+            .text("agent", "shell")
+            .text("message", "true")
+    };
+    let over = shell().part("file", form_file("big.bin", pattern(6_000_001)));
+    post(over).await.assert_problem(413, "payload_too_large");
+    let sneaky = shell().part("file", form_file("../escape.txt", b"x".to_vec()));
+    post(sneaky).await.assert_problem(400, "invalid_name");
     let typo = reqwest::multipart::Form::new()
         .text("agent", "shell")
         .text("mesage", "true");
-    let r = api
-        .send(
-            api.request(reqwest::Method::POST, "/v1/jobs")
-                .multipart(typo),
-        )
-        .await;
+    let r = post(typo).await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert!(
         r.body["message"].as_str().unwrap().contains("mesage"),
@@ -663,23 +619,16 @@ async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
         r.body
     );
     let huge_json = json!({"agent": "shell", "message": "x".repeat(2_000_000)});
-    let r = api.post("/v1/jobs", &huge_json).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (413, Some("payload_too_large")),
-        "{}",
-        r.body
-    );
+    api.post("/v1/jobs", &huge_json)
+        .await
+        .assert_problem(413, "payload_too_large");
 
     worker.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_files_of_a_job_download_as_one_tar_that_tar_extracts_exactly() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
 
     let long = format!("{}/{}", "deep".repeat(40), "n%C3%A4me%20".repeat(15));
@@ -687,14 +636,7 @@ async fn all_files_of_a_job_download_as_one_tar_that_tar_extracts_exactly() {
     let record = run(&api, &script, json!({})).await;
     assert_eq!(record["status"], "completed", "{record}");
     let id = record["id"].as_str().unwrap();
-    let r = api
-        .request(
-            reqwest::Method::GET,
-            &format!("/v1/jobs/{id}/artifacts.tar"),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = api.fetch(&format!("/v1/jobs/{id}/artifacts.tar")).await;
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.headers()["content-type"], "application/x-tar");
     let declared: usize = r.headers()["content-length"]

@@ -132,12 +132,7 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
     let r = api
         .post(&format!("/v1/jobs/{after}/cancel"), &json!({}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (409, Some("job_finished")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(409, "job_finished");
     assert!(r.body["message"].as_str().unwrap().contains("completed"));
     let r = api
         .post(&format!("/v1/jobs/{running}/cancel"), &json!({}))
@@ -150,10 +145,7 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let nc = NatsClient::connect(&nats.url()).await;
 
@@ -287,10 +279,7 @@ async fn nats_cancel_requests_reach_directly_published_jobs_before_any_worker_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
@@ -347,12 +336,7 @@ async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
     let r = api
         .post(&format!("/v1/jobs/{done_id}/retry"), &json!({}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (409, Some("not_retryable")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(409, "not_retryable");
     let inline = api
         .post(
             "/v1/jobs?wait=20",
@@ -364,12 +348,7 @@ async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
     let r = api
         .post(&format!("/v1/jobs/{inline_id}/retry"), &json!({}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (409, Some("not_retryable")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(409, "not_retryable");
     let r = api
         .post(
             &format!("/v1/jobs/{}/retry", uuid::Uuid::now_v7()),

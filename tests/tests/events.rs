@@ -52,10 +52,7 @@ fn assert_in_order_once(seqs: &[u64], ids: &[u64]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let nc = NatsClient::connect(&nats.url()).await;
 
@@ -570,10 +567,7 @@ async fn runs_to_end(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_job_s_events_go_on_to_its_latest_run() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let dir = tempfile::tempdir().unwrap();
 

@@ -205,12 +205,7 @@ async fn configure_sharing_moves_new_jobs_to_ftp_at_run_time_and_old_files_stay_
     let r = api
         .post("/configure-sharing", &json!({"method": "ftp"}))
         .await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("invalid_request")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(422, "invalid_request");
     assert!(
         r.body["message"].as_str().unwrap().contains("ftp_host"),
         "{}",
@@ -219,12 +214,7 @@ async fn configure_sharing_moves_new_jobs_to_ftp_at_run_time_and_old_files_stay_
     let wrong = json!({"method": "ftp", "ftp_host": "127.0.0.1", "ftp_port": ftp.port,
         "ftp_user": "fleet", "ftp_pass": "wrong-pass-123", "ftp_path": "/ai_results"});
     let r = api.post("/configure-sharing", &wrong).await;
-    assert_eq!(
-        (r.status, r.body["code"].as_str()),
-        (422, Some("target_unreachable")),
-        "{}",
-        r.body
-    );
+    r.assert_problem(422, "target_unreachable");
     assert!(!r.body.to_string().contains("wrong-pass-123"), "{}", r.body);
     let r = api
         .post("/configure-sharing", &json!({"method": "floppy"}))

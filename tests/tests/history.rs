@@ -42,10 +42,7 @@ async fn all_pages(api: &Api, query: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_ordered_filtered_paged_and_the_same_on_every_gateway() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let mut submitted = Vec::new();
     for i in 0..24 {

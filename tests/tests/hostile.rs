@@ -189,10 +189,7 @@ async fn trickled_headers_lose_their_connection() {
 /// and made-up job ids cannot be cancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
     let send_form = |form: reqwest::multipart::Form| {
         let api = gw.api();

@@ -6,10 +6,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_through_native_and_compatible_endpoints() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
 
     // Native submit and wait: shell metacharacters reach the agent as literal text.
