@@ -539,6 +539,25 @@ where
     }
 }
 
+/// Runs `agent` on `message`, waiting up to a minute, and returns its record, which must have ended.
+pub async fn ended_run(api: &Api, agent: &str, message: &str) -> serde_json::Value {
+    let r = api
+        .post(
+            "/v1/jobs?wait=60",
+            &serde_json::json!({"agent": agent, "message": message}),
+        )
+        .await;
+    let record = r.body["record"].clone();
+    assert!(
+        record["status"]
+            .as_str()
+            .is_some_and(|s| s != "queued" && s != "running"),
+        "{}",
+        r.body
+    );
+    record
+}
+
 /// The usual test fleet: a nats-server of its own, a configuration with `extra` settings, an in-process worker
 /// and gateway.
 pub async fn start_fleet(

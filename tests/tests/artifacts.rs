@@ -151,17 +151,12 @@ async fn created_files_are_stored_listed_and_downloadable_and_nothing_else_is() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
-    let nats = NatsServer::start();
-    let cfg = test_config(
-        &nats.url(),
-        &[
-            ("MAX_FILE_SIZE", "100"),
-            ("FLEET_ARTIFACTS_MAX_FILES", "2"),
-            ("FLEET_WORKER_OUTPUT_CAP_BYTES", "1000"),
-        ],
-    );
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[
+        ("MAX_FILE_SIZE", "100"),
+        ("FLEET_ARTIFACTS_MAX_FILES", "2"),
+        ("FLEET_WORKER_OUTPUT_CAP_BYTES", "1000"),
+    ])
+    .await;
     let api = gw.api();
 
     let record = run(
@@ -541,10 +536,7 @@ fn form_file(name: &str, data: Vec<u8>) -> reqwest::multipart::Part {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("MAX_FILE_SIZE", "6000000")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[("MAX_FILE_SIZE", "6000000")]).await;
     let api = gw.api();
 
     // 5 MB: far over the 1 MiB JSON body limit, within the per-file cap. The script comes as a file part named

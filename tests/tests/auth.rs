@@ -11,10 +11,7 @@ use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, cfg, worker, gw) = start_fleet(&[("FLEET_AUTH_MODE", "required")]).await;
     let anonymous = gw.api();
     let probe = NatsClient::connect(&nats.url()).await;
 
@@ -282,10 +279,7 @@ async fn authentication_may_be_off_only_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_managed_over_http_granting_at_most_what_the_manager_holds() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, cfg, worker, gw) = start_fleet(&[("FLEET_AUTH_MODE", "required")]).await;
     let anonymous = gw.api();
     let (_, manager_key) = create_key(
         &cfg,
@@ -412,16 +406,11 @@ async fn keys_are_managed_over_http_granting_at_most_what_the_manager_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_caller_may_have_only_so_many_jobs_unfinished() {
-    let nats = NatsServer::start();
-    let cfg = test_config(
-        &nats.url(),
-        &[
-            ("FLEET_AUTH_MODE", "required"),
-            ("FLEET_AUTH_MAX_QUEUED_PER_CALLER", "3"),
-        ],
-    );
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, cfg, worker, gw) = start_fleet(&[
+        ("FLEET_AUTH_MODE", "required"),
+        ("FLEET_AUTH_MAX_QUEUED_PER_CALLER", "3"),
+    ])
+    .await;
     let probe = NatsClient::connect(&nats.url()).await;
     let (_, capped_key) = create_key(
         &cfg,

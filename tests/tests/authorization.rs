@@ -208,10 +208,7 @@ async fn the_owner_filter_only_narrows_and_me_names_the_caller() {
 /// it answers for a job that does not exist, and nothing of the job reaches that caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_taking_a_job_id_answers_a_foreign_caller_as_for_no_job() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_AUTH_MODE", "required")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, cfg, worker, gw) = start_fleet(&[("FLEET_AUTH_MODE", "required")]).await;
     let (_, alice_key) = create_key(&cfg, &["--name", "alice", "--agent", "*", "--cancel"]);
     let (_, mallory_key) = create_key(&cfg, &["--name", "mallory", "--agent", "*", "--cancel"]);
     let (alice, mallory) = (

@@ -44,10 +44,7 @@ fn pid_in(path: &std::path::Path) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_WORKER_MAX_CONCURRENT", "1")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, _cfg, worker, gw) = start_fleet(&[("FLEET_WORKER_MAX_CONCURRENT", "1")]).await;
     let api = gw.api();
     let dir = tempfile::tempdir().unwrap();
     let (agent_pid, grandchild_pid) = (dir.path().join("agent"), dir.path().join("grandchild"));

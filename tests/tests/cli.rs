@@ -14,10 +14,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_commands_drive_a_fleet_from_a_terminal() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[]).await;
     let base = gw.api().base.clone();
 
     // run --follow: output as it comes, the exit code of the job.

@@ -12,19 +12,14 @@ use fleet_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_answers_as_its_openapi_document_says() {
-    let nats = NatsServer::start();
-    let cfg = test_config(
-        &nats.url(),
-        &[
-            ("FLEET_HTTP_SUBMIT_PER_SEC", "0"),
-            ("FLEET_HTTP_READ_PER_SEC", "0"),
-            ("FLEET_HTTP_IP_PER_SEC", "0"),
-            // Generated sharing targets must not send the gateway anywhere but this machine.
-            ("FLEET_ARTIFACTS_SHARING_HOSTS", "127.0.0.1,localhost"),
-        ],
-    );
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[
+        ("FLEET_HTTP_SUBMIT_PER_SEC", "0"),
+        ("FLEET_HTTP_READ_PER_SEC", "0"),
+        ("FLEET_HTTP_IP_PER_SEC", "0"),
+        // Generated sharing targets must not send the gateway anywhere but this machine.
+        ("FLEET_ARTIFACTS_SHARING_HOSTS", "127.0.0.1,localhost"),
+    ])
+    .await;
     let scratch = tempfile::tempdir().expect("tempdir");
     let url = format!("{}/openapi.json", gw.url);
     let run = tokio::process::Command::new("schemathesis")

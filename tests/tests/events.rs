@@ -192,16 +192,11 @@ async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
-    let nats = NatsServer::start();
-    let cfg = test_config(
-        &nats.url(),
-        &[
-            ("FLEET_WORKER_MAX_CONCURRENT", "1"),
-            ("FLEET_QUEUE_EVENTS_OUTPUT_BYTES", "1000"),
-        ],
-    );
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (nats, _cfg, worker, gw) = start_fleet(&[
+        ("FLEET_WORKER_MAX_CONCURRENT", "1"),
+        ("FLEET_QUEUE_EVENTS_OUTPUT_BYTES", "1000"),
+    ])
+    .await;
     let api = gw.api();
     let nc = NatsClient::connect(&nats.url()).await;
 
@@ -348,10 +343,7 @@ async fn events_and_cancel_work_through_any_gateway_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_too_slow_for_the_live_tail_is_dropped_with_word_and_resumes_without_a_gap() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_HTTP_LIVE_BUFFER_EVENTS", "8")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[("FLEET_HTTP_LIVE_BUFFER_EVENTS", "8")]).await;
     let api = gw.api();
 
     let r = api

@@ -29,10 +29,7 @@ async fn answer(stream: &mut tokio::net::TcpStream, patience: Duration) -> Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_time_out_and_huge_headers_are_refused() {
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_HTTP_BODY_TIMEOUT_SECS", "1")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[("FLEET_HTTP_BODY_TIMEOUT_SECS", "1")]).await;
     let addr = gw.url.trim_start_matches("http://").to_string();
 
     // A body promised as 100 bytes, trickled a byte at a time and never finished.

@@ -41,21 +41,7 @@ impl Drop for HostileModel {
 }
 
 async fn ended(api: &Api, agent: &str, message: &str) -> Value {
-    let r = api
-        .post(
-            "/v1/jobs?wait=60",
-            &json!({"agent": agent, "message": message}),
-        )
-        .await;
-    let record = r.body["record"].clone();
-    assert!(
-        record["status"]
-            .as_str()
-            .is_some_and(|s| s != "queued" && s != "running"),
-        "{}",
-        r.body
-    );
-    record
+    ended_run(api, agent, message).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

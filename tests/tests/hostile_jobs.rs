@@ -41,22 +41,7 @@ async fn fleet(extra: &[(&str, &str)]) -> (NatsServer, TestConfig, WorkerHandle,
 }
 
 async fn run_py(gw: &GatewayHandle, script: &str) -> serde_json::Value {
-    let r = gw
-        .api()
-        .post(
-            "/v1/jobs?wait=60",
-            &json!({"agent": "py", "message": script}),
-        )
-        .await;
-    let record = r.body["record"].clone();
-    assert!(
-        record["status"]
-            .as_str()
-            .is_some_and(|s| s != "queued" && s != "running"),
-        "{}",
-        r.body
-    );
-    record
+    ended_run(&gw.api(), "py", script).await
 }
 
 async fn download(gw: &GatewayHandle, id: &str, name: &str) -> Vec<u8> {

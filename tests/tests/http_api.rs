@@ -308,10 +308,7 @@ async fn resubmissions_create_one_job_and_a_full_queue_answers_503() {
 async fn one_slot_shared_by_idle_agents_serves_each_of_them_at_once() {
     // A worker's slots are shared by all its agents' pull loops; one idle loop must not sit on the only slot
     // until its pull expires (5 s) while another agent's job waits.
-    let nats = NatsServer::start();
-    let cfg = test_config(&nats.url(), &[("FLEET_WORKER_MAX_CONCURRENT", "1")]);
-    let worker = start_worker(&cfg.config).await;
-    let gw = start_gateway(&cfg.config).await;
+    let (_nats, _cfg, worker, gw) = start_fleet(&[("FLEET_WORKER_MAX_CONCURRENT", "1")]).await;
     let api = gw.api();
     for agent in ["shell", "fake", "echo", "python", "fake", "echo"] {
         let started = std::time::Instant::now();
