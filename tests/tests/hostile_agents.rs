@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
 use fleet_tests::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// `tests/llm/hostile_model.py` in `mode`, on a loopback port.
 struct HostileModel {
