@@ -371,6 +371,28 @@ async fn a_long_history_is_read_in_batches_without_removed_turns() {
         .await
         .expect("empty batch");
     assert!(none.is_empty());
+
+    // The gateways' session index learns how far the sessions (one-token keys) have been written from the
+    // last message on a wildcard subject, which turns written after them do not move.
+    let sessions_only = format!("{}*", bucket.prefix);
+    let last = || {
+        let last = bucket.stream.raw_message_builder();
+        last.last_by_subject(sessions_only.clone()).send()
+    };
+    assert!(last().await.is_err(), "no session yet");
+    let session: fleet_shared::session::SessionRecord = serde_json::from_value(serde_json::json!({
+        "session_id": id, "agent": "a", "created_at": chrono::Utc::now(), "turn_count": count
+    }))
+    .expect("session");
+    store.create(&session).await.expect("session");
+    let written = last().await.expect("the session's message");
+    store
+        .create_turn(&id, &turn(count + 1))
+        .await
+        .expect("turn");
+    let after_a_turn = last().await.expect("still the session's message");
+    assert_eq!(written.sequence, after_a_turn.sequence);
+    assert_eq!(written.subject.as_str(), format!("{}{id}", bucket.prefix));
 }
 
 /// Every gateway lists the same sessions in the same pages, whether it has just started over an existing bucket

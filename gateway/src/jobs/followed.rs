@@ -12,6 +12,8 @@ use async_nats::jetstream::kv::{self, Operation};
 pub trait Follows: Default + Send + Sync + 'static {
     /// What the index holds, for the log.
     const WHAT: &'static str;
+    /// The keys it follows (a KV key filter): `>` for every key, `*` for one-token keys only.
+    const KEYS: &'static str;
     /// A value written at `key` (ignored where the key is not the index's).
     fn put(&mut self, key: &str, value: &[u8]);
     /// `key` deleted or purged.
@@ -51,11 +53,10 @@ impl<I: Follows> Followed<I> {
     /// Waits until the index holds every entry written before this call (its watch trails the bucket by
     /// moments), so what this or another gateway has just written is read as it is.
     pub async fn catch_up(&self, bucket: &kv::Store) {
-        let Ok(status) = bucket.status().await else {
-            // NATS unreachable: serve what the index holds.
+        let Some(last) = last_written::<I>(bucket).await else {
+            // NATS unreachable, or nothing written: serve what the index holds.
             return;
         };
-        let last = status.info.state.last_sequence;
         if self.applied.load(Ordering::Acquire) >= last
             || self.unreachable.load(Ordering::Acquire) == last
         {
@@ -87,10 +88,11 @@ impl<I: Follows> Followed<I> {
     async fn read_bucket(&self, bucket: &kv::Store) -> Result<(), async_nats::Error> {
         use futures::StreamExt;
         let started = Instant::now();
-        if bucket.status().await?.values() == 0 {
+        // Nothing to read (the watch would wait for a first entry to say so).
+        if bucket.status().await?.values() == 0 || last_written::<I>(bucket).await.is_none() {
             self.mark_ready(started);
         }
-        let mut watch = bucket.watch_with_history(">").await?;
+        let mut watch = bucket.watch_with_history(I::KEYS).await?;
         while let Some(entry) = watch.next().await {
             let entry = entry?;
             self.take(&entry);
@@ -120,4 +122,15 @@ impl<I: Follows> Followed<I> {
             );
         }
     }
+}
+
+/// The stream sequence of the last entry written under the index's keys: the bucket's last for every key, else
+/// the last message on the keys' subject filter (read from the stream's leader, so it is current).
+async fn last_written<I: Follows>(bucket: &kv::Store) -> Option<u64> {
+    if I::KEYS == ">" {
+        return Some(bucket.status().await.ok()?.info.state.last_sequence);
+    }
+    let filter = format!("{}{}", bucket.prefix, I::KEYS);
+    let last = bucket.stream.raw_message_builder().last_by_subject(filter);
+    last.send().await.ok().map(|m| m.sequence)
 }

@@ -14,6 +14,7 @@ use crate::jobs::index::{Index, Indexed};
 pub type History = Followed<Index>;
 
 impl Follows for Index {
+    const KEYS: &'static str = ">";
     const WHAT: &'static str = "job history";
 
     fn put(&mut self, key: &str, value: &[u8]) {

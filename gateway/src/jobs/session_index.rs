@@ -47,6 +47,7 @@ pub struct SessionQuery<'a> {
 const LOOK_BUDGET: usize = 200_000;
 
 impl Follows for SessionIndex {
+    const KEYS: &'static str = "*";
     const WHAT: &'static str = "sessions";
 
     fn put(&mut self, key: &str, value: &[u8]) {
