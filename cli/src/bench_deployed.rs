@@ -44,7 +44,8 @@ struct Figures {
 
 pub async fn run(d: &Deployed<'_>) -> Result<()> {
     let addr = format!("127.0.0.1:{}", crate::local_nats::free_port()?);
-    let gateway = GatewayGuard(d.spawn_gateway(&addr, &[("FLEET_AUTH_MODE", "required".into())])?);
+    let keys_on = [("FLEET_AUTH_MODE", "required".to_string())];
+    let gateway = GatewayGuard((d.spawn_gateway)(&addr, &keys_on)?);
     let base = format!("http://{addr}");
     let key = create_key(d.paths.js).await?;
     let http = keyed_client(&key)?;
@@ -206,11 +207,5 @@ fn print_targets(when: &str, f: &Figures) {
     ];
     for (target, met) in targets {
         println!("{} {target}, {when}", verdict(met));
-    }
-}
-
-impl Deployed<'_> {
-    fn spawn_gateway(&self, addr: &str, extra: &[(&str, String)]) -> Result<Child> {
-        (self.spawn_gateway)(addr, extra)
     }
 }

@@ -421,7 +421,7 @@ impl SessionStore {
 }
 
 /// What a writer has just read, so its compare-and-set need not read again.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Seen {
     pub turn: Option<Stored<Turn>>,
     pub session: Option<Stored<SessionRecord>>,

@@ -308,13 +308,13 @@ async fn record_attempt(
                 held.revision,
                 format,
                 false,
-                job.start.seen.as_ref(),
+                Some(&job.start.seen),
             )
             .await;
         }
     };
     // Recording waits out NATS outages: keep the message ours meanwhile.
-    let seen = job.start.seen.as_ref();
+    let seen = Some(&job.start.seen);
     let recording = write_and_announce(
         shared,
         job.key,
@@ -549,7 +549,7 @@ async fn write_and_announce(
     revision: Option<u64>,
     format: Format,
     output_sent: bool,
-    seen: Option<&crate::session::SeenAtStart>,
+    seen: Option<&fleet_shared::session::Seen>,
 ) -> Settle {
     let mut record = record;
     crate::fit::fit(&mut record, attempt::record_limit(shared));

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_shared::conversation::{self, ConversationStep};
 use fleet_shared::record_store as records;
-use fleet_shared::session::{self, SessionStoreError, SessionTurn, Stored, Turn};
+use fleet_shared::session::{self, Seen, SessionStoreError, SessionTurn, Turn};
 use fleet_shared::session_workspace::WorkspaceRef;
 use fleet_shared::wire::InputFile;
 use fleet_shared::{JobRecord, JobRequest, JobStatus};
@@ -45,16 +45,9 @@ pub struct Start {
     pub agent_session: Option<String>,
     /// A conversation's exchange: its message, the answer of the exchange before.
     pub message: Option<String>,
-    /// The turn's entry and the session as the gate read them, for writing the turn's end without reading
-    /// them again.
-    pub seen: Option<SeenAtStart>,
-}
-
-/// The turn's own entry and its session as read when the turn was let go.
-#[derive(Debug, Clone)]
-pub struct SeenAtStart {
-    pub turn: Stored<Turn>,
-    pub session: Option<Stored<session::SessionRecord>>,
+    /// The turn's entry (checked to be this job's) and the session as the gate read them, for writing the
+    /// turn's end without reading them again.
+    pub seen: Seen,
 }
 
 /// Decides whether `request`, turn `st` of its session, runs now; `delivered` counts the message's deliveries
@@ -128,7 +121,10 @@ pub async fn gate(
         workspace,
         agent_session,
         message,
-        seen: Some(SeenAtStart { turn: own, session }),
+        seen: Seen {
+            turn: Some(own),
+            session,
+        },
     })))
 }
 
@@ -217,7 +213,7 @@ async fn previous_ended(
         },
         None => return Ok(Previous::Running),
     };
-    let seen = session::Seen::default();
+    let seen = Seen::default();
     shared
         .sessions
         .end_turn(&st.session_id, &ended, None, seen)
@@ -239,24 +235,20 @@ pub fn ended_turn(turn: Turn, record: &JobRecord) -> Turn {
 
 /// Writes how a session's turn ended into the session, after its terminal record; `seen`: the turn's entry
 /// and session as its gate read them (none for a job refused before it ran, whose turn may not be its own).
-pub async fn turn_ended(shared: &Shared, record: &JobRecord, seen: Option<&SeenAtStart>) {
+pub async fn turn_ended(shared: &Shared, record: &JobRecord, seen: Option<&Seen>) {
     let Some(st) = record.request.session else {
         return;
     };
     let ending = async {
-        let (own, session) = match seen {
-            Some(seen) => (seen.turn.clone(), seen.session.clone()),
-            None => match own_turn(shared, &st, record).await? {
-                Some(read) => read,
-                None => return Ok(()),
-            },
+        let seen = match seen.filter(|seen| seen.turn.is_some()) {
+            Some(seen) => seen.clone(),
+            None => own_turn(shared, &st, record).await?,
+        };
+        let Some(own) = &seen.turn else {
+            return Ok(()); // deleted, or not this job's turn
         };
         let ended = ended_turn(own.value.clone(), record);
         let agent_session = record.agent_session_id.as_deref();
-        let seen = session::Seen {
-            turn: Some(own),
-            session,
-        };
         let replaced = shared
             .sessions
             .end_turn(&st.session_id, &ended, agent_session, seen)
@@ -272,20 +264,21 @@ pub async fn turn_ended(shared: &Shared, record: &JobRecord, seen: Option<&SeenA
     }
 }
 
-/// The turn `record` names and its session, if the turn is that job's (none: deleted, or a job naming a turn
-/// that is not its own, which changes nothing there).
+/// The turn `record` names, if it is that job's (none: deleted, or a job naming a turn that is not its own,
+/// which changes nothing there), and its session.
 async fn own_turn(
     shared: &Shared,
     st: &SessionTurn,
     record: &JobRecord,
-) -> Result<Option<(Stored<Turn>, Option<Stored<session::SessionRecord>>)>, SessionStoreError> {
+) -> Result<Seen, SessionStoreError> {
     let (own, session) = tokio::try_join!(
         shared.sessions.turn(&st.session_id, st.turn),
         shared.sessions.session(&st.session_id)
     )?;
-    Ok(own
-        .filter(|own| own.value.job_id == record.id)
-        .map(|own| (own, session)))
+    Ok(Seen {
+        turn: own.filter(|own| own.value.job_id == record.id),
+        session,
+    })
 }
 
 /// Removes a replaced workspace state off the turn's path (the next turn reads only the new one).

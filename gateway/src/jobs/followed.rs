@@ -89,7 +89,11 @@ impl<I: Follows> Followed<I> {
         use futures::StreamExt;
         let started = Instant::now();
         // Nothing to read (the watch would wait for a first entry to say so).
-        if bucket.status().await?.values() == 0 || last_written::<I>(bucket).await.is_none() {
+        let empty = match I::KEYS {
+            ">" => bucket.status().await?.values() == 0,
+            _ => last_written::<I>(bucket).await.is_none(),
+        };
+        if empty {
             self.mark_ready(started);
         }
         let mut watch = bucket.watch_with_history(I::KEYS).await?;

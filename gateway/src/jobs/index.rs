@@ -14,12 +14,11 @@ use chrono::{DateTime, Utc};
 use fleet_shared::{JobRecord, JobStatus};
 use uuid::Uuid;
 
+use crate::jobs::symbols::{Sym, Symbols};
+
 /// A job's place in the order: submission time (ms), then id, so jobs submitted in the same millisecond keep a
 /// stable order and every key is unique.
 pub type Key = (i64, Uuid);
-
-/// An interned agent or owner name; 0 is "none".
-use crate::jobs::symbols::{Sym, Symbols};
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -122,6 +121,7 @@ impl Index {
         self.jobs.is_empty()
     }
 
+    /// Takes in a record as stored (a new job, or a change to one).
     pub fn apply(&mut self, record: &JobRecord) {
         self.take(&Indexed::from(record));
     }
