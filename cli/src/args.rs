@@ -51,22 +51,12 @@ pub enum LogFormat {
     Json,
 }
 
+/// What a fleet service (`fleet gateway`, `fleet worker`) is started with. `--http` is each service's own listener;
+/// its help is set beside the command.
 #[derive(Args, Clone)]
-pub struct GatewayArgs {
+pub struct ServiceArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// HTTP listen address (FLEET_HTTP_ADDR), e.g. 0.0.0.0:8080 or localhost:8080.
-    #[arg(long)]
-    pub http: Option<String>,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
-
-#[derive(Args, Clone)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    /// The worker's health and metrics listener (FLEET_WORKER_HTTP_ADDR), e.g. 0.0.0.0:9090.
     #[arg(long)]
     pub http: Option<String>,
     #[command(flatten)]

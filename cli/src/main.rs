@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 use fleet_shared::config::Config;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::{GatewayArgs, WorkerArgs};
+use crate::args::ServiceArgs;
 use crate::failure::{failure, Coded};
 use crate::summary::{Role, Started};
 
@@ -54,9 +54,15 @@ enum Command {
     /// Run the whole fleet locally: a managed nats-server, one gateway and one worker.
     Up(up::UpArgs),
     /// Run an HTTP gateway.
-    Gateway(GatewayArgs),
+    #[command(mut_arg("http", |a| a.help(
+        "HTTP listen address (FLEET_HTTP_ADDR), e.g. 0.0.0.0:8080 or localhost:8080"
+    )))]
+    Gateway(ServiceArgs),
     /// Run a worker.
-    Worker(WorkerArgs),
+    #[command(mut_arg("http", |a| a.help(
+        "The worker's health and metrics listener (FLEET_WORKER_HTTP_ADDR), e.g. 0.0.0.0:9090"
+    )))]
+    Worker(ServiceArgs),
     /// Measure latency, throughput and idle memory of a no-op agent through a fleet started for the purpose.
     Bench(bench::BenchArgs),
     /// The benchmark's chatty agent: prints the time in microseconds COUNT times, INTERVAL_MS apart ("COUNT
@@ -223,7 +229,7 @@ fn shutdown_signal() -> CancellationToken {
     token
 }
 
-async fn gateway(args: &GatewayArgs) -> Result<()> {
+async fn gateway(args: &ServiceArgs) -> Result<()> {
     let sources = args
         .config
         .sources(&[("http.addr", args.http.as_ref(), "--http")]);
@@ -254,7 +260,7 @@ async fn gateway(args: &GatewayArgs) -> Result<()> {
     ran.map_err(|e| explained(e.into(), &client, &config))
 }
 
-async fn worker(args: &WorkerArgs) -> Result<()> {
+async fn worker(args: &ServiceArgs) -> Result<()> {
     let sources = args
         .config
         .sources(&[("worker.http_addr", args.http.as_ref(), "--http")]);

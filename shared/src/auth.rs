@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// What a key may do.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Scopes {
@@ -26,7 +27,6 @@ pub struct Scopes {
     #[serde(default)]
     pub manage_keys: bool,
     /// Jobs the caller may have queued or running at once; unset: `auth.max_queued_per_caller`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
         schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)
@@ -73,6 +73,7 @@ impl Scopes {
 }
 
 /// A key as stored in the keys bucket under its id.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredKey {
     pub id: String,
@@ -82,11 +83,11 @@ pub struct StoredKey {
     pub secret_sha256: String,
     pub scopes: Scopes,
     pub created_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A key as listed: everything but its secret's hash.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyView {
@@ -94,7 +95,6 @@ pub struct KeyView {
     pub name: String,
     pub scopes: Scopes,
     pub created_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

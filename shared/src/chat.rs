@@ -67,14 +67,12 @@ fn content_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// How a model samples its answer; what is absent is the agent's setting, else the server's default.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sampling {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
 }
 
@@ -95,18 +93,17 @@ impl Sampling {
 
 /// `POST /chat/completions`: asked by the worker of a model server, and taken by the gateway's front door
 /// (which ignores the OpenAI fields it does not use).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
     #[serde(flatten)]
     pub sampling: Sampling,
     /// OpenAI's newer name for `max_tokens`, which some SDK versions send instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u32>,
 }
 
@@ -140,6 +137,7 @@ pub struct CompletionUsage {
 }
 
 /// A whole answer (`"object": "chat.completion"`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     pub id: String,
@@ -147,7 +145,6 @@ pub struct Completion {
     pub created: i64,
     pub model: String,
     pub choices: Vec<CompletionChoice>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<CompletionUsage>,
 }
 
@@ -178,11 +175,10 @@ pub struct ChunkChoice {
     pub finish_reason: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Delta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<ChatRole>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
 }
 

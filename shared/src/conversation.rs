@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Where a job stands in a conversation: carried in its request.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationStep {
@@ -16,21 +17,19 @@ pub struct ConversationStep {
     /// 1 for the opening exchange.
     pub exchange: u32,
     /// The exchange before this one, whose answer is this job's message (none for the opening exchange).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follows: Option<Uuid>,
     /// The conversation ends once an answer holds this text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_when: Option<String>,
 }
 
 /// One participant: a name to speak as, an agent, how it should behave, and the session it speaks in.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Participant {
     pub name: String,
     pub agent: String,
     /// Given to each of its exchanges as context (a model's system prompt).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persona: Option<String>,
     pub session_id: Uuid,
 }
@@ -45,6 +44,7 @@ pub struct Exchange {
 }
 
 /// A conversation as stored.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationRecord {
@@ -52,11 +52,8 @@ pub struct ConversationRecord {
     pub participants: Vec<Participant>,
     pub opening: String,
     pub turns: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_when: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_name: Option<String>,
     pub created_at: DateTime<Utc>,
     pub exchanges: Vec<Exchange>,

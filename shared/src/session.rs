@@ -25,33 +25,30 @@ pub struct SessionTurn {
 }
 
 /// A session as stored.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionRecord {
     pub session_id: Uuid,
     pub agent: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: BTreeMap<String, serde_json::Value>,
     /// The creating caller's principal, as jobs record theirs; decides who may see the session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_name: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Turns accepted so far (each has a key of its own).
     pub turn_count: u32,
     /// The agent's own session id (a CLI's), from the last turn that reported one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_session_id: Option<String>,
     /// The workspace the next turn starts from: the latest turn's that saved one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceRef>,
 }
 
 /// One turn as stored: what was asked and, once it ended, how and what the agent answered.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Turn {
@@ -62,12 +59,9 @@ pub struct Turn {
     /// `queued` until the turn's job ends (its live status is the job's record).
     pub status: JobStatus,
     /// The agent's answer, or what it printed when it has no answer of its own; at most [`KEPT_BYTES`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
     /// The workspace as this turn left it, where it saved one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<WorkspaceRef>,
 }
 

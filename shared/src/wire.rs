@@ -13,6 +13,7 @@ use crate::ErrorCode;
 pub const MAX_AGENT_NAME: usize = 64;
 
 /// A job as submitted: by the gateway on behalf of an HTTP client, or by a program publishing straight to NATS.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRequest {
@@ -20,10 +21,8 @@ pub struct JobRequest {
     pub id: Uuid,
     pub agent: String,
     pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
     /// Seconds; absent means the agent's configured timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<f64>,
     #[serde(default = "default_true")]
     pub return_files: bool,
@@ -32,25 +31,20 @@ pub struct JobRequest {
     pub input_files: Vec<InputFile>,
     /// Where the job's files go: `default` or a target configured under `[artifacts.targets]`; absent: the
     /// fleet's current default (the sharing target set with `POST /configure-sharing`, else `[artifacts]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_target: Option<String>,
     /// Subject that receives the terminal record, for publishers that wait on NATS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: BTreeMap<String, serde_json::Value>,
     pub submitted_at: DateTime<Utc>,
     /// W3C `traceparent` of the submitter, so the worker's spans join the client's trace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     /// Who submitted the job through a gateway, as a principal no other caller can take: `key:<key id>` or
     /// `user:<user name>` (records written before principals hold a key's name). Set by the gateway, never by the
     /// caller; jobs published straight to NATS have none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// The owner's display name (a key's name, a user's name): a label, never used to decide access.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_name: Option<String>,
     /// For model agents: the conversation to continue (OpenAI's chat messages, the front door's request), asked
     /// in place of `context` and `message`; `message` then holds its last user message, for lists and search.
@@ -60,10 +54,8 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "crate::chat::Sampling::is_empty")]
     pub sampling: crate::chat::Sampling,
     /// The session and turn this job is, when it is a session's turn.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<crate::session::SessionTurn>,
     /// The conversation and exchange this job is, when it is one (always also a session's turn).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<crate::conversation::ConversationStep>,
 }
 
@@ -73,28 +65,20 @@ fn default_true() -> bool {
 
 /// A file given to a job: inline (base64, in the job message only — records keep the name and size) or a file
 /// another job stored.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InputFile {
     /// Relative path in the workspace, e.g. `data/input.csv`.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(
-            pattern = r"^(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)(?:/(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+))*$",
-            max_length = 1024
-        )
-    )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = relative_path_schema))]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "openapi",
         schema(pattern = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
     )]
     pub data_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<StoredFileRef>,
     /// Bytes of inline content, filled in when the job is accepted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(read_only))]
     pub size: Option<u64>,
 }
@@ -104,14 +88,24 @@ pub struct InputFile {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredFileRef {
     pub job_id: Uuid,
-    #[cfg_attr(
-        feature = "openapi",
-        schema(
-            pattern = r"^(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)(?:/(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+))*$",
-            max_length = 1024
-        )
-    )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = relative_path_schema))]
     pub name: String,
+}
+
+/// The schema of a file's path inside a workspace: relative, with no empty, `.` or `..` component, no backslash
+/// and no NUL (what the worker accepts).
+#[cfg(feature = "openapi")]
+fn relative_path_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::{ObjectBuilder, Type};
+    const COMPONENT: &str = r"(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)";
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "Relative path in the workspace, e.g. `data/input.csv`.",
+        ))
+        .max_length(Some(1024))
+        .pattern(Some(format!("^{COMPONENT}(?:/{COMPONENT})*$")))
+        .build()
 }
 
 impl InputFile {
@@ -296,9 +290,9 @@ impl JobStatus {
 }
 
 /// The value under a job id in the cancels bucket.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelRequest {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<DateTime<Utc>>,
     /// The run being cancelled (the record's number of retries then); a retry after it is not cancelled.
     #[serde(default)]
@@ -306,14 +300,12 @@ pub struct CancelRequest {
 }
 
 /// The answer to a cancel request on `fleet.cancel.<id>` (JSON): the job's state after it, or why it was refused.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelReply {
     /// Absent only when the subject named no job id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<CancelState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
 }
 
@@ -343,21 +335,17 @@ impl CancelState {
 }
 
 /// How an earlier run of a retried job ended.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EndedRun {
     /// The record's `attempt` when that run ended.
     pub attempt: u32,
     pub status: JobStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
 }
 
@@ -421,6 +409,7 @@ pub struct Manifest<'a> {
 
 /// The job's record in the `jobs` KV bucket, and the payload of its reply. Exactly one terminal version of it is
 /// ever written per job.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobRecord {
@@ -430,16 +419,11 @@ pub struct JobRecord {
     /// Number of times a worker started this job (redeliveries after a crash count).
     #[serde(default)]
     pub attempt: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     /// Signal that ended the agent, when it did not exit by itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     /// Capped copy of stdout, shown lossily as UTF-8; the full bytes are kept in the full log.
     #[serde(default)]
@@ -472,53 +456,44 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<FileEntry>,
     /// The artifact target holding `files` and `logs` (`default`, a configured name, or `sharing:<uuid>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_store: Option<String>,
     /// Earlier runs of this job, oldest first, each ended before a `POST /v1/jobs/{id}/retry`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<EndedRun>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Why the agent was stopped short: `timeout`, or the resource limit it hit (`cpu_limit`, `memory_limit`,
     /// `file_size_limit`, `process_limit`, `open_files_limit`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub killed: Option<crate::lifecycle::Killed>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     /// Why a queued job has not started yet when it waits for something other than a worker (a session's turn
     /// waiting for the turn before it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
     /// What an agent the fleet understands (a model agent, a CLI preset) answered: its final text. Raw stdout
     /// stays in `stdout`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
     /// Bytes of the answer cut to keep the record within NATS's message size.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub answer_truncated_bytes: u64,
     /// Tokens the run used (and its cost, where the agent reports one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     /// The agent's own session id (Claude Code's `session_id`, Codex's thread id), where it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_session_id: Option<String>,
     /// Tool calls the agent made.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tool_calls: u64,
     /// A session turn's workspace as the turn left it, saved for the next turn.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_workspace: Option<crate::session_workspace::WorkspaceRef>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// What a run cost in tokens, as the agent or its model server reported it.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// In US dollars, where the agent reports it (Claude Code does; a model server does not).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
 }
 

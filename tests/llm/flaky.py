@@ -4,9 +4,10 @@ requests on to a real one. Records each request's Authorization header, so a tes
 usage: flaky.py PORT UPSTREAM_BASE FAILURES RETRY_AFTER LOG   — prints "ready" once listening.
 """
 import http.client
-import http.server
 import sys
 import urllib.parse
+
+from stub_server import QuietHandler, serve
 
 
 def main():
@@ -14,7 +15,7 @@ def main():
         int(sys.argv[1]), urllib.parse.urlsplit(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
     seen = {"requests": 0}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             seen["requests"] += 1
@@ -39,12 +40,7 @@ def main():
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    print("ready", flush=True)
-    server.serve_forever()
+    serve(port, Handler)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,17 @@ one endless line (`endless-line`), lines that are not JSON (`not-json`), or vali
 
 usage: hostile_model.py PORT MODE   — prints "ready" once listening.
 """
-import http.server
 import json
 import sys
+
+from stub_server import QuietHandler, serve
 
 
 def main():
     port, mode = int(sys.argv[1]), sys.argv[2]
     token = "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "flood " * 50}}]}) + "\n\n"
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         protocol_version = "HTTP/1.0"
 
         def do_POST(self):
@@ -31,12 +32,7 @@ def main():
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    print("ready", flush=True)
-    server.serve_forever()
+    serve(port, Handler)
 
 
 if __name__ == "__main__":

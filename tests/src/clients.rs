@@ -29,6 +29,21 @@ impl Reply {
         );
     }
 
+    /// The `job_id` of an accepted submission.
+    #[track_caller]
+    pub fn job_id(&self) -> String {
+        match self.body["job_id"].as_str() {
+            Some(id) => id.to_string(),
+            None => panic!("no job_id ({}): {}", self.status, self.body),
+        }
+    }
+
+    /// The `job_id` of an accepted submission, as a UUID.
+    #[track_caller]
+    pub fn job_uuid(&self) -> uuid::Uuid {
+        self.job_id().parse().expect("job_id is a UUID")
+    }
+
     /// Asserts a successful job list of exactly `count` jobs.
     #[track_caller]
     pub fn assert_count(&self, count: u64, what: &str) {
@@ -123,6 +138,18 @@ impl Api {
     }
 
     /// GETs `path` until `done` holds for the body, and returns that body.
+    /// Submits `message` to `agent` through `POST /v1/jobs` and gives the accepted job's id.
+    pub async fn submit(&self, agent: &str, message: &str) -> String {
+        let r = self
+            .post(
+                "/v1/jobs",
+                &serde_json::json!({"agent": agent, "message": message}),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.job_id()
+    }
+
     pub async fn poll(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -139,10 +166,10 @@ impl Api {
     }
 }
 
-/// A direct NATS user of the fleet.
 /// The subject prefix of the fleets tests start (the configuration's default).
 pub const DEFAULT_PREFIX: &str = "fleet";
 
+/// A direct NATS user of the fleet.
 pub struct NatsClient {
     pub client: async_nats::Client,
     pub js: async_nats::jetstream::Context,
@@ -176,6 +203,23 @@ impl NatsClient {
     }
 
     /// Publishes `body` as JSON to the jobs subject of `agent` and waits for JetStream's ack.
+    /// The notices that job `id` ended, from now on.
+    pub async fn done_notices(&self, id: &str) -> async_nats::Subscriber {
+        let id = id.parse().expect("job id");
+        self.client
+            .subscribe(self.topology.done_subject(&id))
+            .await
+            .expect("subscribe")
+    }
+
+    /// Job `id`'s live events, from now on.
+    pub async fn events(&self, id: &uuid::Uuid) -> async_nats::Subscriber {
+        self.client
+            .subscribe(self.topology.events_subject(id))
+            .await
+            .expect("subscribe")
+    }
+
     pub async fn publish_job(&self, agent: &str, body: &Value) {
         let payload = serde_json::to_vec(body).expect("json");
         self.js

@@ -278,6 +278,14 @@ impl S3Server {
             ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test".into()),
         ]
     }
+
+    /// A test fleet's configuration storing artifacts on this server, with `more` settings.
+    pub fn config(&self, nats_url: &str, more: &[(&str, &str)]) -> TestConfig {
+        let settings = self.settings();
+        let mut extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        extra.extend_from_slice(more);
+        test_config(nats_url, &extra)
+    }
 }
 
 impl Drop for S3Server {

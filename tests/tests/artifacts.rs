@@ -10,6 +10,15 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// The names of the files a record lists.
+fn file_names(record: &Value) -> Vec<&str> {
+    let files = record["files"].as_array().expect("files");
+    files
+        .iter()
+        .map(|f| f["name"].as_str().expect("name"))
+        .collect()
+}
+
 async fn run(api: &Api, message: &str, extra: Value) -> Value {
     let mut body = json!({"agent": "fake", "message": message});
     let extra = extra
@@ -166,12 +175,7 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
     )
     .await;
     assert_eq!(record["status"], "completed", "{record}");
-    let names: Vec<&str> = record["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = file_names(&record);
     assert_eq!(names, ["a", "b"]);
     let skipped: Vec<(&str, &str)> = record["skipped_files"]
         .as_array()
@@ -215,9 +219,7 @@ async fn caps_skip_files_with_a_reason_and_full_logs_are_stored() {
 async fn files_round_trip_through_a_real_s3_server_including_multipart() {
     let nats = NatsServer::start();
     let s3 = S3Server::start().await;
-    let settings = s3.settings();
-    let extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cfg = test_config(&nats.url(), &extra);
+    let cfg = s3.config(&nats.url(), &[]);
     let worker = start_worker(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let api = gw.api();
@@ -344,12 +346,7 @@ async fn input_files_are_written_first_and_only_changed_ones_come_back() {
     let record = &r.body["record"];
     assert_eq!(record["status"], "completed", "{record}");
     assert_eq!(record["stdout"], "hello\n");
-    let names: Vec<&str> = record["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    let names = file_names(record);
     assert_eq!(
         names,
         ["in/data.txt", "out.txt"],
@@ -448,12 +445,14 @@ async fn records_and_artifacts_past_retention_are_removed() {
 async fn a_worker_killed_mid_upload_leaves_no_record_of_files_and_the_rerun_stores_them() {
     let server = NatsServer::start();
     let s3 = S3Server::start().await;
-    let settings = s3.settings();
-    let mut extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    extra.push(("FLEET_QUEUE_ACK_WAIT_SECS", "2"));
-    // Over the default per-file cap of 100 MB, which would skip the file instead of storing it.
-    extra.push(("FLEET_ARTIFACTS_MAX_FILE_BYTES", "1000000000"));
-    let cfg = test_config(&server.url(), &extra);
+    let cfg = s3.config(
+        &server.url(),
+        &[
+            ("FLEET_QUEUE_ACK_WAIT_SECS", "2"),
+            // Over the default per-file cap of 100 MB, which would skip the file instead of storing it.
+            ("FLEET_ARTIFACTS_MAX_FILE_BYTES", "1000000000"),
+        ],
+    );
     let nats = NatsClient::connect(&server.url()).await;
     let gw = start_gateway(&cfg.config).await;
     let first = FleetProcess::worker(&cfg);

@@ -95,7 +95,7 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
         format!("key:{alice_id}")
     );
     assert_eq!(r.body["record"]["request"]["owner_name"], "alice");
-    let alices = r.body["job_id"].as_str().expect("id").to_string();
+    let alices = r.job_id();
     // The X-API-Key header works as well.
     let r = anonymous
         .send(
@@ -106,7 +106,7 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let bobs = r.body["job_id"].as_str().expect("id").to_string();
+    let bobs = r.job_id();
 
     for path in [
         format!("/v1/jobs/{alices}"),
@@ -127,7 +127,7 @@ async fn keys_authenticate_and_scopes_decide_what_each_may_do() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let finished = r.body["job_id"].as_str().expect("id").to_string();
+    let finished = r.job_id();
     let file = format!("/v1/jobs/{finished}/artifacts/c.txt");
     assert_eq!(bob.get(&file).await.status, 200);
     for path in [
@@ -438,7 +438,7 @@ async fn each_caller_may_have_only_so_many_jobs_unfinished() {
     for _ in 0..2 {
         let r = capped.post("/v1/jobs", &slow).await;
         assert_eq!(r.status, 202, "{}", r.body);
-        held.push(r.body["job_id"].as_str().expect("id").to_string());
+        held.push(r.job_id());
     }
     let queued = probe.queued_messages().await;
     let r = capped

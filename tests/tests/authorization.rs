@@ -56,7 +56,7 @@ async fn a_caller_reaches_nothing_of_another_callers_jobs() {
         )
         .await;
     assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
-    let alice_job = r.body["job_id"].as_str().unwrap().to_string();
+    let alice_job = r.job_id();
 
     // Copying alice's file into mallory's job: as if alice's job did not exist.
     let steal = json!({"agent": "shell", "message": "cat secret.txt",
@@ -223,7 +223,7 @@ async fn every_route_taking_a_job_id_answers_a_foreign_caller_as_for_no_job() {
         )
         .await;
     assert_eq!(r.body["record"]["status"], "failed", "{}", r.body);
-    let alice_job = r.body["job_id"].as_str().unwrap().to_string();
+    let alice_job = r.job_id();
     let nobody_job = uuid::Uuid::now_v7().to_string();
 
     let routes = fleet_gateway::job_routes();
@@ -392,7 +392,7 @@ async fn a_download_link_opens_one_file_for_its_maker_and_nothing_else() {
         )
         .await;
     assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
-    let job = r.body["job_id"].as_str().unwrap().to_string();
+    let job = r.job_id();
     let links = format!("/v1/jobs/{job}/links");
 
     let r = c

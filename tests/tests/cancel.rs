@@ -13,7 +13,12 @@ async fn submit(api: &Api, message: &str, extra: Value) -> String {
         .extend(extra.as_object().expect("object").clone());
     let r = api.post("/v1/jobs", &body).await;
     assert_eq!(r.status, 202, "{}", r.body);
-    r.body["job_id"].as_str().expect("job id").to_string()
+    r.job_id()
+}
+
+/// `POST /v1/jobs/{id}/cancel`.
+async fn cancel(api: &Api, id: &str) -> Reply {
+    api.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await
 }
 
 async fn wait_status(api: &Api, id: &str, status: &str) -> Value {
@@ -33,6 +38,17 @@ async fn agent_load(api: &Api) -> (u64, u64) {
         fake["queued"].as_u64().expect("queued"),
         fake["running"].as_u64().expect("running"),
     )
+}
+
+/// Waits until the processes whose pids `files` hold have all exited.
+async fn processes_gone(what: &str, files: [&std::path::PathBuf; 2]) {
+    for file in files {
+        let pid = pid_in(file);
+        eventually(what, Duration::from_secs(5), || async move {
+            !process_alive(pid)
+        })
+        .await;
+    }
 }
 
 fn pid_in(path: &std::path::Path) -> i32 {
@@ -75,11 +91,13 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
         "queued and running before the cancel"
     );
 
-    let r = api
-        .post(&format!("/v1/jobs/{queued}/cancel"), &json!({}))
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["status"], "cancelled");
+    let r = cancel(&api, &queued).await;
+    assert_eq!(
+        (r.status, &r.body["status"]),
+        (200, &json!("cancelled")),
+        "{}",
+        r.body
+    );
     assert_eq!(r.body["record"]["error"]["code"], "cancelled");
     // Off the queue at once, not when the slot frees: `fleet agents` no longer counts it.
     assert_eq!(
@@ -88,23 +106,13 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
         "queued and running after the cancel"
     );
 
-    let r = api
-        .post(&format!("/v1/jobs/{running}/cancel"), &json!({}))
-        .await;
+    let r = cancel(&api, &running).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let record = &r.body["record"];
     assert_eq!(record["status"], "cancelled", "{record}");
     assert_eq!(record["stdout"], "started\n");
     assert_eq!(record["files"][0]["name"], "partial.txt", "{record}");
-    for file in [&agent_pid, &grandchild_pid] {
-        let pid = pid_in(file);
-        eventually(
-            "cancelled process gone",
-            Duration::from_secs(5),
-            || async move { !process_alive(pid) },
-        )
-        .await;
-    }
+    processes_gone("cancelled process gone", [&agent_pid, &grandchild_pid]).await;
 
     // The slot is free: the cancelled queued job is delivered now, and must not run.
     let after = submit(&api, "print:after", json!({})).await;
@@ -126,14 +134,10 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
     .await;
 
     // Finished jobs cannot be cancelled; unknown ids are accepted for a worker to honour later.
-    let r = api
-        .post(&format!("/v1/jobs/{after}/cancel"), &json!({}))
-        .await;
+    let r = cancel(&api, &after).await;
     r.assert_problem(409, "job_finished");
     assert!(r.body["message"].as_str().unwrap().contains("completed"));
-    let r = api
-        .post(&format!("/v1/jobs/{running}/cancel"), &json!({}))
-        .await;
+    let r = cancel(&api, &running).await;
     assert_eq!(r.status, 409, "{}", r.body);
     let r = api.post("/v1/jobs/not-a-uuid/cancel", &json!({})).await;
     assert_eq!(r.status, 404, "{}", r.body);
@@ -149,11 +153,7 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
     // Twice at once.
     let id = submit(&api, "print:x sleep:60", json!({})).await;
     wait_status(&api, &id, "running").await;
-    let mut notices = nc
-        .client
-        .subscribe(nc.topology.done_subject(&id.parse().expect("job id")))
-        .await
-        .unwrap();
+    let mut notices = nc.done_notices(&id).await;
     let path = format!("/v1/jobs/{id}/cancel");
     let empty = json!({});
     let (a, b) = tokio::join!(api.post(&path, &empty), api.post(&path, &empty));
@@ -184,13 +184,9 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
         );
         let id = submit(&api, &message, json!({"timeout": 1.0})).await;
         wait_status(&api, &id, "running").await;
-        let mut notices = nc
-            .client
-            .subscribe(nc.topology.done_subject(&id.parse().expect("job id")))
-            .await
-            .unwrap();
+        let mut notices = nc.done_notices(&id).await;
         tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-        let r = api.post(&format!("/v1/jobs/{id}/cancel"), &json!({})).await;
+        let r = cancel(&api, &id).await;
         assert!(matches!(r.status, 200 | 409), "{} {}", r.status, r.body);
         let end = api
             .poll(&format!("/v1/jobs/{id}"), "the end", |r| {
@@ -202,15 +198,7 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
             1,
             "{end}"
         );
-        for file in [&agent_pid, &grandchild_pid] {
-            let pid = pid_in(file);
-            eventually(
-                "the job's processes gone",
-                Duration::from_secs(5),
-                || async move { !process_alive(pid) },
-            )
-            .await;
-        }
+        processes_gone("the job's processes gone", [&agent_pid, &grandchild_pid]).await;
     }
     worker.stop().await;
 }
@@ -290,7 +278,7 @@ async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
         )
         .await;
     assert_eq!(r.body["status"], "failed", "{}", r.body);
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
 
     let r = api.post(&format!("/v1/jobs/{id}/retry"), &json!({})).await;
     assert_eq!(r.status, 202, "{}", r.body);
@@ -306,46 +294,27 @@ async fn retry_runs_an_ended_job_again_and_keeps_its_history() {
     // Cancel a run, then retry it: the retry runs.
     let slow = submit(&api, "sleep:60", json!({})).await;
     wait_status(&api, &slow, "running").await;
-    let r = api
-        .post(&format!("/v1/jobs/{slow}/cancel"), &json!({}))
-        .await;
+    let r = cancel(&api, &slow).await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.body);
     let r = api
         .post(&format!("/v1/jobs/{slow}/retry"), &json!({}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     wait_status(&api, &slow, "running").await;
-    let r = api
-        .post(&format!("/v1/jobs/{slow}/cancel"), &json!({}))
-        .await;
+    let r = cancel(&api, &slow).await;
     assert_eq!(r.body["status"], "cancelled", "{}", r.body);
     let rec = &r.body["record"];
     assert_eq!(rec["history"].as_array().unwrap().len(), 1, "{rec}");
 
     // Completed and running jobs, and jobs with inline inputs, cannot be retried.
-    let done = api
-        .post(
-            "/v1/jobs?wait=20",
-            &json!({"agent": "fake", "message": "print:ok"}),
-        )
-        .await;
-    let done_id = done.body["job_id"].as_str().unwrap();
-    let r = api
-        .post(&format!("/v1/jobs/{done_id}/retry"), &json!({}))
-        .await;
-    r.assert_problem(409, "not_retryable");
-    let inline = api
-        .post(
-            "/v1/jobs?wait=20",
-            &json!({"agent": "fake", "message": "exit:1",
-                "input_files": [{"name": "a.txt", "data_base64": "aGk="}]}),
-        )
-        .await;
-    let inline_id = inline.body["job_id"].as_str().unwrap();
-    let r = api
-        .post(&format!("/v1/jobs/{inline_id}/retry"), &json!({}))
-        .await;
-    r.assert_problem(409, "not_retryable");
+    let done = json!({"agent": "fake", "message": "print:ok"});
+    let inline = json!({"agent": "fake", "message": "exit:1",
+        "input_files": [{"name": "a.txt", "data_base64": "aGk="}]});
+    for body in [done, inline] {
+        let id = api.post("/v1/jobs?wait=20", &body).await.job_id();
+        let r = api.post(&format!("/v1/jobs/{id}/retry"), &json!({})).await;
+        r.assert_problem(409, "not_retryable");
+    }
     let r = api
         .post(
             &format!("/v1/jobs/{}/retry", uuid::Uuid::now_v7()),

@@ -115,7 +115,7 @@ async fn the_client_commands_drive_a_fleet_from_a_terminal() {
             &serde_json::json!({"agent": "fake", "message": message}),
         )
         .await;
-    let slow = r.body["job_id"].as_str().unwrap().to_string();
+    let slow = r.job_id();
     let marker = written.clone();
     eventually("the file written", Duration::from_secs(20), || {
         let marker = marker.clone();

@@ -29,7 +29,7 @@ async fn run(api: &Api, agent: &str, steps: &str) -> (Vec<SseEvent>, Value) {
         .post("/v1/jobs", &json!({"agent": agent, "message": steps}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    let id = r.body["job_id"].as_str().expect("job id").to_string();
+    let id = r.job_id();
     let events = SseReader::job_until_end(api, &id).await;
     let record = api.get(&format!("/v1/jobs/{id}")).await.body;
     (events, record)

@@ -111,7 +111,7 @@ async fn killing_a_node_of_a_three_node_cluster_mid_run_loses_no_job() {
             )
             .await;
         assert_eq!(r.status, 202, "{}", r.body);
-        ids.push(r.body["job_id"].as_str().expect("id").to_string());
+        ids.push(r.job_id());
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.kill(leader);

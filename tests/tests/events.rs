@@ -58,11 +58,7 @@ async fn sse_listeners_early_late_and_resuming_each_see_the_exact_output() {
 
     // Subscribed before the job exists, so the raw subscriber sees every event.
     let job_id = uuid::Uuid::now_v7();
-    let mut raw = nc
-        .client
-        .subscribe(nc.topology.events_subject(&job_id))
-        .await
-        .unwrap();
+    let mut raw = nc.events(&job_id).await;
     let message = "lines:1-5000 sleep:1 lines:5001-10000 write:done.txt=3";
     let r = api
         .post(
@@ -207,7 +203,7 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
             &json!({"agent": "fake", "message": "sleep:0.2 lines:1-500"}),
         )
         .await;
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
     let mut reader = SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
     let mut saw_limit = false;
     let mut text = String::new();
@@ -227,11 +223,7 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
     // A short job publishes no events (its done notice ends it); listeners still get its output as `output` events,
     // then the end.
     let job_id = uuid::Uuid::now_v7();
-    let mut raw = nc
-        .client
-        .subscribe(nc.topology.events_subject(&job_id))
-        .await
-        .unwrap();
+    let mut raw = nc.events(&job_id).await;
     let r = api
         .post(
             "/v1/jobs?wait=30",
@@ -254,10 +246,7 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
     let blocker = api
         .post("/v1/jobs", &json!({"agent": "fake", "message": "sleep:30"}))
         .await
-        .body["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .job_id();
     api.poll(&format!("/v1/jobs/{blocker}"), "running", |r| {
         r["status"] == "running"
     })
@@ -268,10 +257,7 @@ async fn events_of_cancelled_and_old_jobs_end_with_their_record() {
             &json!({"agent": "fake", "message": "print:never"}),
         )
         .await
-        .body["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .job_id();
     let mut reader = SseReader::open(&api, &format!("/v1/jobs/{queued}/events"), None).await;
     let r = api
         .post(&format!("/v1/jobs/{queued}/cancel"), &json!({}))
@@ -307,13 +293,7 @@ async fn events_and_cancel_work_through_any_gateway_replica() {
     let (api1, api2) = (one.api(), two.api());
     assert_ne!(api1.base, api2.base);
 
-    let r = api1
-        .post(
-            "/v1/jobs",
-            &json!({"agent": "fake", "message": "print:ready sleep:60"}),
-        )
-        .await;
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = api1.submit("fake", "print:ready sleep:60").await;
     // Follow through the second replica, cancel through the first: the follower sees the end.
     let mut reader = SseReader::open(&api2, &format!("/v1/jobs/{id}/events"), None).await;
     let mut text = String::new();
@@ -346,13 +326,7 @@ async fn a_listener_too_slow_for_the_live_tail_is_dropped_with_word_and_resumes_
     let (_nats, _cfg, worker, gw) = start_fleet(&[("FLEET_HTTP_LIVE_BUFFER_EVENTS", "8")]).await;
     let api = gw.api();
 
-    let r = api
-        .post(
-            "/v1/jobs",
-            &json!({"agent": "fake", "message": "sleep:0.3 lines:1-100000"}),
-        )
-        .await;
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = api.submit("fake", "sleep:0.3 lines:1-100000").await;
     let path = format!("/v1/jobs/{id}/events");
     let mut slow = SseReader::open(&api, &path, None).await;
     // Not reading while the job floods its output: the socket fills, then the tail's buffer.
@@ -397,13 +371,7 @@ async fn a_job_whose_end_was_never_announced_still_ends_its_waiters_and_listener
             .post("/v1/jobs", &json!({"agent": "fake", "message": "print:x"}))
             .await;
         assert_eq!(r.status, 202, "{}", r.body);
-        ids.push(
-            r.body["job_id"]
-                .as_str()
-                .unwrap()
-                .parse::<uuid::Uuid>()
-                .unwrap(),
-        );
+        ids.push(r.job_uuid());
     }
     let (quiet, live) = (ids[0], ids[1]);
     let partial = JobEvent::Output {
@@ -492,13 +460,7 @@ async fn a_gateway_stopped_under_live_listeners_exits_within_its_grace() {
     let gateway = FleetProcess::start_with_log("gateway", &cfg, &env, &log);
     let api = Api::new(&format!("http://{http_addr}"));
     wait_ready(&http_addr).await;
-    let r = api
-        .post(
-            "/v1/jobs",
-            &json!({"agent": "fake", "message": "print:started sleep:30"}),
-        )
-        .await;
-    let id = r.body["job_id"].as_str().expect("job id").to_string();
+    let id = api.submit("fake", "print:started sleep:30").await;
     api.poll(&format!("/v1/jobs/{id}"), "running", |r| {
         r["status"] == "running"
     })
@@ -575,7 +537,7 @@ async fn a_retried_job_s_events_go_on_to_its_latest_run() {
         )
         .await;
     assert_eq!(r.body["status"], "failed", "{}", r.body);
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
     let path = format!("/v1/jobs/{id}/events");
     let (output, _, first_last_id, record) =
         runs_to_end(&mut SseReader::open(&api, &path, None).await).await;

@@ -112,13 +112,7 @@ async fn nats_restart_loses_no_queued_or_running_job() {
                 &json!({"agent": "fake", "message": format!("sleep:1 print:job{i}")}),
             )
             .await;
-        ids.push(
-            r.body["job_id"]
-                .as_str()
-                .unwrap()
-                .parse::<uuid::Uuid>()
-                .unwrap(),
-        );
+        ids.push(r.job_uuid());
     }
     // The scenario: NATS goes away while two jobs run and four wait.
     let running_now = || async {

@@ -45,7 +45,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
         )
         .await;
     assert_eq!(r.body["status"], "completed", "{}", r.body);
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
 
     // A second `fleet up` on the same directory, on other ports, is refused and names the first.
     let mut second = FleetUp::start(

@@ -53,7 +53,7 @@ async fn lists_are_ordered_filtered_paged_and_the_same_on_every_gateway() {
         let body = json!({"agent": agent, "message": message, "metadata": {"batch": i % 2}});
         let r = api.post("/v1/jobs?wait=20", &body).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        submitted.push(r.body["job_id"].as_str().expect("id").to_string());
+        submitted.push(r.job_id());
     }
     // A direct publisher's random (v4) id sorts by its submission time too, not by the id's text.
     let nc = NatsClient::connect(&nats.url()).await;

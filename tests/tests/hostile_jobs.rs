@@ -405,7 +405,7 @@ async fn a_forged_record_revision_never_replaces_an_ended_job() {
         )
         .await;
     assert_eq!(r.body["record"]["status"], "completed", "{}", r.body);
-    let id: uuid::Uuid = r.body["job_id"].as_str().unwrap().parse().unwrap();
+    let id: uuid::Uuid = r.job_uuid();
     let client = NatsClient::connect(&nats.url()).await;
     let before = client.record(id).await.expect("record");
     let entry = client.records.entry(id.to_string()).await.unwrap().unwrap();

@@ -22,7 +22,7 @@ async fn jobs_run_through_native_and_compatible_endpoints() {
     assert_eq!(r.body["record"]["stdout"], format!("{msg}\n"));
     assert_eq!(r.body["record"]["exit_code"], 0);
     assert_eq!(r.body["record"]["attempt"], 1);
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
     let rec = api.get(&format!("/v1/jobs/{id}")).await.body;
     assert_eq!(rec["status"], "completed");
     assert!(rec["resources"]["wall_ms"].is_u64());
@@ -36,7 +36,7 @@ async fn jobs_run_through_native_and_compatible_endpoints() {
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["status"], "queued");
-    let id = r.body["job_id"].as_str().unwrap().to_string();
+    let id = r.job_id();
     let rec = api.get(&format!("/v1/jobs/{id}?wait=20")).await.body;
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["exit_code"], 3);
@@ -71,7 +71,7 @@ async fn jobs_run_through_native_and_compatible_endpoints() {
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["status"], "pending");
-        let jid = r.body["job_id"].as_str().unwrap().to_string();
+        let jid = r.job_id();
         api.poll(&format!("/jobs/{jid}/status"), "execute status", |s| {
             s["status"] == "completed" || s["status"] == "failed"
         })

@@ -43,7 +43,7 @@ async fn metrics_count_a_hundred_jobs_exactly() {
         };
         let r = api.post("/v1/jobs", &body).await;
         assert_eq!(r.status, 202, "{}", r.body);
-        ids.push(r.body["job_id"].as_str().expect("id").to_string());
+        ids.push(r.job_id());
     }
     // One bad request, counted under its own status.
     let bad = api.post("/v1/jobs", &json!({"agent": "echo"})).await;

@@ -55,7 +55,7 @@ async fn submit(api: &Api, agent: &str, message: &str) -> String {
         .post("/v1/jobs", &json!({"agent": agent, "message": message}))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
-    r.body["job_id"].as_str().expect("job id").to_string()
+    r.job_id()
 }
 
 fn texts_of(events: &[SseEvent], kind: &str) -> Vec<String> {

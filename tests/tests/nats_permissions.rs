@@ -36,13 +36,7 @@ async fn the_documented_permissions_run_the_fleet_and_confine_direct_publishers(
         .await;
     assert_eq!(r.body["status"], "completed", "{}", r.body);
     // Live events of a running job, then its cancel.
-    let r = api
-        .post(
-            "/v1/jobs",
-            &json!({"agent": "fake", "message": "print:started sleep:30"}),
-        )
-        .await;
-    let id = r.body["job_id"].as_str().expect("id").to_string();
+    let id = api.submit("fake", "print:started sleep:30").await;
     let mut events =
         fleet_tests::clients::SseReader::open(&api, &format!("/v1/jobs/{id}/events"), None).await;
     loop {

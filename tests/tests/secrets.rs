@@ -83,7 +83,7 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
         )
         .await;
     assert_eq!(r.body["status"], "completed", "{}", r.body);
-    let id = r.body["job_id"].as_str().expect("id").to_string();
+    let id = r.job_id();
     let mut answers = vec![r.body.to_string()];
     let ftp_settings: std::collections::HashMap<_, _> = ftp.settings().into_iter().collect();
     let ftp_password = ftp_settings["FTP_PASSWORD"].clone();

@@ -48,7 +48,7 @@ async fn a_session_exported_from_one_fleet_continues_in_another() {
             &json!({"agent": "shell", "message": "echo hi > out.txt"}),
         )
         .await;
-    let plain = r.body["job_id"].as_str().expect("job").to_string();
+    let plain = r.job_id();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let archive = dir.path().join("session.tar");

@@ -229,7 +229,7 @@ async fn keep(
     baseline: &Baseline,
 ) -> Kept {
     let dirs = files.dirs;
-    let storing = store_files(shared, job, events, record, files, outcome);
+    let storing = files.store(shared, job, events, record, outcome);
     let saving = async {
         let ended_on_its_own = outcome.killed.is_none() && outcome.limit.is_none();
         let st = record.request.session.filter(|_| ended_on_its_own)?;
@@ -323,39 +323,35 @@ struct Files<'a> {
     inputs: &'a Inputs,
 }
 
-/// Stores what the run left, keeping the message alive meanwhile, and announces each stored file.
-async fn store_files(
-    shared: &Shared,
-    job: &Job<'_>,
-    events: &Events,
-    record: &JobRecord,
-    files: Files<'_>,
-    outcome: &RunOutcome,
-) -> Stored {
-    let limits = &shared.config.artifacts;
-    let target_id = files.target_id;
-    let storing = artifacts::collect(
-        files.store,
-        limits,
-        record,
-        files.dirs,
-        files.inputs,
-        outcome,
-    )
-    .instrument(tracing::info_span!("store_files", target = %target_id));
-    let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), storing).await;
-    match &stored {
-        Ok(c) => {
-            let all = c.files.iter().chain(&c.logs);
-            let bytes = all.clone().map(|f| f.size).sum();
-            shared.metrics.stored(&target_id, all.count(), bytes);
-            for file in &c.files {
-                events.stored(file).await;
+impl Files<'_> {
+    /// Stores what the run left, keeping the message alive meanwhile, and announces each stored file.
+    async fn store(
+        self,
+        shared: &Shared,
+        job: &Job<'_>,
+        events: &Events,
+        record: &JobRecord,
+        outcome: &RunOutcome,
+    ) -> Stored {
+        let limits = &shared.config.artifacts;
+        let target_id = self.target_id;
+        let storing =
+            artifacts::collect(self.store, limits, record, self.dirs, self.inputs, outcome)
+                .instrument(tracing::info_span!("store_files", target = %target_id));
+        let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), storing).await;
+        match &stored {
+            Ok(c) => {
+                let all = c.files.iter().chain(&c.logs);
+                let bytes = all.clone().map(|f| f.size).sum();
+                shared.metrics.stored(&target_id, all.count(), bytes);
+                for file in &c.files {
+                    events.stored(file).await;
+                }
             }
+            Err(_) => shared.metrics.upload_failed(&target_id),
         }
-        Err(_) => shared.metrics.upload_failed(&target_id),
+        stored.map(|c| (target_id, c))
     }
-    stored.map(|c| (target_id, c))
 }
 
 /// The largest record NATS takes (its message size, less room for headers).

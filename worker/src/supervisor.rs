@@ -411,7 +411,7 @@ impl Capture<'_> {
         self,
         pipe: Option<impl tokio::io::AsyncRead + Unpin>,
         into: &mut Captured,
-        parser: Box<dyn presets::Parse>,
+        parser: presets::Parser,
     ) -> Report {
         let Some(pipe) = pipe else {
             return parser.report();

@@ -326,7 +326,7 @@ async fn through_link(state: &AppState, ticket: &str, path: &str) -> Result<Call
     let user = state.config.auth.users.get(name).ok_or_else(gone)?;
     Ok(Caller::Authenticated {
         principal: Principal::user(name),
-        scopes: user.scopes(),
+        scopes: user.scopes.clone(),
     })
 }
 

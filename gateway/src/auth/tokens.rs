@@ -158,7 +158,7 @@ pub fn caller_of(auth: &AuthConfig, revoked: &Revoked, token: &str) -> Option<Ca
     let user = auth.users.get(&claims.sub)?;
     Some(Caller::Authenticated {
         principal: crate::auth::Principal::user(&claims.sub),
-        scopes: user.scopes(),
+        scopes: user.scopes.clone(),
     })
 }
 

@@ -167,36 +167,15 @@ impl AuthConfig {
     }
 }
 
-/// A user of `POST /token`: an argon2 password hash (`fleet hash-password` makes one) and the user's scopes.
+/// A user of `POST /token`: an argon2 password hash (`fleet hash-password` makes one) and the user's scopes,
+/// written beside it (`agents`, `read_all`, …). Flattened: the scopes are one type wherever they are held; the
+/// user's own `deny_unknown_fields` still refuses a misspelt scope (serde checks what the scopes left over).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub password_hash: String,
-    #[serde(default)]
-    pub agents: Vec<String>,
-    #[serde(default)]
-    pub read_all: bool,
-    #[serde(default)]
-    pub cancel: bool,
-    #[serde(default)]
-    pub configure_sharing: bool,
-    #[serde(default)]
-    pub manage_keys: bool,
-    #[serde(default)]
-    pub max_queued: Option<u32>,
-}
-
-impl UserConfig {
-    pub fn scopes(&self) -> crate::auth::Scopes {
-        crate::auth::Scopes {
-            agents: self.agents.clone(),
-            read_all: self.read_all,
-            cancel: self.cancel,
-            configure_sharing: self.configure_sharing,
-            manage_keys: self.manage_keys,
-            max_queued: self.max_queued,
-        }
-    }
+    #[serde(flatten)]
+    pub scopes: crate::auth::Scopes,
 }
 
 /// Whether the gateway asks for API keys.

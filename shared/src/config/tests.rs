@@ -230,3 +230,21 @@ fn a_cli_preset_runs_its_own_argv_unless_given_one() {
     );
     assert!(c.agents["echo"].resume.is_empty());
 }
+
+#[test]
+fn a_users_scopes_sit_beside_its_hash_and_a_misspelt_scope_is_named() {
+    let user = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n[auth.users.ana]\n\
+                password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\n\
+                agents = [\"echo\"]\nread_all = true\nmax_queued = 7\n";
+    let c = load_file("users", user, &[]).unwrap();
+    let scopes = &c.auth.users["ana"].scopes;
+    assert_eq!(scopes.agents, vec!["echo".to_string()]);
+    assert!(scopes.read_all && !scopes.cancel);
+    assert_eq!(scopes.max_queued, Some(7));
+
+    let misspelt = user.replace("read_all", "read_everything");
+    let err = load_file("users-typo", &misspelt, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("read_everything"), "{err}");
+}

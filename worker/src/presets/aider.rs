@@ -4,7 +4,6 @@
 use fleet_shared::wire::Usage;
 
 use super::{Parse, Said, Tally};
-use crate::report::Report;
 
 /// The banner lines aider prints before it answers.
 const BANNER: &[&str] = &[
@@ -21,17 +20,7 @@ const BANNER: &[&str] = &[
     "https://aider.chat/",
 ];
 
-pub struct Aider {
-    tally: Tally,
-}
-
-impl Aider {
-    pub fn new(answer_cap: usize) -> Self {
-        Self {
-            tally: Tally::new(answer_cap),
-        }
-    }
-}
+pub struct Aider;
 
 /// `1.2k` → 1200, `85` → 85, `3.4M` → 3400000.
 fn tokens(word: &str) -> Option<u64> {
@@ -61,26 +50,24 @@ fn usage_line(line: &str) -> Option<Usage> {
 }
 
 impl Parse for Aider {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
         if let Some(usage) = usage_line(line) {
-            self.tally.usage = Some(usage.clone());
+            tally.usage = Some(usage.clone());
             return Some(vec![Said::Usage(usage)]);
         }
         // Every other line goes on as output; those after the banner are the answer.
         let banner = BANNER.iter().any(|b| line.starts_with(b));
-        let leading_blank = self.tally.answer.text.is_empty() && line.trim().is_empty();
+        let leading_blank = tally.answer.text.is_empty() && line.trim().is_empty();
         if !banner && !leading_blank {
-            self.tally.answer.push(line);
-            self.tally.answer.push("\n");
+            tally.answer.push(line);
+            tally.answer.push("\n");
         }
         None
     }
 
-    fn report(self: Box<Self>) -> Report {
-        let mut tally = self.tally;
+    fn finish(&mut self, tally: &mut Tally) {
         let trimmed = tally.answer.text.trim_end().len();
         tally.answer.text.truncate(trimmed);
-        tally.report()
     }
 }
 

@@ -7,23 +7,15 @@ use fleet_shared::wire::Usage;
 use serde_json::Value;
 
 use super::{count, text, typed_object, Parse, Said, Tally};
-use crate::report::Report;
 
+#[derive(Default)]
 pub struct Claude {
-    tally: Tally,
     /// Text already streamed as partial messages: the whole message's text is not sent again.
     partial: bool,
 }
 
 impl Claude {
-    pub fn new(answer_cap: usize) -> Self {
-        Self {
-            tally: Tally::new(answer_cap),
-            partial: false,
-        }
-    }
-
-    fn assistant(&mut self, message: &Value) -> Vec<Said> {
+    fn assistant(&self, message: &Value, tally: &mut Tally) -> Vec<Said> {
         let mut said = Vec::new();
         for block in blocks(message) {
             match block["type"].as_str() {
@@ -31,7 +23,7 @@ impl Claude {
                     said.extend(text(block, "text").map(Said::Message))
                 }
                 Some("tool_use") => {
-                    self.tally.tool_calls += 1;
+                    tally.tool_calls += 1;
                     said.push(Said::ToolCall {
                         name: text(block, "name").unwrap_or_default(),
                         input: block.get("input").cloned().unwrap_or(Value::Null),
@@ -42,26 +34,26 @@ impl Claude {
         }
         said
     }
+}
 
-    fn result(&mut self, v: &Value) -> Vec<Said> {
-        if let Some(answer) = text(v, "result") {
-            self.tally.answer.replace(&answer);
-        }
-        let Some(usage) = v.get("usage") else {
-            return Vec::new();
-        };
-        // Cached prompt tokens are counted apart from `input_tokens`; all of them were read.
-        let input = count(usage, &["input_tokens"])
-            + count(usage, &["cache_creation_input_tokens"])
-            + count(usage, &["cache_read_input_tokens"]);
-        let usage = Usage {
-            input_tokens: input,
-            output_tokens: count(usage, &["output_tokens"]),
-            cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
-        };
-        self.tally.usage = Some(usage.clone());
-        vec![Said::Usage(usage)]
+fn result(v: &Value, tally: &mut Tally) -> Vec<Said> {
+    if let Some(answer) = text(v, "result") {
+        tally.answer.replace(&answer);
     }
+    let Some(usage) = v.get("usage") else {
+        return Vec::new();
+    };
+    // Cached prompt tokens are counted apart from `input_tokens`; all of them were read.
+    let input = count(usage, &["input_tokens"])
+        + count(usage, &["cache_creation_input_tokens"])
+        + count(usage, &["cache_read_input_tokens"]);
+    let usage = Usage {
+        input_tokens: input,
+        output_tokens: count(usage, &["output_tokens"]),
+        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+    };
+    tally.usage = Some(usage.clone());
+    vec![Said::Usage(usage)]
 }
 
 /// A message's content blocks.
@@ -83,14 +75,14 @@ fn result_text(content: &Value) -> String {
 }
 
 impl Parse for Claude {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         if let Some(id) = text(&v, "session_id") {
-            self.tally.session_id = Some(id);
+            tally.session_id = Some(id);
         }
         let said = match kind.as_str() {
             "system" => Vec::new(),
-            "assistant" => self.assistant(&v["message"]),
+            "assistant" => self.assistant(&v["message"], tally),
             "user" => blocks(&v["message"])
                 .filter(|b| b["type"] == "tool_result")
                 .map(|b| Said::ToolResult {
@@ -109,20 +101,16 @@ impl Parse for Claude {
                 }
             }
             // Gemini CLI's result carries `stats` instead (Qwen Code may print either).
-            "result" if v.get("stats").is_none() => self.result(&v),
+            "result" if v.get("stats").is_none() => result(&v, tally),
             _ => return None,
         };
         Some(said)
-    }
-
-    fn report(self: Box<Self>) -> Report {
-        self.tally.report()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::run;
+    use super::super::tests::{run, tool_result};
     use super::*;
     use fleet_shared::config::AgentKind;
 
@@ -141,13 +129,7 @@ mod tests {
         assert!(
             matches!(&said[1], Said::ToolCall { name, input } if name == "Bash" && input["command"] == "ls")
         );
-        assert_eq!(
-            said[2],
-            Said::ToolResult {
-                output: "a.txt\nb.txt".into(),
-                is_error: false
-            }
-        );
+        assert_eq!(said[2], tool_result("a.txt\nb.txt", false));
         assert_eq!(
             said[3],
             Said::Message("There are two files: a.txt and b.txt.".into())

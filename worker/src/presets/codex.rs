@@ -9,28 +9,20 @@ use fleet_shared::wire::Usage;
 use serde_json::{Map, Value};
 
 use super::{count, text, typed_object, Parse, Said, Tally};
-use crate::report::Report;
 
+#[derive(Default)]
 pub struct Codex {
-    tally: Tally,
     /// Tool items whose call was told when they started.
     started: HashSet<String>,
 }
 
 impl Codex {
-    pub fn new(answer_cap: usize) -> Self {
-        Self {
-            tally: Tally::new(answer_cap),
-            started: HashSet::new(),
-        }
-    }
-
-    fn item(&mut self, item: &Value, completed: bool) -> Option<Vec<Said>> {
+    fn item(&mut self, item: &Value, completed: bool, tally: &mut Tally) -> Option<Vec<Said>> {
         let kind = item["type"].as_str()?;
         if kind == "agent_message" {
             let message = text(item, "text").filter(|_| completed);
             if let Some(message) = &message {
-                self.tally.answer.replace(message);
+                tally.answer.replace(message);
             }
             return Some(message.map(Said::Message).into_iter().collect());
         }
@@ -46,7 +38,7 @@ impl Codex {
             false => !self.started.insert(id),
         };
         if !told {
-            self.tally.tool_calls += 1;
+            tally.tool_calls += 1;
             said.push(Said::ToolCall { name, input });
         }
         if completed {
@@ -89,16 +81,16 @@ fn tool_result(item: &Value) -> Said {
 }
 
 impl Parse for Codex {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         match kind.as_str() {
             "thread.started" => {
-                self.tally.session_id = text(&v, "thread_id");
+                tally.session_id = text(&v, "thread_id");
                 Some(Vec::new())
             }
             "turn.started" => Some(Vec::new()),
-            "item.started" | "item.updated" => self.item(&v["item"], false),
-            "item.completed" => self.item(&v["item"], true),
+            "item.started" | "item.updated" => self.item(&v["item"], false, tally),
+            "item.completed" => self.item(&v["item"], true, tally),
             "turn.completed" => {
                 let usage = Usage {
                     // Cached input tokens are part of `input_tokens` in OpenAI's counting.
@@ -106,7 +98,7 @@ impl Parse for Codex {
                     output_tokens: count(&v["usage"], &["output_tokens"]),
                     cost_usd: None,
                 };
-                let total = match &self.tally.usage {
+                let total = match &tally.usage {
                     Some(before) => Usage {
                         input_tokens: before.input_tokens + usage.input_tokens,
                         output_tokens: before.output_tokens + usage.output_tokens,
@@ -114,21 +106,17 @@ impl Parse for Codex {
                     },
                     None => usage,
                 };
-                self.tally.usage = Some(total.clone());
+                tally.usage = Some(total.clone());
                 Some(vec![Said::Usage(total)])
             }
             _ => None,
         }
     }
-
-    fn report(self: Box<Self>) -> Report {
-        self.tally.report()
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::run;
+    use super::super::tests::{run, tool_result};
     use super::*;
     use fleet_shared::config::AgentKind;
 
@@ -146,13 +134,7 @@ mod tests {
         assert!(
             matches!(&said[0], Said::ToolCall { name, input } if name == "shell" && input["command"] == "bash -lc ls")
         );
-        assert_eq!(
-            said[1],
-            Said::ToolResult {
-                output: "a.txt\nb.txt\n".into(),
-                is_error: false
-            }
-        );
+        assert_eq!(said[1], tool_result("a.txt\nb.txt\n", false));
         assert!(
             matches!(&said[3], Said::ToolResult { is_error: true, .. }),
             "{said:?}"

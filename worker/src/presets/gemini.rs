@@ -7,45 +7,34 @@ use fleet_shared::wire::Usage;
 use serde_json::Value;
 
 use super::{count, text, typed_object, Parse, Said, Tally};
-use crate::report::Report;
 
-pub struct Gemini {
-    tally: Tally,
-}
+pub struct Gemini;
 
-impl Gemini {
-    pub fn new(answer_cap: usize) -> Self {
-        Self {
-            tally: Tally::new(answer_cap),
-        }
+fn result(v: &Value, tally: &mut Tally) -> Vec<Said> {
+    let stats = &v["stats"];
+    if stats.is_null() {
+        return Vec::new();
     }
-
-    fn result(&mut self, v: &Value) -> Vec<Said> {
-        let stats = &v["stats"];
-        if stats.is_null() {
-            return Vec::new();
-        }
-        let usage = Usage {
-            input_tokens: count(stats, &["input_tokens", "inputTokens", "input"]),
-            output_tokens: count(stats, &["output_tokens", "outputTokens", "output"]),
-            cost_usd: None,
-        };
-        self.tally.usage = Some(usage.clone());
-        vec![Said::Usage(usage)]
-    }
+    let usage = Usage {
+        input_tokens: count(stats, &["input_tokens", "inputTokens", "input"]),
+        output_tokens: count(stats, &["output_tokens", "outputTokens", "output"]),
+        cost_usd: None,
+    };
+    tally.usage = Some(usage.clone());
+    vec![Said::Usage(usage)]
 }
 
 impl Parse for Gemini {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         let said = match kind.as_str() {
             "init" => {
-                self.tally.session_id = text(&v, "session_id").or_else(|| text(&v, "sessionId"));
+                tally.session_id = text(&v, "session_id").or_else(|| text(&v, "sessionId"));
                 Vec::new()
             }
             "message" if v["role"] == "assistant" => {
                 let content = text(&v, "content").unwrap_or_default();
-                self.tally.answer.push(&content);
+                tally.answer.push(&content);
                 match v["delta"].as_bool() {
                     Some(true) => vec![Said::Delta(content)],
                     _ => vec![Said::Message(content)],
@@ -53,9 +42,9 @@ impl Parse for Gemini {
             }
             "message" => Vec::new(),
             "tool_use" => {
-                self.tally.tool_calls += 1;
+                tally.tool_calls += 1;
                 // What was said before a tool call led up to it; the answer comes after the last one.
-                self.tally.answer.clear();
+                tally.answer.clear();
                 vec![Said::ToolCall {
                     name: text(&v, "tool_name").unwrap_or_default(),
                     input: v.get("parameters").cloned().unwrap_or(Value::Null),
@@ -67,20 +56,16 @@ impl Parse for Gemini {
                     .unwrap_or_default(),
                 is_error: v["status"] == "error",
             }],
-            "result" => self.result(&v),
+            "result" => result(&v, tally),
             _ => return None,
         };
         Some(said)
-    }
-
-    fn report(self: Box<Self>) -> Report {
-        self.tally.report()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::run;
+    use super::super::tests::{run, tool_result};
     use super::*;
     use fleet_shared::config::AgentKind;
 
@@ -100,20 +85,8 @@ mod tests {
             assert!(
                 matches!(&said[1], Said::ToolCall { name, input } if name == "run_shell_command" && input["command"] == "ls")
             );
-            assert_eq!(
-                said[2],
-                Said::ToolResult {
-                    output: "a.txt\nb.txt".into(),
-                    is_error: false
-                }
-            );
-            assert_eq!(
-                said[4],
-                Said::ToolResult {
-                    output: "File not found: /w/missing".into(),
-                    is_error: true
-                }
-            );
+            assert_eq!(said[2], tool_result("a.txt\nb.txt", false));
+            assert_eq!(said[4], tool_result("File not found: /w/missing", true));
             assert_eq!(report.answer.as_deref(), Some("There are two files."));
             assert_eq!(
                 report.usage,

@@ -40,50 +40,65 @@ pub enum Said {
     Usage(Usage),
 }
 
-/// One CLI's stream parser.
+/// How one CLI's stream reads: each line it knows says something, and may tell the tally of the run.
 pub trait Parse: Send {
     /// What `line` says; `None` for a line this parser does not know (it goes on as output).
-    fn line(&mut self, line: &str) -> Option<Vec<Said>>;
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>>;
+    /// A last look at the tally once the output has ended.
+    fn finish(&mut self, _tally: &mut Tally) {}
+}
+
+/// A CLI's stream parser with what it has learnt of the run.
+pub struct Parser {
+    parse: Box<dyn Parse>,
+    tally: Tally,
+}
+
+impl Parser {
+    /// What `line` says; `None` for a line this parser does not know (it goes on as output).
+    pub fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+        self.parse.line(line, &mut self.tally)
+    }
+
     /// What the run said in all, once its output has ended.
-    fn report(self: Box<Self>) -> Report;
+    pub fn report(mut self) -> Report {
+        self.parse.finish(&mut self.tally);
+        self.tally.report()
+    }
 }
 
 /// The parser of a CLI preset's stream; none for plain commands and model agents. `answer_cap` bounds the
 /// answer kept.
-pub fn parser(kind: AgentKind, answer_cap: usize) -> Option<Box<dyn Parse>> {
-    let parser: Box<dyn Parse> = match kind {
-        AgentKind::ClaudeCode => Box::new(claude::Claude::new(answer_cap)),
-        AgentKind::Codex => Box::new(codex::Codex::new(answer_cap)),
-        AgentKind::Opencode => Box::new(opencode::Opencode::new(answer_cap)),
-        AgentKind::Gemini => Box::new(gemini::Gemini::new(answer_cap)),
+pub fn parser(kind: AgentKind, answer_cap: usize) -> Option<Parser> {
+    let parse: Box<dyn Parse> = match kind {
+        AgentKind::ClaudeCode => Box::new(claude::Claude::default()),
+        AgentKind::Codex => Box::new(codex::Codex::default()),
+        AgentKind::Opencode => Box::new(opencode::Opencode),
+        AgentKind::Gemini => Box::new(gemini::Gemini),
         // Qwen Code prints Claude Code's stream-json; its Gemini CLI roots show in older versions.
-        AgentKind::Qwen => Box::new(Either(
-            claude::Claude::new(answer_cap),
-            gemini::Gemini::new(answer_cap),
-        )),
-        AgentKind::Aider => Box::new(aider::Aider::new(answer_cap)),
+        AgentKind::Qwen => Box::new(Either(claude::Claude::default(), gemini::Gemini)),
+        AgentKind::Aider => Box::new(aider::Aider),
         AgentKind::Command | AgentKind::Openai | AgentKind::Ollama => return None,
     };
-    Some(parser)
+    Some(Parser {
+        parse,
+        tally: Tally::new(answer_cap),
+    })
 }
 
 /// A stream in either of two shapes: the first parser that knows a line takes it.
 struct Either<A, B>(A, B);
 
 impl<A: Parse, B: Parse> Parse for Either<A, B> {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
-        self.0.line(line).or_else(|| self.1.line(line))
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
+        self.0
+            .line(line, tally)
+            .or_else(|| self.1.line(line, tally))
     }
 
-    fn report(self: Box<Self>) -> Report {
-        let (first, second) = (Box::new(self.0).report(), Box::new(self.1).report());
-        Report {
-            answer: first.answer.or(second.answer),
-            usage: first.usage.or(second.usage),
-            agent_session_id: first.agent_session_id.or(second.agent_session_id),
-            tool_calls: first.tool_calls + second.tool_calls,
-            refused: None,
-        }
+    fn finish(&mut self, tally: &mut Tally) {
+        self.0.finish(tally);
+        self.1.finish(tally);
     }
 }
 
@@ -110,7 +125,7 @@ fn count(v: &Value, keys: &[&str]) -> u64 {
 
 /// What a parser has learnt of the run so far.
 #[derive(Debug, Default)]
-struct Tally {
+pub struct Tally {
     answer: Answer,
     session_id: Option<String>,
     usage: Option<Usage>,
@@ -182,13 +197,13 @@ fn cut(text: &str, max: usize) -> &str {
 /// Stdout of a CLI preset: each line to its parser; what it knows becomes typed events, the rest output events.
 pub struct ParsingSink<'a, S> {
     inner: S,
-    parser: Box<dyn Parse>,
+    parser: Parser,
     lines: Lines,
     events: Option<&'a Events>,
 }
 
 impl<'a, S: OutputSink + Send> ParsingSink<'a, S> {
-    pub fn new(inner: S, parser: Box<dyn Parse>, events: Option<&'a Events>) -> Self {
+    pub fn new(inner: S, parser: Parser, events: Option<&'a Events>) -> Self {
         Self {
             inner,
             parser,
@@ -254,6 +269,13 @@ pub(crate) mod tests {
         let mut parser = parser(kind, 64 * 1024).expect("a preset");
         let said = transcript.lines().map(|l| parser.line(l)).collect();
         (said, parser.report())
+    }
+
+    pub fn tool_result(output: &str, is_error: bool) -> Said {
+        Said::ToolResult {
+            output: output.into(),
+            is_error,
+        }
     }
 
     #[test]

@@ -7,93 +7,78 @@ use fleet_shared::wire::Usage;
 use serde_json::Value;
 
 use super::{count, text, typed_object, Parse, Said, Tally};
-use crate::report::Report;
 
-pub struct Opencode {
-    tally: Tally,
+pub struct Opencode;
+
+fn tool(part: &Value, tally: &mut Tally) -> Vec<Said> {
+    tally.tool_calls += 1;
+    tally.answer.clear();
+    let state = &part["state"];
+    let mut said = vec![Said::ToolCall {
+        name: text(part, "tool").unwrap_or_default(),
+        input: state.get("input").cloned().unwrap_or(Value::Null),
+    }];
+    match state["status"].as_str() {
+        Some("completed") => said.push(Said::ToolResult {
+            output: text(state, "output").unwrap_or_default(),
+            is_error: false,
+        }),
+        Some("error") => said.push(Said::ToolResult {
+            output: text(state, "error").unwrap_or_default(),
+            is_error: true,
+        }),
+        _ => {}
+    }
+    said
 }
 
-impl Opencode {
-    pub fn new(answer_cap: usize) -> Self {
-        Self {
-            tally: Tally::new(answer_cap),
-        }
-    }
-
-    fn tool(&mut self, part: &Value) -> Vec<Said> {
-        self.tally.tool_calls += 1;
-        self.tally.answer.clear();
-        let state = &part["state"];
-        let mut said = vec![Said::ToolCall {
-            name: text(part, "tool").unwrap_or_default(),
-            input: state.get("input").cloned().unwrap_or(Value::Null),
-        }];
-        match state["status"].as_str() {
-            Some("completed") => said.push(Said::ToolResult {
-                output: text(state, "output").unwrap_or_default(),
-                is_error: false,
-            }),
-            Some("error") => said.push(Said::ToolResult {
-                output: text(state, "error").unwrap_or_default(),
-                is_error: true,
-            }),
-            _ => {}
-        }
-        said
-    }
-
-    fn step_finished(&mut self, part: &Value) -> Vec<Said> {
-        let tokens = &part["tokens"];
-        let before = self.tally.usage.take().unwrap_or_default();
-        let cost = part["cost"].as_f64();
-        let usage = Usage {
-            // Cache reads and writes are prompt tokens counted apart.
-            input_tokens: before.input_tokens
-                + count(tokens, &["input"])
-                + count(&tokens["cache"], &["read"])
-                + count(&tokens["cache"], &["write"]),
-            output_tokens: before.output_tokens
-                + count(tokens, &["output"])
-                + count(tokens, &["reasoning"]),
-            cost_usd: match (before.cost_usd, cost) {
-                (None, None) => None,
-                (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
-            },
-        };
-        self.tally.usage = Some(usage.clone());
-        vec![Said::Usage(usage)]
-    }
+fn step_finished(part: &Value, tally: &mut Tally) -> Vec<Said> {
+    let tokens = &part["tokens"];
+    let before = tally.usage.take().unwrap_or_default();
+    let cost = part["cost"].as_f64();
+    let usage = Usage {
+        // Cache reads and writes are prompt tokens counted apart.
+        input_tokens: before.input_tokens
+            + count(tokens, &["input"])
+            + count(&tokens["cache"], &["read"])
+            + count(&tokens["cache"], &["write"]),
+        output_tokens: before.output_tokens
+            + count(tokens, &["output"])
+            + count(tokens, &["reasoning"]),
+        cost_usd: match (before.cost_usd, cost) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        },
+    };
+    tally.usage = Some(usage.clone());
+    vec![Said::Usage(usage)]
 }
 
 impl Parse for Opencode {
-    fn line(&mut self, line: &str) -> Option<Vec<Said>> {
+    fn line(&mut self, line: &str, tally: &mut Tally) -> Option<Vec<Said>> {
         let (v, kind) = typed_object(line)?;
         if let Some(id) = text(&v, "sessionID") {
-            self.tally.session_id = Some(id);
+            tally.session_id = Some(id);
         }
         let part = &v["part"];
         let said = match kind.as_str() {
             "step_start" => Vec::new(),
             "text" => {
                 let message = text(part, "text").unwrap_or_default();
-                self.tally.answer.push(&message);
+                tally.answer.push(&message);
                 vec![Said::Message(message)]
             }
-            "tool_use" => self.tool(part),
-            "step_finish" => self.step_finished(part),
+            "tool_use" => tool(part, tally),
+            "step_finish" => step_finished(part, tally),
             _ => return None,
         };
         Some(said)
-    }
-
-    fn report(self: Box<Self>) -> Report {
-        self.tally.report()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::run;
+    use super::super::tests::{run, tool_result};
     use super::*;
     use fleet_shared::config::AgentKind;
 
@@ -111,13 +96,7 @@ mod tests {
         assert!(
             matches!(&said[0], Said::ToolCall { name, input } if name == "bash" && input["command"] == "ls")
         );
-        assert_eq!(
-            said[1],
-            Said::ToolResult {
-                output: "a.txt\nb.txt\n".into(),
-                is_error: false
-            }
-        );
+        assert_eq!(said[1], tool_result("a.txt\nb.txt\n", false));
         assert_eq!(
             said[3],
             Said::Message("There are two files: a.txt and b.txt.".into())
