@@ -16,7 +16,8 @@ use crate::auth::Caller;
 use crate::http::error::ApiError;
 use crate::jobs::cancel::{self, Unrecorded};
 use crate::jobs::records;
-use crate::jobs::sessions::{self, store_error, Message, NewSession};
+use crate::jobs::sessions::{self, store_error, NewSession};
+use crate::jobs::submit::Submission;
 use crate::state::AppState;
 
 /// The most exchanges one conversation queues.
@@ -167,8 +168,8 @@ async fn queue_exchanges(
             // Replaced by the answer of the exchange before when this one runs.
             Some(_) => format!("(the answer of exchange {})", exchange.exchange - 1),
         };
-        let turn = Message {
-            job_id: Some(exchange.job_id),
+        let turn = Submission {
+            id: Some(exchange.job_id),
             message,
             context: conversation.participants[speaker].persona.clone(),
             metadata: BTreeMap::from([
@@ -184,7 +185,8 @@ async fn queue_exchanges(
                 follows,
                 stop_when: conversation.stop_when.clone(),
             }),
-            ..Message::default()
+            return_files: true,
+            ..Default::default()
         };
         if let Err(e) = sessions::take_turn(state, caller, &sessions_of[speaker], turn).await {
             cancel_exchanges(state, caller, &exchanges[..i]).await;

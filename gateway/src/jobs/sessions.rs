@@ -121,50 +121,18 @@ pub async fn turns(state: &AppState, session: &SessionRecord) -> Result<Vec<Turn
     Ok(views)
 }
 
-/// What a message to a session asks.
-pub struct Message {
-    /// The turn's job id, where the caller picked it beforehand (a conversation's exchanges name each other).
-    pub job_id: Option<Uuid>,
-    pub message: String,
-    pub context: Option<String>,
-    pub timeout: Option<f64>,
-    pub metadata: BTreeMap<String, serde_json::Value>,
-    pub input_files: Vec<fleet_shared::wire::InputFile>,
-    pub artifact_target: Option<String>,
-    pub return_files: bool,
-    /// The conversation exchange the turn is.
-    pub conversation: Option<fleet_shared::conversation::ConversationStep>,
-}
-
-impl Default for Message {
-    fn default() -> Self {
-        Self {
-            job_id: None,
-            message: String::new(),
-            context: None,
-            timeout: None,
-            metadata: BTreeMap::new(),
-            input_files: Vec::new(),
-            artifact_target: None,
-            return_files: true,
-            conversation: None,
-        }
-    }
-}
-
-/// Takes `message` as the session's next turn and queues its job. A turn whose job could not be queued is
+/// Takes `sub` as the session's next turn and queues its job (its agent and its place in the session are the
+/// session's to set; its id, where given, was picked beforehand). A turn whose job could not be queued is
 /// recorded as failed, so the turns after it do not wait for it.
 pub async fn take_turn(
     state: &AppState,
     caller: &Caller,
     session: &SessionRecord,
-    message: Message,
+    mut sub: Submission,
 ) -> Result<(Turn, Submitted), ApiError> {
     caller.may_run(&session.agent)?;
-    let job_id = message
-        .job_id
-        .unwrap_or_else(fleet_shared::wire::new_job_id);
-    let kept = session::kept(&message.message);
+    let job_id = *sub.id.get_or_insert_with(fleet_shared::wire::new_job_id);
+    let kept = session::kept(&sub.message);
     let make = |turn| Turn {
         turn,
         job_id,
@@ -181,23 +149,11 @@ pub async fn take_turn(
         .append(session, make)
         .await
         .map_err(store_error)?;
-    let sub = Submission {
-        id: Some(job_id),
-        agent: session.agent.clone(),
-        message: message.message,
-        context: message.context,
-        timeout: message.timeout,
-        return_files: message.return_files,
-        input_files: message.input_files,
-        artifact_target: message.artifact_target,
-        metadata: message.metadata,
-        session: Some(session::SessionTurn {
-            session_id: id,
-            turn: turn.turn,
-        }),
-        conversation: message.conversation,
-        ..Default::default()
-    };
+    sub.agent.clone_from(&session.agent);
+    sub.session = Some(session::SessionTurn {
+        session_id: id,
+        turn: turn.turn,
+    });
     // The count is raised while the job is queued: neither waits for the other. A count left behind is
     // raised again when the turn ends.
     let raising = state.sessions.raise_count(&id, turn.turn);

@@ -58,6 +58,23 @@ pub struct SubmitJob {
     pub session_id: Option<Uuid>,
 }
 
+impl From<SubmitJob> for Submission {
+    fn from(body: SubmitJob) -> Self {
+        Submission {
+            id: body.id,
+            agent: body.agent,
+            message: body.message,
+            context: body.context,
+            timeout: body.timeout,
+            return_files: body.return_files,
+            input_files: body.input_files,
+            artifact_target: body.artifact_target,
+            metadata: body.metadata,
+            ..Default::default()
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -127,17 +144,8 @@ pub async fn submit_job(
             .await;
     }
     let sub = Submission {
-        id: body.id,
-        agent: body.agent,
-        message: body.message,
-        context: body.context,
-        timeout: body.timeout,
-        return_files: body.return_files,
-        input_files: body.input_files,
-        artifact_target: body.artifact_target,
-        metadata: body.metadata,
         idempotency_key: idempotency_key(&headers)?,
-        ..Default::default()
+        ..body.into()
     };
     let (record, created) = submit_and_wait(&state, &caller, sub, limit).await?;
     let status = if record.status.is_terminal() || !created {

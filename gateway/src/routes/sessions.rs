@@ -16,7 +16,8 @@ use crate::auth::Caller;
 use crate::http::error::{ApiError, Json, Path, Problem, Query};
 use crate::jobs::records;
 use crate::jobs::session_index::SessionQuery;
-use crate::jobs::sessions::{self, Message, NewSession, TurnView};
+use crate::jobs::sessions::{self, NewSession, TurnView};
+use crate::jobs::submit::Submission;
 use crate::jobs::upload::{JobBody, WithInputs};
 use crate::routes::jobs::{wait_limit, WaitParams};
 use crate::state::AppState;
@@ -188,15 +189,16 @@ pub async fn message(
 ) -> Result<Response, ApiError> {
     let limit = wait_limit(&state, params.wait)?;
     let session = sessions::get_or_404(&state, &caller, &id).await?;
-    let message = Message {
+    let sub = Submission {
         message: body.message,
         context: body.context,
         timeout: body.timeout,
         metadata: body.metadata,
         input_files: body.input_files,
-        ..Message::default()
+        return_files: true,
+        ..Default::default()
     };
-    send(&state, &caller, &session, message, limit).await
+    send(&state, &caller, &session, sub, limit).await
 }
 
 /// `POST /v1/jobs` naming a session: the job is the session's next turn.
@@ -223,28 +225,18 @@ pub async fn turn_from_job(
             "a session turn's job id is the session's to give: leave `id` out",
         ));
     }
-    let message = Message {
-        message: body.message,
-        context: body.context,
-        timeout: body.timeout,
-        metadata: body.metadata,
-        input_files: body.input_files,
-        artifact_target: body.artifact_target,
-        return_files: body.return_files,
-        ..Message::default()
-    };
-    send(state, caller, &session, message, limit).await
+    send(state, caller, &session, body.into(), limit).await
 }
 
-/// Takes the message as the session's next turn and answers with it (its record too when `limit` is waited).
+/// Takes `sub` as the session's next turn and answers with it (its record too when `limit` is waited).
 async fn send(
     state: &AppState,
     caller: &Caller,
     session: &SessionRecord,
-    message: Message,
+    sub: Submission,
     limit: std::time::Duration,
 ) -> Result<Response, ApiError> {
-    let (turn, submitted) = sessions::take_turn(state, caller, session, message).await?;
+    let (turn, submitted) = sessions::take_turn(state, caller, session, sub).await?;
     let record = match limit.is_zero() {
         true => submitted.record,
         false => records::wait_existing(state, caller, &turn.job_id, limit).await?,
