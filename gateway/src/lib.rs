@@ -202,6 +202,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     auth::check_mode(&config).map_err(GatewayError::Auth)?;
     let state = AppState::connect(config, client).await?;
+    // Set once, here: a state fresh from `connect` has no address yet, so this cannot fail.
     let _ = state.listen.set(listener.local_addr()?);
     let cancels = tokio::spawn(cancel::serve_nats(state.clone()));
     let keys = tokio::spawn(follow_keys(state.clone()));

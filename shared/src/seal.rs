@@ -107,6 +107,7 @@ impl FollowedSealer {
                 async move { bucket.watch_with_history(SEAL_KEY).await }
             },
             move |entry| {
+                // A value that is not a 32-byte key (a delete's empty value) leaves the key held as it is.
                 let key = <[u8; 32]>::try_from(entry.value.as_ref()).ok();
                 if let (Operation::Put, Some(key), Ok(mut slot)) =
                     (entry.operation, key, target.0.write())

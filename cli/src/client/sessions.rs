@@ -124,6 +124,7 @@ pub async fn chat(client: &Client, agent: &str, session: Option<String>) -> Resu
     loop {
         if terminal {
             eprint!("> ");
+            // A prompt that cannot be shown does not stop the chat.
             let _ = std::io::stderr().flush();
         }
         let line = tokio::select! {

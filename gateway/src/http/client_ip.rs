@@ -68,6 +68,7 @@ fn parse_node(node: &str) -> Option<IpAddr> {
         return Some(ip);
     }
     if let Some(rest) = node.strip_prefix('[') {
+        // A node that is not an address is passed over (`None`).
         return rest.split(']').next()?.parse().ok();
     }
     node.rsplit_once(':')?.0.parse().ok()

@@ -150,6 +150,7 @@ pub async fn events(
     let (mut send, receive) = futures::channel::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         for exchange in &conversation.exchanges {
+            // A listener that left shows at the next event's send, which ends the loop.
             let _ = send.send(json_event("exchange", exchange)).await;
             let Ok(mut job) = job_events(&state, &caller, exchange.job_id, None).await else {
                 break;
@@ -168,6 +169,7 @@ pub async fn events(
             }
         }
         if let Ok(whole) = view(&state, conversation).await {
+            // The last event: a listener that left has nothing more to miss.
             let _ = send.send(json_event("conversation", &whole)).await;
         }
     });
