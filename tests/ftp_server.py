@@ -1,10 +1,10 @@
 """A real FTP server for the tests (pyftpdlib), on loopback only.
 
-usage: ftp_server.py PORT ROOT USER PASSWORD [--tls CERT_DIR]
+usage: ftp_server.py ROOT USER PASSWORD [--tls CERT_DIR]
 
 With --tls it makes a throwaway certificate authority and a server certificate for 127.0.0.1 in CERT_DIR
 (ca.pem is what clients should trust) and requires explicit FTPS (AUTH TLS) on control and data connections.
-Prints "ready" once it accepts connections.
+Prints "ready PORT" once it accepts connections, on a loopback port of its own choosing.
 """
 
 import datetime
@@ -74,7 +74,7 @@ def make_certificates(cert_dir):
 
 
 def main():
-    port, root, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    root, user, password = sys.argv[1], sys.argv[2], sys.argv[3]
     logging.basicConfig(level=logging.WARNING)
     authorizer = DummyAuthorizer()
     authorizer.add_user(user, password, root, perm="elradfmwMT")
@@ -91,8 +91,8 @@ def main():
         handler.tls_data_required = True
     handler.authorizer = authorizer
     handler.passive_ports = None
-    server = FTPServer(("127.0.0.1", port), handler)
-    print("ready", flush=True)
+    server = FTPServer(("127.0.0.1", 0), handler)
+    print(f"ready {server.socket.getsockname()[1]}", flush=True)
     server.serve_forever()
 
 

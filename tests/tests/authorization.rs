@@ -337,16 +337,14 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_the_metrics_token_when_one_is_set() {
     let nats = NatsServer::start();
-    let worker_addr = format!("127.0.0.1:{}", free_port());
     let cfg = test_config(
         &nats.url(),
         &[
             ("FLEET_AUTH_MODE", "required"),
             ("FLEET_AUTH_METRICS_TOKEN", "metrics-0f9e8d7c"),
-            ("FLEET_WORKER_HTTP_ADDR", &worker_addr),
         ],
     );
-    let worker = start_worker(&cfg.config).await;
+    let (worker, worker_addr) = start_worker_listening(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let (_, key) = create_key(&cfg, &["--name", "ops", "--agent", "*", "--read-all"]);
     let client = reqwest::Client::new();

@@ -38,16 +38,9 @@ async fn killing_a_node_of_a_three_node_cluster_mid_run_loses_no_job() {
         ("FLEET_QUEUE_REPLICAS", "3"),
         ("FLEET_WORKER_MAX_CONCURRENT", "4"),
     ];
-    let addrs: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
-    let configs: Vec<TestConfig> = addrs
-        .iter()
-        .map(|addr| {
-            let mut extra = settings.to_vec();
-            extra.push(("FLEET_WORKER_HTTP_ADDR", addr.as_str()));
-            test_config(&cluster.url(), &extra)
-        })
+    // Each worker with its own work directory.
+    let configs: Vec<TestConfig> = (0..2)
+        .map(|_| test_config(&cluster.url(), &settings))
         .collect();
     let config = &configs[0].config;
 
@@ -95,10 +88,12 @@ async fn killing_a_node_of_a_three_node_cluster_mid_run_loses_no_job() {
         .expect("subscribe");
     observer.flush().await.expect("flush");
 
-    let workers = vec![
-        start_worker(&configs[0].config).await,
-        start_worker(&configs[1].config).await,
-    ];
+    let (one, two) = (
+        start_worker_listening(&configs[0].config).await,
+        start_worker_listening(&configs[1].config).await,
+    );
+    let addrs = [one.1, two.1];
+    let workers = vec![one.0, two.0];
     let gw = start_gateway(config).await;
     let api = gw.api();
 

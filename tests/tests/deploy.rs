@@ -235,12 +235,8 @@ fn the_compose_file_is_valid_and_runs_a_replicated_fleet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_reads_only_metrics_the_fleet_exports() {
     let nats = fleet_tests::NatsServer::start();
-    let worker_addr = format!("127.0.0.1:{}", fleet_tests::free_port());
-    let cfg = fleet_tests::test_config(
-        &nats.url(),
-        &[("FLEET_WORKER_HTTP_ADDR", worker_addr.as_str())],
-    );
-    let worker = fleet_tests::start_worker(&cfg.config).await;
+    let cfg = fleet_tests::test_config(&nats.url(), &[]);
+    let (worker, worker_addr) = fleet_tests::start_worker_listening(&cfg.config).await;
     let gw = fleet_tests::start_gateway(&cfg.config).await;
     let r = gw
         .api()

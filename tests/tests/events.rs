@@ -451,15 +451,11 @@ async fn a_job_whose_end_was_never_announced_still_ends_its_waiters_and_listener
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_stopped_under_live_listeners_exits_within_its_grace() {
     let nats = NatsServer::start();
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let env = [("FLEET_HTTP_ADDR", http_addr.as_str())];
-    let cfg = test_config(&nats.url(), &env);
+    let cfg = test_config(&nats.url(), &[]);
     let worker = start_worker(&cfg.config).await;
     let logs = tempfile::tempdir().expect("tempdir");
     let log = logs.path().join("gateway.log");
-    let gateway = FleetProcess::start_with_log("gateway", &cfg, &env, &log);
-    let api = Api::new(&format!("http://{http_addr}"));
-    wait_ready(&http_addr).await;
+    let (gateway, api) = FleetProcess::gateway(&cfg, &[], &log).await;
     let id = api.submit("fake", "print:started sleep:30").await;
     api.poll(&format!("/v1/jobs/{id}"), "running", |r| {
         r["status"] == "running"

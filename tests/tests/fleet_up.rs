@@ -19,11 +19,10 @@ fn api(base: &str) -> Api {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (nats_port, http_port) = (free_port(), free_port());
-    let http = format!("127.0.0.1:{http_port}");
+    // Ports of its own choosing (0), read back from the summary; later runs ask for the same ones.
     let mut first = FleetUp::start(
         dir.path(),
-        &["--nats-port", &nats_port.to_string(), "--http", &http],
+        &["--nats-port", "0", "--http", "127.0.0.1:0"],
         &[],
     );
     let summary = first.summary();
@@ -32,11 +31,17 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
         "{summary}"
     );
     let base = row(&summary, "http");
-    assert_eq!(base, format!("http://{http}"));
-    assert_eq!(
-        row(&summary, "nats"),
-        format!("nats://127.0.0.1:{nats_port}")
+    let http = base.trim_start_matches("http://").to_string();
+    let nats_port = row(&summary, "nats")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("the nats row names a port");
+    assert!(
+        http.starts_with("127.0.0.1:") && !http.ends_with(":0"),
+        "{summary}"
     );
+    assert_ne!(nats_port, 0, "{summary}");
     assert!(summary.contains("auth         none"), "{summary}");
     let r = api(&base)
         .post(
@@ -50,12 +55,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
     // A second `fleet up` on the same directory, on other ports, is refused and names the first.
     let mut second = FleetUp::start(
         dir.path(),
-        &[
-            "--nats-port",
-            &free_port().to_string(),
-            "--http",
-            &format!("127.0.0.1:{}", free_port()),
-        ],
+        &["--nats-port", "0", "--http", "127.0.0.1:0"],
         &[],
     );
     let status = second.exit_within(Duration::from_secs(20));
@@ -119,7 +119,7 @@ async fn one_fleet_up_per_data_directory_and_its_nats_dies_with_it() {
 async fn fleet_up_uses_the_nats_it_is_given_and_says_so() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = "127.0.0.1:0".to_string();
     for (args, env) in [
         (
             vec![
@@ -145,7 +145,7 @@ async fn fleet_up_uses_the_nats_it_is_given_and_says_so() {
         let summary = fleet.summary();
         assert_eq!(row(&summary, "nats"), nats.url(), "{summary}");
         assert!(summary.contains("using your NATS server"), "{summary}");
-        let r = api(&format!("http://{http}"))
+        let r = api(&row(&summary, "http"))
             .post(
                 "/v1/jobs?wait=30",
                 &serde_json::json!({"agent": "echo", "message": "hi"}),
@@ -210,17 +210,19 @@ async fn busy_default_ports_move_to_the_next_free_one() {
 async fn a_fleet_on_every_interface_shows_its_network_address_and_qr_code() {
     use fleet_gateway::console::address;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let listen = format!("0.0.0.0:{port}");
-    let nats_port = free_port().to_string();
     let mut fleet = FleetUp::start(
         dir.path(),
-        &["--nats-port", &nats_port, "--http", &listen],
+        &["--nats-port", "0", "--http", "0.0.0.0:0"],
         &[],
     );
     let summary = fleet.summary();
-    let local = format!("http://127.0.0.1:{port}/");
-    assert_eq!(row(&summary, "open"), local, "{summary}");
+    let local = row(&summary, "open");
+    let port = local
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse::<u16>()
+        .unwrap_or_else(|_| panic!("a loopback address to open: {summary}"));
+    let listen = format!("0.0.0.0:{port}");
     let page = reqwest::get(format!("{local}qr")).await.unwrap();
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();

@@ -2,7 +2,6 @@
 //! events, or tokens without end; a coding CLI that prints one endless line. Each must end its job clearly with the
 //! worker's memory bounded (lines are cut at 1 MiB, answers at the output cap), never hang it or crash it.
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
 use fleet_tests::*;
@@ -16,19 +15,14 @@ struct HostileModel {
 
 impl HostileModel {
     fn start(mode: &str) -> Self {
-        let port = free_port();
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/hostile_model.py");
         let mut child = Command::new("python3")
             .arg(script)
-            .args([&port.to_string(), mode])
+            .arg(mode)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("hostile_model.py output");
-        assert_eq!(line.trim(), "ready");
+        let port = announced_port(&mut child, "hostile_model.py");
         Self { child, port }
     }
 }

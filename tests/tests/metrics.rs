@@ -11,12 +11,8 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_hundred_jobs_exactly() {
     let nats = NatsServer::start();
-    let worker_addr = format!("127.0.0.1:{}", free_port());
-    let cfg = test_config(
-        &nats.url(),
-        &[("FLEET_WORKER_HTTP_ADDR", worker_addr.as_str())],
-    );
-    let worker = start_worker(&cfg.config).await;
+    let cfg = test_config(&nats.url(), &[]);
+    let (worker, worker_addr) = start_worker_listening(&cfg.config).await;
     let gw = start_gateway(&cfg.config).await;
     let api = gw.api();
     let worker_url = format!("http://{worker_addr}");

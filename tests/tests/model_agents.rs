@@ -224,16 +224,15 @@ async fn idle_server(llm: &LlamaServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_server_is_asked_again_with_the_key_and_a_refusal_is_a_model_error() {
     let llm = LlamaServer::start();
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let seen = dir.path().join("authorization.log");
-    let _flaky = Flaky::start(port, &llm.base(), 2, "1", &seen);
+    let flaky = Flaky::start(&llm.base(), 2, "1", &seen);
     let nats = NatsServer::start();
     let secret = "sk-fleet-test-5ecret";
     let agents = model_agent(
         "busy",
         "openai",
-        &format!("http://127.0.0.1:{port}/v1"),
+        &format!("http://127.0.0.1:{}/v1", flaky.port),
         "max_tokens = 8\napi_key_env = \"SMOL_API_KEY\"",
     ) + &model_agent("lost", "openai", &format!("{}/nope", llm.openai_base()), "");
     let cfg = test_config_with(&nats.url(), &[("SMOL_API_KEY", secret)], &agents);
@@ -281,43 +280,30 @@ async fn a_busy_server_is_asked_again_with_the_key_and_a_refusal_is_a_model_erro
 }
 
 /// `tests/llm/flaky.py`: answers 429 to its first `failures` requests, then passes them on to `upstream`.
-struct Flaky(std::process::Child);
+struct Flaky {
+    child: std::process::Child,
+    port: u16,
+}
 
 impl Flaky {
-    fn start(
-        port: u16,
-        upstream: &str,
-        failures: u32,
-        retry_after: &str,
-        log: &std::path::Path,
-    ) -> Self {
-        use std::io::BufRead;
+    fn start(upstream: &str, failures: u32, retry_after: &str, log: &std::path::Path) -> Self {
         let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/flaky.py");
         let mut child = std::process::Command::new("python3")
             .arg(script)
-            .args([
-                &port.to_string(),
-                upstream,
-                &failures.to_string(),
-                retry_after,
-            ])
+            .args([upstream, &failures.to_string(), retry_after])
             .arg(log)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("python3");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("flaky.py output");
-        assert_eq!(line.trim(), "ready");
-        Self(child)
+        let port = announced_port(&mut child, "flaky.py");
+        Self { child, port }
     }
 }
 
 impl Drop for Flaky {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -126,14 +126,17 @@ async fn the_shell_examples_run_as_copied() {
         "print(open('data.csv').read().upper())\n",
     )
     .unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let nats_port = free_port().to_string();
+    // Ports of its own choosing, read back from its summary: no other process can take them first.
     let mut fleet = FleetUp::start(
         dir.path(),
-        &["--http", &http, "--nats-port", &nats_port],
+        &["--http", "127.0.0.1:0", "--nats-port", "0"],
         &[],
     );
-    fleet.summary();
+    let summary = fleet.summary();
+    let http = row(&summary, "http")
+        .trim_start_matches("http://")
+        .to_string();
+    let nats_url = row(&summary, "nats");
     let bin_dir: PathBuf = built_binary("fleet").parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
@@ -142,7 +145,6 @@ async fn the_shell_examples_run_as_copied() {
     );
     let mut job_id: Option<String> = None;
     let mut key_id: Option<String> = None;
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
     let mut ran = 0;
     for block in blocks(&text, "sh checked") {
         for command in commands(&block) {

@@ -47,20 +47,15 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let mut with_addr = extra_refs.clone();
-    with_addr.push(("FLEET_HTTP_ADDR", &http_addr));
-    let cfg = test_config(&nats.url(), &with_addr);
+    let cfg = test_config(&nats.url(), &extra_refs);
     let logs = tempfile::tempdir().expect("tempdir");
     let (worker_log, gateway_log) = (
         logs.path().join("worker.log"),
         logs.path().join("gateway.log"),
     );
-    let _worker = FleetProcess::start_with_log("worker", &cfg, &with_addr, &worker_log);
+    let _worker = FleetProcess::start_with_log("worker", &cfg, &extra_refs, &worker_log);
     wait_for_agents(&cfg.config).await;
-    let _gateway = FleetProcess::start_with_log("gateway", &cfg, &with_addr, &gateway_log);
-    let anonymous = Api::new(&format!("http://{http_addr}"));
-    wait_ready(&http_addr).await;
+    let (_gateway, anonymous) = FleetProcess::gateway(&cfg, &extra_refs, &gateway_log).await;
     let (_, key) = create_key(
         &cfg,
         &[
@@ -119,7 +114,7 @@ async fn no_secret_reaches_logs_records_events_or_answers() {
     );
     answers.push(api.get(&format!("/v1/jobs/{id}")).await.body.to_string());
     let events = reqwest::Client::new()
-        .get(format!("http://{http_addr}/v1/jobs/{id}/events"))
+        .get(format!("{}/v1/jobs/{id}/events", anonymous.base))
         .bearer_auth(&key)
         .send()
         .await

@@ -139,6 +139,17 @@ impl Drop for Service {
     }
 }
 
+/// The port written right after `prefix` in `text`.
+fn port_after(text: &str, prefix: &str) -> u16 {
+    text.split(prefix)
+        .nth(1)
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no port after `{prefix}` in:\n{text}"))
+}
+
 /// Whether `url` answers 2xx within 20 s.
 async fn answers(url: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -170,14 +181,16 @@ async fn gateway_and_worker_start_with_a_summary_a_person_can_read() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
-    let gateway_port = free_port().to_string();
-    let http = format!("localhost:{gateway_port}");
-    let mut gateway = Service::start(&["gateway", "--http", &http], &env, dir.path());
+    // `localhost` names, on ports the services pick themselves (0) and say.
+    let mut gateway = Service::start(&["gateway", "--http", "localhost:0"], &env, dir.path());
     let summary = gateway.until("open ");
-    let worker_port = free_port().to_string();
-    let worker_http = format!("localhost:{worker_port}");
-    let mut worker = Service::start(&["worker", "--http", &worker_http], &env, dir.path());
+    let gateway_port = port_after(&summary, "http://127.0.0.1:");
+    let mut worker = Service::start(&["worker", "--http", "localhost:0"], &env, dir.path());
     let worker_summary = worker.until("agents");
+    let worker_port = port_after(
+        &worker.until("health and metrics listening"),
+        "addr=127.0.0.1:",
+    );
     for (name, text) in [("gateway", &summary), ("worker", &worker_summary)] {
         assert!(
             text.contains(&format!("fleet {} · {name}", env!("CARGO_PKG_VERSION"))),
@@ -219,10 +232,8 @@ async fn gateway_and_worker_start_with_a_summary_a_person_can_read() {
     drop(gateway);
 
     // JSON logs: every line on stderr is a JSON event, the summary one of them.
-    let json_port = free_port().to_string();
-    let json_http = format!("127.0.0.1:{json_port}");
     let mut json = Service::start(
-        &["gateway", "--http", &json_http, "--log-format", "json"],
+        &["gateway", "--http", "127.0.0.1:0", "--log-format", "json"],
         &env,
         dir.path(),
     );

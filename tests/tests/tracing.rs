@@ -74,8 +74,7 @@ fn find<'a>(spans: &'a [Span], service: &str, name: &str, trace_id: &str) -> Opt
 async fn a_job_is_one_trace_from_the_http_request_to_the_reply() {
     let nats = NatsServer::start();
     let (otlp, spans) = otlp_receiver().await;
-    let http_addr = format!("127.0.0.1:{}", free_port());
-    let cfg = test_config(&nats.url(), &[("FLEET_HTTP_ADDR", http_addr.as_str())]);
+    let cfg = test_config(&nats.url(), &[]);
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
@@ -90,9 +89,8 @@ async fn a_job_is_one_trace_from_the_http_request_to_the_reply() {
         .collect();
     let _worker = FleetProcess::start_with_log("worker", &cfg, &worker_env, &worker_log);
     wait_for_agents(&cfg.config).await;
-    let _gateway = FleetProcess::start("gateway", &cfg, &otel);
-    let api = Api::new(&format!("http://{http_addr}"));
-    wait_ready(&http_addr).await;
+    let gateway_log = logs.path().join("gateway.log");
+    let (_gateway, api) = FleetProcess::gateway(&cfg, &otel, &gateway_log).await;
 
     // Through the gateway: the job outlives the claim delay, so it is claimed too.
     let r = api

@@ -164,6 +164,17 @@ pub async fn run(
     client: async_nats::Client,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    run_listening(config, client, shutdown, None).await
+}
+
+/// `run`, serving health, readiness and metrics on `http` when given (a listener bound by the caller, on a port
+/// it already knows) instead of on `worker.http_addr`.
+pub async fn run_listening(
+    config: Arc<Config>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    http: Option<tokio::net::TcpListener>,
+) -> Result<(), WorkerError> {
     let topology = Topology::new(&config.nats.prefix);
     let js = jetstream::new(client.clone());
     let handles = topology.ensure(&js, &config.queue).await?;
@@ -187,7 +198,7 @@ pub async fn run(
         }
     };
     let http_done = CancellationToken::new();
-    let http = serve_http(&shared, &http_done).await?;
+    let http = serve_http(&shared, &http_done, http).await?;
     let jobs = TaskTracker::new();
     let loops = start_loops(&shared, consumers, &slots, &jobs);
 
@@ -321,28 +332,45 @@ async fn shared_state(
     })
 }
 
-/// The worker's own listener (health, readiness, metrics), when `worker.http_addr` asks for one.
+/// The worker's own listener (health, readiness, metrics): `given`, else the one `worker.http_addr` asks for.
 async fn serve_http(
     shared: &Arc<Shared>,
     done: &CancellationToken,
+    given: Option<tokio::net::TcpListener>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, WorkerError> {
-    let Some(addr) = shared.config.worker.http_socket_addr() else {
-        return Ok(None);
+    let listener = match given {
+        Some(listener) => listener,
+        None => match bind_http(&shared.config).await? {
+            Some(listener) => listener,
+            None => return Ok(None),
+        },
     };
-    let listen_error = |source| WorkerError::Listen {
-        addr: addr.to_string(),
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(listen_error)?;
-    let bound = listener.local_addr().map_err(listen_error)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| WorkerError::Listen {
+            addr: shared.config.worker.http_addr.clone(),
+            source,
+        })?;
     tracing::info!(addr = %bound, "worker health and metrics listening");
     Ok(Some(tokio::spawn(http::serve(
         listener,
         shared.clone(),
         done.clone(),
     ))))
+}
+
+/// A listener on `worker.http_addr`, if it names one.
+async fn bind_http(config: &Config) -> Result<Option<tokio::net::TcpListener>, WorkerError> {
+    let Some(addr) = config.worker.http_socket_addr() else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WorkerError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok(Some(listener))
 }
 
 /// The pull loop of each agent, and the watches and sweeps that run beside them.
