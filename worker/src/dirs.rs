@@ -3,7 +3,8 @@
 //! running as another user is handed only the workspace and TMPDIR, so it cannot plant anything where the worker
 //! writes its logs. Creating and deleting directories for every job costs more on
 //! ext4 than all the rest of the worker's per-job work, so clean roots are kept and reused: a root goes back to
-//! the pool only if it holds nothing but an empty workspace, and is checked again when taken.
+//! the pool only if it holds nothing but an empty workspace, and is checked again when taken. Both checks read a
+//! directory only when its change time says it may have changed since it was last read (`dir_stamp.rs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use fleet_shared::JobRecord;
+
+use crate::dir_stamp::{self, Checked, Stamp};
 
 const WORKSPACE: &str = "workspace";
 const TMP: &str = "tmp";
@@ -28,6 +31,36 @@ pub struct JobDirs {
     dirty: bool,
     /// A session turn's directories: at the session's own path, held exclusively on this machine.
     session: Option<SessionLock>,
+    /// The stamps of the root, the workspace and TMPDIR when last seen clean.
+    stamps: Stamps,
+}
+
+/// The stamps of a clean root's directories (`None` where none is trusted yet).
+#[derive(Debug, Default, Clone, Copy)]
+struct Stamps {
+    root: Option<Stamp>,
+    workspace: Option<Stamp>,
+    tmp: Option<Stamp>,
+}
+
+impl Stamps {
+    /// The stamps of `root`'s directories if it holds exactly an empty workspace and an empty TMPDIR, checked
+    /// against `self`.
+    fn of_clean(self, root: &Path) -> Option<Stamps> {
+        let stamp = |checked| match checked {
+            Checked::Holds(stamp) => Some(stamp),
+            Checked::Fails => None,
+        };
+        Some(Stamps {
+            root: stamp(dir_stamp::check(root, self.root, holds_only_its_dirs))?,
+            workspace: stamp(dir_stamp::check(
+                &root.join(WORKSPACE),
+                self.workspace,
+                is_empty_dir,
+            ))?,
+            tmp: stamp(dir_stamp::check(&root.join(TMP), self.tmp, is_empty_dir))?,
+        })
+    }
 }
 
 impl JobDirs {
@@ -41,6 +74,7 @@ impl JobDirs {
             kept,
             dirty: false,
             session: None,
+            stamps: Stamps::default(),
         }
     }
 
@@ -66,7 +100,7 @@ impl JobDirs {
 pub struct DirPool {
     base: PathBuf,
     keep: bool,
-    free: Mutex<Vec<PathBuf>>,
+    free: Mutex<Vec<(PathBuf, Stamps)>>,
     next_slot: AtomicU64,
 }
 
@@ -97,10 +131,12 @@ impl DirPool {
             dirs.create()?;
             return Ok(dirs);
         }
-        while let Some(root) = self.free.lock().ok().and_then(|mut f| f.pop()) {
-            // Checked fully when given back; here only that nothing appeared in the agent's directories since.
-            if is_empty_dir(&root.join(WORKSPACE)) && is_empty_dir(&root.join(TMP)) {
-                return Ok(JobDirs::at(root, false));
+        while let Some((root, stamps)) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+            // Clean when given back; checked again for what may have appeared since (a daemon of an earlier job).
+            if let Some(stamps) = stamps.of_clean(&root) {
+                let mut dirs = JobDirs::at(root, false);
+                dirs.stamps = stamps;
+                return Ok(dirs);
             }
             discard(root);
         }
@@ -157,9 +193,13 @@ impl DirPool {
             }
             return;
         }
-        if !dirs.dirty && is_clean(&dirs.root) {
+        let clean = match dirs.dirty {
+            true => None,
+            false => dirs.stamps.of_clean(&dirs.root),
+        };
+        if let Some(stamps) = clean {
             if let Ok(mut free) = self.free.lock() {
-                free.push(dirs.root);
+                free.push((dirs.root, stamps));
                 return;
             }
         }
@@ -235,16 +275,14 @@ impl Drop for SessionLock {
     }
 }
 
-/// The root holds exactly an empty workspace and an empty TMPDIR.
-fn is_clean(root: &Path) -> bool {
+/// The root holds exactly a workspace and a TMPDIR.
+fn holds_only_its_dirs(root: &Path) -> bool {
     let mut names: Vec<_> = match std::fs::read_dir(root) {
         Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
         Err(_) => return false,
     };
     names.sort();
     names == [TMP, WORKSPACE]
-        && is_empty_dir(&root.join(WORKSPACE))
-        && is_empty_dir(&root.join(TMP))
 }
 
 fn is_empty_dir(dir: &Path) -> bool {
@@ -291,6 +329,42 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    /// Once a pooled root's directories have settled they are trusted by their change time, not read; whatever a
+    /// daemon of an earlier job plants in any of them afterwards is still caught when the root is taken.
+    #[tokio::test]
+    async fn what_appears_in_a_settled_pooled_root_is_caught_when_it_is_taken() {
+        let places = [
+            format!("{WORKSPACE}/planted"),
+            format!("{TMP}/planted"),
+            "planted".into(),
+        ];
+        let bases: Vec<_> = places
+            .iter()
+            .map(|_| tempfile::tempdir().unwrap())
+            .collect();
+        let pools: Vec<_> = bases
+            .iter()
+            .map(|b| DirPool::new(b.path(), false))
+            .collect();
+        let roots: Vec<_> = pools
+            .iter()
+            .map(|p| p.take(&record()).unwrap().root.clone())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        for pool in &pools {
+            drop(pool.take(&record()).unwrap());
+            let free = pool.free.lock().unwrap();
+            let stamps = free[0].1;
+            assert!(stamps.root.is_some() && stamps.workspace.is_some() && stamps.tmp.is_some());
+        }
+        for ((pool, root), place) in pools.iter().zip(&roots).zip(&places) {
+            std::fs::write(root.join(place), b"x").unwrap();
+            let next = pool.take(&record()).unwrap();
+            assert_ne!(&next.root, root, "{place} planted: the root is not reused");
+            assert!(std::fs::read_dir(&next.workspace).unwrap().next().is_none());
+        }
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod beneath;
 pub mod cancels;
 pub mod cgroup;
 pub mod delivery;
+pub mod dir_stamp;
 pub mod dirs;
 pub mod discovery;
 pub mod events;
