@@ -156,7 +156,8 @@ pub async fn collect(
     outcome: &RunOutcome,
 ) -> Result<Collected, StoreError> {
     let mut collected = Collected::default();
-    if record.request.return_files {
+    // An untouched workspace is known empty: nothing to read.
+    if record.request.return_files && !dirs.workspace_untouched() {
         let path = dirs.workspace.clone();
         let walked = tokio::task::spawn_blocking(move || {
             let workspace = Dir::open(&path)?;

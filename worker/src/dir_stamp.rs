@@ -44,6 +44,11 @@ impl Stamp {
     }
 }
 
+/// Whether the directory at `path` is still the one `stamp` was taken of, with no entry added or removed since.
+pub fn unchanged(path: &Path, stamp: Stamp) -> bool {
+    Stamp::of(path) == Some(stamp)
+}
+
 /// What checking a directory found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Checked {

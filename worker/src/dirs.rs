@@ -91,6 +91,14 @@ impl JobDirs {
         vec![self.workspace.clone(), self.tmp.clone()]
     }
 
+    /// Whether the workspace is still as it was taken, empty: it was trusted empty by its stamp, and no entry
+    /// has been added to it since. Then there is nothing in it to read.
+    pub fn workspace_untouched(&self) -> bool {
+        self.stamps
+            .workspace
+            .is_some_and(|stamp| dir_stamp::unchanged(&self.workspace, stamp))
+    }
+
     /// Records that the run left files beside the workspace, so these directories are discarded, not reused.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
@@ -354,7 +362,9 @@ mod tests {
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         for pool in &pools {
-            drop(pool.take(&record()).unwrap());
+            let dirs = pool.take(&record()).unwrap();
+            assert!(dirs.workspace_untouched(), "settled and trusted");
+            drop(dirs);
             let free = pool.free.lock().unwrap();
             let stamps = free[0].1;
             assert!(stamps.root.is_some() && stamps.workspace.is_some() && stamps.tmp.is_some());
@@ -365,6 +375,21 @@ mod tests {
             assert_ne!(&next.root, root, "{place} planted: the root is not reused");
             assert!(std::fs::read_dir(&next.workspace).unwrap().next().is_none());
         }
+    }
+
+    /// A settled workspace is not read after the job unless the job added something to it.
+    #[tokio::test]
+    async fn a_workspace_is_untouched_until_the_job_makes_something_in_it() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = DirPool::new(base.path(), false);
+        let fresh = pool.take(&record()).unwrap();
+        assert!(!fresh.workspace_untouched(), "nothing trusted yet");
+        drop(fresh);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let dirs = pool.take(&record()).unwrap();
+        assert!(dirs.workspace_untouched());
+        std::fs::create_dir(dirs.workspace.join("made")).unwrap();
+        assert!(!dirs.workspace_untouched());
     }
 
     #[tokio::test]
