@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+/// Issue 18's hot-path targets, against the raw spawn measured in the same run: throughput as a share of the raw
+/// spawn rate, and p99 latency over the raw p99 (ms). The core bench and the deployed one print them both.
+pub(crate) const NATS_MIN_RATIO: f64 = 0.85;
+pub(crate) const HTTP_MIN_RATIO: f64 = 0.8;
+pub(crate) const NATS_MAX_P99_OVER_MS: f64 = 1.0;
+pub(crate) const HTTP_MAX_P99_OVER_MS: f64 = 1.5;
+
 /// The word printed before a target: whether the figure beside it met it.
 pub(crate) fn verdict(met: bool) -> &'static str {
     if met {

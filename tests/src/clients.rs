@@ -138,6 +138,12 @@ impl Api {
     }
 
     /// GETs `path` until `done` holds for the body, and returns that body.
+    /// Posts a multipart form to `path`.
+    pub async fn post_form(&self, path: &str, form: reqwest::multipart::Form) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path).multipart(form))
+            .await
+    }
+
     /// Submits `message` to `agent` through `POST /v1/jobs` and gives the accepted job's id.
     pub async fn submit(&self, agent: &str, message: &str) -> String {
         let r = self

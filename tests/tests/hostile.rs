@@ -188,16 +188,7 @@ async fn trickled_headers_lose_their_connection() {
 async fn form_fields_timeouts_names_sizes_and_cancels_stay_within_their_bounds() {
     let (nats, cfg, worker, gw) = start_fleet(&[]).await;
     let api = gw.api();
-    let send_form = |form: reqwest::multipart::Form| {
-        let api = gw.api();
-        async move {
-            api.send(
-                api.request(reqwest::Method::POST, "/v1/jobs")
-                    .multipart(form),
-            )
-            .await
-        }
-    };
+    let send_form = |form| api.post_form("/v1/jobs", form);
 
     // Two fields of 600 KB each: each under the 1 MiB body limit, over it together.
     let form = reqwest::multipart::Form::new()

@@ -160,9 +160,7 @@ async fn files_follow_the_session_from_worker_to_worker_within_the_cap() {
             reqwest::multipart::Part::bytes(b"up".to_vec()).file_name("up.txt"),
         );
     let path = format!("/v1/sessions/{session}/messages");
-    let r = api
-        .send(api.request(reqwest::Method::POST, &path).multipart(form))
-        .await;
+    let r = api.post_form(&path, form).await;
     assert_eq!(r.status, 202, "{}", r.body);
     let with_file = ended(&api, r.body["job_id"].as_str().expect("job")).await;
     assert_eq!(
