@@ -3,6 +3,7 @@
 //! the files it leaves, stored. What to record afterwards is `job.rs`'s.
 
 use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +109,7 @@ async fn ask_model(shared: &Shared, job: &Job<'_>, progress: &mut Progress) -> R
         return model::outcome(model::unasked("the worker has no client for model servers"));
     };
     let asking = model::ask(http, &ask).instrument(tracing::info_span!("ask_model"));
-    let answer = supervise(shared, job, &events, &stop, asking, progress).await;
+    let answer = supervise(shared, job, &events, &stop, pin!(asking), progress).await;
     progress.output_sent = events.is_live();
     model::outcome(answer)
 }
@@ -165,7 +166,7 @@ async fn run_process(shared: &Shared, job: &Job<'_>, progress: &mut Progress) ->
     let cgroup = job_cgroup(shared, &sandbox);
     let running =
         supervisor::run(spec, stop.clone(), cgroup.as_ref()).instrument(tracing::info_span!("run"));
-    let ran = supervise(shared, job, &events, &stop, running, progress).await;
+    let ran = supervise(shared, job, &events, &stop, pin!(running), progress).await;
     // Directories handed to another user are not reused, nor are those holding a full log.
     if sandbox.user.is_some()
         || ran
@@ -212,10 +213,10 @@ async fn restore_workspace(
         &dirs.workspace,
         user,
     );
-    with_heartbeat(job.msg, shared.config.queue.ack_wait(), restoring)
+    let restored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), pin!(restoring))
         .instrument(tracing::info_span!("restore_workspace"))
-        .await
-        .map_err(SpawnError::SessionWorkspace)
+        .await;
+    restored.map_err(SpawnError::SessionWorkspace)
 }
 
 /// Stores the run's files and, for a session turn whose agent ended on its own, saves the workspace; both at once.
@@ -274,7 +275,7 @@ async fn session_dirs<'s>(
             "another run of this session on this machine kept its workspace for a minute".into(),
         ))
     };
-    with_heartbeat(job.msg, shared.config.queue.ack_wait(), waiting).await
+    with_heartbeat(job.msg, shared.config.queue.ack_wait(), pin!(waiting)).await
 }
 
 /// Saves the session's workspace as this turn left it, keeping the message alive meanwhile.
@@ -300,7 +301,7 @@ async fn save_workspace(
         caps,
     )
     .instrument(tracing::info_span!("save_workspace"));
-    with_heartbeat(job.msg, shared.config.queue.ack_wait(), saving).await
+    with_heartbeat(job.msg, shared.config.queue.ack_wait(), pin!(saving)).await
 }
 
 fn job_events(shared: &Shared, job: &Job<'_>, held: &Held) -> Events {
@@ -338,7 +339,7 @@ impl Files<'_> {
         let storing =
             artifacts::collect(self.store, limits, record, self.dirs, self.inputs, outcome)
                 .instrument(tracing::info_span!("store_files", target = %target_id));
-        let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), storing).await;
+        let stored = with_heartbeat(job.msg, shared.config.queue.ack_wait(), pin!(storing)).await;
         match &stored {
             Ok(c) => {
                 let all = c.files.iter().chain(&c.logs);
@@ -426,7 +427,7 @@ async fn supervise<T>(
     job: &Job<'_>,
     events: &Events,
     stop: &tokio_util::sync::CancellationToken,
-    run: impl Future<Output = T>,
+    run: Pin<&mut impl Future<Output = T>>,
     progress: &mut Progress,
 ) -> T {
     let run = with_heartbeat(job.msg, shared.config.queue.ack_wait(), run);
@@ -442,7 +443,9 @@ async fn supervise<T>(
                 // The agent started when the run did, not now: the record keeps that time.
                 let held = &progress.held;
                 let started_at = held.record.started_at.unwrap_or_else(Utc::now);
-                match claim(shared, job.key, job.queued, held.revision, started_at).await {
+                // Boxed: only a job outliving the claim delay gets here, and inline its 8 KB would sit in every job.
+                let claiming = Box::pin(claim(shared, job.key, job.queued, held.revision, started_at));
+                match claiming.await {
                     Ok(Claim::Claimed(h)) => progress.held = h,
                     Ok(Claim::AlreadyTerminal) => {
                         progress.claim = ClaimState::Superseded;
@@ -460,18 +463,20 @@ async fn supervise<T>(
 
 /// Drives `work` while sending in-progress acks every third of the ack wait, so JetStream does not hand the
 /// message to another worker while this one is still running, storing or recording the job.
-pub async fn with_heartbeat<T>(
+///
+/// `work` comes pinned by the caller (`std::pin::pin!`): taken by value and pinned here, a future lives twice in
+/// this one's state (the argument and the pinned copy), and the agent's run is 12 KB, copied on each job.
+pub async fn with_heartbeat<F: Future>(
     msg: &jetstream::Message,
     ack_wait: Duration,
-    work: impl Future<Output = T>,
-) -> T {
+    mut work: Pin<&mut F>,
+) -> F::Output {
     let every = (ack_wait / 3).max(Duration::from_millis(100));
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tokio::pin!(work);
     loop {
         tokio::select! {
             biased;
-            out = &mut work => return out,
+            out = work.as_mut() => return out,
             _ = beat.tick() => {
                 if let Err(e) = msg.ack_with(AckKind::Progress).await {
                     tracing::warn!(error = %e, "in-progress ack failed");

@@ -7,6 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::pin::{pin, Pin};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -139,7 +140,7 @@ pub async fn run(
         (ending, resources, killed)
     };
     let io = serve_io(&mut spec, streams, &mut out, &mut err, &mut report);
-    let (ending, resources, killed) = until_ended(control, io).await;
+    let (ending, resources, killed) = until_ended(pin!(control), pin!(io)).await;
     drop(child);
     let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
     let limit = match killed {
@@ -335,16 +336,19 @@ async fn serve_io(
 
 /// Drives the process's end and its output together; once the process group is gone, the output gets a
 /// deadline to drain (a pipe held open by something that escaped would otherwise hold the job forever).
-async fn until_ended<T>(control: impl Future<Output = T>, io: impl Future<Output = ()>) -> T {
-    tokio::pin!(control, io);
+/// Both come pinned by the caller, so this future does not hold a second copy of each (see `with_heartbeat`).
+async fn until_ended<T>(
+    mut control: Pin<&mut impl Future<Output = T>>,
+    mut io: Pin<&mut impl Future<Output = ()>>,
+) -> T {
     let mut io_done = false;
     let ended = loop {
         tokio::select! {
-            ended = &mut control => break ended,
-            _ = &mut io, if !io_done => io_done = true,
+            ended = control.as_mut() => break ended,
+            _ = io.as_mut(), if !io_done => io_done = true,
         }
     };
-    if !io_done && tokio::time::timeout(DRAIN_DEADLINE, &mut io).await.is_err() {
+    if !io_done && tokio::time::timeout(DRAIN_DEADLINE, io).await.is_err() {
         tracing::warn!(
             "agent output pipe still open after its process group ended; output cut off"
         );
