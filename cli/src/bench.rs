@@ -25,7 +25,7 @@ pub(crate) use crate::bench_paths::{
     http_job, http_throughput, nats_job, nats_throughput, nats_throughput_of,
     wait_until_agent_known,
 };
-use crate::bench_spawn::{raw_spawn, raw_spawn_rate, supervised_spawn};
+use crate::bench_spawn::{raw_spawn, raw_spawn_rate, supervised_confined_spawn, supervised_spawn};
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
@@ -458,6 +458,7 @@ pub(crate) struct Paths<'a> {
 struct Core {
     spawn_latency: Samples,
     supervised: Samples,
+    supervised_confined: Samples,
     nats_latency: Samples,
     http_latency: Samples,
     rounds: Vec<Round>,
@@ -482,6 +483,8 @@ async fn measure_core(
     let (gateway_rss, worker_rss) = (rss_kb(pids[3].1), rss_kb(pids[1].1));
     let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
     let supervised = Samples::collect(args.samples, || supervised_spawn(scratch)).await?;
+    let supervised_confined =
+        Samples::collect(args.samples, || supervised_confined_spawn(scratch)).await?;
     let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
     let http_latency = Samples::collect(args.samples, || http_job(p.http, p.base)).await?;
     let mut rounds = Vec::new();
@@ -502,6 +505,7 @@ async fn measure_core(
     Ok(Core {
         spawn_latency,
         supervised,
+        supervised_confined,
         nats_latency,
         http_latency,
         rounds,
@@ -522,6 +526,10 @@ impl Core {
         for (name, s) in [
             ("raw spawn of the command", &self.spawn_latency),
             ("the worker's supervisor alone", &self.supervised),
+            (
+                "  the same, confined (a limit set)",
+                &self.supervised_confined,
+            ),
             ("job over NATS (publish→reply)", &self.nats_latency),
             ("job over HTTP (POST ?wait)", &self.http_latency),
         ] {

@@ -24,9 +24,21 @@ fn log_target(scratch: &Path, name: &str) -> fleet_worker::output::LogTarget {
 /// The command run by the worker's own supervisor (process group, pidfd, output capture, full logs), without
 /// NATS: the part of a job's latency that is process handling.
 pub(crate) async fn supervised_spawn(scratch: &Path) -> Result<()> {
+    supervised(scratch, Default::default()).await
+}
+
+/// As `supervised_spawn`, with a limit set in the child before exec, as for every confined agent (limits,
+/// `run_as`, no network): a hook runs in the child, which with the standard library's `Command` meant a fork.
+pub(crate) async fn supervised_confined_spawn(scratch: &Path) -> Result<()> {
+    let mut sandbox = fleet_worker::sandbox::Sandbox::default();
+    sandbox.limits.open_files = Some(256);
+    supervised(scratch, sandbox).await
+}
+
+async fn supervised(scratch: &Path, sandbox: fleet_worker::sandbox::Sandbox) -> Result<()> {
     let spec = fleet_worker::supervisor::RunSpec {
         parse: None,
-        sandbox: Default::default(),
+        sandbox,
         pty: false,
         events: None,
         cancel: tokio_util::sync::CancellationToken::new(),

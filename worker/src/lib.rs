@@ -31,6 +31,7 @@ pub mod report;
 pub mod sandbox;
 pub mod session;
 pub mod session_workspace;
+pub mod spawn;
 pub mod supervisor;
 pub mod sweeper;
 pub mod template;

@@ -43,7 +43,8 @@ impl Sandbox {
         *self == Self::default()
     }
 
-    /// Runs in the forked child before exec: only async-signal-safe calls, no allocation.
+    /// Runs in the child before exec, which shares the worker's memory until then: only async-signal-safe
+    /// system calls that change the calling process alone, no allocation.
     pub fn apply_in_child(&self) -> io::Result<()> {
         let set = |resource, value: Option<u64>, slack: u64| -> io::Result<()> {
             if let Some(v) = value {
@@ -72,12 +73,14 @@ impl Sandbox {
             }
         }
         if let Some((uid, gid)) = self.user {
-            // Group first: after setuid the process may no longer change it.
-            // SAFETY: plain system calls with valid arguments.
+            // Group first: after setuid the process may no longer change it. Raw system calls, not glibc's
+            // wrappers: those change every thread of a threaded process, and the child shares the worker's memory
+            // (and so its thread list) until exec.
+            // SAFETY: plain system calls with valid arguments, changing only the calling process.
             unsafe {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
+                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setgid, gid) != 0
+                    || libc::syscall(libc::SYS_setuid, uid) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }

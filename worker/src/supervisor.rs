@@ -5,22 +5,22 @@
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::pin::{pin, Pin};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet_shared::wire::OutputStream;
 use fleet_shared::Resources;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::JobCgroup;
 use crate::output::{capture, Captured, LogTarget, NoSink};
 use crate::presets::{self, ParsingSink};
 use crate::report::Report;
+use crate::spawn;
 
 /// How long output pipes may stay open after the process group is gone (a process that left the group with
 /// `setsid` could hold them forever).
@@ -111,16 +111,11 @@ pub async fn run(
     stop: CancellationToken,
     cgroup: Option<&JobCgroup<'_>>,
 ) -> Result<RunOutcome, SpawnError> {
-    let program = spec.argv.first().ok_or(SpawnError::EmptyCommand)?.clone();
-    let start_err = |source| SpawnError::Start {
-        program: program.clone(),
-        source,
-    };
-    let (cmd, master) = command(&spec, cgroup).map_err(start_err)?;
+    if spec.argv.is_empty() {
+        return Err(SpawnError::EmptyCommand);
+    }
     let started = Instant::now();
-    let (mut child, exit) = spawn_watched(cmd)?;
-    let pid = child.id() as libc::pid_t;
-    let streams = child_streams(&mut child, master);
+    let Launched { pid, exit, streams } = launch(&spec, cgroup)?;
     let (mut out, mut err) = (Captured::default(), Captured::default());
     let mut report = Report::default();
     let sandbox = spec.sandbox;
@@ -141,7 +136,6 @@ pub async fn run(
     };
     let io = serve_io(&mut spec, streams, &mut out, &mut err, &mut report);
     let (ending, resources, killed) = until_ended(pin!(control), pin!(io)).await;
-    drop(child);
     let cpu_ms = resources.user_cpu_ms + resources.system_cpu_ms;
     let limit = match killed {
         // Ended by us (timeout, cancel): not a limit of its own.
@@ -159,72 +153,57 @@ pub async fn run(
     })
 }
 
-/// The agent's command from its argv, in its own process group with a scrubbed environment, confined (and
-/// joining its cgroup) in a hook before exec when it must be, its output to pipes or a terminal.
-fn command(
-    spec: &RunSpec,
-    cgroup: Option<&JobCgroup<'_>>,
-) -> io::Result<(Command, Option<OwnedFd>)> {
-    let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(if spec.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        // Its own process group, so timeout and cancel reach grandchildren too.
-        .process_group(0);
-    let sandbox = spec.sandbox;
-    // A cgroup is joined by the child itself before exec, so nothing of the agent runs outside it: that needs
-    // the hook, hence fork, as confinement does.
-    if !sandbox.is_empty() || cgroup.is_some() {
-        if let Some(user) = sandbox.user {
-            crate::sandbox::give_dirs(user, &spec.agent_dirs)?;
-        }
-        let join_fd = cgroup.map(JobCgroup::procs_fd);
-        // SAFETY: the closure only makes async-signal-safe system calls on values copied before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Into the job's cgroup first, before anything of the agent runs.
-                if let Some(fd) = join_fd {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                sandbox.apply_in_child()
-            });
-        }
-    }
-    if !spec.pty {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        return Ok((cmd, None));
-    }
-    let (master, slave) = open_pty()?;
-    cmd.stdout(Stdio::from(slave.try_clone()?))
-        .stderr(Stdio::from(slave));
-    Ok((cmd, Some(master)))
+/// The agent's process, started, with the async ends of its streams and the pidfd that tells its exit.
+struct Launched {
+    pid: libc::pid_t,
+    exit: PidFd,
+    streams: Streams,
 }
 
-/// Spawns the agent and opens a pidfd on it; from here the child exists and every path must reap it.
-fn spawn_watched(mut cmd: Command) -> Result<(std::process::Child, PidFd), SpawnError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let spawned = cmd
-        .spawn()
-        .map_err(|source| SpawnError::Start { program, source });
-    // The parent's copies of the terminal's slave end go with `cmd`: the master reads end of file only once
-    // every slave end is closed.
-    drop(cmd);
-    let mut child = spawned?;
-    let pid = child.id() as libc::pid_t;
-    match PidFd::open(pid) {
-        Ok(fd) => Ok((child, fd)),
+/// Starts the agent from its argv in its own process group with a scrubbed environment, confined (and joining
+/// its cgroup) before exec when it must be, its output to pipes or a terminal. From a successful return the
+/// child exists and every path must reap it.
+fn launch(spec: &RunSpec, cgroup: Option<&JobCgroup<'_>>) -> Result<Launched, SpawnError> {
+    let start_err = |source| SpawnError::Start {
+        program: spec.argv[0].clone(),
+        source,
+    };
+    let program = spawn::Program::new(&spec.argv, &spec.env, &spec.cwd).map_err(start_err)?;
+    let sandbox = spec.sandbox;
+    if let Some(user) = sandbox.user {
+        crate::sandbox::give_dirs(user, &spec.agent_dirs).map_err(start_err)?;
+    }
+    let ends = ChildEnds::open(spec).map_err(start_err)?;
+    let join_fd = cgroup.map(JobCgroup::procs_fd);
+    // Into the job's cgroup first, before anything of the agent runs; then its confinement.
+    let hook = move || {
+        if let Some(fd) = join_fd {
+            // SAFETY: a write of one byte from a static buffer to an fd the parent keeps open.
+            if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        sandbox.apply_in_child()
+    };
+    let confined = !sandbox.is_empty() || cgroup.is_some();
+    let started = spawn::spawn(
+        &program,
+        ends.child_stdio(),
+        confined.then_some(&hook as spawn::Hook<'_>),
+    )
+    .map_err(start_err)?;
+    // The child's ends close here: a reader sees end of file once the agent's copies are closed too.
+    let streams = ends.streams;
+    match PidFd::watch(started.pidfd) {
+        Ok(exit) => Ok(Launched {
+            pid: started.pid,
+            exit,
+            streams,
+        }),
         Err(e) => {
-            signal_group(pid, libc::SIGKILL);
+            signal_group(started.pid, libc::SIGKILL);
             // Reaped so it leaves no zombie; its status says nothing more than the error does.
-            let _ = child.wait();
+            let _ = reap(started.pid);
             Err(SpawnError::Watch(e))
         }
     }
@@ -234,32 +213,60 @@ type Output = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
 
 /// The child's standard streams as async pipes (stdout from the terminal's master end under a pty).
 struct Streams {
-    stdin: Option<tokio::process::ChildStdin>,
+    stdin: Option<pipe::Sender>,
     stdout: Option<Output>,
-    stderr: Option<tokio::process::ChildStderr>,
+    stderr: Option<pipe::Receiver>,
 }
 
-fn child_streams(child: &mut std::process::Child, master: Option<OwnedFd>) -> Streams {
-    let stdout: Option<Output> = match master {
-        Some(master) => Some(Box::new(tokio::fs::File::from_std(std::fs::File::from(
-            master,
-        )))),
-        None => child
-            .stdout
-            .take()
-            .and_then(|p| tokio::process::ChildStdout::from_std(p).ok())
-            .map(|p| Box::new(p) as Output),
-    };
-    Streams {
-        stdin: child
-            .stdin
-            .take()
-            .and_then(|p| tokio::process::ChildStdin::from_std(p).ok()),
-        stdout,
-        stderr: child
-            .stderr
-            .take()
-            .and_then(|p| tokio::process::ChildStderr::from_std(p).ok()),
+/// Both ends of the child's streams until it is started: the child's (`/dev/null` for no input, one terminal
+/// for both outputs under a pty), and ours, already async.
+struct ChildEnds {
+    stdin: Option<OwnedFd>,
+    null: &'static OwnedFd,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    streams: Streams,
+}
+
+impl ChildEnds {
+    fn open(spec: &RunSpec) -> io::Result<Self> {
+        let (stdin, writer) = match spec.stdin {
+            Some(_) => {
+                let (read, write) = spawn::pipe()?;
+                (Some(read), Some(pipe::Sender::from_owned_fd(write)?))
+            }
+            None => (None, None),
+        };
+        let (stdout, stderr, out, err): (_, _, Output, _) = if spec.pty {
+            let (master, slave) = open_pty()?;
+            let master = tokio::fs::File::from_std(std::fs::File::from(master));
+            (slave, None, Box::new(master), None)
+        } else {
+            let (out_read, out_write) = spawn::pipe()?;
+            let (err_read, err_write) = spawn::pipe()?;
+            let out = pipe::Receiver::from_owned_fd(out_read)?;
+            let err = pipe::Receiver::from_owned_fd(err_read)?;
+            (out_write, Some(err_write), Box::new(out), Some(err))
+        };
+        Ok(Self {
+            stdin,
+            null: spawn::dev_null()?,
+            stdout,
+            stderr,
+            streams: Streams {
+                stdin: writer,
+                stdout: Some(out),
+                stderr: err,
+            },
+        })
+    }
+
+    fn child_stdio(&self) -> spawn::Stdio<'_> {
+        spawn::Stdio {
+            stdin: self.stdin.as_ref().unwrap_or(self.null),
+            stdout: &self.stdout,
+            stderr: self.stderr.as_ref().unwrap_or(&self.stdout),
+        }
     }
 }
 
@@ -376,7 +383,7 @@ async fn end_the_rest(cgroup: Option<&JobCgroup<'_>>, sandbox: &crate::sandbox::
 
 /// Writes the stdin bytes, then closes the pipe. An agent that exits without reading its input closes the
 /// pipe first: not an error of ours.
-async fn feed(pipe: Option<tokio::process::ChildStdin>, bytes: Option<Vec<u8>>) {
+async fn feed(pipe: Option<pipe::Sender>, bytes: Option<Vec<u8>>) {
     if let (Some(mut pipe), Some(bytes)) = (pipe, bytes) {
         // An agent that stops reading its input closes the pipe (EPIPE): its business, not an error of ours.
         let _ = pipe.write_all(&bytes).await;
@@ -508,17 +515,10 @@ fn reap(pid: libc::pid_t) -> (Ending, Resources) {
 struct PidFd(AsyncFd<OwnedFd>);
 
 impl PidFd {
-    fn open(pid: libc::pid_t) -> io::Result<Self> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just handed us this fd; we are its only owner.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    fn watch(fd: OwnedFd) -> io::Result<Self> {
         // SAFETY: OwnedFd keeps the descriptor open and unchanged for as long as the AsyncFd lives.
         let registered =
-            unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
         registered
             .map(Self)
             .map_err(|e| io::Error::other(e.to_string()))
