@@ -1,8 +1,9 @@
 """llama.cpp's own server (PyPI xllamacpp) on a loopback port with a small real model, for the fleet's tests.
 
-usage: serve.py GGUF [SLOTS [CONTEXT]]   — prints "ready PORT" once /health answers, serves until stdin closes
+usage: serve.py GGUF [SLOTS [CONTEXT [MAX_TOKENS]]]   — prints "ready PORT" once /health answers, serves until stdin closes
 or it is killed. The server binds a loopback port of its own choosing (port 0), so no other process can take it
-first. SLOTS requests run at once (default 8), sharing CONTEXT tokens (default 4096).
+first. SLOTS requests run at once (default 8), sharing CONTEXT tokens (default 4096); MAX_TOKENS caps what any
+one request generates (default: no cap but the context).
 """
 import os
 import sys
@@ -35,12 +36,14 @@ def main():
     gguf = sys.argv[1]
     slots = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     context = int(sys.argv[3]) if len(sys.argv) > 3 else 4096
+    max_tokens = int(sys.argv[4]) if len(sys.argv) > 4 else -1
     p = xllamacpp.CommonParams()
     p.model.path = gguf
     p.hostnames = ["127.0.0.1"]
     p.port = 0
     p.n_ctx = context
     p.n_parallel = slots
+    p.n_predict = max_tokens
     p.cpuparams.n_threads = 2
     p.cpuparams_batch.n_threads = 2
     p.model_alias = {"smollm2"}

@@ -18,17 +18,19 @@ pub struct LlamaServer {
 impl LlamaServer {
     /// Eight requests at once, 512 tokens of context each.
     pub fn start() -> Self {
-        Self::start_with(8, 4096)
+        Self::start_with(8, 4096, None)
     }
 
-    /// `slots` requests at once sharing `context` tokens (a coding CLI's prompt needs one roomy slot).
-    pub fn start_with(slots: u32, context: u32) -> Self {
+    /// `slots` requests at once sharing `context` tokens (a coding CLI's prompt needs one roomy slot), each
+    /// request generating at most `max_tokens` when given.
+    pub fn start_with(slots: u32, context: u32, max_tokens: Option<u32>) -> Self {
         let gguf = model_file();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("llm/serve.py");
         let mut child = Command::new("python3")
             .arg(script)
             .arg(&gguf)
             .args([slots.to_string(), context.to_string()])
+            .args(max_tokens.map(|n| n.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
