@@ -75,6 +75,34 @@ async fn kill_9_mid_job_redelivers_to_another_worker_with_one_terminal_record_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_does_not_outlive_a_worker_killed_with_sigkill() {
+    let server = NatsServer::start();
+    let cfg = test_config(&server.url(), &[]);
+    let nats = NatsClient::connect(&server.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("agent");
+    let worker = FleetProcess::worker(&cfg);
+    let script = format!("pid:{} sleep:60", pid_file.display());
+    let id = publish_fake(&nats, &script, "orphan.reply").await;
+    nats.wait_record(id, "running", |r| r.status == JobStatus::Running)
+        .await;
+    eventually("the agent wrote its pid", Duration::from_secs(10), || {
+        let pid_file = pid_file.clone();
+        async move { pid_file.exists() }
+    })
+    .await;
+    let agent: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert!(process_alive(agent));
+    worker.signal(libc::SIGKILL);
+    eventually(
+        "the agent died with its worker",
+        Duration::from_secs(5),
+        || async move { !process_alive(agent) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_exhausted_by_dead_workers_end_failed_with_worker_lost() {
     let server = NatsServer::start();
     let cfg = test_config(

@@ -5,6 +5,8 @@
 //!
 //! The child runs in the caller's address space until `execve`: it makes plain system calls only, on values
 //! prepared before the clone, never allocates, and reports a failure through memory it shares with the parent.
+//! It dies with the thread that started it (`PR_SET_PDEATHSIG`): the runtime's threads live as long as the
+//! worker, so an agent does not outlive a worker killed with SIGKILL.
 
 use std::cell::Cell;
 use std::ffi::{CString, OsStr};
@@ -102,6 +104,8 @@ struct Child<'a> {
     cwd: *const libc::c_char,
     fds: [RawFd; 3],
     hook: Option<Hook<'a>>,
+    /// The worker's pid, to tell whether it died before the child asked to die with it.
+    parent: libc::pid_t,
     /// The errno of the step that failed; 0 once `execve` succeeded (the parent resumes only then).
     errno: AtomicI32,
 }
@@ -128,6 +132,8 @@ pub fn spawn(program: &Program, stdio: Stdio<'_>, hook: Option<Hook<'_>>) -> io:
         fds: fds.each_ref().map(|f| f.as_raw_fd()),
         hook,
         errno: AtomicI32::new(0),
+        // SAFETY: getpid has no effects.
+        parent: unsafe { libc::getpid() },
     };
     let (pid, pidfd) = STACK.with(|stack| clone_child(stack, &child))?;
     // SAFETY: CLONE_PIDFD handed us this new fd; we are its only owner.
@@ -234,6 +240,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             if let Err(e) = hook() {
                 failed(e.raw_os_error().unwrap_or(libc::EPERM));
             }
+        }
+        // Killed when the worker thread that started it ends (a worker killed with SIGKILL too). Set after the
+        // hook: a change of user clears it.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            failed(last_errno());
+        }
+        // The worker died before that: the signal would never come.
+        if libc::getppid() != child.parent {
+            failed(libc::ESRCH);
         }
         failed(exec(child))
     }
@@ -549,5 +564,28 @@ mod tests {
             code, 1,
             "as the worker's own user, the first directory wins"
         );
+    }
+
+    #[test]
+    fn the_child_dies_with_the_thread_that_started_it() {
+        let pid = std::thread::spawn(|| {
+            let argv = ["sleep".to_string(), "30".to_string()];
+            let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+            let program = Program::new(&argv, &env, Path::new("/")).unwrap();
+            let null = dev_null().unwrap();
+            let stdio = Stdio {
+                stdin: null,
+                stdout: null,
+                stderr: null,
+            };
+            spawn(&program, stdio, None).unwrap().pid
+        })
+        .join()
+        .unwrap();
+        let mut status = 0;
+        // SAFETY: our own child, waited for once.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFSIGNALED(status), "ended by a signal: {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGKILL);
     }
 }
