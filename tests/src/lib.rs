@@ -612,6 +612,25 @@ impl Drop for FleetProcess {
     }
 }
 
+/// The pid a fake agent wrote with `pid:PATH`.
+pub fn pid_in(path: &Path) -> i32 {
+    std::fs::read_to_string(path)
+        .expect("pid file")
+        .parse()
+        .expect("pid")
+}
+
+/// Waits until the processes whose pids `files` hold have all exited.
+pub async fn processes_gone(what: &str, files: &[&Path]) {
+    for file in files {
+        let pid = pid_in(file);
+        eventually(what, Duration::from_secs(5), || async move {
+            !process_alive(pid)
+        })
+        .await;
+    }
+}
+
 /// Is any process with this pid alive (zombies count as gone)?
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -40,24 +40,6 @@ async fn agent_load(api: &Api) -> (u64, u64) {
     )
 }
 
-/// Waits until the processes whose pids `files` hold have all exited.
-async fn processes_gone(what: &str, files: [&std::path::PathBuf; 2]) {
-    for file in files {
-        let pid = pid_in(file);
-        eventually(what, Duration::from_secs(5), || async move {
-            !process_alive(pid)
-        })
-        .await;
-    }
-}
-
-fn pid_in(path: &std::path::Path) -> i32 {
-    std::fs::read_to_string(path)
-        .expect("pid file")
-        .parse()
-        .expect("pid")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones() {
     let (nats, _cfg, worker, gw) = start_fleet(&[("FLEET_WORKER_MAX_CONCURRENT", "1")]).await;
@@ -112,7 +94,7 @@ async fn cancel_stops_running_jobs_skips_queued_ones_and_refuses_finished_ones()
     assert_eq!(record["status"], "cancelled", "{record}");
     assert_eq!(record["stdout"], "started\n");
     assert_eq!(record["files"][0]["name"], "partial.txt", "{record}");
-    processes_gone("cancelled process gone", [&agent_pid, &grandchild_pid]).await;
+    processes_gone("cancelled process gone", &[&agent_pid, &grandchild_pid]).await;
 
     // The slot is free: the cancelled queued job is delivered now, and must not run.
     let after = submit(&api, "print:after", json!({})).await;
@@ -198,7 +180,7 @@ async fn racing_cancels_and_timeouts_leave_one_terminal_record_and_one_notice() 
             1,
             "{end}"
         );
-        processes_gone("the job's processes gone", [&agent_pid, &grandchild_pid]).await;
+        processes_gone("the job's processes gone", &[&agent_pid, &grandchild_pid]).await;
     }
     worker.stop().await;
 }

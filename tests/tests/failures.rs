@@ -91,15 +91,9 @@ async fn an_agent_does_not_outlive_a_worker_killed_with_sigkill() {
         async move { pid_file.exists() }
     })
     .await;
-    let agent: i32 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
-    assert!(process_alive(agent));
+    assert!(process_alive(pid_in(&pid_file)));
     worker.signal(libc::SIGKILL);
-    eventually(
-        "the agent died with its worker",
-        Duration::from_secs(5),
-        || async move { !process_alive(agent) },
-    )
-    .await;
+    processes_gone("the agent died with its worker", &[&pid_file]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,13 +185,8 @@ fn launch(spec: &RunSpec, cgroup: Option<&JobCgroup<'_>>) -> Result<Launched, Sp
         }
         sandbox.apply_in_child()
     };
-    let confined = !sandbox.is_empty() || cgroup.is_some();
-    let started = spawn::spawn(
-        &program,
-        ends.child_stdio(),
-        confined.then_some(&hook as spawn::Hook<'_>),
-    )
-    .map_err(start_err)?;
+    // Every agent gets the hook: unconfined, it does nothing, and it no longer costs a fork.
+    let started = spawn::spawn(&program, ends.child_stdio(), Some(&hook)).map_err(start_err)?;
     // The child's ends close here: a reader sees end of file once the agent's copies are closed too.
     let streams = ends.streams;
     match PidFd::watch(started.pidfd) {
