@@ -169,8 +169,8 @@ pub fn unclaimed(queued: JobRecord, queued_revision: Option<u64>, worker: &str) 
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finish {
-    /// Our terminal record is the job's terminal record.
-    Written,
+    /// Our terminal record is the job's terminal record, stored as this MessagePack: the same bytes announce it.
+    Written(bytes::Bytes),
     /// Someone else's terminal record was there first; ours was not written.
     AlreadyTerminal,
 }
@@ -200,10 +200,10 @@ pub async fn finish(
                 .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
         };
         match attempt {
-            Ok(_) => return Ok(Finish::Written),
+            Ok(_) => return Ok(Finish::Written(payload)),
             Err((true, _)) => match current(store, key).await {
                 // Our own earlier write, whose answer was lost (a NATS node failed over): it is ours.
-                Ok(Some(held)) if held.record == *terminal => return Ok(Finish::Written),
+                Ok(Some(held)) if held.record == *terminal => return Ok(Finish::Written(payload)),
                 Ok(Some(held)) if held.record.status.is_terminal() => {
                     return Ok(Finish::AlreadyTerminal)
                 }

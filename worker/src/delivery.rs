@@ -3,40 +3,62 @@
 //! following its events) listen.
 
 use async_nats::HeaderMap;
-use fleet_shared::codec::{encode, to_msgpack, Format, CONTENT_TYPE_HEADER};
+use fleet_shared::codec::{encode, CodecError, Format, CONTENT_TYPE_HEADER};
 use fleet_shared::topology::OUTPUT_EVENTS_HEADER;
 use fleet_shared::{JobRecord, Topology};
 
+/// Announces `record`, whose MessagePack encoding (as stored) is `stored`: sent as is wherever MessagePack goes.
 pub async fn announce(
     client: &async_nats::Client,
     topology: &Topology,
     record: &JobRecord,
+    stored: bytes::Bytes,
     format: Format,
     output_sent: bool,
 ) {
-    reply(client, record, format).await;
-    done(client, topology, record, output_sent).await;
+    let payload = || match format {
+        Format::MessagePack => Ok(stored.clone()),
+        Format::Json => encode(record, format).map(Into::into),
+    };
+    send_reply(client, record, format, payload).await;
+    done(client, topology, record, stored, output_sent).await;
 }
 
 /// Sends `record` to its reply subject only: for an answer that is not the job's record (a message refused
 /// without touching the job it names), which must not reach that job's waiters.
 pub async fn reply(client: &async_nats::Client, record: &JobRecord, format: Format) {
-    if let Some(reply_to) = &record.request.reply_to {
-        match encode(record, format) {
-            Ok(payload) => {
-                let mut headers = HeaderMap::new();
-                headers.insert(CONTENT_TYPE_HEADER, format.content_type());
-                // The requester may continue the job's trace.
-                fleet_shared::trace_context::inject(&mut headers);
-                if let Err(e) = client
-                    .publish_with_headers(reply_to.clone(), headers, payload.into())
-                    .await
-                {
-                    tracing::warn!(job_id = %record.id, error = %e, "publishing the reply failed");
-                }
-            }
-            Err(e) => tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed"),
+    send_reply(client, record, format, || {
+        encode(record, format).map(Into::into)
+    })
+    .await;
+}
+
+/// Sends `record`, encoded by `payload` only if it has a reply subject.
+async fn send_reply(
+    client: &async_nats::Client,
+    record: &JobRecord,
+    format: Format,
+    payload: impl FnOnce() -> Result<bytes::Bytes, CodecError>,
+) {
+    let Some(reply_to) = &record.request.reply_to else {
+        return;
+    };
+    let payload = match payload() {
+        Ok(payload) => payload,
+        Err(e) => {
+            tracing::error!(job_id = %record.id, error = %e, "encoding the reply failed");
+            return;
         }
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, format.content_type());
+    // The requester may continue the job's trace.
+    fleet_shared::trace_context::inject(&mut headers);
+    if let Err(e) = client
+        .publish_with_headers(reply_to.clone(), headers, payload)
+        .await
+    {
+        tracing::warn!(job_id = %record.id, error = %e, "publishing the reply failed");
     }
 }
 
@@ -44,6 +66,7 @@ async fn done(
     client: &async_nats::Client,
     topology: &Topology,
     record: &JobRecord,
+    stored: bytes::Bytes,
     output_sent: bool,
 ) {
     // A job whose events never went live publishes no `end` event: listeners take its end from the done notice.
@@ -53,10 +76,7 @@ async fn done(
         headers.insert(OUTPUT_EVENTS_HEADER, "sent");
     }
     let done = topology.done_subject(&record.id);
-    if let Err(e) = client
-        .publish_with_headers(done, headers, to_msgpack(record).into())
-        .await
-    {
+    if let Err(e) = client.publish_with_headers(done, headers, stored).await {
         tracing::warn!(job_id = %record.id, error = %e, "publishing the done notice failed");
     }
 }

@@ -3,9 +3,11 @@
 //! can set otherwise (short of setting the clock), so an unchanged ctime on the same inode means the same
 //! entries. Reading an ext4 directory costs several times a `stat` (it builds a hash tree even when empty), and
 //! the job directories are read on every job. A stamp is trusted only once the clock has moved well past it, so a
-//! change within the same clock tick as the stamped one cannot hide behind an equal ctime.
+//! change within the same clock tick as the stamped one cannot hide behind an equal ctime. Directories are stamped
+//! by their name beneath a directory held open, so a stamp walks two names, not the whole path from `/`.
 
-use std::os::unix::fs::MetadataExt;
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,15 +23,36 @@ pub struct Stamp {
     ctime_nsec: i64,
 }
 
+/// A directory named beneath one held open.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub base: BorrowedFd<'a>,
+    pub name: &'a CStr,
+}
+
 impl Stamp {
-    /// The stamp of the directory at `path` itself (a link there is not followed and is no directory).
-    fn of(path: &Path) -> Option<Self> {
-        let meta = std::fs::symlink_metadata(path).ok()?;
-        meta.is_dir().then(|| Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec(),
+    /// The stamp of the directory `at` names itself (a link there is not followed and is no directory).
+    fn of(at: At<'_>) -> Option<Self> {
+        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated name and room for one `stat`.
+        let found = unsafe {
+            libc::fstatat(
+                at.base.as_raw_fd(),
+                at.name.as_ptr(),
+                stat.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if found != 0 {
+            return None;
+        }
+        // SAFETY: fstatat succeeded, so it filled the `stat`.
+        let stat = unsafe { stat.assume_init() };
+        (stat.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(Self {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            ctime: stat.st_ctime,
+            ctime_nsec: stat.st_ctime_nsec,
         })
     }
 
@@ -44,9 +67,9 @@ impl Stamp {
     }
 }
 
-/// Whether the directory at `path` is still the one `stamp` was taken of, with no entry added or removed since.
-pub fn unchanged(path: &Path, stamp: Stamp) -> bool {
-    Stamp::of(path) == Some(stamp)
+/// Whether the directory `at` names is still the one `stamp` was taken of, with no entry added or removed since.
+pub fn unchanged(at: At<'_>, stamp: Stamp) -> bool {
+    Stamp::of(at) == Some(stamp)
 }
 
 /// What checking a directory found.
@@ -58,10 +81,15 @@ pub enum Checked {
     Fails,
 }
 
-/// Checks the directory at `path`: unchanged since `known` (a trusted stamp taken when it last held what it
-/// should), or else `holds` it, read now.
-pub fn check(path: &Path, known: Option<Stamp>, holds: impl FnOnce(&Path) -> bool) -> Checked {
-    let Some(before) = Stamp::of(path) else {
+/// Checks the directory at `path` (named by `at`): unchanged since `known` (a trusted stamp taken when it last held
+/// what it should), or else `holds` it, read now.
+pub fn check(
+    path: &Path,
+    at: At<'_>,
+    known: Option<Stamp>,
+    holds: impl FnOnce(&Path) -> bool,
+) -> Checked {
+    let Some(before) = Stamp::of(at) else {
         return Checked::Fails;
     };
     if known == Some(before) {
@@ -72,7 +100,7 @@ pub fn check(path: &Path, known: Option<Stamp>, holds: impl FnOnce(&Path) -> boo
         return Checked::Fails;
     }
     // Trusted only if nothing changed while it was read, and its last change is well behind the reading.
-    let trusted = Stamp::of(path) == Some(before) && before.settled_before(now);
+    let trusted = Stamp::of(at) == Some(before) && before.settled_before(now);
     Checked::Holds(trusted.then_some(before))
 }
 
@@ -84,28 +112,43 @@ mod tests {
         std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
     }
 
+    /// The base directory held open, as the pool holds its own.
+    fn open(base: &Path) -> std::fs::File {
+        std::fs::File::open(base).unwrap()
+    }
+
+    fn at(base: &std::fs::File) -> At<'_> {
+        use std::os::fd::AsFd;
+        At {
+            base: base.as_fd(),
+            name: c"d",
+        }
+    }
+
     #[test]
     fn a_fresh_change_is_read_again_and_a_settled_one_trusted_until_the_next_change() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("d");
         std::fs::create_dir(&dir).unwrap();
+        let held = open(base.path());
+        let d = at(&held);
         // Just changed: it is read, and no stamp is trusted yet.
-        assert_eq!(check(&dir, None, empty), Checked::Holds(None));
+        assert_eq!(check(&dir, d, None, empty), Checked::Holds(None));
         // Once settled: a stamp, and an unchanged directory is not read again.
         std::thread::sleep(SETTLED + Duration::from_millis(100));
-        let Checked::Holds(Some(stamp)) = check(&dir, None, empty) else {
+        let Checked::Holds(Some(stamp)) = check(&dir, d, None, empty) else {
             panic!("a settled directory gets a stamp");
         };
         assert_eq!(
-            check(&dir, Some(stamp), |_| panic!("read again")),
+            check(&dir, d, Some(stamp), |_| panic!("read again")),
             Checked::Holds(Some(stamp))
         );
         // An entry added at once after the stamp changes it, and the reading says so.
         std::fs::write(dir.join("planted"), b"x").unwrap();
-        assert_eq!(check(&dir, Some(stamp), empty), Checked::Fails);
+        assert_eq!(check(&dir, d, Some(stamp), empty), Checked::Fails);
         // Removed again: it holds once more, read, and not trusted until it has settled.
         std::fs::remove_file(dir.join("planted")).unwrap();
-        assert_eq!(check(&dir, Some(stamp), empty), Checked::Holds(None));
+        assert_eq!(check(&dir, d, Some(stamp), empty), Checked::Holds(None));
     }
 
     #[test]
@@ -113,12 +156,14 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("d");
         std::fs::create_dir(&dir).unwrap();
-        let stamp = Stamp::of(&dir).unwrap();
+        let held = open(base.path());
+        let d = at(&held);
+        let stamp = Stamp::of(d).unwrap();
         std::fs::rename(&dir, base.path().join("elsewhere")).unwrap();
         std::fs::create_dir(&dir).unwrap();
-        assert_ne!(Stamp::of(&dir), Some(stamp));
+        assert_ne!(Stamp::of(d), Some(stamp));
         std::fs::remove_dir(&dir).unwrap();
         std::os::unix::fs::symlink(base.path().join("elsewhere"), &dir).unwrap();
-        assert_eq!(check(&dir, Some(stamp), |_| true), Checked::Fails);
+        assert_eq!(check(&dir, d, Some(stamp), |_| true), Checked::Fails);
     }
 }

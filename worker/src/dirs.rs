@@ -6,14 +6,18 @@
 //! the pool only if it holds nothing but an empty workspace, and is checked again when taken. Both checks read a
 //! directory only when its change time says it may have changed since it was last read (`dir_stamp.rs`).
 
+use std::ffi::CString;
+use std::ffi::OsStr;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use fleet_shared::JobRecord;
 
-use crate::dir_stamp::{self, Checked, Stamp};
+use crate::dir_stamp::{self, At, Checked, Stamp};
 
 const WORKSPACE: &str = "workspace";
 const TMP: &str = "tmp";
@@ -33,6 +37,32 @@ pub struct JobDirs {
     session: Option<SessionLock>,
     /// The stamps of the root, the workspace and TMPDIR when last seen clean.
     stamps: Stamps,
+    /// The same directories named beneath the pool's base, held open, for their stamps.
+    names: Names,
+    base: Arc<OwnedFd>,
+    /// The workspace was found untouched after the run (the agent gone): its stamp holds at give-back unread.
+    untouched_after_run: AtomicBool,
+}
+
+/// The names of a root's directories beneath the pool's base.
+struct Names {
+    root: CString,
+    workspace: CString,
+    tmp: CString,
+}
+
+impl Names {
+    fn of(relative_root: &Path) -> Self {
+        let name = |path: &Path| {
+            // Made by the pool from ids and numbers: no NUL inside.
+            CString::new(path.as_os_str().as_bytes()).unwrap_or_default()
+        };
+        Self {
+            root: name(relative_root),
+            workspace: name(&relative_root.join(WORKSPACE)),
+            tmp: name(&relative_root.join(TMP)),
+        }
+    }
 }
 
 /// The stamps of a clean root's directories (`None` where none is trusted yet).
@@ -43,28 +73,53 @@ struct Stamps {
     tmp: Option<Stamp>,
 }
 
-impl Stamps {
-    /// The stamps of `root`'s directories if it holds exactly an empty workspace and an empty TMPDIR, checked
-    /// against `self`.
-    fn of_clean(self, root: &Path) -> Option<Stamps> {
+impl JobDirs {
+    /// The stamps of the root's directories if it holds exactly an empty workspace and an empty TMPDIR, checked
+    /// against those it was taken with. `workspace_known`: the workspace was just seen untouched.
+    fn clean_stamps(&self, workspace_known: bool) -> Option<Stamps> {
         let stamp = |checked| match checked {
             Checked::Holds(stamp) => Some(stamp),
             Checked::Fails => None,
         };
-        Some(Stamps {
-            root: stamp(dir_stamp::check(root, self.root, holds_only_its_dirs))?,
-            workspace: stamp(dir_stamp::check(
-                &root.join(WORKSPACE),
-                self.workspace,
+        let known = self.stamps;
+        let workspace = match workspace_known {
+            true => known.workspace,
+            false => stamp(dir_stamp::check(
+                &self.workspace,
+                self.at(&self.names.workspace),
+                known.workspace,
                 is_empty_dir,
             ))?,
-            tmp: stamp(dir_stamp::check(&root.join(TMP), self.tmp, is_empty_dir))?,
+        };
+        Some(Stamps {
+            root: stamp(dir_stamp::check(
+                &self.root,
+                self.at(&self.names.root),
+                known.root,
+                holds_only_its_dirs,
+            ))?,
+            workspace,
+            tmp: stamp(dir_stamp::check(
+                &self.tmp,
+                self.at(&self.names.tmp),
+                known.tmp,
+                is_empty_dir,
+            ))?,
         })
+    }
+
+    fn at<'a>(&'a self, name: &'a std::ffi::CStr) -> At<'a> {
+        At {
+            base: self.base.as_fd(),
+            name,
+        }
     }
 }
 
 impl JobDirs {
-    fn at(root: PathBuf, kept: bool) -> Self {
+    /// The directories at `relative` beneath the pool's base.
+    fn beneath(pool: &DirPool, relative: &Path, kept: bool) -> Self {
+        let root = pool.base.join(relative);
         Self {
             workspace: root.join(WORKSPACE),
             tmp: root.join(TMP),
@@ -75,6 +130,9 @@ impl JobDirs {
             dirty: false,
             session: None,
             stamps: Stamps::default(),
+            names: Names::of(relative),
+            base: pool.base_dir.clone(),
+            untouched_after_run: AtomicBool::new(false),
         }
     }
 
@@ -92,11 +150,15 @@ impl JobDirs {
     }
 
     /// Whether the workspace is still as it was taken, empty: it was trusted empty by its stamp, and no entry
-    /// has been added to it since. Then there is nothing in it to read.
+    /// has been added to it since. Then there is nothing in it to read. Asked once the agent is gone, the answer
+    /// also stands for the directories' give-back.
     pub fn workspace_untouched(&self) -> bool {
-        self.stamps
+        let untouched = self
+            .stamps
             .workspace
-            .is_some_and(|stamp| dir_stamp::unchanged(&self.workspace, stamp))
+            .is_some_and(|stamp| dir_stamp::unchanged(self.at(&self.names.workspace), stamp));
+        self.untouched_after_run.store(untouched, Ordering::Relaxed);
+        untouched
     }
 
     /// Records that the run left files beside the workspace, so these directories are discarded, not reused.
@@ -107,19 +169,25 @@ impl JobDirs {
 
 pub struct DirPool {
     base: PathBuf,
+    /// `base`, held open: the pooled directories' stamps are taken beneath it.
+    base_dir: Arc<OwnedFd>,
     keep: bool,
+    /// Clean roots by name beneath `base`, with their stamps.
     free: Mutex<Vec<(PathBuf, Stamps)>>,
     next_slot: AtomicU64,
 }
 
 impl DirPool {
-    pub fn new(base: &Path, keep: bool) -> Self {
-        Self {
+    /// The pool of directories beneath `base`, which must exist.
+    pub fn new(base: &Path, keep: bool) -> io::Result<Self> {
+        let base_dir = std::fs::File::open(base)?;
+        Ok(Self {
             base: base.to_path_buf(),
+            base_dir: Arc::new(base_dir.into()),
             keep,
             free: Mutex::new(Vec::new()),
             next_slot: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Directories for one attempt of `record`, with an empty workspace, given back when the lease drops.
@@ -132,27 +200,24 @@ impl DirPool {
 
     fn take_dirs(&self, record: &JobRecord) -> io::Result<JobDirs> {
         if self.keep {
-            let dirs = JobDirs::at(
-                self.base.join(format!("{}-{}", record.id, record.attempt)),
-                true,
-            );
+            let name = format!("{}-{}", record.id, record.attempt);
+            let dirs = JobDirs::beneath(self, Path::new(&name), true);
             dirs.create()?;
             return Ok(dirs);
         }
-        while let Some((root, stamps)) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+        while let Some((name, stamps)) = self.free.lock().ok().and_then(|mut f| f.pop()) {
             // Clean when given back; checked again for what may have appeared since (a daemon of an earlier job).
-            if let Some(stamps) = stamps.of_clean(&root) {
-                let mut dirs = JobDirs::at(root, false);
+            let mut dirs = JobDirs::beneath(self, &name, false);
+            dirs.stamps = stamps;
+            if let Some(stamps) = dirs.clean_stamps(false) {
                 dirs.stamps = stamps;
                 return Ok(dirs);
             }
-            discard(root);
+            discard(dirs.root);
         }
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        let root = self
-            .base
-            .join(format!("slot-{}-{slot}", std::process::id()));
-        let dirs = JobDirs::at(root, false);
+        let name = format!("slot-{}-{slot}", std::process::id());
+        let dirs = JobDirs::beneath(self, Path::new(&name), false);
         dirs.create()?;
         Ok(dirs)
     }
@@ -164,13 +229,13 @@ impl DirPool {
         let sessions = self.base.join("sessions");
         std::fs::create_dir_all(&sessions)?;
         let lock = SessionLock::take(&sessions.join(format!("{id}.lock")))?;
-        let root = sessions.join(id.to_string());
-        match std::fs::symlink_metadata(&root) {
-            Ok(_) => self.set_aside(&root)?,
+        let name = Path::new("sessions").join(id.to_string());
+        let mut dirs = JobDirs::beneath(self, &name, false);
+        match std::fs::symlink_metadata(&dirs.root) {
+            Ok(_) => self.set_aside(&dirs.root)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let mut dirs = JobDirs::at(root, false);
         dirs.create()?;
         dirs.session = Some(lock);
         Ok(Leased {
@@ -203,11 +268,12 @@ impl DirPool {
         }
         let clean = match dirs.dirty {
             true => None,
-            false => dirs.stamps.of_clean(&dirs.root),
+            false => dirs.clean_stamps(dirs.untouched_after_run.load(Ordering::Relaxed)),
         };
         if let Some(stamps) = clean {
             if let Ok(mut free) = self.free.lock() {
-                free.push((dirs.root, stamps));
+                let name = PathBuf::from(OsStr::from_bytes(dirs.names.root.as_bytes()));
+                free.push((name, stamps));
                 return;
             }
         }
@@ -322,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn clean_directories_are_reused_and_dirty_ones_never() {
         let base = tempfile::tempdir().unwrap();
-        let pool = DirPool::new(base.path(), false);
+        let pool = DirPool::new(base.path(), false).unwrap();
         let first = pool.take(&record()).unwrap();
         let root = first.root.clone();
         drop(first);
@@ -354,7 +420,7 @@ mod tests {
             .collect();
         let pools: Vec<_> = bases
             .iter()
-            .map(|b| DirPool::new(b.path(), false))
+            .map(|b| DirPool::new(b.path(), false).unwrap())
             .collect();
         let roots: Vec<_> = pools
             .iter()
@@ -381,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn a_workspace_is_untouched_until_the_job_makes_something_in_it() {
         let base = tempfile::tempdir().unwrap();
-        let pool = DirPool::new(base.path(), false);
+        let pool = DirPool::new(base.path(), false).unwrap();
         let fresh = pool.take(&record()).unwrap();
         assert!(!fresh.workspace_untouched(), "nothing trusted yet");
         drop(fresh);
@@ -392,10 +458,32 @@ mod tests {
         assert!(!dirs.workspace_untouched());
     }
 
+    /// The workspace seen untouched after the run is not looked at again when the directories are given back; the
+    /// rest still is, so a file left in TMPDIR keeps the root out of the pool.
+    #[tokio::test]
+    async fn a_root_whose_workspace_was_seen_untouched_is_still_checked_at_give_back() {
+        let base = tempfile::tempdir().unwrap();
+        let pool = DirPool::new(base.path(), false).unwrap();
+        drop(pool.take(&record()).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let dirs = pool.take(&record()).unwrap();
+        assert!(dirs.workspace_untouched());
+        drop(dirs);
+        assert_eq!(pool.free.lock().unwrap().len(), 1, "clean: pooled");
+        let dirs = pool.take(&record()).unwrap();
+        assert!(dirs.workspace_untouched());
+        std::fs::write(dirs.tmp.join("left-behind"), b"x").unwrap();
+        drop(dirs);
+        assert!(
+            pool.free.lock().unwrap().is_empty(),
+            "TMPDIR dirty: discarded"
+        );
+    }
+
     #[tokio::test]
     async fn kept_directories_are_named_after_the_job() {
         let base = tempfile::tempdir().unwrap();
-        let pool = DirPool::new(base.path(), true);
+        let pool = DirPool::new(base.path(), true).unwrap();
         let r = record();
         let dirs = pool.take(&r).unwrap();
         assert_eq!(

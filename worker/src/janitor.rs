@@ -155,13 +155,14 @@ async fn fail_unknown_agent(
         &shared.kill_running,
     )
     .await?;
-    if finish == Finish::Written {
+    if let Finish::Written(stored) = finish {
         tracing::warn!(job_id = %record.id, agent, "failed a job for an agent no worker runs");
         shared.metrics.ended(&record);
         crate::delivery::announce(
             &shared.client,
             &shared.topology,
             &record,
+            stored,
             intake.format,
             false,
         )

@@ -381,8 +381,16 @@ async fn refuse(shared: &Shared, key: &str, record: JobRecord, format: Format) -
     match records::create_only(&shared.records, key, &record).await {
         Ok(true) => {
             shared.metrics.ended(&record);
-            crate::delivery::announce(&shared.client, &shared.topology, &record, format, false)
-                .await;
+            let stored = fleet_shared::codec::to_msgpack(&record).into();
+            crate::delivery::announce(
+                &shared.client,
+                &shared.topology,
+                &record,
+                stored,
+                format,
+                false,
+            )
+            .await;
             Settle::Ack
         }
         Ok(false) => {
@@ -566,7 +574,7 @@ async fn write_and_announce(
         status = record.status.as_str()
     ));
     match recording.await {
-        Ok(Finish::Written) => {
+        Ok(Finish::Written(stored)) => {
             tracing::info!(status = record.status.as_str(), "job finished");
             shared.metrics.ended(&record);
             crate::session::turn_ended(shared, &record, seen).await;
@@ -574,6 +582,7 @@ async fn write_and_announce(
                 &shared.client,
                 &shared.topology,
                 &record,
+                stored,
                 format,
                 output_sent,
             )

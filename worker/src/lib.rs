@@ -309,7 +309,12 @@ async fn shared_state(
         records: handles.records,
         jobs: handles.jobs,
         worker_id,
-        dirs: dirs::DirPool::new(&config.worker.work_dir, config.worker.keep_workspaces),
+        dirs: dirs::DirPool::new(&config.worker.work_dir, config.worker.keep_workspaces).map_err(
+            |source| WorkerError::WorkDir {
+                dir: config.worker.work_dir.display().to_string(),
+                source,
+            },
+        )?,
         cancels: cancels::Cancels::default(),
         cancels_bucket: handles.cancels.clone(),
         stores: fleet_shared::artifacts::targets::Stores::new(

@@ -132,8 +132,7 @@ pub fn spawn(program: &Program, stdio: Stdio<'_>, hook: Option<Hook<'_>>) -> io:
         fds: fds.each_ref().map(|f| f.as_raw_fd()),
         hook,
         errno: AtomicI32::new(0),
-        // SAFETY: getpid has no effects.
-        parent: unsafe { libc::getpid() },
+        parent: worker_pid(),
     };
     let (pid, pidfd) = STACK.with(|stack| clone_child(stack, &child))?;
     // SAFETY: CLONE_PIDFD handed us this new fd; we are its only owner.
@@ -381,6 +380,23 @@ pub fn dev_null() -> io::Result<&'static OwnedFd> {
         .write(true)
         .open("/dev/null")?;
     Ok(NULL.get_or_init(|| file.into()))
+}
+
+/// This process's id, asked once: it never changes, as the worker never forks (its children exec at once).
+fn worker_pid() -> libc::pid_t {
+    static PID: std::sync::OnceLock<libc::pid_t> = std::sync::OnceLock::new();
+    // SAFETY: getpid has no effects.
+    *PID.get_or_init(|| unsafe { libc::getpid() })
+}
+
+/// Puts `fd` in non-blocking mode in one call (no read of its flags first): for the worker's end of a pipe.
+pub fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: FIONBIO reads one int from a valid pointer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONBIO, &on) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A close-on-exec pipe: (read end, write end).

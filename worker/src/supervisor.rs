@@ -223,12 +223,22 @@ struct ChildEnds {
     streams: Streams,
 }
 
+/// Our end of a fresh pipe, made non-blocking and async without tokio's checks (an `fstat` and a flags read).
+fn receiver(read: OwnedFd) -> io::Result<pipe::Receiver> {
+    spawn::set_nonblocking(&read)?;
+    pipe::Receiver::from_owned_fd_unchecked(read)
+}
+
 impl ChildEnds {
     fn open(spec: &RunSpec) -> io::Result<Self> {
         let (stdin, writer) = match spec.stdin {
             Some(_) => {
                 let (read, write) = spawn::pipe()?;
-                (Some(read), Some(pipe::Sender::from_owned_fd(write)?))
+                spawn::set_nonblocking(&write)?;
+                (
+                    Some(read),
+                    Some(pipe::Sender::from_owned_fd_unchecked(write)?),
+                )
             }
             None => (None, None),
         };
@@ -239,8 +249,8 @@ impl ChildEnds {
         } else {
             let (out_read, out_write) = spawn::pipe()?;
             let (err_read, err_write) = spawn::pipe()?;
-            let out = pipe::Receiver::from_owned_fd(out_read)?;
-            let err = pipe::Receiver::from_owned_fd(err_read)?;
+            let out = receiver(out_read)?;
+            let err = receiver(err_read)?;
             (out_write, Some(err_write), Box::new(out), Some(err))
         };
         Ok(Self {
