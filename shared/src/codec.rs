@@ -72,6 +72,30 @@ pub fn to_msgpack<T: Serialize>(value: &T) -> Vec<u8> {
     encode(value, Format::MessagePack).expect("wire types serialize to MessagePack")
 }
 
+/// The length of a wire value's MessagePack encoding, counted without keeping the bytes.
+pub fn msgpack_len<T: Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    #[allow(clippy::expect_used)]
+    value
+        .serialize(
+            &mut rmp_serde::Serializer::new(&mut count)
+                .with_struct_map()
+                .with_human_readable(),
+        )
+        .expect("wire types serialize to MessagePack");
+    count.0
+}
+
 pub fn decode<T: DeserializeOwned>(payload: &[u8], format: Format) -> Result<T, CodecError> {
     Ok(match format {
         Format::MessagePack => T::deserialize(

@@ -167,10 +167,45 @@ pub fn unclaimed(queued: JobRecord, queued_revision: Option<u64>, worker: &str) 
     }
 }
 
+/// A record with its MessagePack encoding, made once: the bytes stored are the bytes announced.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    record: JobRecord,
+    msgpack: bytes::Bytes,
+}
+
+impl Encoded {
+    pub fn new(record: JobRecord) -> Self {
+        let msgpack = to_msgpack(&record).into();
+        Self { record, msgpack }
+    }
+
+    pub fn record(&self) -> &JobRecord {
+        &self.record
+    }
+
+    /// The encoding, shared (not copied) by every message that carries it.
+    pub fn msgpack(&self) -> bytes::Bytes {
+        self.msgpack.clone()
+    }
+
+    pub fn len(&self) -> usize {
+        self.msgpack.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgpack.is_empty()
+    }
+
+    pub fn into_record(self) -> JobRecord {
+        self.record
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Finish {
-    /// Our terminal record is the job's terminal record, stored as this MessagePack: the same bytes announce it.
-    Written(bytes::Bytes),
+    /// Our terminal record is the job's terminal record.
+    Written,
     /// Someone else's terminal record was there first; ours was not written.
     AlreadyTerminal,
 }
@@ -181,11 +216,11 @@ pub async fn finish(
     store: &kv::Store,
     key: &str,
     expected: Option<u64>,
-    terminal: &JobRecord,
+    terminal: &Encoded,
     give_up: &tokio_util::sync::CancellationToken,
 ) -> Result<Finish, RecordError> {
-    debug_assert!(terminal.status.is_terminal());
-    let payload: bytes::Bytes = to_msgpack(terminal).into();
+    debug_assert!(terminal.record.status.is_terminal());
+    let payload = &terminal.msgpack;
     let mut expected = expected;
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -200,10 +235,10 @@ pub async fn finish(
                 .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, store_err(e))),
         };
         match attempt {
-            Ok(_) => return Ok(Finish::Written(payload)),
+            Ok(_) => return Ok(Finish::Written),
             Err((true, _)) => match current(store, key).await {
                 // Our own earlier write, whose answer was lost (a NATS node failed over): it is ours.
-                Ok(Some(held)) if held.record == *terminal => return Ok(Finish::Written(payload)),
+                Ok(Some(held)) if held.record == terminal.record => return Ok(Finish::Written),
                 Ok(Some(held)) if held.record.status.is_terminal() => {
                     return Ok(Finish::AlreadyTerminal)
                 }
@@ -230,9 +265,9 @@ pub async fn finish(
 pub async fn create_only(
     store: &kv::Store,
     key: &str,
-    record: &JobRecord,
+    record: &Encoded,
 ) -> Result<bool, RecordError> {
-    match store.create(key, to_msgpack(record).into()).await {
+    match store.create(key, record.msgpack.clone()).await {
         Ok(_) => Ok(true),
         Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(store_err(e)),

@@ -4,24 +4,25 @@
 
 use async_nats::HeaderMap;
 use fleet_shared::codec::{encode, CodecError, Format, CONTENT_TYPE_HEADER};
+use fleet_shared::record_store::Encoded;
 use fleet_shared::topology::OUTPUT_EVENTS_HEADER;
 use fleet_shared::{JobRecord, Topology};
 
-/// Announces `record`, whose MessagePack encoding (as stored) is `stored`: sent as is wherever MessagePack goes.
+/// Announces the job's terminal record, its stored encoding sent as is wherever MessagePack goes.
 pub async fn announce(
     client: &async_nats::Client,
     topology: &Topology,
-    record: &JobRecord,
-    stored: bytes::Bytes,
+    stored: &Encoded,
     format: Format,
     output_sent: bool,
 ) {
+    let record = stored.record();
     let payload = || match format {
-        Format::MessagePack => Ok(stored.clone()),
+        Format::MessagePack => Ok(stored.msgpack()),
         Format::Json => encode(record, format).map(Into::into),
     };
     send_reply(client, record, format, payload).await;
-    done(client, topology, record, stored, output_sent).await;
+    done(client, topology, record, stored.msgpack(), output_sent).await;
 }
 
 /// Sends `record` to its reply subject only: for an answer that is not the job's record (a message refused

@@ -3,7 +3,8 @@
 //! run (so output past it goes to the full log, as output past the cap does); what is still too large is
 //! trimmed here, each cut counted in the record, with the stored manifest listing every file.
 
-use fleet_shared::codec::to_msgpack;
+use fleet_shared::codec::msgpack_len;
+use fleet_shared::record_store::Encoded;
 use fleet_shared::JobRecord;
 
 /// Room left for the message's headers and the KV layer's framing.
@@ -14,17 +15,22 @@ const END_ROOM: usize = 128 * 1024;
 /// The output cap for one stream of this job: the configured cap, or less when the job's own request leaves
 /// less room in a record of `limit` bytes (both streams must fit).
 pub fn output_cap(record: &JobRecord, configured: usize, limit: usize) -> usize {
-    let request = to_msgpack(record).len();
+    let request = msgpack_len(record);
     let room = limit.saturating_sub(request).saturating_sub(END_ROOM) / 2;
     configured.min(room)
 }
 
 /// Trims `record` until it encodes within `limit` bytes: first the output text and the answer, longest first (a
 /// full log holds the output when the capture cut it; each cut is counted in `*_truncated_bytes`), then the listed files (counted in
-/// `files_omitted`, all listed in the manifest).
-pub fn fit(record: &mut JobRecord, limit: usize) {
-    let mut size = to_msgpack(record).len();
-    while size > limit {
+/// `files_omitted`, all listed in the manifest). Returns it encoded, as it will be stored.
+pub fn fit(mut record: JobRecord, limit: usize) -> Encoded {
+    loop {
+        let encoded = Encoded::new(record);
+        let size = encoded.len();
+        if size <= limit {
+            return encoded;
+        }
+        record = encoded.into_record();
         let over = size - limit;
         let answer_len = record.answer.as_ref().map_or(0, String::len);
         let (text, truncated) = match record.answer.as_mut() {
@@ -50,9 +56,8 @@ pub fn fit(record: &mut JobRecord, limit: usize) {
                 limit,
                 "the record is too large even with its output and files trimmed"
             );
-            return;
+            return Encoded::new(record);
         }
-        size = to_msgpack(record).len();
     }
 }
 
@@ -70,6 +75,7 @@ fn shorten(text: &mut String, bytes: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_shared::codec::to_msgpack;
     use fleet_shared::wire::{FileEntry, SkippedFile};
 
     fn big_record() -> JobRecord {
@@ -102,11 +108,17 @@ mod tests {
 
     #[test]
     fn an_oversized_record_is_trimmed_to_fit_and_counts_every_cut() {
-        let mut record = big_record();
+        let record = big_record();
         let (out, err, files) = (record.stdout.len(), record.stderr.len(), record.files.len());
         let answer = record.answer.as_ref().map_or(0, String::len) as u64;
-        fit(&mut record, 1024 * 1024 - HEADER_ROOM);
-        assert!(to_msgpack(&record).len() <= 1024 * 1024 - HEADER_ROOM);
+        let encoded = fit(record, 1024 * 1024 - HEADER_ROOM);
+        assert!(encoded.len() <= 1024 * 1024 - HEADER_ROOM);
+        assert_eq!(
+            encoded.msgpack(),
+            to_msgpack(encoded.record()),
+            "the record's own encoding"
+        );
+        let record = encoded.into_record();
         assert_eq!(
             record.stdout.len() as u64 + record.stdout_truncated_bytes,
             out as u64
@@ -140,5 +152,6 @@ mod tests {
         let mut small = JobRecord::queued(record.request.clone());
         small.request.message = "hi".into();
         assert_eq!(output_cap(&small, 65536, 1024 * 1024 - HEADER_ROOM), 65536);
+        assert_eq!(msgpack_len(&record), to_msgpack(&record).len());
     }
 }

@@ -147,22 +147,23 @@ async fn fail_unknown_agent(
         }
         Some(held) => held.revision,
     };
+    let stored = records::Encoded::new(record);
     let finish = records::finish(
         &shared.records,
         &key,
         expected,
-        &record,
+        &stored,
         &shared.kill_running,
     )
     .await?;
-    if let Finish::Written(stored) = finish {
+    if finish == Finish::Written {
+        let record = stored.record();
         tracing::warn!(job_id = %record.id, agent, "failed a job for an agent no worker runs");
-        shared.metrics.ended(&record);
+        shared.metrics.ended(record);
         crate::delivery::announce(
             &shared.client,
             &shared.topology,
-            &record,
-            stored,
+            &stored,
             intake.format,
             false,
         )

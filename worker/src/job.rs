@@ -13,7 +13,7 @@ use fleet_shared::lifecycle::{Exit, RunEnd, Stop};
 use fleet_shared::{ErrorCode, JobError, JobRecord};
 use tracing::Instrument;
 
-use fleet_shared::record_store::{self as records, Claim, Finish, Held};
+use fleet_shared::record_store::{self as records, Claim, Encoded, Finish, Held};
 
 use crate::attempt::{self, ClaimState, Progress};
 use crate::intake::{self, Incoming, Intake};
@@ -378,24 +378,17 @@ fn with_files(mut record: JobRecord, stored: Option<attempt::Stored>) -> JobReco
 /// Records a message the fleet refuses (it cannot be read as a job) under the id it names, only if no job has
 /// that id: a refused message never ends someone else's job. Its publisher is answered either way.
 async fn refuse(shared: &Shared, key: &str, record: JobRecord, format: Format) -> Settle {
-    match records::create_only(&shared.records, key, &record).await {
+    let stored = Encoded::new(record);
+    match records::create_only(&shared.records, key, &stored).await {
         Ok(true) => {
-            shared.metrics.ended(&record);
-            let stored = fleet_shared::codec::to_msgpack(&record).into();
-            crate::delivery::announce(
-                &shared.client,
-                &shared.topology,
-                &record,
-                stored,
-                format,
-                false,
-            )
-            .await;
+            shared.metrics.ended(stored.record());
+            crate::delivery::announce(&shared.client, &shared.topology, &stored, format, false)
+                .await;
             Settle::Ack
         }
         Ok(false) => {
             tracing::warn!("a refused message names an existing job; that job is left alone");
-            crate::delivery::reply(&shared.client, &record, format).await;
+            crate::delivery::reply(&shared.client, stored.record(), format).await;
             Settle::Ack
         }
         Err(e) => {
@@ -560,13 +553,13 @@ async fn write_and_announce(
     output_sent: bool,
     seen: Option<&fleet_shared::session::Seen>,
 ) -> Settle {
-    let mut record = record;
-    crate::fit::fit(&mut record, attempt::record_limit(shared));
+    let stored = crate::fit::fit(record, attempt::record_limit(shared));
+    let record = stored.record();
     let recording = records::finish(
         &shared.records,
         key,
         revision,
-        &record,
+        &stored,
         &shared.kill_running,
     )
     .instrument(tracing::info_span!(
@@ -574,15 +567,14 @@ async fn write_and_announce(
         status = record.status.as_str()
     ));
     match recording.await {
-        Ok(Finish::Written(stored)) => {
+        Ok(Finish::Written) => {
             tracing::info!(status = record.status.as_str(), "job finished");
-            shared.metrics.ended(&record);
-            crate::session::turn_ended(shared, &record, seen).await;
+            shared.metrics.ended(record);
+            crate::session::turn_ended(shared, record, seen).await;
             crate::delivery::announce(
                 &shared.client,
                 &shared.topology,
-                &record,
-                stored,
+                &stored,
                 format,
                 output_sent,
             )

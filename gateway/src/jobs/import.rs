@@ -262,11 +262,13 @@ impl Importing<'_> {
         // Its files are stored in this fleet's default store.
         record.artifact_store = None;
         let key = self.state.topology.record_key(&record.id);
+        let id = record.id;
+        let record = fleet_shared::record_store::Encoded::new(record);
         let created = fleet_shared::record_store::create_only(&self.state.records, &key, &record)
             .await
             .map_err(|e| ApiError::unavailable("storing an imported record failed", e))?;
         if created {
-            self.new_jobs.insert(record.id);
+            self.new_jobs.insert(id);
             self.report.jobs += 1;
         } else {
             self.report.already_there += 1;
