@@ -454,6 +454,42 @@ pub(crate) struct Paths<'a> {
     pub base: &'a str,
 }
 
+/// CPU seconds used during some runs: by each of the fleet's processes (in the order of their pids), and by the
+/// bench's own client.
+#[derive(Default)]
+struct CpuUse {
+    processes: Vec<f64>,
+    client: f64,
+}
+
+impl CpuUse {
+    /// Runs `run`, adding the CPU every process used meanwhile.
+    async fn count<T>(
+        &mut self,
+        pids: &[(&str, u32); 4],
+        run: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let (before, client_before) = (cpu_times(pids), own_cpu());
+        let out = run.await?;
+        let after = cpu_times(pids);
+        self.client += own_cpu() - client_before;
+        self.processes.resize(after.len(), 0.0);
+        for (used, (after, before)) in self.processes.iter_mut().zip(after.iter().zip(&before)) {
+            *used += after - before;
+        }
+        Ok(out)
+    }
+
+    /// Each process's CPU per job, the client's last, in µs.
+    fn per_job(&self, jobs: f64) -> impl Iterator<Item = f64> + '_ {
+        let us = move |seconds: f64| seconds / jobs * 1e6;
+        self.processes
+            .iter()
+            .map(move |s| us(*s))
+            .chain([us(self.client)])
+    }
+}
+
 /// The core figures: latencies, throughput rounds, CPU per job, idle memory.
 struct Core {
     spawn_latency: Samples,
@@ -462,8 +498,8 @@ struct Core {
     nats_latency: Samples,
     http_latency: Samples,
     rounds: Vec<Round>,
-    cpu_used: Vec<f64>,
-    client_cpu: f64,
+    /// CPU used in the NATS runs and in the HTTP runs.
+    cpu: [CpuUse; 2],
     gateway_rss: u64,
     worker_rss: u64,
 }
@@ -488,18 +524,14 @@ async fn measure_core(
     let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
     let http_latency = Samples::collect(args.samples, || http_job(p.http, p.base)).await?;
     let mut rounds = Vec::new();
-    let mut cpu_used = vec![0.0; pids.len()];
-    let mut client_cpu = 0.0;
+    let [mut nats_cpu, mut http_cpu] = [CpuUse::default(), CpuUse::default()];
+    let (jobs, in_flight) = (args.throughput_jobs, args.in_flight);
     for _ in 0..args.rounds.max(1) {
-        let raw = raw_spawn_rate(args.throughput_jobs)?;
-        let (cpu_before, client_before) = (cpu_times(pids), own_cpu());
-        let nats = nats_throughput(p.client, p.js, args.throughput_jobs, args.in_flight).await?;
-        let cpu_after = cpu_times(pids);
-        client_cpu += own_cpu() - client_before;
-        for (used, (after, before)) in cpu_used.iter_mut().zip(cpu_after.iter().zip(&cpu_before)) {
-            *used += after - before;
-        }
-        let http = http_throughput(p.http, p.base, args.throughput_jobs, args.in_flight).await?;
+        let raw = raw_spawn_rate(jobs)?;
+        let nats = nats_throughput(p.client, p.js, jobs, in_flight);
+        let nats = nats_cpu.count(pids, nats).await?;
+        let http = http_throughput(p.http, p.base, jobs, in_flight);
+        let http = http_cpu.count(pids, http).await?;
         rounds.push(Round { raw, nats, http });
     }
     Ok(Core {
@@ -509,8 +541,7 @@ async fn measure_core(
         nats_latency,
         http_latency,
         rounds,
-        cpu_used,
-        client_cpu,
+        cpu: [nats_cpu, http_cpu],
         gateway_rss,
         worker_rss,
     })
@@ -572,19 +603,25 @@ impl Core {
         println!("rounds (raw/NATS/HTTP jobs/s): {}", each.join(", "));
         println!();
         self.print_cpu_and_memory(args, pids);
-        let nats_jobs = (args.throughput_jobs * self.rounds.len()) as f64;
-        let worker_us = self.cpu_used[1] / nats_jobs * 1e6;
+        let jobs = (args.throughput_jobs * self.rounds.len()) as f64;
+        let worker_us = self.cpu[0].per_job(jobs).nth(1).unwrap_or_default();
         self.print_targets([nats_ratio, http_ratio], worker_us);
     }
 
     fn print_cpu_and_memory(&self, args: &BenchArgs, pids: &[(&str, u32); 4]) {
-        let nats_jobs = (args.throughput_jobs * self.rounds.len()) as f64;
-        print!("CPU per job in the NATS run (µs):");
-        for (i, (name, _)) in pids.iter().enumerate() {
-            let per_job = self.cpu_used[i] / nats_jobs * 1e6;
-            print!("  {name} {per_job:.0}");
+        let jobs = (args.throughput_jobs * self.rounds.len()) as f64;
+        let names: Vec<&str> = pids
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(["bench client"])
+            .collect();
+        for (path, cpu) in ["NATS", "HTTP"].iter().zip(&self.cpu) {
+            print!("CPU per job in the {path} runs (µs):");
+            for (name, us) in names.iter().zip(cpu.per_job(jobs)) {
+                print!("  {name} {us:.0}");
+            }
+            println!();
         }
-        println!("  bench client {:.0}", self.client_cpu / nats_jobs * 1e6);
         println!();
         println!(
             "idle RSS: gateway {:.1} MB, worker {:.1} MB",
