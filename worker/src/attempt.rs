@@ -357,10 +357,10 @@ impl Files<'_> {
 
 /// The largest record NATS takes (its message size, less room for headers).
 pub fn record_limit(shared: &Shared) -> usize {
+    // Kept by the client as servers tell it, without copying their whole INFO.
     shared
         .client
-        .server_info()
-        .max_payload
+        .max_payload()
         .saturating_sub(crate::fit::HEADER_ROOM)
 }
 

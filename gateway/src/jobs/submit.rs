@@ -269,11 +269,8 @@ const HEADER_ROOM: usize = 4096;
 
 /// NATS refuses a message (a job, a record) over its size limit, and no retry would change that: 413, not 503.
 fn fits_in_a_message(state: &AppState, encoded: usize) -> Result<(), ApiError> {
-    let limit = state
-        .client
-        .server_info()
-        .max_payload
-        .saturating_sub(HEADER_ROOM);
+    // Kept by the client as servers tell it, without copying their whole INFO.
+    let limit = state.client.max_payload().saturating_sub(HEADER_ROOM);
     if encoded <= limit {
         return Ok(());
     }
