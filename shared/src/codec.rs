@@ -55,11 +55,7 @@ pub fn encode<T: Serialize>(value: &T, format: Format) -> Result<Vec<u8>, CodecE
     Ok(match format {
         Format::MessagePack => {
             let mut buf = Vec::with_capacity(256);
-            value.serialize(
-                &mut rmp_serde::Serializer::new(&mut buf)
-                    .with_struct_map()
-                    .with_human_readable(),
-            )?;
+            write_msgpack(value, &mut buf)?;
             buf
         }
         Format::Json => serde_json::to_vec(value)?,
@@ -86,14 +82,20 @@ pub fn msgpack_len<T: Serialize>(value: &T) -> usize {
     }
     let mut count = Count(0);
     #[allow(clippy::expect_used)]
-    value
-        .serialize(
-            &mut rmp_serde::Serializer::new(&mut count)
-                .with_struct_map()
-                .with_human_readable(),
-        )
-        .expect("wire types serialize to MessagePack");
+    write_msgpack(value, &mut count).expect("wire types serialize to MessagePack");
     count.0
+}
+
+/// The wire's MessagePack: structs as maps (fields by name), timestamps and ids as text.
+fn write_msgpack<T: Serialize>(
+    value: &T,
+    out: impl std::io::Write,
+) -> Result<(), rmp_serde::encode::Error> {
+    value.serialize(
+        &mut rmp_serde::Serializer::new(out)
+            .with_struct_map()
+            .with_human_readable(),
+    )
 }
 
 pub fn decode<T: DeserializeOwned>(payload: &[u8], format: Format) -> Result<T, CodecError> {

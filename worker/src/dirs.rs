@@ -6,8 +6,7 @@
 //! the pool only if it holds nothing but an empty workspace, and is checked again when taken. Both checks read a
 //! directory only when its change time says it may have changed since it was last read (`dir_stamp.rs`).
 
-use std::ffi::CString;
-use std::ffi::OsStr;
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -77,46 +76,46 @@ impl JobDirs {
     /// The stamps of the root's directories if it holds exactly an empty workspace and an empty TMPDIR, checked
     /// against those it was taken with. `workspace_known`: the workspace was just seen untouched.
     fn clean_stamps(&self, workspace_known: bool) -> Option<Stamps> {
-        let stamp = |checked| match checked {
-            Checked::Holds(stamp) => Some(stamp),
-            Checked::Fails => None,
-        };
-        let known = self.stamps;
+        let (names, known) = (&self.names, self.stamps);
+        let root = self.check(&self.root, &names.root, known.root, holds_only_its_dirs)?;
         let workspace = match workspace_known {
             true => known.workspace,
-            false => stamp(dir_stamp::check(
+            false => self.check(
                 &self.workspace,
-                self.at(&self.names.workspace),
+                &names.workspace,
                 known.workspace,
                 is_empty_dir,
-            ))?,
+            )?,
         };
+        let tmp = self.check(&self.tmp, &names.tmp, known.tmp, is_empty_dir)?;
         Some(Stamps {
-            root: stamp(dir_stamp::check(
-                &self.root,
-                self.at(&self.names.root),
-                known.root,
-                holds_only_its_dirs,
-            ))?,
+            root,
             workspace,
-            tmp: stamp(dir_stamp::check(
-                &self.tmp,
-                self.at(&self.names.tmp),
-                known.tmp,
-                is_empty_dir,
-            ))?,
+            tmp,
         })
     }
 
-    fn at<'a>(&'a self, name: &'a std::ffi::CStr) -> At<'a> {
+    /// One of the root's directories checked against its stamp: `None` if it fails, else the stamp to keep.
+    fn check(
+        &self,
+        path: &Path,
+        name: &CStr,
+        known: Option<Stamp>,
+        holds: fn(&Path) -> bool,
+    ) -> Option<Option<Stamp>> {
+        match dir_stamp::check(path, self.at(name), known, holds) {
+            Checked::Holds(stamp) => Some(stamp),
+            Checked::Fails => None,
+        }
+    }
+
+    fn at<'a>(&'a self, name: &'a CStr) -> At<'a> {
         At {
             base: self.base.as_fd(),
             name,
         }
     }
-}
 
-impl JobDirs {
     /// The directories at `relative` beneath the pool's base.
     fn beneath(pool: &DirPool, relative: &Path, kept: bool) -> Self {
         let root = pool.base.join(relative);
