@@ -19,7 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::auth::tokens;
-use crate::http::{error, metrics, openapi, rate, serve, slow};
+use crate::http::{error, metrics, openapi, serve};
 use crate::jobs::cancel;
 
 use axum::extract::DefaultBodyLimit;
@@ -154,27 +154,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        // Layers run bottom-up: metrics and tracing, then the IP limit, authentication, the caller's limit, the
-        // body deadline.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            slow::body_deadline,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate::per_caller,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate::per_ip,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
+            crate::http::steps::every_request,
         ))
         .with_state(state)
 }

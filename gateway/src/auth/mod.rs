@@ -9,13 +9,13 @@ pub mod links;
 pub mod tokens;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::RwLock;
 
 use async_nats::jetstream::kv::{self, Operation};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fleet_shared::auth::{self, Scopes, StoredKey};
 use fleet_shared::codec::{decode, Format};
@@ -246,22 +246,22 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// Middleware: finds the caller, or answers 401 before any handler runs (so nothing is queued).
-pub async fn authenticate(
-    State(state): State<AppState>,
+pub async fn authenticate<F: Future<Output = Response>>(
+    state: &AppState,
     mut request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> F,
 ) -> Response {
     let caller = if !state.config.auth.required() {
         Caller::Open
     } else if is_public(request.uri().path()) {
-        return next.run(request).await;
+        return next(request).await;
     } else {
         let ticket = links::presented(request.uri().query())
             .filter(|_| request.method() == axum::http::Method::GET)
             .filter(|_| presented_key(request.headers()).is_none());
         let found = match ticket {
-            Some(ticket) => through_link(&state, ticket, request.uri().path()).await,
-            None => identify(&state, request.headers()).await,
+            Some(ticket) => through_link(state, ticket, request.uri().path()).await,
+            None => identify(state, request.headers()).await,
         };
         match found {
             Ok(caller) => caller,
@@ -272,7 +272,7 @@ pub async fn authenticate(
         tracing::Span::current().record("caller", principal.id.as_str());
     }
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    next(request).await
 }
 
 /// The caller the request's credentials name: an API key, or an access token from `POST /token`.

@@ -2,11 +2,11 @@
 //! and the queue depth of every agent consumer, read from JetStream at scrape time so any replica reports the
 //! whole fleet's queue (what an HPA or KEDA scales on).
 
+use std::future::Future;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fleet_shared::metrics::{self, seconds_histograms, AgentLabel, Registry, SecondsHistograms};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -158,7 +158,11 @@ fn saturate(n: u64) -> i64 {
 
 /// Middleware: every request runs in its own span (continuing the caller's `traceparent`, if any) and is
 /// counted by its route pattern and response status.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn track<F: Future<Output = Response>>(
+    state: &AppState,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -180,7 +184,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         span.record("trace_id", trace_id);
     }
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = next(request).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     let m = &state.metrics;
     m.request_seconds

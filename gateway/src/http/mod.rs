@@ -9,3 +9,4 @@ pub mod parse_errors;
 pub mod rate;
 pub mod serve;
 pub mod slow;
+pub mod steps;

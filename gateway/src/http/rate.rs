@@ -2,13 +2,13 @@
 //! caller — an API key, or the IP when keys are off — on submissions and on other requests. Past a limit: 429
 //! `rate_limited` with `Retry-After`. Limits are per gateway replica.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use fleet_shared::config::HttpConfig;
 use fleet_shared::ErrorCode;
@@ -104,13 +104,17 @@ fn check<K: std::hash::Hash + Eq + Clone, C: Clock>(
 }
 
 /// Middleware, before authentication: every request counts against its client IP.
-pub async fn per_ip(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn per_ip<F: Future<Output = Response>>(
+    state: &AppState,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     if let Some(ip) = client_ip(&request, &state.trusted_proxies) {
         if let Err(wait) = state.rate.check_ip(&ip) {
             return limited(wait, "requests from this address");
         }
     }
-    next.run(request).await
+    next(request).await
 }
 
 fn is_submission(request: &Request) -> bool {
@@ -123,7 +127,11 @@ fn is_submission(request: &Request) -> bool {
 }
 
 /// Middleware, after authentication: submissions and other requests count against the caller.
-pub async fn per_caller(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn per_caller<F: Future<Output = Response>>(
+    state: &AppState,
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let caller = match request.extensions().get::<Caller>() {
         Some(Caller::Authenticated { principal, .. }) => Some(principal.id.clone()),
         Some(Caller::Open) => {
@@ -145,7 +153,7 @@ pub async fn per_caller(State(state): State<AppState>, request: Request, next: N
             );
         }
     }
-    next.run(request).await
+    next(request).await
 }
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! A deadline on reading a request's body (`http.body_timeout_secs`), so a client that trickles its body
 //! (slowloris) gives up its connection and the gateway's buffers instead of holding them. Answered 408.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use fleet_shared::ErrorCode;
 use futures::StreamExt;
@@ -15,10 +15,10 @@ use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// Middleware: the body must arrive in full within the deadline from the request's start.
-pub async fn body_deadline(
-    State(state): State<AppState>,
+pub async fn body_deadline<F: Future<Output = Response>>(
+    state: &AppState,
     request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> F,
 ) -> Response {
     // Most requests (GETs) carry no body: nothing to watch.
     let headers = request.headers();
@@ -28,7 +28,7 @@ pub async fn body_deadline(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
     if !has_body {
-        return next.run(request).await;
+        return next(request).await;
     }
     let limit = fleet_shared::config::secs(state.config.http.body_timeout_secs);
     let deadline = tokio::time::Instant::now() + limit;
@@ -51,9 +51,7 @@ pub async fn body_deadline(
             }
         }
     });
-    let response = next
-        .run(Request::from_parts(parts, Body::from_stream(stream)))
-        .await;
+    let response = next(Request::from_parts(parts, Body::from_stream(stream))).await;
     if expired.load(Ordering::Relaxed) {
         return ApiError::new(
             ErrorCode::RequestTimeout,
