@@ -6,7 +6,7 @@
 //! the pool only if it holds nothing but an empty workspace, and is checked again when taken. Both checks read a
 //! directory only when its change time says it may have changed since it was last read (`dir_stamp.rs`).
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -171,8 +171,8 @@ pub struct DirPool {
     /// `base`, held open: the pooled directories' stamps are taken beneath it.
     base_dir: Arc<OwnedFd>,
     keep: bool,
-    /// Clean roots by name beneath `base`, with their stamps.
-    free: Mutex<Vec<(PathBuf, Stamps)>>,
+    /// Clean roots, kept whole (their paths, names and stamps) for the next job.
+    free: Mutex<Vec<JobDirs>>,
     next_slot: AtomicU64,
 }
 
@@ -204,10 +204,8 @@ impl DirPool {
             dirs.create()?;
             return Ok(dirs);
         }
-        while let Some((name, stamps)) = self.free.lock().ok().and_then(|mut f| f.pop()) {
+        while let Some(mut dirs) = self.free.lock().ok().and_then(|mut f| f.pop()) {
             // Clean when given back; checked again for what may have appeared since (a daemon of an earlier job).
-            let mut dirs = JobDirs::beneath(self, &name, false);
-            dirs.stamps = stamps;
             if let Some(stamps) = dirs.clean_stamps(false) {
                 dirs.stamps = stamps;
                 return Ok(dirs);
@@ -271,8 +269,11 @@ impl DirPool {
         };
         if let Some(stamps) = clean {
             if let Ok(mut free) = self.free.lock() {
-                let name = PathBuf::from(OsStr::from_bytes(dirs.names.root.as_bytes()));
-                free.push((name, stamps));
+                free.push(JobDirs {
+                    stamps,
+                    untouched_after_run: AtomicBool::new(false),
+                    ..dirs
+                });
                 return;
             }
         }
@@ -431,7 +432,7 @@ mod tests {
             assert!(dirs.workspace_untouched(), "settled and trusted");
             drop(dirs);
             let free = pool.free.lock().unwrap();
-            let stamps = free[0].1;
+            let stamps = free[0].stamps;
             assert!(stamps.root.is_some() && stamps.workspace.is_some() && stamps.tmp.is_some());
         }
         for ((pool, root), place) in pools.iter().zip(&roots).zip(&places) {

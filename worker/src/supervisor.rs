@@ -223,10 +223,15 @@ struct ChildEnds {
     streams: Streams,
 }
 
-/// Our end of a fresh pipe, made non-blocking and async without tokio's checks (an `fstat` and a flags read).
+/// Our ends of fresh pipes, made non-blocking and async without tokio's checks (an `fstat` and a flags read).
 fn receiver(read: OwnedFd) -> io::Result<pipe::Receiver> {
     spawn::set_nonblocking(&read)?;
     pipe::Receiver::from_owned_fd_unchecked(read)
+}
+
+fn sender(write: OwnedFd) -> io::Result<pipe::Sender> {
+    spawn::set_nonblocking(&write)?;
+    pipe::Sender::from_owned_fd_unchecked(write)
 }
 
 impl ChildEnds {
@@ -234,11 +239,7 @@ impl ChildEnds {
         let (stdin, writer) = match spec.stdin {
             Some(_) => {
                 let (read, write) = spawn::pipe()?;
-                spawn::set_nonblocking(&write)?;
-                (
-                    Some(read),
-                    Some(pipe::Sender::from_owned_fd_unchecked(write)?),
-                )
+                (Some(read), Some(sender(write)?))
             }
             None => (None, None),
         };
