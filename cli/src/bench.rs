@@ -16,8 +16,8 @@ use crate::bench_depth;
 use crate::bench_events;
 use crate::bench_history;
 use crate::bench_measure::{
-    cpu_times, own_cpu, verdict, HTTP_MAX_P99_OVER_MS, HTTP_MIN_RATIO, NATS_MAX_P99_OVER_MS,
-    NATS_MIN_RATIO,
+    cpu_times, ended_children_cpu, own_cpu, verdict, HTTP_MAX_P99_OVER_MS, HTTP_MIN_RATIO,
+    NATS_MAX_P99_OVER_MS, NATS_MIN_RATIO,
 };
 pub(crate) use crate::bench_measure::{median, rss_kb, Samples};
 use crate::bench_models;
@@ -480,6 +480,27 @@ impl CpuUse {
         Ok(out)
     }
 
+    /// Runs the raw spawns, adding the CPU of the commands (as the one process) and of the spawning threads
+    /// (as the client).
+    fn count_raw<T>(&mut self, run: impl FnOnce() -> Result<T>) -> Result<T> {
+        let (commands_before, spawner_before) = (ended_children_cpu(), own_cpu());
+        let out = run()?;
+        self.client += own_cpu() - spawner_before;
+        self.processes.resize(1, 0.0);
+        self.processes[0] += ended_children_cpu() - commands_before;
+        Ok(out)
+    }
+
+    /// The worker's own CPU per job, in µs (the second of the bench's processes).
+    fn worker_per_job(&self, jobs: f64) -> f64 {
+        self.per_job(jobs).nth(1).unwrap_or_default()
+    }
+
+    /// All the CPU per job, in µs.
+    fn total_per_job(&self, jobs: f64) -> f64 {
+        self.per_job(jobs).sum()
+    }
+
     /// Each process's CPU per job, the client's last, in µs.
     fn per_job(&self, jobs: f64) -> impl Iterator<Item = f64> + '_ {
         let us = move |seconds: f64| seconds / jobs * 1e6;
@@ -500,6 +521,8 @@ struct Core {
     rounds: Vec<Round>,
     /// CPU used in the NATS runs and in the HTTP runs.
     cpu: [CpuUse; 2],
+    /// CPU used in the raw-rate runs: by the spawning threads, and by the commands.
+    raw_cpu: CpuUse,
     gateway_rss: u64,
     worker_rss: u64,
 }
@@ -524,10 +547,10 @@ async fn measure_core(
     let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
     let http_latency = Samples::collect(args.samples, || http_job(p.http, p.base)).await?;
     let mut rounds = Vec::new();
-    let [mut nats_cpu, mut http_cpu] = [CpuUse::default(), CpuUse::default()];
+    let [mut nats_cpu, mut http_cpu, mut raw_cpu]: [CpuUse; 3] = Default::default();
     let (jobs, in_flight) = (args.throughput_jobs, args.in_flight);
     for _ in 0..args.rounds.max(1) {
-        let raw = raw_spawn_rate(jobs)?;
+        let raw = raw_cpu.count_raw(|| raw_spawn_rate(jobs))?;
         let nats = nats_throughput(p.client, p.js, jobs, in_flight);
         let nats = nats_cpu.count(pids, nats).await?;
         let http = http_throughput(p.http, p.base, jobs, in_flight);
@@ -542,6 +565,7 @@ async fn measure_core(
         http_latency,
         rounds,
         cpu: [nats_cpu, http_cpu],
+        raw_cpu,
         gateway_rss,
         worker_rss,
     })
@@ -604,7 +628,7 @@ impl Core {
         println!();
         self.print_cpu_and_memory(args, pids);
         let jobs = (args.throughput_jobs * self.rounds.len()) as f64;
-        let worker_us = self.cpu[0].per_job(jobs).nth(1).unwrap_or_default();
+        let worker_us = self.cpu[0].worker_per_job(jobs);
         self.print_targets([nats_ratio, http_ratio], worker_us);
     }
 
@@ -622,6 +646,12 @@ impl Core {
             }
             println!();
         }
+        let raw: Vec<f64> = self.raw_cpu.per_job(jobs).collect();
+        println!(
+            "CPU per raw spawn (µs):  command {:.0}  spawning thread {:.0}",
+            raw[0], raw[1]
+        );
+        self.print_cpu_bound(jobs);
         println!();
         println!(
             "idle RSS: gateway {:.1} MB, worker {:.1} MB",
@@ -629,6 +659,22 @@ impl Core {
             self.worker_rss as f64 / 1024.0
         );
         println!();
+    }
+
+    /// On a machine the runs keep busy, throughput ÷ raw is at most a raw spawn's CPU ÷ a job's CPU (all
+    /// processes): the ceiling the measured ratio stands under, and what it would be without the worker's share.
+    fn print_cpu_bound(&self, jobs: f64) {
+        let raw = self.raw_cpu.total_per_job(jobs);
+        let bound = |cpu: &CpuUse, less: f64| raw / (cpu.total_per_job(jobs) - less);
+        let [nats, http] = &self.cpu;
+        println!(
+            "CPU-bound ceiling (raw spawn's CPU ÷ a job's): NATS {:.2} ×, HTTP {:.2} ×; \
+             were the worker's own CPU zero: NATS {:.2} ×, HTTP {:.2} ×",
+            bound(nats, 0.0),
+            bound(http, 0.0),
+            bound(nats, nats.worker_per_job(jobs)),
+            bound(http, http.worker_per_job(jobs)),
+        );
     }
 
     /// The hot path's targets (issue 18's, against the raw spawn measured in the same run) and memory's.

@@ -81,10 +81,20 @@ pub(crate) fn cpu_times(pids: &[(&str, u32)]) -> Vec<f64> {
 
 /// CPU seconds (user + system) this bench process has used.
 pub(crate) fn own_cpu() -> f64 {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+/// CPU seconds (user + system) used by this bench process's children that have ended and been waited for: the
+/// raw spawns' commands (the fleet's processes run until the bench ends).
+pub(crate) fn ended_children_cpu() -> f64 {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu(who: libc::c_int) -> f64 {
     // SAFETY: rusage is plain old data, fully written by getrusage.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a local.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    unsafe { libc::getrusage(who, &mut usage) };
     let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }

@@ -59,6 +59,8 @@ fn bench_runs_a_small_fleet_and_reports_every_measure() {
             "rounds (raw/NATS/HTTP jobs/s)",
             "CPU per job in the NATS runs",
             "CPU per job in the HTTP runs",
+            "CPU per raw spawn (µs):  command",
+            "CPU-bound ceiling (raw spawn's CPU ÷ a job's): NATS",
             "idle RSS: gateway",
             "artifacts, local disk (MB/s)",
             "artifacts, S3 (moto) (MB/s)",
