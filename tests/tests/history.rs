@@ -177,3 +177,37 @@ async fn bad_list_parameters_are_refused() {
         r.assert_problem(422, "invalid_request");
     }
 }
+
+/// A list answers with what anyone wrote just before it (another gateway, a worker, a direct publisher's job):
+/// the index first takes in the bucket's last entry, read fresh from the server each time, even when a burst of
+/// writes has its watch behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_includes_what_was_written_just_before_it_by_anyone() {
+    let (nats, _cfg, _worker, gw) = start_fleet(&[]).await;
+    let api = gw.api();
+    let nc = NatsClient::connect(&nats.url()).await;
+    // The index is ready once it has read the (empty) bucket.
+    list(&api, "limit=1").await;
+    for round in 0..3 {
+        let puts = (0..300).map(|i| {
+            let id = uuid::Uuid::new_v4();
+            let message = format!("{round}/{i}");
+            let request = fleet_shared::JobRequest::new(id, "fake", message, chrono::Utc::now());
+            let bytes = fleet_shared::codec::to_msgpack(&fleet_shared::JobRecord::queued(request));
+            let records = nc.records.clone();
+            async move {
+                records
+                    .put(id.to_string(), bytes.into())
+                    .await
+                    .expect("put")
+            }
+        });
+        futures::future::join_all(puts).await;
+        let page = list(&api, "limit=1").await;
+        assert_eq!(
+            page["total"],
+            300 * (round + 1),
+            "round {round}: every record listed at once"
+        );
+    }
+}

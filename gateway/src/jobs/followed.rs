@@ -89,11 +89,7 @@ impl<I: Follows> Followed<I> {
         use futures::StreamExt;
         let started = Instant::now();
         // Nothing to read (the watch would wait for a first entry to say so).
-        let empty = match I::KEYS {
-            ">" => bucket.status().await?.values() == 0,
-            _ => last_written::<I>(bucket).await.is_none(),
-        };
-        if empty {
+        if last_written::<I>(bucket).await.is_none() {
             self.mark_ready(started);
         }
         let mut watch = bucket.watch_with_history(I::KEYS).await?;
@@ -128,11 +124,15 @@ impl<I: Follows> Followed<I> {
     }
 }
 
-/// The stream sequence of the last entry written under the index's keys: the bucket's last for every key, else
-/// the last message on the keys' subject filter (read from the stream's leader, so it is current).
+/// The stream sequence of the last entry written under the index's keys, None when there is none, asked of the
+/// server each time (`kv::Store::status` gives the stream's state as it was when the handle was opened): for every
+/// key, the stream's last (its state is kept, so this is cheap at any size); for some, the last message on their
+/// subject filter.
 async fn last_written<I: Follows>(bucket: &kv::Store) -> Option<u64> {
     if I::KEYS == ">" {
-        return Some(bucket.status().await.ok()?.info.state.last_sequence);
+        let mut stream = bucket.stream.clone();
+        let state = &stream.info().await.ok()?.state;
+        return (state.messages > 0).then_some(state.last_sequence);
     }
     let filter = format!("{}{}", bucket.prefix, I::KEYS);
     let last = bucket.stream.raw_message_builder().last_by_subject(filter);
