@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// Record counts the history part fills the bucket to, in order.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     history_sizes: Vec<usize>,
+    /// With `--history`, also time `fleet pg-sink` into this PostgreSQL database at each size (its sink tables
+    /// are dropped first): catching up from empty, and how far it trails while jobs flow.
+    #[arg(long)]
+    pg_sink: Option<String>,
     /// Also measure deep queues and many agents: a queue of `--depth-jobs` drained against one of 1,000, and a
     /// worker's idle memory with 200 agents against 3.
     #[arg(long)]
@@ -334,12 +338,28 @@ async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> 
         .get_key_value(fleet_shared::Topology::new(PREFIX).jobs_bucket())
         .await?;
     let spawn_gateway = |addr: &str| roles.spawn_at("gateway", addr);
+    let spawn_sink = || {
+        let url = args.pg_sink.clone().unwrap_or_default();
+        roles.spawn_configured(
+            "pg-sink",
+            roles.http_addr,
+            roles.config,
+            &[("FLEET_PG_SINK_URL", url)],
+        )
+    };
     let history = bench_history::History {
         paths,
         records,
         spawn_gateway: &spawn_gateway,
         sizes: args.history_sizes.clone(),
         samples: 200,
+        sink: args
+            .pg_sink
+            .clone()
+            .map(|url| crate::bench_pg_sink::SinkBench {
+                url,
+                spawn: &spawn_sink,
+            }),
     };
     bench_history::run(&history).await
 }

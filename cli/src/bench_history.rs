@@ -35,6 +35,8 @@ pub struct History<'a> {
     pub spawn_gateway: &'a dyn Fn(&str) -> Result<std::process::Child>,
     pub sizes: Vec<usize>,
     pub samples: usize,
+    /// Also the PostgreSQL sink into this database, at each size.
+    pub sink: Option<crate::bench_pg_sink::SinkBench<'a>>,
 }
 
 pub async fn run(h: &History<'_>) -> Result<()> {
@@ -65,6 +67,9 @@ pub async fn run(h: &History<'_>) -> Result<()> {
         }
         flowing.abort();
         rebuild(h, size).await?;
+        if let Some(sink) = &h.sink {
+            crate::bench_pg_sink::measure(sink, &h.records, h.paths.base).await?;
+        }
     }
     println!();
     for (size, name, p50, p99) in met {
@@ -144,7 +149,7 @@ async fn time_query(p: &Paths<'_>, path: &str, samples: usize) -> Result<Samples
 }
 
 /// Submits a job every 2 ms (500/s) until aborted.
-async fn keep_jobs_flowing(base: String) {
+pub(crate) async fn keep_jobs_flowing(base: String) {
     let http = reqwest::Client::new();
     let mut every = tokio::time::interval(Duration::from_millis(2));
     loop {

@@ -12,6 +12,7 @@ mod bench_history;
 mod bench_measure;
 mod bench_models;
 mod bench_paths;
+mod bench_pg_sink;
 mod bench_sessions;
 mod bench_spawn;
 mod cdp;
@@ -20,6 +21,7 @@ mod data_lock;
 mod failure;
 mod keys;
 mod local_nats;
+mod pg_sink;
 mod summary;
 mod telemetry;
 mod up;
@@ -76,6 +78,8 @@ enum Command {
     HashPassword,
     /// Manage the gateway's API keys (straight in NATS: needs the fleet's NATS settings).
     Keys(keys::KeysArgs),
+    /// Keep a PostgreSQL table of every job in step with the jobs bucket (optional; resumes where it stopped).
+    PgSink(pg_sink::PgSinkArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -102,6 +106,7 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
         Command::Up(a) => Some(("fleet", a.log.format())),
         Command::Gateway(a) => Some(("fleet-gateway", a.log.format())),
         Command::Worker(a) => Some(("fleet-worker", a.log.format())),
+        Command::PgSink(a) => Some(("fleet-pg-sink", a.log.format())),
         _ => None,
     };
     if !matches!(cli.command, Command::Client(_)) {
@@ -131,6 +136,7 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
             Command::Worker(args) => worker(&args).await.map(|()| 0),
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Keys(args) => keys::run(args).await.map(|()| 0),
+            Command::PgSink(args) => pg_sink::run(args).await.map(|()| 0),
             Command::Client(command) => client::run(cli.client, command).await,
             Command::Tick { .. } | Command::Probe { .. } | Command::HashPassword => Ok(0),
         }
@@ -153,6 +159,7 @@ impl client::CommandName for Command {
             Command::Probe { .. } => "probe",
             Command::HashPassword => "hash-password",
             Command::Keys(_) => "keys",
+            Command::PgSink(_) => "pg-sink",
             Command::Client(_) => "client",
         }
     }

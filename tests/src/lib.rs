@@ -4,6 +4,7 @@
 pub mod clients;
 pub mod llm;
 pub mod metrics;
+pub mod postgres;
 pub mod sessions;
 pub mod stores;
 pub mod up;

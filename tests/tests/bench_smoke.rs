@@ -104,3 +104,27 @@ fn bench_measures_the_front_door_against_the_model_server() {
         ],
     );
 }
+
+/// The history part, with the PostgreSQL sink into a real server: every figure is printed.
+#[test]
+fn bench_measures_the_history_and_the_postgres_sink() {
+    let pg = fleet_tests::postgres::Postgres::start();
+    bench_prints(
+        &[
+            "--skip-core",
+            "--history",
+            "--history-sizes",
+            "300",
+            "--pg-sink",
+            &pg.url(),
+        ],
+        &[
+            "history at 300 records",
+            "GET /v1/jobs?limit=50",
+            "a new gateway lists from its index after",
+            "pg-sink from an empty database:",
+            "pg-sink while 500 jobs/s flow: at most",
+            "…?agent&status=completed&limit=50 at 300: p50 ≤ 20 ms and p99 ≤ 100 ms",
+        ],
+    );
+}

@@ -149,6 +149,7 @@ const CLIENT_VARIABLES: &[&str] = &[
     "FLEET_API_KEY",
     "FLEET_LOG",
     "FLEET_LOG_FORMAT",
+    "FLEET_PG_SINK_URL",
 ];
 
 /// The 1-based line of a TOML file that sets `key`, through `[table]` headers and dotted keys; a key inside a
