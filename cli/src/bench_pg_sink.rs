@@ -68,7 +68,10 @@ async fn last_sequence(records: &async_nats::jetstream::kv::Store) -> Result<u64
 /// The sink's committed position (0 before its first commit).
 async fn position(db: &tokio_postgres::Client) -> u64 {
     let row = db
-        .query_opt("SELECT revision FROM fleet_sink_position", &[])
+        .query_opt(
+            "SELECT revision FROM fleet_sink_position WHERE table_name = 'fleet_jobs'",
+            &[],
+        )
         .await;
     // The table does not exist until the sink has started.
     row.ok().flatten().map_or(0, |r| r.get::<_, i64>(0) as u64)

@@ -12,6 +12,7 @@ use clap::Args;
 use fleet_shared::codec::{decode, Format};
 use fleet_shared::JobRecord;
 use futures::StreamExt;
+use tokio_postgres::types::ToSql;
 
 use crate::args::{ConfigArgs, LogArgs};
 use crate::failure::{failure, Coded};
@@ -25,9 +26,9 @@ pub struct PgSinkArgs {
     /// TLS tunnel.
     #[arg(long, env = "FLEET_PG_SINK_URL")]
     postgres: String,
-    /// The table the jobs go to (created with its indexes if missing); the sink's position is kept in
-    /// `fleet_sink_position`, one row per bucket.
-    #[arg(long, default_value = "fleet_jobs")]
+    /// The table the jobs go to (FLEET_PG_SINK_TABLE; created with its indexes if missing); the sink's position
+    /// is kept in `fleet_sink_position`, one row per bucket and table.
+    #[arg(long, env = "FLEET_PG_SINK_TABLE", default_value = "fleet_jobs")]
     table: String,
     /// Entries written in one transaction at most.
     #[arg(long, default_value_t = 500)]
@@ -95,9 +96,12 @@ impl Table {
 
 struct Sink {
     db: tokio_postgres::Client,
+    /// The position's key: the bucket read and the table written.
     bucket: String,
-    upsert: String,
-    delete: String,
+    table: String,
+    upsert: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+    save_position: tokio_postgres::Statement,
 }
 
 impl Sink {
@@ -122,11 +126,14 @@ impl Sink {
         db.batch_execute(&schema(&table.0))
             .await
             .context("creating the sink's tables")?;
+        let delete = format!("DELETE FROM {} WHERE id = $1 AND revision < $2", table.0);
         Ok(Self {
+            upsert: db.prepare(&upsert_sql(&table.0)).await?,
+            delete: db.prepare(&delete).await?,
+            save_position: db.prepare(SAVE_POSITION).await?,
             db,
             bucket: bucket.to_string(),
-            upsert: upsert_sql(&table.0),
-            delete: format!("DELETE FROM {} WHERE id = $1 AND revision < $2", table.0),
+            table: table.0.clone(),
         })
     }
 
@@ -134,8 +141,8 @@ impl Sink {
         let row = self
             .db
             .query_opt(
-                "SELECT revision FROM fleet_sink_position WHERE bucket = $1",
-                &[&self.bucket],
+                "SELECT revision FROM fleet_sink_position WHERE bucket = $1 AND table_name = $2",
+                &[&self.bucket, &self.table],
             )
             .await?;
         Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
@@ -173,10 +180,11 @@ impl Sink {
         let rows: Vec<Row> = batch.iter().filter_map(Row::from_entry).collect();
         match self.commit(&rows, last).await {
             Err(e) if is_data_error(&e) => {
-                // One row the database refuses must not stop the sink for ever: each goes on its own.
+                // One row the database refuses must not stop the sink for ever: each goes on its own, the
+                // position moving with it.
                 tracing::warn!(error = %e, "a batch was refused; writing its rows one by one");
                 for row in &rows {
-                    match self.commit(std::slice::from_ref(row), last).await {
+                    match self.commit(std::slice::from_ref(row), row.revision()).await {
                         Err(e) if is_data_error(&e) => {
                             tracing::warn!(error = %e, job_id = %row.id(), "job not written: refused by the database")
                         }
@@ -192,22 +200,24 @@ impl Sink {
     /// Writes `rows` and the position `last` in one transaction.
     async fn commit(&mut self, rows: &[Row], last: u64) -> Result<(), tokio_postgres::Error> {
         let tx = self.db.transaction().await?;
-        let (upsert, delete) = (
-            tx.prepare(&self.upsert).await?,
-            tx.prepare(&self.delete).await?,
-        );
         // Issued together, the statements share round trips (tokio-postgres pipelines them).
-        let writes = rows.iter().map(|row| row.write(&tx, &upsert, &delete));
+        let writes = rows
+            .iter()
+            .map(|row| row.write(&tx, &self.upsert, &self.delete));
         futures::future::try_join_all(writes).await?;
-        tx.execute(
-            "INSERT INTO fleet_sink_position (bucket, revision) VALUES ($1, $2) \
-             ON CONFLICT (bucket) DO UPDATE SET revision = EXCLUDED.revision",
-            &[&self.bucket, &(last as i64)],
-        )
-        .await?;
+        let position = [
+            &self.bucket as &(dyn ToSql + Sync),
+            &self.table,
+            &(last as i64),
+        ];
+        tx.execute(&self.save_position, &position).await?;
         tx.commit().await
     }
 }
+
+const SAVE_POSITION: &str =
+    "INSERT INTO fleet_sink_position (bucket, table_name, revision) VALUES ($1, $2, $3) \
+     ON CONFLICT (bucket, table_name) DO UPDATE SET revision = EXCLUDED.revision";
 
 /// Where the sink writes, for people: host(s), database and user, never the password.
 fn describe(url: &str) -> String {
@@ -238,13 +248,15 @@ fn with_cause(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// Waits for one entry, then takes what follows within `GATHER`, up to `max`.
+/// Waits for one entry, then takes what follows within `GATHER` of it, up to `max`: a steady flow is written
+/// every `GATHER`, a backlog `max` at a time.
 async fn next_batch(watch: &mut kv::Watch, max: usize) -> Result<Vec<kv::Entry>> {
     let mut batch = Vec::new();
     let first = watch.next().await.context("the bucket's watch ended")??;
     batch.push(first);
+    let deadline = tokio::time::Instant::now() + GATHER;
     while batch.len() < max {
-        match tokio::time::timeout(GATHER, watch.next()).await {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
             Ok(Some(entry)) => batch.push(entry?),
             Ok(None) | Err(_) => break,
         }
@@ -286,6 +298,13 @@ impl Row {
                 tracing::warn!(key = %entry.key, error = %e, "unreadable job record; not written");
                 None
             }
+        }
+    }
+
+    fn revision(&self) -> u64 {
+        match self {
+            Self::Put(put) => put.2 as u64,
+            Self::Gone(_, revision) => *revision as u64,
         }
     }
 
@@ -374,7 +393,12 @@ fn schema(table: &str) -> String {
         CREATE INDEX IF NOT EXISTS {table}_by_submission ON {table} (submitted_at DESC);
         CREATE INDEX IF NOT EXISTS {table}_by_agent_status ON {table} (agent, status, submitted_at DESC);
         CREATE INDEX IF NOT EXISTS {table}_by_owner ON {table} (owner, submitted_at DESC);
-        CREATE TABLE IF NOT EXISTS fleet_sink_position (bucket text PRIMARY KEY, revision bigint NOT NULL);"
+        CREATE TABLE IF NOT EXISTS fleet_sink_position (
+            bucket text NOT NULL,
+            table_name text NOT NULL,
+            revision bigint NOT NULL,
+            PRIMARY KEY (bucket, table_name)
+        );"
     )
 }
 

@@ -119,10 +119,32 @@ async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicat
         Duration::from_secs(10),
         || async {
             let row = db
-                .query_one("SELECT revision FROM fleet_sink_position", &[])
+                .query_one(
+                    "SELECT revision FROM fleet_sink_position WHERE table_name = 'fleet_jobs'",
+                    &[],
+                )
                 .await
                 .expect("position");
             row.get::<_, i64>(0) as u64 == last
+        },
+    )
+    .await;
+
+    // A second table has a position of its own: a sink writing it starts from the beginning of the bucket.
+    let _archive = FleetProcess::start(
+        "pg-sink",
+        &cfg,
+        &[
+            ("FLEET_PG_SINK_URL", &pg.url()),
+            ("FLEET_PG_SINK_TABLE", "archive"),
+        ],
+    );
+    eventually(
+        "the second table filled",
+        Duration::from_secs(20),
+        || async {
+            let count = db.query_one("SELECT count(*) FROM archive", &[]).await;
+            count.is_ok_and(|row| row.get::<_, i64>(0) == 3)
         },
     )
     .await;

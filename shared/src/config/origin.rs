@@ -150,6 +150,7 @@ const CLIENT_VARIABLES: &[&str] = &[
     "FLEET_LOG",
     "FLEET_LOG_FORMAT",
     "FLEET_PG_SINK_URL",
+    "FLEET_PG_SINK_TABLE",
 ];
 
 /// The 1-based line of a TOML file that sets `key`, through `[table]` headers and dotted keys; a key inside a
