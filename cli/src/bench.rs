@@ -535,6 +535,8 @@ impl CpuUse {
 struct Core {
     spawn_latency: Samples,
     supervised: Samples,
+    /// The bench process's CPU per supervised spawn (one at a time), in µs: the supervisor's share of a job.
+    supervisor_us: f64,
     supervised_confined: Samples,
     nats_latency: Samples,
     http_latency: Samples,
@@ -561,7 +563,9 @@ async fn measure_core(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (gateway_rss, worker_rss) = (rss_kb(pids[3].1), rss_kb(pids[1].1));
     let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
+    let before = own_cpu();
     let supervised = Samples::collect(args.samples, || supervised_spawn(scratch)).await?;
+    let supervisor_us = (own_cpu() - before) / args.samples.max(1) as f64 * 1e6;
     let supervised_confined =
         Samples::collect(args.samples, || supervised_confined_spawn(scratch)).await?;
     let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
@@ -580,6 +584,7 @@ async fn measure_core(
     Ok(Core {
         spawn_latency,
         supervised,
+        supervisor_us,
         supervised_confined,
         nats_latency,
         http_latency,
@@ -668,8 +673,9 @@ impl Core {
         }
         let raw: Vec<f64> = self.raw_cpu.per_job(jobs).collect();
         println!(
-            "CPU per raw spawn (µs):  command {:.0}  spawning thread {:.0}",
-            raw[0], raw[1]
+            "CPU per raw spawn (µs):  command {:.0}  spawning thread {:.0};  the worker's supervisor alone, one at a \
+             time: {:.0}",
+            raw[0], raw[1], self.supervisor_us
         );
         self.print_cpu_bound(jobs);
         println!();
