@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use fleet_tests::clients::NatsClient;
 use fleet_tests::postgres::Postgres;
-use fleet_tests::{ended_run, eventually, start_fleet, FleetProcess, TestConfig};
+use fleet_tests::{
+    ended_run, eventually, start_fleet, Api, FleetProcess, GatewayHandle, NatsServer, TestConfig,
+    WorkerHandle,
+};
 
 /// Each job row's (status, exit code, agent, stdout from the stored record), by id.
 type Rows = BTreeMap<String, (String, Option<i32>, String, String)>;
@@ -77,13 +80,46 @@ fn start_sink(cfg: &TestConfig, pg: &Postgres) -> FleetProcess {
     FleetProcess::start("pg-sink", cfg, &[("FLEET_PG_SINK_URL", &pg.url())])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicates() {
+/// A PostgreSQL server with a client of it, and the usual test fleet with a client of its API and of NATS.
+struct Setup {
+    pg: Postgres,
+    db: tokio_postgres::Client,
+    cfg: TestConfig,
+    api: Api,
+    nats: NatsClient,
+    _fleet: (NatsServer, WorkerHandle, GatewayHandle),
+}
+
+async fn setup() -> Setup {
     let pg = Postgres::start();
     let db = database(&pg).await;
-    let (nats_server, cfg, _worker, gw) = start_fleet(&[]).await;
+    let (nats_server, cfg, worker, gw) = start_fleet(&[]).await;
     let (api, nats) = (gw.api(), NatsClient::connect(&nats_server.url()).await);
-    let id_of = |record: serde_json::Value| record["id"].as_str().expect("id").to_string();
+    Setup {
+        pg,
+        db,
+        cfg,
+        api,
+        nats,
+        _fleet: (nats_server, worker, gw),
+    }
+}
+
+fn id_of(record: serde_json::Value) -> String {
+    record["id"].as_str().expect("id").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicates() {
+    // `_running` keeps the fleet alive to the test's end (`..` would drop it here).
+    let Setup {
+        pg,
+        db,
+        cfg,
+        api,
+        nats,
+        _fleet: _running,
+    } = setup().await;
 
     // History from before the sink existed is taken in at its first start.
     let mut ids = vec![
@@ -153,8 +189,7 @@ async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicat
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_table_name_or_database_is_refused_with_a_clear_error() {
     let pg = Postgres::start();
-    let (nats_server, cfg, _worker, _gw) = start_fleet(&[]).await;
-    let _ = nats_server;
+    let (_nats, cfg, _worker, _gw) = start_fleet(&[]).await;
     let bad_table = fleet_tests::fleet_cli(
         &cfg,
         &["pg-sink", "--postgres", &pg.url(), "--table", "jobs; DROP"],
@@ -177,14 +212,18 @@ async fn a_bad_table_name_or_database_is_refused_with_a_clear_error() {
 /// U+FFFD in their place, and the jobs after it are not held up behind it.
 #[tokio::test(flavor = "multi_thread")]
 async fn output_with_nul_bytes_is_stored_and_does_not_stall_the_sink() {
-    let pg = Postgres::start();
-    let db = database(&pg).await;
-    let (nats_server, cfg, _worker, gw) = start_fleet(&[]).await;
-    let (api, nats) = (gw.api(), NatsClient::connect(&nats_server.url()).await);
+    // `_running` keeps the fleet alive to the test's end (`..` would drop it here).
+    let Setup {
+        pg,
+        db,
+        cfg,
+        api,
+        nats,
+        _fleet: _running,
+    } = setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let planted = dir.path().join("nul.txt");
     std::fs::write(&planted, b"a\0b\n").expect("write");
-    let id_of = |record: serde_json::Value| record["id"].as_str().expect("id").to_string();
 
     let _sink = start_sink(&cfg, &pg);
     let nul = ended_run(&api, "fake", &format!("cat:{}", planted.display())).await;
