@@ -68,8 +68,8 @@ pub struct BenchArgs {
     /// Record counts the history part fills the bucket to, in order.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     history_sizes: Vec<usize>,
-    /// With `--history`, also time `fleet pg-sink` into this PostgreSQL database at each size (its sink tables
-    /// are dropped first): catching up from empty, and how far it trails while jobs flow.
+    /// With `--history`, also time `fleet pg-sink` into this (scratch) PostgreSQL database at each size, into a
+    /// new table `bench_jobs_SIZE`: catching up from empty, and how far it trails while jobs flow.
     #[arg(long)]
     pg_sink: Option<String>,
     /// Also measure deep queues and many agents: a queue of `--depth-jobs` drained against one of 1,000, and a
@@ -338,14 +338,27 @@ async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> 
         .get_key_value(fleet_shared::Topology::new(PREFIX).jobs_bucket())
         .await?;
     let spawn_gateway = |addr: &str| roles.spawn_at("gateway", addr);
-    let spawn_sink = || {
+    let sink_env = |table: &str| {
         let url = args.pg_sink.clone().unwrap_or_default();
-        roles.spawn_configured(
-            "pg-sink",
-            roles.http_addr,
-            roles.config,
-            &[("FLEET_PG_SINK_URL", url)],
-        )
+        [
+            ("FLEET_PG_SINK_URL", url),
+            ("FLEET_PG_SINK_TABLE", table.to_string()),
+        ]
+    };
+    let spawn_sink = |table: &str| {
+        roles.spawn_configured("pg-sink", roles.http_addr, roles.config, &sink_env(table))
+    };
+    let sink_status = |table: &str| -> Result<String> {
+        let mut status =
+            roles.command("pg-sink", roles.http_addr, roles.config, &sink_env(table))?;
+        let out = status.arg("--status").output()?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "fleet pg-sink --status: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let history = bench_history::History {
         paths,
@@ -355,10 +368,10 @@ async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> 
         samples: 200,
         sink: args
             .pg_sink
-            .clone()
-            .map(|url| crate::bench_pg_sink::SinkBench {
-                url,
+            .as_ref()
+            .map(|_| crate::bench_pg_sink::SinkBench {
                 spawn: &spawn_sink,
+                status: &sink_status,
             }),
     };
     bench_history::run(&history).await
@@ -437,7 +450,22 @@ impl Roles<'_> {
         config: &std::path::Path,
         extra: &[(&str, String)],
     ) -> Result<Child> {
-        Command::new(std::env::current_exe()?)
+        self.command(role, http_addr, config, extra)?
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start `fleet {role}`"))
+    }
+
+    /// `fleet ROLE --config CONFIG` with the bench's settings and `extra` on top, not started.
+    fn command(
+        &self,
+        role: &str,
+        http_addr: &str,
+        config: &std::path::Path,
+        extra: &[(&str, String)],
+    ) -> Result<Command> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command
             .arg(role)
             .arg("--config")
             .arg(config)
@@ -459,10 +487,8 @@ impl Roles<'_> {
             .env("FLEET_ARTIFACTS_MAX_FILE_BYTES", "100000000000")
             .env("FLEET_ARTIFACTS_MAX_JOB_BYTES", "100000000000")
             .env("FLEET_ARTIFACTS_MAX_FILES", "100000")
-            .envs(extra.iter().map(|(k, v)| (*k, v)))
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start `fleet {role}`"))
+            .envs(extra.iter().map(|(k, v)| (*k, v)));
+        Ok(command)
     }
 }
 

@@ -35,7 +35,7 @@ pub struct History<'a> {
     pub spawn_gateway: &'a dyn Fn(&str) -> Result<std::process::Child>,
     pub sizes: Vec<usize>,
     pub samples: usize,
-    /// Also the PostgreSQL sink into this database, at each size.
+    /// Also the PostgreSQL sink, at each size.
     pub sink: Option<crate::bench_pg_sink::SinkBench<'a>>,
 }
 
@@ -68,7 +68,7 @@ pub async fn run(h: &History<'_>) -> Result<()> {
         flowing.abort();
         rebuild(h, size).await?;
         if let Some(sink) = &h.sink {
-            crate::bench_pg_sink::measure(sink, &h.records, h.paths.base).await?;
+            crate::bench_pg_sink::measure(sink, size, h.paths.base).await?;
         }
     }
     println!();

@@ -1,5 +1,6 @@
-//! `fleet bench --history --pg-sink URL`: the PostgreSQL sink at each history size. How long a sink started on an
-//! empty database takes to hold the whole bucket, and how far it trails the bucket while jobs flow at 500/s.
+//! `fleet bench --history --pg-sink URL`: the PostgreSQL sink at each history size. How long a sink writing a new
+//! table takes to hold the whole bucket, and how far it trails the bucket while jobs flow at 500/s. Read through
+//! `fleet pg-sink --status`, so the database client stays out of `fleet` itself.
 
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -9,40 +10,49 @@ use anyhow::{bail, Context, Result};
 use crate::bench_history::keep_jobs_flowing;
 
 pub struct SinkBench<'a> {
-    /// The database, whose sink tables are dropped before each measure.
-    pub url: String,
-    /// Starts `fleet pg-sink` on the bench fleet, writing to `url`.
-    pub spawn: &'a dyn Fn() -> Result<Child>,
+    /// Starts `fleet pg-sink` on the bench fleet, writing the table named.
+    pub spawn: &'a dyn Fn(&str) -> Result<Child>,
+    /// `fleet pg-sink --status` for the table named.
+    pub status: &'a dyn Fn(&str) -> Result<String>,
 }
 
-pub async fn measure(
-    s: &SinkBench<'_>,
-    records: &async_nats::jetstream::kv::Store,
-    base: &str,
-) -> Result<()> {
-    let db = connect(&s.url).await?;
-    db.batch_execute(
-        "SET client_min_messages = warning; \
-         DROP TABLE IF EXISTS fleet_jobs; DROP TABLE IF EXISTS fleet_sink_position",
-    )
-    .await?;
-    let end = last_sequence(records).await?;
+/// What `--status` says: the table's rows, the sink's position and the bucket's last entry.
+struct Status {
+    rows: u64,
+    at: u64,
+    end: u64,
+}
+
+impl Status {
+    fn read(s: &SinkBench<'_>, table: &str) -> Result<Self> {
+        let line = (s.status)(table)?;
+        // "TABLE: ROWS rows; at entry AT of the bucket's END (N behind)"
+        let numbers: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        match numbers[..] {
+            [.., rows, at, end, _behind] => Ok(Self { rows, at, end }),
+            _ => bail!("unexpected `fleet pg-sink --status`: {line}"),
+        }
+    }
+}
+
+pub async fn measure(s: &SinkBench<'_>, size: usize, base: &str) -> Result<()> {
+    let table = format!("bench_jobs_{size}");
     let started = Instant::now();
-    let mut sink = (s.spawn)()?;
+    let mut sink = (s.spawn)(&table)?;
     let result = async {
-        wait_position(&db, end).await?;
+        let caught_up = wait_caught_up(s, &table).await?;
         let took = started.elapsed().as_secs_f64();
-        let rows: i64 = db
-            .query_one("SELECT count(*) FROM fleet_jobs", &[])
-            .await?
-            .get(0);
         println!(
-            "  pg-sink from an empty database: {rows} rows in {took:.1} s ({:.0} rows/s)",
-            rows as f64 / took
+            "  pg-sink into a new table: {} rows in {took:.1} s ({:.0} rows/s)",
+            caught_up.rows,
+            caught_up.rows as f64 / took
         );
-        let worst = trailing(&db, records, base).await?;
+        let worst = trailing(s, &table, base).await?;
         println!(
-            "  pg-sink while 500 jobs/s flow: at most {worst} entries behind the bucket (every 100 ms for 5 s)"
+            "  pg-sink while 500 jobs/s flow: at most {worst} entries behind the bucket (every 250 ms for 5 s)"
         );
         Ok(())
     }
@@ -52,54 +62,30 @@ pub async fn measure(
     result
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to --pg-sink's database")?;
-    tokio::spawn(connection);
-    Ok(db)
-}
-
-async fn last_sequence(records: &async_nats::jetstream::kv::Store) -> Result<u64> {
-    let mut stream = records.stream.clone();
-    Ok(stream.info().await?.state.last_sequence)
-}
-
-/// The sink's committed position (0 before its first commit).
-async fn position(db: &tokio_postgres::Client) -> u64 {
-    let row = db
-        .query_opt(
-            "SELECT revision FROM fleet_sink_position WHERE table_name = 'fleet_jobs'",
-            &[],
-        )
-        .await;
-    // The table does not exist until the sink has started.
-    row.ok().flatten().map_or(0, |r| r.get::<_, i64>(0) as u64)
-}
-
-async fn wait_position(db: &tokio_postgres::Client, end: u64) -> Result<()> {
+/// Waits until the sink's position reaches the bucket's last entry as it was when the wait began.
+async fn wait_caught_up(s: &SinkBench<'_>, table: &str) -> Result<Status> {
+    let end = Status::read(s, table)?.end;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while position(db).await < end {
+    loop {
+        let status = Status::read(s, table).context("reading the sink's status")?;
+        if status.at >= end {
+            return Ok(status);
+        }
         if Instant::now() > deadline {
             bail!("the sink never reached the bucket's entry {end}");
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(())
 }
 
 /// The most entries the sink's position trails the bucket by while jobs flow.
-async fn trailing(
-    db: &tokio_postgres::Client,
-    records: &async_nats::jetstream::kv::Store,
-    base: &str,
-) -> Result<u64> {
+async fn trailing(s: &SinkBench<'_>, table: &str, base: &str) -> Result<u64> {
     let flowing = tokio::spawn(keep_jobs_flowing(base.to_string()));
     let mut worst = 0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let end = last_sequence(records).await?;
-        worst = worst.max(end.saturating_sub(position(db).await));
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let status = Status::read(s, table)?;
+        worst = worst.max(status.end.saturating_sub(status.at));
     }
     flowing.abort();
     Ok(worst)

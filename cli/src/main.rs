@@ -1,7 +1,6 @@
 //! The `fleet` binary: `up` (everything on one machine), `gateway`, `worker`, `keys`, `bench`, and the client
 //! commands. Every error ends the process the same way: `fleet: code: message` on stderr, exit code 1.
 
-mod args;
 mod bench;
 mod bench_artifacts;
 mod bench_console;
@@ -18,12 +17,9 @@ mod bench_spawn;
 mod cdp;
 mod client;
 mod data_lock;
-mod failure;
 mod keys;
 mod local_nats;
-mod pg_sink;
 mod summary;
-mod telemetry;
 mod up;
 
 use std::sync::Arc;
@@ -32,6 +28,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use fleet_shared::config::Config;
 use tokio_util::sync::CancellationToken;
+
+use fleet_cli::{args, failure, telemetry};
 
 use crate::args::ServiceArgs;
 use crate::failure::{failure, Coded};
@@ -79,7 +77,12 @@ enum Command {
     /// Manage the gateway's API keys (straight in NATS: needs the fleet's NATS settings).
     Keys(keys::KeysArgs),
     /// Keep a PostgreSQL table of every job in step with the jobs bucket (optional; resumes where it stopped).
-    PgSink(pg_sink::PgSinkArgs),
+    /// Runs `fleet-pg-sink`, built and installed beside `fleet`, with these arguments (`--help` for its own).
+    #[command(disable_help_flag = true)]
+    PgSink {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -106,7 +109,6 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
         Command::Up(a) => Some(("fleet", a.log.format())),
         Command::Gateway(a) => Some(("fleet-gateway", a.log.format())),
         Command::Worker(a) => Some(("fleet-worker", a.log.format())),
-        Command::PgSink(a) => Some(("fleet-pg-sink", a.log.format())),
         _ => None,
     };
     if !matches!(cli.command, Command::Client(_)) {
@@ -116,6 +118,7 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
         Command::Tick { spec } => return bench_events::tick(&spec).map(|()| 0),
         Command::Probe { url } => return Ok(probe(&url)),
         Command::HashPassword => return hash_password().map(|()| 0),
+        Command::PgSink { args } => return Err(run_beside("fleet-pg-sink", &args)),
         _ => {}
     }
     let telemetry = match service {
@@ -136,9 +139,11 @@ fn dispatch(mut cli: Cli) -> Result<i32> {
             Command::Worker(args) => worker(&args).await.map(|()| 0),
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Keys(args) => keys::run(args).await.map(|()| 0),
-            Command::PgSink(args) => pg_sink::run(args).await.map(|()| 0),
             Command::Client(command) => client::run(cli.client, command).await,
-            Command::Tick { .. } | Command::Probe { .. } | Command::HashPassword => Ok(0),
+            Command::Tick { .. }
+            | Command::Probe { .. }
+            | Command::HashPassword
+            | Command::PgSink { .. } => Ok(0),
         }
     });
     if let Some(telemetry) = telemetry {
@@ -159,7 +164,7 @@ impl client::CommandName for Command {
             Command::Probe { .. } => "probe",
             Command::HashPassword => "hash-password",
             Command::Keys(_) => "keys",
-            Command::PgSink(_) => "pg-sink",
+            Command::PgSink { .. } => "pg-sink",
             Command::Client(_) => "client",
         }
     }
@@ -280,6 +285,30 @@ async fn worker(args: &ServiceArgs) -> Result<()> {
     let client = connect(&config, "fleet-worker").await?;
     let ran = fleet_worker::run(config.clone(), client.clone(), shutdown_signal()).await;
     ran.map_err(|e| explained(e.into(), &client, &config))
+}
+
+/// Replaces this process with the program `name` installed beside it (an optional part kept out of `fleet`, so
+/// its code and dependencies cost the fleet's own processes nothing); returns only why that failed.
+fn run_beside(name: &str, args: &[std::ffi::OsString]) -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let program = match std::env::current_exe() {
+        Ok(fleet) => fleet.with_file_name(name),
+        Err(e) => return e.into(),
+    };
+    if !program.exists() {
+        return failure(
+            "program_missing",
+            format!(
+                "{} is not installed beside fleet; `cargo build --release` builds it with fleet",
+                program.display()
+            ),
+        );
+    }
+    let e = std::process::Command::new(&program).args(args).exec();
+    failure(
+        "program_missing",
+        format!("cannot run {}: {e}", program.display()),
+    )
 }
 
 /// A service that failed while NATS was out of reach failed because of that: say so.

@@ -122,7 +122,7 @@ fn bench_measures_the_history_and_the_postgres_sink() {
             "history at 300 records",
             "GET /v1/jobs?limit=50",
             "a new gateway lists from its index after",
-            "pg-sink from an empty database:",
+            "pg-sink into a new table:",
             "pg-sink while 500 jobs/s flow: at most",
             "…?agent&status=completed&limit=50 at 300: p50 ≤ 20 ms and p99 ≤ 100 ms",
         ],

@@ -1,4 +1,4 @@
-//! `fleet pg-sink`: keeps a PostgreSQL table in step with the jobs bucket, for fleets whose users would rather
+//! `fleet-pg-sink` (`fleet pg-sink`): keeps a PostgreSQL table in step with the jobs bucket, for fleets whose users would rather
 //! query their history with SQL. Optional and off the hot path: no gateway or worker waits for it, and `fleet up`
 //! does without it. It follows the bucket's stream from the position it last committed, which it keeps in the
 //! same database and the same transaction as the rows, so a restart resumes where it stopped and an entry read
@@ -33,6 +33,9 @@ pub struct PgSinkArgs {
     /// Entries written in one transaction at most.
     #[arg(long, default_value_t = 500)]
     batch: usize,
+    /// Print how far the table is (its rows, the sink's position and the bucket's last entry) and exit.
+    #[arg(long)]
+    pub status: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -42,16 +45,10 @@ const GATHER: Duration = Duration::from_millis(20);
 
 pub async fn run(args: PgSinkArgs) -> Result<()> {
     let table = Table::named(&args.table)?;
-    let config = crate::args::load(&args.config.sources(&[]))?;
-    let client = fleet_shared::nats::connect(&config.nats, "fleet-pg-sink")
-        .await
-        .coded("nats_unreachable")?;
-    let js = async_nats::jetstream::new(client);
-    let handles = fleet_shared::Topology::new(&config.nats.prefix)
-        .ensure(&js, &config.queue)
-        .await
-        .coded("nats_failed")?;
-    let bucket = handles.records;
+    let bucket = jobs_bucket(&args.config, args.status).await?;
+    if args.status {
+        return crate::status::print(&args.postgres, &table, &bucket).await;
+    }
     // The first connection's failure is the operator's to fix now (a wrong address or password); later ones are
     // outages, waited out.
     let mut db = Sink::connect(&args.postgres, &table, &bucket.name).await?;
@@ -73,8 +70,23 @@ pub async fn run(args: PgSinkArgs) -> Result<()> {
     }
 }
 
+/// The jobs bucket, on a connection that waits for NATS (a service) or fails at once (`once`, a command).
+async fn jobs_bucket(config: &ConfigArgs, once: bool) -> Result<kv::Store> {
+    let config = crate::args::load(&config.sources(&[]))?;
+    let client = match once {
+        true => fleet_shared::nats::connect_once(&config.nats, "fleet-pg-sink").await,
+        false => fleet_shared::nats::connect(&config.nats, "fleet-pg-sink").await,
+    };
+    let js = async_nats::jetstream::new(client.coded("nats_unreachable")?);
+    let handles = fleet_shared::Topology::new(&config.nats.prefix)
+        .ensure(&js, &config.queue)
+        .await
+        .coded("nats_failed")?;
+    Ok(handles.records)
+}
+
 /// A table name, checked: it is written into the SQL.
-struct Table(String);
+pub struct Table(pub String);
 
 impl Table {
     fn named(name: &str) -> Result<Self> {
@@ -106,23 +118,7 @@ struct Sink {
 
 impl Sink {
     async fn connect(url: &str, table: &Table, bucket: &str) -> Result<Self> {
-        let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| {
-                failure(
-                    "postgres_unreachable",
-                    format!(
-                        "cannot reach PostgreSQL ({}): {}",
-                        describe(url),
-                        with_cause(&e)
-                    ),
-                )
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
-            }
-        });
+        let db = connect(url).await?;
         db.batch_execute(&schema(&table.0))
             .await
             .context("creating the sink's tables")?;
@@ -138,14 +134,7 @@ impl Sink {
     }
 
     async fn position(&self) -> Result<u64> {
-        let row = self
-            .db
-            .query_opt(
-                "SELECT revision FROM fleet_sink_position WHERE bucket = $1 AND table_name = $2",
-                &[&self.bucket, &self.table],
-            )
-            .await?;
-        Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64))
+        Ok(position(&self.db, &self.bucket, &self.table).await?)
     }
 
     /// Reads the bucket from the committed position on, a transaction per batch, until NATS or PostgreSQL fails.
@@ -156,8 +145,7 @@ impl Sink {
             0 => bucket.watch_with_history(">").await?,
             p => bucket.watch_all_from_revision(p + 1).await?,
         };
-        let mut stream = bucket.stream.clone();
-        let end = stream.info().await?.state.last_sequence;
+        let end = last_entry(bucket).await?;
         let mut behind = position < end;
         if !behind {
             tracing::info!(revision = position, "pg-sink in step with the bucket");
@@ -218,6 +206,53 @@ impl Sink {
 const SAVE_POSITION: &str =
     "INSERT INTO fleet_sink_position (bucket, table_name, revision) VALUES ($1, $2, $3) \
      ON CONFLICT (bucket, table_name) DO UPDATE SET revision = EXCLUDED.revision";
+
+/// The bucket's last entry (its stream's last sequence), asked of the server.
+pub async fn last_entry(bucket: &kv::Store) -> Result<u64> {
+    let mut stream = bucket.stream.clone();
+    Ok(stream.info().await?.state.last_sequence)
+}
+
+/// A connection to the database, its I/O on a task of its own.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            failure(
+                "postgres_unreachable",
+                format!(
+                    "cannot reach PostgreSQL ({}): {}",
+                    describe(url),
+                    with_cause(&e)
+                ),
+            )
+        })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    Ok(db)
+}
+
+/// The sink's committed position for this bucket and table: 0 before its first commit (or its first start).
+pub async fn position(
+    db: &tokio_postgres::Client,
+    bucket: &str,
+    table: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let found = db
+        .query_opt(
+            "SELECT revision FROM fleet_sink_position WHERE bucket = $1 AND table_name = $2",
+            &[&bucket, &table],
+        )
+        .await;
+    match found {
+        Ok(row) => Ok(row.map_or(0, |r| r.get::<_, i64>(0) as u64)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
 
 /// Where the sink writes, for people: host(s), database and user, never the password.
 fn describe(url: &str) -> String {
