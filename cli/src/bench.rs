@@ -348,10 +348,10 @@ async fn run_history(args: &BenchArgs, paths: &Paths<'_>, roles: &Roles<'_>) -> 
     let spawn_sink = |table: &str| {
         roles.spawn_configured("pg-sink", roles.http_addr, roles.config, &sink_env(table))
     };
-    let sink_status = |table: &str| -> Result<String> {
+    let sink_status = |table: &str, more: &[&str]| -> Result<String> {
         let mut status =
             roles.command("pg-sink", roles.http_addr, roles.config, &sink_env(table))?;
-        let out = status.arg("--status").output()?;
+        let out = status.arg("--status").args(more).output()?;
         if !out.status.success() {
             anyhow::bail!(
                 "fleet pg-sink --status: {}",

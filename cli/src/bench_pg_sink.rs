@@ -12,30 +12,42 @@ use crate::bench_history::keep_jobs_flowing;
 pub struct SinkBench<'a> {
     /// Starts `fleet pg-sink` on the bench fleet, writing the table named.
     pub spawn: &'a dyn Fn(&str) -> Result<Child>,
-    /// `fleet pg-sink --status` for the table named.
-    pub status: &'a dyn Fn(&str) -> Result<String>,
+    /// `fleet pg-sink --status` for the table named, with these arguments added (`--count`).
+    pub status: &'a dyn Fn(&str, &[&str]) -> Result<String>,
 }
 
-/// What `--status` says: the table's rows, the sink's position and the bucket's last entry.
+/// What `--status` says: the sink's position and the bucket's last entry.
 struct Status {
-    rows: u64,
     at: u64,
     end: u64,
 }
 
 impl Status {
     fn read(s: &SinkBench<'_>, table: &str) -> Result<Self> {
-        let line = (s.status)(table)?;
-        // "TABLE: ROWS rows; at entry AT of the bucket's END (N behind)"
-        let numbers: Vec<u64> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|n| n.parse().ok())
-            .collect();
+        let line = (s.status)(table, &[])?;
+        // "TABLE: at entry AT of the bucket's END (N behind)"
+        let numbers = numbers(line.rsplit(':').next().unwrap_or(""));
         match numbers[..] {
-            [.., rows, at, end, _behind] => Ok(Self { rows, at, end }),
+            [at, end, _behind] => Ok(Self { at, end }),
             _ => bail!("unexpected `fleet pg-sink --status`: {line}"),
         }
     }
+}
+
+fn numbers(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The table's rows, from `--status --count`'s second line ("ROWS rows").
+fn rows(s: &SinkBench<'_>, table: &str) -> Result<u64> {
+    let out = (s.status)(table, &["--count"])?;
+    let line = out.lines().nth(1).unwrap_or("");
+    numbers(line)
+        .first()
+        .copied()
+        .with_context(|| format!("unexpected `fleet pg-sink --status --count`: {out}"))
 }
 
 pub async fn measure(s: &SinkBench<'_>, size: usize, base: &str) -> Result<()> {
@@ -43,12 +55,12 @@ pub async fn measure(s: &SinkBench<'_>, size: usize, base: &str) -> Result<()> {
     let started = Instant::now();
     let mut sink = (s.spawn)(&table)?;
     let result = async {
-        let caught_up = wait_caught_up(s, &table).await?;
+        wait_caught_up(s, &table).await?;
         let took = started.elapsed().as_secs_f64();
+        let rows = rows(s, &table)?;
         println!(
-            "  pg-sink into a new table: {} rows in {took:.1} s ({:.0} rows/s)",
-            caught_up.rows,
-            caught_up.rows as f64 / took
+            "  pg-sink into a new table: {rows} rows in {took:.1} s ({:.0} rows/s)",
+            rows as f64 / took
         );
         let worst = trailing(s, &table, base).await?;
         println!(
@@ -63,13 +75,13 @@ pub async fn measure(s: &SinkBench<'_>, size: usize, base: &str) -> Result<()> {
 }
 
 /// Waits until the sink's position reaches the bucket's last entry as it was when the wait began.
-async fn wait_caught_up(s: &SinkBench<'_>, table: &str) -> Result<Status> {
+async fn wait_caught_up(s: &SinkBench<'_>, table: &str) -> Result<()> {
     let end = Status::read(s, table)?.end;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let status = Status::read(s, table).context("reading the sink's status")?;
         if status.at >= end {
-            return Ok(status);
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("the sink never reached the bucket's entry {end}");

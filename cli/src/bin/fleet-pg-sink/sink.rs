@@ -33,9 +33,12 @@ pub struct PgSinkArgs {
     /// Entries written in one transaction at most.
     #[arg(long, default_value_t = 500)]
     batch: usize,
-    /// Print how far the table is (its rows, the sink's position and the bucket's last entry) and exit.
+    /// Print how far the table is (the sink's position and the bucket's last entry) and exit.
     #[arg(long)]
     pub status: bool,
+    /// With `--status`, also count the table's rows (a scan of the whole table).
+    #[arg(long, requires = "status")]
+    pub count: bool,
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -47,7 +50,7 @@ pub async fn run(args: PgSinkArgs) -> Result<()> {
     let table = Table::named(&args.table)?;
     let bucket = jobs_bucket(&args.config, args.status).await?;
     if args.status {
-        return crate::status::print(&args.postgres, &table, &bucket).await;
+        return crate::status::print(&args.postgres, &table, &bucket, args.count).await;
     }
     // The first connection's failure is the operator's to fix now (a wrong address or password); later ones are
     // outages, waited out.
