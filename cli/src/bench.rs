@@ -69,7 +69,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     history_sizes: Vec<usize>,
     /// With `--history`, also time `fleet pg-sink` into this (scratch) PostgreSQL database at each size, into a
-    /// new table `bench_jobs_SIZE`: catching up from empty, and how far it trails while jobs flow.
+    /// new table `bench_jobs_SIZE_PID` it leaves there: catching up from empty, and how far it trails while jobs
+    /// flow.
     #[arg(long)]
     pg_sink: Option<String>,
     /// Also measure deep queues and many agents: a queue of `--depth-jobs` drained against one of 1,000, and a

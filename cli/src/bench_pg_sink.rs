@@ -51,7 +51,8 @@ fn rows(s: &SinkBench<'_>, table: &str) -> Result<u64> {
 }
 
 pub async fn measure(s: &SinkBench<'_>, size: usize, base: &str) -> Result<()> {
-    let table = format!("bench_jobs_{size}");
+    // A table of this run's own: a table an earlier run left holds its rows and position already.
+    let table = format!("bench_jobs_{size}_{}", std::process::id());
     let started = Instant::now();
     let mut sink = (s.spawn)(&table)?;
     let result = async {
