@@ -111,39 +111,39 @@ fn id_of(record: serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicates() {
-    // `_running` keeps the fleet alive to the test's end (`..` would drop it here).
+    let fleet = setup().await;
     let Setup {
         pg,
         db,
         cfg,
         api,
         nats,
-        _fleet: _running,
-    } = setup().await;
+        ..
+    } = &fleet;
 
     // History from before the sink existed is taken in at its first start.
     let mut ids = vec![
-        id_of(ended_run(&api, "fake", "print:before").await),
-        id_of(ended_run(&api, "fake", "exit:3").await),
+        id_of(ended_run(api, "fake", "print:before").await),
+        id_of(ended_run(api, "fake", "exit:3").await),
     ];
-    let mut sink = start_sink(&cfg, &pg);
-    in_step(&db, &nats, &ids).await;
-    let failed = rows(&db).await[&ids[1]].clone();
+    let mut sink = start_sink(cfg, pg);
+    in_step(db, nats, &ids).await;
+    let failed = rows(db).await[&ids[1]].clone();
     assert_eq!((failed.0.as_str(), failed.1), ("failed", Some(3)));
 
     // Live: a job's queued, running and ended records all reach the table, the last one staying.
-    ids.push(id_of(ended_run(&api, "fake", "sleep:0.3 print:live").await));
-    in_step(&db, &nats, &ids).await;
-    assert_eq!(rows(&db).await[&ids[2]].3, "live\n");
+    ids.push(id_of(ended_run(api, "fake", "sleep:0.3 print:live").await));
+    in_step(db, nats, &ids).await;
+    assert_eq!(rows(db).await[&ids[2]].3, "live\n");
 
     // Killed, it misses jobs and a deletion; restarted, it catches up from its committed position.
     sink.signal(libc::SIGKILL);
     let _ = sink.child.wait();
-    ids.push(id_of(ended_run(&api, "fake", "print:while-down").await));
+    ids.push(id_of(ended_run(api, "fake", "print:while-down").await));
     nats.records.delete(&ids[0]).await.expect("delete a record");
-    let _sink = start_sink(&cfg, &pg);
-    in_step(&db, &nats, &ids).await;
-    let now = rows(&db).await;
+    let _sink = start_sink(cfg, pg);
+    in_step(db, nats, &ids).await;
+    let now = rows(db).await;
     assert!(!now.contains_key(&ids[0]), "a deleted record's row is gone");
     assert_eq!(now.len(), 3, "one row per job still in the bucket: {now:?}");
 
@@ -168,7 +168,7 @@ async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicat
 
     // `--status` says the same for operators.
     let status = ["pg-sink", "--postgres", &pg.url(), "--status", "--count"];
-    let status = fleet_tests::fleet_cli(&cfg, &status);
+    let status = fleet_tests::fleet_cli(cfg, &status);
     assert!(status.status.success(), "{status:?}");
     assert_eq!(
         String::from_utf8_lossy(&status.stdout),
@@ -178,7 +178,7 @@ async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicat
     // A second table has a position of its own: a sink writing it starts from the beginning of the bucket.
     let _archive = FleetProcess::start(
         "pg-sink",
-        &cfg,
+        cfg,
         &[
             ("FLEET_PG_SINK_URL", &pg.url()),
             ("FLEET_PG_SINK_TABLE", "archive"),
@@ -221,38 +221,38 @@ async fn a_bad_table_name_or_database_is_refused_with_a_clear_error() {
 /// U+FFFD in their place, and the jobs after it are not held up behind it.
 #[tokio::test(flavor = "multi_thread")]
 async fn output_with_nul_bytes_is_stored_and_does_not_stall_the_sink() {
-    // `_running` keeps the fleet alive to the test's end (`..` would drop it here).
+    let fleet = setup().await;
     let Setup {
         pg,
         db,
         cfg,
         api,
         nats,
-        _fleet: _running,
-    } = setup().await;
+        ..
+    } = &fleet;
     let dir = tempfile::tempdir().expect("tempdir");
     let planted = dir.path().join("nul.txt");
     std::fs::write(&planted, b"a\0b\n").expect("write");
 
-    let _sink = start_sink(&cfg, &pg);
-    let nul = ended_run(&api, "fake", &format!("cat:{}", planted.display())).await;
+    let _sink = start_sink(cfg, pg);
+    let nul = ended_run(api, "fake", &format!("cat:{}", planted.display())).await;
     assert_eq!(
         nul["stdout"], "a\u{0}b\n",
         "the record keeps the output as printed"
     );
     let ids = vec![
         id_of(nul),
-        id_of(ended_run(&api, "fake", "print:after").await),
+        id_of(ended_run(api, "fake", "print:after").await),
     ];
     eventually(
         "both jobs in the table",
         Duration::from_secs(20),
-        || async { rows(&db).await.len() == 2 },
+        || async { rows(db).await.len() == 2 },
     )
     .await;
-    let table = rows(&db).await;
+    let table = rows(db).await;
     assert_eq!(table[&ids[0]].3, "a\u{FFFD}b\n");
     assert_eq!(table[&ids[1]].3, "after\n");
-    let bucket = expected(&nats, &ids).await;
+    let bucket = expected(nats, &ids).await;
     assert_eq!(table[&ids[1]], bucket[&ids[1]]);
 }
