@@ -5,7 +5,6 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -15,34 +14,29 @@ use crate::bench_console;
 use crate::bench_depth;
 use crate::bench_events;
 use crate::bench_history;
-use crate::bench_measure::{
-    cpu_times, ended_children_cpu, own_cpu, verdict, HTTP_MAX_P99_OVER_MS, HTTP_MIN_RATIO,
-    NATS_MAX_P99_OVER_MS, NATS_MIN_RATIO,
-};
 pub(crate) use crate::bench_measure::{median, rss_kb, Samples};
 use crate::bench_models;
 pub(crate) use crate::bench_paths::{
     http_job, http_throughput, nats_job, nats_throughput, nats_throughput_of,
     wait_until_agent_known,
 };
-use crate::bench_spawn::{raw_spawn, raw_spawn_rate, supervised_confined_spawn, supervised_spawn};
 use crate::local_nats::{free_port, LocalNats};
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Sequential jobs measured per path (NATS, HTTP) and raw spawns for the baseline.
     #[arg(long, default_value_t = 500)]
-    samples: usize,
+    pub(crate) samples: usize,
     /// Jobs in flight during the throughput runs.
     #[arg(long, default_value_t = 64)]
-    in_flight: usize,
+    pub(crate) in_flight: usize,
     /// Jobs per throughput run (and spawns per raw-rate run).
     #[arg(long, default_value_t = 4000)]
-    throughput_jobs: usize,
+    pub(crate) throughput_jobs: usize,
     /// Rounds of raw-rate, NATS and HTTP throughput runs, alternated so a drift in machine speed hits both sides
     /// of each ratio; medians are reported.
     #[arg(long, default_value_t = 3)]
-    rounds: usize,
+    pub(crate) rounds: usize,
     /// Also measure the file path: artifact upload and download against object_store used directly.
     #[arg(long)]
     artifacts: bool,
@@ -234,7 +228,7 @@ async fn run_parts(
     s3_endpoint: Option<&str>,
 ) -> Result<()> {
     if !args.skip_core {
-        let core = measure_core(args, paths, roles.scratch, pids).await?;
+        let core = crate::bench_core::measure_core(args, paths, roles.scratch, pids).await?;
         core.print(args, pids);
     }
     if args.deployed {
@@ -501,286 +495,6 @@ pub(crate) struct Paths<'a> {
     pub base: &'a str,
 }
 
-/// CPU seconds used during some runs: by each of the fleet's processes (in the order of their pids), and by the
-/// bench's own client.
-#[derive(Default)]
-struct CpuUse {
-    processes: Vec<f64>,
-    client: f64,
-}
-
-impl CpuUse {
-    /// Runs `run`, adding the CPU every process used meanwhile.
-    async fn count<T>(
-        &mut self,
-        pids: &[(&str, u32); 4],
-        run: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        let (before, client_before) = (cpu_times(pids), own_cpu());
-        let out = run.await?;
-        let after = cpu_times(pids);
-        self.client += own_cpu() - client_before;
-        self.processes.resize(after.len(), 0.0);
-        for (used, (after, before)) in self.processes.iter_mut().zip(after.iter().zip(&before)) {
-            *used += after - before;
-        }
-        Ok(out)
-    }
-
-    /// Runs the raw spawns, adding the CPU of the commands (as the one process) and of the spawning threads
-    /// (as the client).
-    fn count_raw<T>(&mut self, run: impl FnOnce() -> Result<T>) -> Result<T> {
-        let (commands_before, spawner_before) = (ended_children_cpu(), own_cpu());
-        let out = run()?;
-        self.client += own_cpu() - spawner_before;
-        self.processes.resize(1, 0.0);
-        self.processes[0] += ended_children_cpu() - commands_before;
-        Ok(out)
-    }
-
-    /// The worker's own CPU per job, in µs (the second of the bench's processes).
-    fn worker_per_job(&self, jobs: f64) -> f64 {
-        self.per_job(jobs).nth(1).unwrap_or_default()
-    }
-
-    /// All the CPU per job, in µs.
-    fn total_per_job(&self, jobs: f64) -> f64 {
-        self.per_job(jobs).sum()
-    }
-
-    /// Each process's CPU per job, the client's last, in µs.
-    fn per_job(&self, jobs: f64) -> impl Iterator<Item = f64> + '_ {
-        let us = move |seconds: f64| seconds / jobs * 1e6;
-        self.processes
-            .iter()
-            .map(move |s| us(*s))
-            .chain([us(self.client)])
-    }
-}
-
-/// The core figures: latencies, throughput rounds, CPU per job, idle memory.
-struct Core {
-    spawn_latency: Samples,
-    supervised: Samples,
-    /// The bench process's CPU per supervised spawn (one at a time), in µs: the supervisor's share of a job.
-    supervisor_us: f64,
-    supervised_confined: Samples,
-    nats_latency: Samples,
-    http_latency: Samples,
-    rounds: Vec<Round>,
-    /// CPU used in the NATS runs and in the HTTP runs.
-    cpu: [CpuUse; 2],
-    /// CPU used in the raw-rate runs: by the spawning threads, and by the commands.
-    raw_cpu: CpuUse,
-    gateway_rss: u64,
-    worker_rss: u64,
-}
-
-async fn measure_core(
-    args: &BenchArgs,
-    p: &Paths<'_>,
-    scratch: &std::path::Path,
-    pids: &[(&str, u32); 4],
-) -> Result<Core> {
-    // Warm up every path once (page cache, connections, consumers).
-    for _ in 0..50 {
-        nats_job(p.client, p.js).await?;
-        http_job(p.http, p.base).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (gateway_rss, worker_rss) = (rss_kb(pids[3].1), rss_kb(pids[1].1));
-    let spawn_latency = Samples::collect(args.samples, || async { raw_spawn() }).await?;
-    let before = own_cpu();
-    let supervised = Samples::collect(args.samples, || supervised_spawn(scratch)).await?;
-    let supervisor_us = (own_cpu() - before) / args.samples.max(1) as f64 * 1e6;
-    let supervised_confined =
-        Samples::collect(args.samples, || supervised_confined_spawn(scratch)).await?;
-    let nats_latency = Samples::collect(args.samples, || nats_job(p.client, p.js)).await?;
-    let http_latency = Samples::collect(args.samples, || http_job(p.http, p.base)).await?;
-    let mut rounds = Vec::new();
-    let [mut nats_cpu, mut http_cpu, mut raw_cpu]: [CpuUse; 3] = Default::default();
-    let (jobs, in_flight) = (args.throughput_jobs, args.in_flight);
-    for _ in 0..args.rounds.max(1) {
-        let raw = raw_cpu.count_raw(|| raw_spawn_rate(jobs))?;
-        let nats = nats_throughput(p.client, p.js, jobs, in_flight);
-        let nats = nats_cpu.count(pids, nats).await?;
-        let http = http_throughput(p.http, p.base, jobs, in_flight);
-        let http = http_cpu.count(pids, http).await?;
-        rounds.push(Round { raw, nats, http });
-    }
-    Ok(Core {
-        spawn_latency,
-        supervised,
-        supervisor_us,
-        supervised_confined,
-        nats_latency,
-        http_latency,
-        rounds,
-        cpu: [nats_cpu, http_cpu],
-        raw_cpu,
-        gateway_rss,
-        worker_rss,
-    })
-}
-
-impl Core {
-    fn print(&self, args: &BenchArgs, pids: &[(&str, u32); 4]) {
-        println!();
-        println!(
-            "{:<34} {:>9} {:>9} {:>9}",
-            "sequential latency (ms)", "p50", "p95", "p99"
-        );
-        for (name, s) in [
-            ("raw spawn of the command", &self.spawn_latency),
-            ("the worker's supervisor alone", &self.supervised),
-            (
-                "  the same, confined (a limit set)",
-                &self.supervised_confined,
-            ),
-            ("job over NATS (publish→reply)", &self.nats_latency),
-            ("job over HTTP (POST ?wait)", &self.http_latency),
-        ] {
-            println!(
-                "{name:<34} {:>9.3} {:>9.3} {:>9.3}",
-                s.ms(0.50),
-                s.ms(0.95),
-                s.ms(0.99)
-            );
-        }
-        println!();
-        let rounds = &self.rounds;
-        let nats_ratio = median(rounds.iter().map(|r| r.nats / r.raw));
-        let http_ratio = median(rounds.iter().map(|r| r.http / r.raw));
-        println!(
-            "{:<34} {:>9}   (median of {} rounds)",
-            "throughput (jobs/s)",
-            "",
-            rounds.len()
-        );
-        println!(
-            "{:<34} {:>9.0}",
-            "raw spawn rate",
-            median(rounds.iter().map(|r| r.raw))
-        );
-        println!(
-            "{:<34} {:>9.0}   ({nats_ratio:.2} × raw)",
-            format!("NATS, {} in flight", args.in_flight),
-            median(rounds.iter().map(|r| r.nats))
-        );
-        println!(
-            "{:<34} {:>9.0}   ({http_ratio:.2} × raw)",
-            format!("HTTP, {} in flight", args.in_flight),
-            median(rounds.iter().map(|r| r.http))
-        );
-        let each: Vec<String> = rounds
-            .iter()
-            .map(|r| format!("{:.0}/{:.0}/{:.0}", r.raw, r.nats, r.http))
-            .collect();
-        println!("rounds (raw/NATS/HTTP jobs/s): {}", each.join(", "));
-        println!();
-        self.print_cpu_and_memory(args, pids);
-        let jobs = (args.throughput_jobs * self.rounds.len()) as f64;
-        let worker_us = self.cpu[0].worker_per_job(jobs);
-        self.print_targets([nats_ratio, http_ratio], worker_us);
-    }
-
-    fn print_cpu_and_memory(&self, args: &BenchArgs, pids: &[(&str, u32); 4]) {
-        let jobs = (args.throughput_jobs * self.rounds.len()) as f64;
-        let names: Vec<&str> = pids
-            .iter()
-            .map(|(name, _)| *name)
-            .chain(["bench client"])
-            .collect();
-        for (path, cpu) in ["NATS", "HTTP"].iter().zip(&self.cpu) {
-            print!("CPU per job in the {path} runs (µs):");
-            for (name, us) in names.iter().zip(cpu.per_job(jobs)) {
-                print!("  {name} {us:.0}");
-            }
-            println!();
-        }
-        let raw: Vec<f64> = self.raw_cpu.per_job(jobs).collect();
-        println!(
-            "CPU per raw spawn (µs):  command {:.0}  spawning thread {:.0};  the worker's supervisor alone, one at a \
-             time: {:.0}",
-            raw[0], raw[1], self.supervisor_us
-        );
-        self.print_cpu_bound(jobs);
-        println!();
-        println!(
-            "idle RSS: gateway {:.1} MB, worker {:.1} MB",
-            self.gateway_rss as f64 / 1024.0,
-            self.worker_rss as f64 / 1024.0
-        );
-        println!();
-    }
-
-    /// On a machine the runs keep busy, throughput ÷ raw is at most a raw spawn's CPU ÷ a job's CPU (all
-    /// processes): the ceiling the measured ratio stands under, and what it would be without the worker's share.
-    fn print_cpu_bound(&self, jobs: f64) {
-        let raw = self.raw_cpu.total_per_job(jobs);
-        let bound = |cpu: &CpuUse, less: f64| raw / (cpu.total_per_job(jobs) - less);
-        let [nats, http] = &self.cpu;
-        println!(
-            "CPU-bound ceiling (raw spawn's CPU ÷ a job's): NATS {:.2} ×, HTTP {:.2} ×; \
-             were the worker's own CPU zero: NATS {:.2} ×, HTTP {:.2} ×",
-            bound(nats, 0.0),
-            bound(http, 0.0),
-            bound(nats, nats.worker_per_job(jobs)),
-            bound(http, http.worker_per_job(jobs)),
-        );
-    }
-
-    /// The hot path's targets (issue 18's, against the raw spawn measured in the same run) and memory's.
-    fn print_targets(&self, [nats_ratio, http_ratio]: [f64; 2], worker_us: f64) {
-        let (raw_p50, raw_p99) = (self.spawn_latency.ms(0.5), self.spawn_latency.ms(0.99));
-        let targets = [
-            (
-                format!(
-                    "throughput over NATS ≥ {NATS_MIN_RATIO} × raw spawn rate ({nats_ratio:.2} ×)"
-                ),
-                nats_ratio >= NATS_MIN_RATIO,
-            ),
-            (
-                format!(
-                    "throughput over HTTP ≥ {HTTP_MIN_RATIO} × raw spawn rate ({http_ratio:.2} ×)"
-                ),
-                http_ratio >= HTTP_MIN_RATIO,
-            ),
-            (
-                "NATS p50 ≤ raw spawn p50 + 1 ms".to_string(),
-                self.nats_latency.ms(0.5) <= raw_p50 + 1.0,
-            ),
-            (
-                "HTTP p50 ≤ raw spawn p50 + 1.5 ms".to_string(),
-                self.http_latency.ms(0.5) <= raw_p50 + 1.5,
-            ),
-            (
-                format!("NATS p99 ≤ raw spawn p99 + {NATS_MAX_P99_OVER_MS} ms"),
-                self.nats_latency.ms(0.99) <= raw_p99 + NATS_MAX_P99_OVER_MS,
-            ),
-            (
-                format!("HTTP p99 ≤ raw spawn p99 + {HTTP_MAX_P99_OVER_MS} ms"),
-                self.http_latency.ms(0.99) <= raw_p99 + HTTP_MAX_P99_OVER_MS,
-            ),
-            (
-                format!("the worker's own CPU per job ≤ 120 µs ({worker_us:.0} µs)"),
-                worker_us <= 120.0,
-            ),
-            (
-                "gateway idle RSS ≤ 20 MB".to_string(),
-                self.gateway_rss <= 20 * 1024,
-            ),
-            (
-                "worker idle RSS ≤ 20 MB".to_string(),
-                self.worker_rss <= 20 * 1024,
-            ),
-        ];
-        for (target, met) in targets {
-            println!("{} {target}", verdict(met));
-        }
-    }
-}
-
 /// The file path: local disk, and S3 when a moto server could be started.
 async fn run_artifacts(
     args: &BenchArgs,
@@ -816,11 +530,4 @@ async fn run_artifacts(
         args.rounds,
     )
     .await
-}
-
-/// Rates of one round of throughput runs, jobs/s.
-struct Round {
-    raw: f64,
-    nats: f64,
-    http: f64,
 }

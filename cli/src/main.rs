@@ -4,6 +4,7 @@
 mod bench;
 mod bench_artifacts;
 mod bench_console;
+mod bench_core;
 mod bench_deployed;
 mod bench_depth;
 mod bench_events;

@@ -80,29 +80,21 @@ fn start_sink(cfg: &TestConfig, pg: &Postgres) -> FleetProcess {
     FleetProcess::start("pg-sink", cfg, &[("FLEET_PG_SINK_URL", &pg.url())])
 }
 
-/// A PostgreSQL server with a client of it, and the usual test fleet with a client of its API and of NATS.
-struct Setup {
-    pg: Postgres,
-    db: tokio_postgres::Client,
-    cfg: TestConfig,
-    api: Api,
-    nats: NatsClient,
-    _fleet: (NatsServer, WorkerHandle, GatewayHandle),
-}
-
-async fn setup() -> Setup {
+/// A PostgreSQL server with a client of it, and the usual test fleet with a client of its API and of NATS (the
+/// last element keeps the fleet running).
+async fn setup() -> (
+    Postgres,
+    tokio_postgres::Client,
+    TestConfig,
+    Api,
+    NatsClient,
+    (NatsServer, WorkerHandle, GatewayHandle),
+) {
     let pg = Postgres::start();
     let db = database(&pg).await;
     let (nats_server, cfg, worker, gw) = start_fleet(&[]).await;
     let (api, nats) = (gw.api(), NatsClient::connect(&nats_server.url()).await);
-    Setup {
-        pg,
-        db,
-        cfg,
-        api,
-        nats,
-        _fleet: (nats_server, worker, gw),
-    }
+    (pg, db, cfg, api, nats, (nats_server, worker, gw))
 }
 
 fn id_of(record: serde_json::Value) -> String {
@@ -111,15 +103,7 @@ fn id_of(record: serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_table_follows_the_bucket_and_a_killed_sink_resumes_without_duplicates() {
-    let fleet = setup().await;
-    let Setup {
-        pg,
-        db,
-        cfg,
-        api,
-        nats,
-        ..
-    } = &fleet;
+    let (pg, db, cfg, api, nats, _running) = &setup().await;
 
     // History from before the sink existed is taken in at its first start.
     let mut ids = vec![
@@ -221,15 +205,7 @@ async fn a_bad_table_name_or_database_is_refused_with_a_clear_error() {
 /// U+FFFD in their place, and the jobs after it are not held up behind it.
 #[tokio::test(flavor = "multi_thread")]
 async fn output_with_nul_bytes_is_stored_and_does_not_stall_the_sink() {
-    let fleet = setup().await;
-    let Setup {
-        pg,
-        db,
-        cfg,
-        api,
-        nats,
-        ..
-    } = &fleet;
+    let (pg, db, cfg, api, nats, _running) = &setup().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let planted = dir.path().join("nul.txt");
     std::fs::write(&planted, b"a\0b\n").expect("write");

@@ -136,13 +136,9 @@ impl Sink {
         })
     }
 
-    async fn position(&self) -> Result<u64> {
-        Ok(position(&self.db, &self.bucket, &self.table).await?)
-    }
-
     /// Reads the bucket from the committed position on, a transaction per batch, until NATS or PostgreSQL fails.
     async fn follow(&mut self, bucket: &kv::Store, max: usize) -> Result<()> {
-        let position = self.position().await?;
+        let position = position(&self.db, &self.bucket, &self.table).await?;
         // From nothing, each job's last revision is enough; after a commit, every entry since it (deletions too).
         let mut watch = match position {
             0 => bucket.watch_with_history(">").await?,
